@@ -1,0 +1,114 @@
+"""Announcement latency to all of N node processes over GFL gossip (p50/p99).
+
+Node 0 is the bootstrap peer and the publisher; the others find each other
+through it. Latency = receive time - publish time (one machine, one clock).
+Usage: python bench/gossip.py [--nodes 16] [--msgs 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+async def node(index: int, boot: str | None, n_nodes: int) -> None:
+    from gfl.identity import NodeIdentity
+    from gfl.net import JOBS_TOPIC, open_network
+
+    lat: list[float] = []
+    with tempfile.TemporaryDirectory() as d:
+        async with open_network(
+            NodeIdentity.generate(), bootstrap=[boot] if boot else [], blob_dir=Path(d)
+        ) as net:
+            ch = await net.subscribe(JOBS_TOPIC)
+            print(net.listen_addrs()[0], flush=True)
+
+            async def collect() -> None:
+                async for m in ch:
+                    lat.append(time.time() - m.payload["t"])
+
+            async with trio.open_nursery() as n:
+                n.start_soon(collect)
+                # wait for the DHT to connect us to (nearly) everyone and the mesh to form
+                with trio.move_on_after(60):
+                    while len(net.peers()) < n_nodes - 1 or net.stats()["mesh"][JOBS_TOPIC] < min(4, n_nodes - 1):
+                        await trio.sleep(0.2)
+                print("ready", len(net.peers()), flush=True)
+                while True:
+                    cmd = (await trio.to_thread.run_sync(sys.stdin.readline)).split()
+                    if not cmd or cmd[0] == "quit":
+                        break
+                    if cmd[0] == "publish":
+                        for k in range(int(cmd[1])):
+                            await net.publish(JOBS_TOPIC, {"v": 1, "type": "bench", "t": time.time(), "k": k})
+                            await trio.sleep(0.1)
+                        print("done", flush=True)
+                await trio.sleep(0.5)
+                n.cancel_scope.cancel()
+            print(json.dumps({"lat": lat, "drops": net.stats()["drops"]}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nodes", type=int, default=16)
+    ap.add_argument("--msgs", type=int, default=50)
+    ap.add_argument("--role")
+    ap.add_argument("--index", type=int, default=0)
+    ap.add_argument("--boot")
+    a = ap.parse_args()
+    if a.role == "node":
+        trio.run(node, a.index, a.boot, a.nodes)
+        return
+    me = [sys.executable, __file__, "--role", "node", "--nodes", str(a.nodes)]
+
+    def spawn(i: int, boot: str | None) -> subprocess.Popen:
+        args = [*me, "--index", str(i)] + (["--boot", boot] if boot else [])
+        return subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(f"/tmp/gflnet/node{i}.err", "w"), text=True
+        )
+
+    t0 = time.time()
+    procs = [spawn(0, None)]
+    boot = procs[0].stdout.readline().strip()
+    procs += [spawn(i, boot) for i in range(1, a.nodes)]
+    for p in procs[1:]:
+        p.stdout.readline()
+    peers = [int(p.stdout.readline().split()[1]) for p in procs]
+    setup = time.time() - t0
+    procs[0].stdin.write(f"publish {a.msgs}\n")
+    procs[0].stdin.flush()
+    procs[0].stdout.readline()
+    lat: list[float] = []
+    drops: dict[str, int] = {}
+    for p in procs:
+        p.stdin.write("quit\n")
+        p.stdin.flush()
+    for p in procs:
+        r = json.loads(p.stdout.readline())
+        lat += r["lat"]
+        for k, v in r["drops"].items():
+            drops[k] = drops.get(k, 0) + v
+        p.wait(timeout=30)
+    expected = a.msgs * (a.nodes - 1)
+    lat.sort()
+    p50 = statistics.median(lat) * 1000
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
+    print(f"{a.nodes} processes, {a.msgs} announcements at 10/s, setup {setup:.1f}s")
+    print(f"peers per node min/max: {min(peers)}/{max(peers)}")
+    print(f"{'delivered':>10} {'expected':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  drops")
+    print(f"{len(lat):>10} {expected:>9} {p50:>8.1f} {p99:>8.1f} {lat[-1] * 1000:>8.1f}  {drops}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Job endpoints of the control API: publish, list, inspect, cancel, verify, report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gfl.api.app import ApiError, Endpoint, Param, read_json
+from gfl.fl.spec import JobSpec
+
+JOB_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["job_id", "name", "status", "rounds", "round"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "name": {"type": "string"},
+        "owner": {"type": "string"},
+        "status": {"type": "string"},
+        "role": {"type": "string"},
+        "rounds": {"type": "integer"},
+        "round": {"type": "integer"},
+        "accuracy": {"type": ["number", "null"]},
+        "loss": {"type": ["number", "null"]},
+        "model_hash": {"type": ["string", "null"]},
+        "participants": {"type": "integer"},
+        "divergent_rounds": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+PUBLISH_BODY: dict[str, Any] = {
+    "type": "object",
+    "description": "One of `toml` (a job file's text) or `spec` (its table).",
+    "properties": {
+        "toml": {"type": "string", "maxLength": 65536},
+        "spec": {"type": "object"},
+        "participate": {"type": "boolean", "default": True},
+    },
+    "additionalProperties": False,
+}
+_JOB_ID = Param(
+    "job_id",
+    {"type": "string", "pattern": "^(0x)?[0-9a-fA-F]{4,64}$"},
+    "job id (hex, a unique prefix is enough)",
+    required=True,
+)
+
+
+def _service(request: Request) -> Any:
+    service = getattr(request.app.state.node, "jobs", None)
+    if service is None:
+        raise ApiError("this node runs no job service", 503)
+    return service
+
+
+def _job_id(request: Request) -> str:
+    raw = request.path_params.get("job_id", "")
+    hx = raw.lower().removeprefix("0x")
+    if not 4 <= len(hx) <= 64 or any(c not in "0123456789abcdef" for c in hx):
+        raise ApiError("a job id is 4 to 64 hex digits", 404)
+    return hx
+
+
+async def list_jobs(request: Request) -> list[dict[str, Any]]:
+    return _service(request).jobs()
+
+
+async def publish_job(request: Request) -> dict[str, Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - {"toml", "spec", "participate"}:
+        raise ApiError('send {"toml": ...} or {"spec": {...}}, optionally "participate"')
+    if ("toml" in body) == ("spec" in body):
+        raise ApiError('send exactly one of "toml" and "spec"')
+    participate = body.get("participate", True)
+    if not isinstance(participate, bool):
+        raise ApiError('"participate" must be true or false')
+    if "toml" in body:
+        if not isinstance(body["toml"], str) or len(body["toml"]) > 65536:
+            raise ApiError('"toml" must be a job file\'s text (at most 64 KiB)')
+        spec = JobSpec.from_toml(body["toml"])
+    else:
+        spec = JobSpec.from_dict(body["spec"])
+    return await _service(request).publish_job(spec, participate=participate)
+
+
+async def get_job(request: Request) -> dict[str, Any]:
+    return _service(request).job_detail(_job_id(request))
+
+
+async def cancel_job(request: Request) -> dict[str, Any]:
+    return await _service(request).cancel_job(_job_id(request))
+
+
+async def verify_job(request: Request) -> list[dict[str, Any]]:
+    return await _service(request).verify_rounds(_job_id(request))
+
+
+async def job_report(request: Request) -> Response:
+    from gfl.report import render_report
+
+    fmt = request.query_params.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError("format must be json or csv")
+    detail = _service(request).job_detail(_job_id(request))
+    body, media = render_report(detail, fmt)
+    return Response(body, media_type=media)
+
+
+def job_endpoints() -> list[Endpoint]:
+    """The job routes, added by the job service."""
+    job = {"type": "object"}
+    return [
+        Endpoint(
+            "GET",
+            "/jobs",
+            list_jobs,
+            "Jobs this node knows",
+            {"type": "array", "items": JOB_SCHEMA},
+            tag="jobs",
+        ),
+        Endpoint(
+            "POST",
+            "/jobs",
+            publish_job,
+            "Register a job on chain and announce it",
+            JOB_SCHEMA,
+            request_body=PUBLISH_BODY,
+            tag="jobs",
+            errors=(503,),
+        ),
+        Endpoint(
+            "GET",
+            "/jobs/{job_id}",
+            get_job,
+            "One job with its rounds and commitments",
+            job,
+            params=(),
+            tag="jobs",
+            errors=(404,),
+            path_params=(_JOB_ID,),
+        ),
+        Endpoint(
+            "POST",
+            "/jobs/{job_id}/cancel",
+            cancel_job,
+            "Cancel a job (owner only)",
+            JOB_SCHEMA,
+            tag="jobs",
+            errors=(404,),
+            path_params=(_JOB_ID,),
+        ),
+        Endpoint(
+            "GET",
+            "/jobs/{job_id}/verify",
+            verify_job,
+            "Each round's local model hash against the chain's majority",
+            {"type": "array", "items": {"type": "object"}},
+            tag="jobs",
+            errors=(404,),
+            path_params=(_JOB_ID,),
+        ),
+        Endpoint(
+            "GET",
+            "/jobs/{job_id}/report",
+            job_report,
+            "Per-round metrics as JSON or CSV",
+            {"type": "string"},
+            tag="jobs",
+            errors=(404,),
+            path_params=(_JOB_ID,),
+            params=(Param("format", {"type": "string", "enum": ["json", "csv"]}),),
+        ),
+    ]

@@ -1,0 +1,225 @@
+"""Signing and sending transactions, and retrying RPC calls, the same way on every backend.
+
+Transactions are signed locally with the node key (eth-account); the nonce is
+tracked locally and re-read from the chain when the endpoint says it is too
+low or when a send failed half-way. Gas is estimated first, so a call the
+registry would refuse fails before it costs a nonce, with its custom error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from eth_account import Account
+from web3 import Web3
+from web3.exceptions import TransactionNotFound
+
+from gfl.chain.artifact import decode_revert, revert_data_from
+from gfl.chain.errors import ChainError, ChainUnavailable, ContractRevert
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ConnectionError,
+    TimeoutError,
+)
+_MAX_BACKOFF = 2.0
+
+
+@dataclass(frozen=True)
+class Tx:
+    """A mined transaction."""
+
+    tx_hash: bytes
+    block_number: int
+    gas_used: int
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT)
+
+
+def with_retry(fn: Callable[[], T], *, timeout: float, endpoint: str, what: str) -> T:
+    """Call `fn`, retrying connection failures with backoff until `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except _TRANSIENT as exc:
+            if time.monotonic() + delay > deadline:
+                raise ChainUnavailable(
+                    f"the chain at {endpoint} did not answer within {timeout:g}s ({what}): "
+                    f"{_why(exc)}"
+                ) from None
+            log.debug("chain %s unavailable (%s), retrying in %.2fs", endpoint, what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+
+def as_chain_error(exc: BaseException, what: str) -> ChainError:
+    """Map a web3 / eth-tester failure to a typed chain error (custom errors decoded)."""
+    if isinstance(exc, ChainError):
+        return exc
+    data = revert_data_from(exc)
+    if data is not None:
+        decoded = decode_revert(data)
+        if decoded is not None:
+            return ContractRevert(*decoded)
+    if "revert" in str(exc).lower():
+        return ContractRevert("Reverted", {"detail": _short(exc)})
+    return ChainError(f"{what} failed: {_short(exc)}")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError):
+        return "cannot connect"
+    return _short(exc)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
+class TxSender:
+    """Signs and sends transactions from one account; safe to share between threads."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        private_key: bytes,
+        *,
+        endpoint: str,
+        chain_id: int,
+        timeout: float,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self._w3 = w3
+        self._account = Account.from_key(private_key)
+        self.address: str = self._account.address
+        self._endpoint = endpoint
+        self._chain_id = chain_id
+        self._timeout = timeout
+        self._poll = poll_interval
+        self._lock = threading.Lock()
+        self._nonce: int | None = None
+        self._fee_cache: tuple[float, dict[str, int]] | None = None
+
+    def _rpc(self, fn: Callable[[], T], what: str) -> T:
+        return with_retry(fn, timeout=self._timeout, endpoint=self._endpoint, what=what)
+
+    def send(self, tx: dict[str, Any], *, what: str) -> Tx:
+        """Estimate, sign, send and wait for `tx` (`to`/`data`/`value`); raise on revert."""
+        tx = {"from": self.address, "value": 0, **tx}
+        with self._lock:
+            try:
+                gas = self._rpc(lambda: self._w3.eth.estimate_gas(tx), what)
+            except _TRANSIENT:
+                raise
+            except ChainError:
+                raise
+            except Exception as exc:
+                raise as_chain_error(exc, what) from None
+            fees = self._fees(what)
+            signed_hash = self._sign_and_send(tx, gas, fees, what)
+        return self._await_receipt(signed_hash, tx, what)
+
+    def _fees(self, what: str) -> dict[str, int]:
+        now = time.monotonic()
+        if self._fee_cache and now - self._fee_cache[0] < 2.0:
+            return self._fee_cache[1]
+        block = self._rpc(lambda: self._w3.eth.get_block("latest"), what)
+        base = block.get("baseFeePerGas")
+        if base is None:
+            fees = {"gasPrice": self._rpc(lambda: self._w3.eth.gas_price, what)}
+        else:
+            try:
+                tip = self._rpc(lambda: self._w3.eth.max_priority_fee, what)
+            except ChainUnavailable:
+                raise
+            except Exception:
+                tip = 10**9
+            fees = {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
+        self._fee_cache = (now, fees)
+        return fees
+
+    def _sign_and_send(
+        self, tx: dict[str, Any], gas: int, fees: dict[str, int], what: str
+    ) -> bytes:
+        for _attempt in range(3):
+            if self._nonce is None:
+                self._nonce = self._rpc(
+                    lambda: self._w3.eth.get_transaction_count(self.address, "pending"), what
+                )
+            full = {k: v for k, v in tx.items() if k in ("to", "data", "value")}
+            full |= fees
+            full |= {"gas": gas * 5 // 4 + 10_000, "nonce": self._nonce, "chainId": self._chain_id}
+            signed = self._account.sign_transaction(full)
+            raw = signed.raw_transaction
+            try:
+                self._rpc(lambda raw=raw: self._w3.eth.send_raw_transaction(raw), what)
+            except ChainUnavailable:
+                self._nonce = None  # unknown whether it arrived: re-read next time
+                raise
+            except Exception as exc:
+                message = str(exc).lower()
+                if "nonce" in message and "low" in message:
+                    if self._known(signed.hash):
+                        break  # an earlier attempt got through after all
+                    log.info("nonce %s too low for %s, re-reading it", self._nonce, self.address)
+                    self._nonce = None
+                    continue
+                if "already known" in message or "known transaction" in message:
+                    pass
+                else:
+                    self._nonce = None
+                    raise as_chain_error(exc, what) from None
+            break
+        else:
+            raise ChainError(f"{what} failed: the chain kept rejecting the nonce of {self.address}")
+        self._nonce += 1
+        return bytes(signed.hash)
+
+    def _known(self, tx_hash: bytes) -> bool:
+        try:
+            self._w3.eth.get_transaction(tx_hash)
+            return True
+        except Exception:
+            return False
+
+    def _await_receipt(self, tx_hash: bytes, tx: dict[str, Any], what: str) -> Tx:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                receipt = self._rpc(lambda: self._w3.eth.get_transaction_receipt(tx_hash), what)
+                break
+            except TransactionNotFound:
+                if time.monotonic() > deadline:
+                    raise ChainUnavailable(
+                        f"{what}: transaction 0x{tx_hash.hex()} was not mined within "
+                        f"{self._timeout:g}s on {self._endpoint}"
+                    ) from None
+                time.sleep(self._poll)
+        if receipt["status"] != 1:
+            # Re-run it as a call at the block it failed in to learn why.
+            try:
+                self._w3.eth.call(
+                    {k: v for k, v in tx.items() if k in ("from", "to", "data", "value")},
+                    receipt["blockNumber"],
+                )
+            except Exception as exc:
+                raise as_chain_error(exc, what) from None
+            raise ChainError(f"{what}: transaction 0x{tx_hash.hex()} reverted")
+        return Tx(bytes(tx_hash), receipt["blockNumber"], receipt["gasUsed"])

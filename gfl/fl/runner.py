@@ -1,0 +1,566 @@
+"""One job on one node, round after round: the scheduler's unit of work.
+
+`JobRunner` drives a job through DESIGN.md's round protocol against two narrow
+interfaces, so this layer knows nothing of libp2p or web3:
+
+- a `Ledger` (the chain, seen as this job): join, commit an update, commit a
+  model, settle, and read the job and a round as the chain holds them now;
+- an `Exchange` (the network): publish a blob (store it, announce it) and fetch
+  a blob by hash from whoever has it.
+
+The chain is the arbiter. Each pass of the loop reads the job and the round
+from the ledger (the contract's views apply the closing rule of
+`gfl.fl.rounds`); nothing here decides from the local clock which updates
+count. The local clock only says
+when it is worth asking the chain to settle a round whose timeout passed.
+
+Everything a restart needs is on disk before the chain hears of it: the
+update blob before its commitment, the checkpoint of M_{r+1} (with the
+strategy's state) before the model commitment. A node killed at any point
+resumes from its last checkpoint and the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import trio
+
+from gfl.errors import GflError
+from gfl.fl.codec import CodecError, blob_hash, decode_params, encode_params
+from gfl.fl.data import ArrayDataset
+from gfl.fl.spec import JobSpec
+from gfl.fl.strategies import ClientUpdate, make_strategy
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1  # ≤ 100 ms between looks at the chain while waiting
+SETTLE_EVERY_S = 2.0  # at most one settle transaction per job this often
+FETCH_TIMEOUT_S = 60.0
+CONSENSUS_GRACE_S = 10.0  # after the last round, how long to wait for the others' model hashes
+MAX_UPDATE_BYTES = 1 << 30
+
+STATUS_ACTIVE, STATUS_FINISHED, STATUS_CANCELLED = "active", "finished", "cancelled"
+
+
+class RunnerError(GflError):
+    """A job cannot go on on this node (its data, model or state is unusable)."""
+
+
+class LedgerRefused(GflError):
+    """The chain refused a commitment (round closed, already committed, ...)."""
+
+
+# -- the interfaces the node provides ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerJob:
+    status: str  # active | finished | cancelled
+    rounds: int
+    min_updates: int
+    round_timeout: int
+    current_round: int
+    joined: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LedgerRound:
+    round: int
+    opens_at: float
+    closed_at: float | None
+    closed: bool
+    updates: tuple[tuple[str, bytes, int], ...]  # (participant, hash, samples), chain order
+    models: tuple[tuple[str, bytes], ...]  # (participant, model hash), chain order
+
+
+class Ledger(Protocol):
+    """The chain as one job sees it; every method may block on the network, never forever."""
+
+    address: str
+
+    async def job(self) -> LedgerJob: ...
+
+    async def round(self, r: int) -> LedgerRound: ...
+
+    async def join(self) -> None: ...
+
+    async def commit_update(self, r: int, update_hash: bytes, samples: int) -> None: ...
+
+    async def commit_model(self, r: int, model_hash: bytes) -> None: ...
+
+    async def settle(self) -> None: ...
+
+
+class Exchange(Protocol):
+    """Blob storage and transfer for one job."""
+
+    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes: ...
+
+    async def fetch(
+        self, blob: bytes, owner: str | None, max_size: int, timeout: float
+    ) -> bytes: ...
+
+    def load_local(self, blob: bytes) -> bytes | None: ...
+
+
+@dataclass
+class NodeData:
+    """What this node trains and evaluates on for a job."""
+
+    train: ArrayDataset
+    test: ArrayDataset | None
+
+
+@dataclass
+class RoundMetrics:
+    """Figures of one round on this node (also written to the store)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def phase(self, name: str, started: float) -> None:
+        self.values[f"t_{name}_s"] = round(time.monotonic() - started, 4)
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+
+class Checkpoints:
+    """``models/<job>/``: the global model at the start of each round, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, r: int) -> Path:
+        return self.root / f"round-{r:06d}.gflm"
+
+    def save(
+        self, r: int, params: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray]
+    ) -> bytes:
+        """Store M_r (+ strategy state) and return M_r's hash (of the params frame alone)."""
+        from gfl.identity import write_private_file
+
+        model = encode_params(params)
+        state = encode_params(dict(extra)) if extra else b""
+        self.root.mkdir(parents=True, exist_ok=True)
+        header = len(model).to_bytes(8, "big")
+        write_private_file(self.path(r), header + model + state)
+        return blob_hash(model)
+
+    def latest(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], bytes] | None:
+        """(r, M_r, state, hash(M_r)) of the newest readable checkpoint, or None."""
+        if not self.root.exists():
+            return None
+        for p in sorted(self.root.glob("round-*.gflm"), reverse=True):
+            try:
+                raw = p.read_bytes()
+                n = int.from_bytes(raw[:8], "big")
+                model, state = raw[8 : 8 + n], raw[8 + n :]
+                params = decode_params(model)
+                extra = decode_params(state) if state else {}
+                return int(p.stem.split("-")[1]), params, extra, blob_hash(model)
+            except (OSError, ValueError, CodecError) as exc:
+                log.warning("skipping unreadable checkpoint %s: %s", p, exc)
+        return None
+
+
+# -- the runner -------------------------------------------------------------------------------
+
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+class JobRunner:
+    """Runs one job on this node until it finishes, is cancelled, or the node stops."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        spec: JobSpec,
+        ledger: Ledger,
+        exchange: Exchange,
+        data: NodeData,
+        checkpoints: Checkpoints,
+        train_limiter: trio.CapacityLimiter,
+        emit: Emit,
+        record: Callable[[int, dict[str, Any]], None],
+        device: str = "cpu",
+        participate: bool = True,
+        wake: trio.Event | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.spec = spec
+        self.ledger = ledger
+        self.exchange = exchange
+        self.data = data
+        self.checkpoints = checkpoints
+        self.train_limiter = train_limiter
+        self.emit = emit
+        self.record = record
+        self.device = device
+        self.participate = participate
+        self.me = ledger.address
+        self.strategy = make_strategy(spec.strategy, spec.strategy_kwargs)
+        self.round = 0
+        self.params: dict[str, np.ndarray] = {}
+        self.model_hash = b""
+        self.status = STATUS_ACTIVE
+        self.divergent_rounds: list[int] = []
+        self._wake = wake or trio.Event()
+        self._last_settle = -math.inf
+        self._prefetched: dict[bytes, bytes] = {}
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Something happened (chain event, gossip): look again now."""
+        self._wake.set()
+
+    async def _nap(self, seconds: float = POLL_S) -> None:
+        with trio.move_on_after(seconds):
+            await self._wake.wait()
+        self._wake = trio.Event()
+
+    def _event(self, kind: str, **data: Any) -> None:
+        self.emit(f"job.{kind}", {"job_id": self.job_id, **data})
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        from gfl.fl.trainer import initial_params
+
+        cp = self.checkpoints.latest()
+        if cp is None:
+            self.round = 0
+            self.params = initial_params(self.spec)
+            self.model_hash = self.checkpoints.save(0, self.params, self.strategy.state_dict())
+            return
+        self.round, self.params, state, self.model_hash = cp
+        if state:
+            self.strategy.load_state_dict(state)
+        log.info("job %s: resuming at round %d from checkpoint", self.job_id[:10], self.round)
+        self._event("resumed", round=self.round)
+
+    # -- main loop --------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run to the end; returns the final status (finished or cancelled)."""
+        await trio.to_thread.run_sync(self._restore)
+        job = await self.ledger.job()
+        if self.participate and job.status == STATUS_ACTIVE and self.me not in job.joined:
+            try:
+                await self.ledger.join()
+                self._event("joined")
+            except LedgerRefused as exc:
+                log.info("job %s: cannot join (%s); following it only", self.job_id[:10], exc)
+                self.participate = False
+        while True:
+            job = await self.ledger.job()
+            if job.status == STATUS_CANCELLED:
+                self.status = STATUS_CANCELLED
+                self._event("cancelled", round=self.round)
+                return self.status
+            if self.round >= job.rounds:
+                await self._finish(job)
+                return self.status
+            rec = await self.ledger.round(self.round)
+            if rec.closed:
+                await self._close_round(job, rec)
+                continue
+            if (
+                self.participate
+                and self.me in job.joined
+                and job.current_round == self.round
+                and all(a != self.me for a, _, _ in rec.updates)
+            ):
+                await self._train_round(rec)
+                continue
+            await self._maybe_settle(job, rec)
+            await self._nap()
+
+    async def _maybe_settle(self, job: LedgerJob, rec: LedgerRound) -> None:
+        """Past the timeout with enough updates, ask the chain to close the round."""
+        deadline = rec.opens_at + job.round_timeout
+        now = time.time()
+        if (
+            len(rec.updates) >= job.min_updates
+            and now >= deadline
+            and now - self._last_settle >= SETTLE_EVERY_S
+        ):
+            self._last_settle = now
+            try:
+                await self.ledger.settle()
+            except GflError as exc:
+                log.debug("settle refused: %s", exc)
+
+    # -- a round ----------------------------------------------------------------------------
+
+    async def _train_round(self, rec: LedgerRound) -> None:
+        from gfl.fl.trainer import train_local
+
+        r = self.round
+        metrics = RoundMetrics()
+        self._event("training", round=r)
+        t0 = time.monotonic()
+        async with self.train_limiter:
+            result = await trio.to_thread.run_sync(
+                lambda: train_local(
+                    self.spec,
+                    self.params,
+                    self.data.train,
+                    device=self.device,
+                    seed=self.spec.seed + r,
+                )
+            )
+        metrics.phase("train", t0)
+        t0 = time.monotonic()
+        blob = await trio.to_thread.run_sync(
+            lambda: encode_params(result.update, self.spec.compression, feedback=self._feedback())
+        )
+        metrics.phase("encode", t0)
+        t0 = time.monotonic()
+        update_hash = await self.exchange.publish("update", r, blob, result.num_samples)
+        try:
+            await self.ledger.commit_update(r, update_hash, result.num_samples)
+        except LedgerRefused as exc:
+            self._event("update_refused", round=r, reason=str(exc))
+            log.info("job %s round %d: update refused: %s", self.job_id[:10], r, exc)
+        metrics.phase("commit", t0)
+        metrics.values.update(
+            {f"train_{k}": v for k, v in result.metrics.items()},
+            samples=result.num_samples,
+            bytes_sent_update=len(blob),
+            update_hash=update_hash.hex(),
+        )
+        self.record(r, metrics.values)
+        self._event(
+            "update_committed",
+            round=r,
+            hash=update_hash.hex(),
+            samples=result.num_samples,
+            bytes=len(blob),
+        )
+
+    def _feedback(self) -> Any:
+        from gfl.fl.codec import ErrorFeedback, parse_compression
+
+        if not parse_compression(self.spec.compression).lossy:
+            return None
+        if not hasattr(self, "_ef"):
+            self._ef = ErrorFeedback()
+        return self._ef
+
+    async def _close_round(self, job: LedgerJob, rec: LedgerRound) -> None:
+        """Round r is closed on chain: produce M_{r+1} and commit its hash."""
+        r = self.round
+        mine_committed = any(a == self.me for a, _ in rec.models)
+        majority = self._majority(rec)
+        is_participant = self.me in job.joined
+        if majority is not None and (not is_participant or mine_committed or self._behind(job)):
+            await self._adopt(r, majority, rec)
+            return
+        if not is_participant:
+            await self._nap()  # an observer waits for the participants' verdict
+            return
+        metrics = RoundMetrics()
+        t0 = time.monotonic()
+        try:
+            updates, received = await self._fetch_updates(rec)
+        except RunnerError as exc:
+            self._event("fetch_failed", round=r, reason=str(exc))
+            log.warning("job %s round %d: %s", self.job_id[:10], r, exc)
+            if majority is None:
+                await self._nap(1.0)
+                return
+            await self._adopt(r, majority, rec)
+            return
+        metrics.phase("fetch", t0)
+        t0 = time.monotonic()
+        new_params = await trio.to_thread.run_sync(
+            lambda: self.strategy.aggregate(self.params, updates)
+        )
+        metrics.phase("aggregate", t0)
+        new_hash = await trio.to_thread.run_sync(
+            lambda: self.checkpoints.save(r + 1, new_params, self.strategy.state_dict())
+        )
+        t0 = time.monotonic()
+        blob = encode_params(new_params)
+        await self.exchange.publish("model", r, blob)
+        if not mine_committed:
+            try:
+                await self.ledger.commit_model(r, new_hash)
+            except LedgerRefused as exc:
+                log.info("job %s round %d: model refused: %s", self.job_id[:10], r, exc)
+        metrics.phase("model_commit", t0)
+        metrics.values.update(
+            bytes_received=received, model_hash=new_hash.hex(), updates=len(updates)
+        )
+        metrics.values.update(await self._evaluate(new_params))
+        self.params, self.model_hash = new_params, new_hash
+        self.round = r + 1
+        self.record(r, metrics.values)
+        self._event(
+            "round_finished",
+            round=r,
+            model_hash=new_hash.hex(),
+            accuracy=metrics.values.get("accuracy"),
+            loss=metrics.values.get("loss"),
+            updates=len(updates),
+        )
+        await self._check_previous(r)
+
+    def _behind(self, job: LedgerJob) -> bool:
+        """More than one round behind the chain: catch up by adopting, not recomputing."""
+        return job.current_round > self.round + 1 or (
+            job.status == STATUS_FINISHED and (job.rounds > self.round + 1)
+        )
+
+    def _majority(self, rec: LedgerRound) -> bytes | None:
+        votes: dict[bytes, int] = {}
+        for _, h in rec.models:
+            votes[h] = votes.get(h, 0) + 1
+        if not votes:
+            return None
+        top, n = max(votes.items(), key=lambda kv: (kv[1], kv[0]))
+        return top if n * 2 > len(rec.models) else None
+
+    async def _adopt(self, r: int, model_hash: bytes, rec: LedgerRound) -> None:
+        """Take the majority's M_{r+1} by hash (late joiner, restart, divergence)."""
+        owners = [a for a, h in rec.models if h == model_hash]
+        t0 = time.monotonic()
+        try:
+            blob = await self.exchange.fetch(
+                model_hash, owners[0] if owners else None, MAX_UPDATE_BYTES, FETCH_TIMEOUT_S
+            )
+            params = await trio.to_thread.run_sync(decode_params, blob)
+        except (GflError, trio.TooSlowError) as exc:
+            self._event("fetch_failed", round=r, reason=f"model: {exc}")
+            await self._nap(1.0)
+            return
+        # server-optimizer state cannot be fetched; strategies with state keep theirs
+        await trio.to_thread.run_sync(
+            lambda: self.checkpoints.save(r + 1, params, self.strategy.state_dict())
+        )
+        self.params, self.model_hash, self.round = params, model_hash, r + 1
+        values = {
+            "adopted": True,
+            "model_hash": model_hash.hex(),
+            "bytes_received": len(blob),
+            "t_fetch_s": round(time.monotonic() - t0, 4),
+        }
+        values.update(await self._evaluate(params))
+        self.record(r, values)
+        self._event("round_adopted", round=r, model_hash=model_hash.hex())
+
+    async def _fetch_updates(self, rec: LedgerRound) -> tuple[list[ClientUpdate], int]:
+        received = 0
+        results: dict[int, ClientUpdate] = {}
+        errors: list[str] = []
+
+        async def one(i: int, addr: str, h: bytes, n: int) -> None:
+            nonlocal received
+            try:
+                blob = self.exchange.load_local(h)
+                if blob is None:
+                    blob = await self.exchange.fetch(h, addr, MAX_UPDATE_BYTES, FETCH_TIMEOUT_S)
+                    received += len(blob)
+                if blob_hash(blob) != h:
+                    raise RunnerError(f"update of {addr} does not match its hash")
+                update = await trio.to_thread.run_sync(decode_params, blob)
+                _check_shapes(update, self.params, addr)
+                results[i] = ClientUpdate(addr, n, update)
+            except (GflError, trio.TooSlowError) as exc:
+                errors.append(f"{addr}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for i, (addr, h, n) in enumerate(rec.updates):
+                nursery.start_soon(one, i, addr, h, n)
+        if errors:
+            raise RunnerError("could not get every update: " + "; ".join(errors[:3]))
+        return [results[i] for i in sorted(results)], received
+
+    async def _evaluate(self, params: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        from gfl.fl.trainer import evaluate
+
+        if self.data.test is None:
+            return {}
+        t0 = time.monotonic()
+        out = await trio.to_thread.run_sync(
+            lambda: evaluate(self.spec, params, self.data.test, device=self.device)
+        )
+        return {**out, "t_eval_s": round(time.monotonic() - t0, 4)}
+
+    async def _check_previous(self, r: int) -> None:
+        """Compare our M_{r+1} with what the others committed for r (divergence alarm)."""
+        rec = await self.ledger.round(r)
+        majority = self._majority(rec)
+        if majority is not None and majority != self.model_hash and r not in self.divergent_rounds:
+            self.divergent_rounds.append(r)
+            dissent = sorted({a for a, h in rec.models if h != majority})
+            self._event(
+                "divergence",
+                round=r,
+                mine=self.model_hash.hex(),
+                majority=majority.hex(),
+                dissenters=dissent,
+            )
+            log.warning(
+                "job %s round %d: our model %s differs from the majority %s",
+                self.job_id[:10],
+                r,
+                self.model_hash.hex()[:12],
+                majority.hex()[:12],
+            )
+            await self._adopt(r, majority, rec)
+
+    async def _finish(self, job: LedgerJob) -> None:
+        """Wait briefly for the last round's model commitments, then settle the verdict."""
+        last = job.rounds - 1
+        with trio.move_on_after(CONSENSUS_GRACE_S):
+            while True:
+                rec = await self.ledger.round(last)
+                committers = {a for a, _, _ in rec.updates}
+                if committers <= {a for a, _ in rec.models}:
+                    break
+                await self._nap(0.2)
+        await self._check_previous(last)
+        self.status = STATUS_FINISHED
+        self._event(
+            "finished",
+            round=last,
+            model_hash=self.model_hash.hex(),
+            divergent_rounds=self.divergent_rounds,
+        )
+
+
+def _check_shapes(
+    update: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], who: str
+) -> None:
+    if set(update) != set(params):
+        raise RunnerError(f"update of {who} has other parameters than the model")
+    for k, v in update.items():
+        if v.shape != params[k].shape:
+            raise RunnerError(
+                f"update of {who}: {k} has shape {v.shape}, expected {params[k].shape}"
+            )
+
+
+__all__: Sequence[str] = (
+    "Checkpoints",
+    "Exchange",
+    "JobRunner",
+    "Ledger",
+    "LedgerJob",
+    "LedgerRefused",
+    "LedgerRound",
+    "NodeData",
+    "RunnerError",
+)

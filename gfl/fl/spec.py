@@ -1,0 +1,330 @@
+"""The job spec: what every participant trains, and the bytes whose sha256 goes on chain.
+
+A spec is a frozen dataclass. Its canonical encoding is msgpack with sorted map keys
+and floats always as float64, so the same spec gives the same bytes (and hash) in any
+process on any machine. Decoding is bounded and validated: a peer's bytes are input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from gfl.errors import GflError
+
+SPEC_VERSION = 1
+MAX_SPEC_BYTES = 64 * 1024
+_MAX_NAME = 128
+_MAX_DEPTH = 4
+
+TASKS = ("classification",)
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class SpecError(GflError):
+    """A job spec is malformed or violates a rule."""
+
+
+def _check_value(value: Any, where: str, depth: int = 0) -> Any:
+    """Allow only plain msgpack-able values in kwargs; return a canonical copy."""
+    if depth > _MAX_DEPTH:
+        raise SpecError(f"{where}: nested too deeply")
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SpecError(f"{where}: {value} is not a finite number")
+        return value
+    if isinstance(value, list | tuple):
+        return [_check_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise SpecError(f"{where}: keys must be strings, got {k!r}")
+            out[k] = _check_value(v, f"{where}.{k}", depth + 1)
+        return dict(sorted(out.items()))
+    raise SpecError(f"{where}: unsupported value {value!r} (use numbers, strings, lists, tables)")
+
+
+def _sorted(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _sorted(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list | tuple):
+        return [_sorted(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a participant needs to take part in a job, and nothing node-specific."""
+
+    name: str
+    model: str
+    dataset: str
+    rounds: int
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+    local_epochs: int = 1
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    strategy: str = "fedavg"
+    strategy_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    min_updates: int = 1
+    round_timeout: int = 300
+    compression: str = "none"
+    seed: int = 0
+    trainer: str = "default"
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("model_kwargs", "optimizer_kwargs", "strategy_kwargs"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise SpecError(f"{name} must be a table of settings, got {value!r}")
+            set_(self, name, _check_value(value, name))
+        if isinstance(self.lr, int) and not isinstance(self.lr, bool):
+            set_(self, "lr", float(self.lr))
+        self._validate()
+
+    def _validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise SpecError(msg)
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for f in (
+            "name",
+            "model",
+            "dataset",
+            "task",
+            "optimizer",
+            "strategy",
+            "compression",
+            "trainer",
+        ):
+            v = getattr(self, f)
+            need(
+                isinstance(v, str) and 0 < len(v) <= _MAX_NAME,
+                f"{f} must be a non-empty string of at most {_MAX_NAME} characters",
+            )
+        need(
+            self.version == SPEC_VERSION,
+            f"spec version {self.version!r} is not supported (this node reads {SPEC_VERSION})",
+        )
+        for f, lo, hi in (
+            ("rounds", 1, 1_000_000),
+            ("local_epochs", 1, 10_000),
+            ("batch_size", 1, 1 << 20),
+            ("min_updates", 1, 1 << 20),
+            ("round_timeout", 1, 365 * 86400),
+            ("seed", 0, 2**63 - 1),
+        ):
+            v = getattr(self, f)
+            need(is_int(v) and lo <= v <= hi, f"{f} must be an integer in [{lo}, {hi}], got {v!r}")
+        need(
+            isinstance(self.lr, float) and math.isfinite(self.lr) and self.lr > 0,
+            f"lr must be a positive number, got {self.lr!r}",
+        )
+        if self.trainer == "default":
+            need(self.task in TASKS, f"task {self.task!r} is unknown; known: {', '.join(TASKS)}")
+            need(
+                self.optimizer in OPTIMIZERS,
+                f"optimizer {self.optimizer!r} is unknown; known: {', '.join(OPTIMIZERS)}",
+            )
+        # Late imports: the codec and strategies import numpy only; keep spec import cheap.
+        from gfl.fl.codec import CodecError, parse_compression
+        from gfl.fl.strategies import STRATEGIES
+
+        try:
+            parse_compression(self.compression)
+        except CodecError as e:
+            raise SpecError(str(e)) from None
+        need(
+            self.strategy in STRATEGIES,
+            f"strategy {self.strategy!r} is unknown; known: {', '.join(sorted(STRATEGIES))}",
+        )
+        mu = self.strategy_kwargs.get("mu", 0.0)
+        need(
+            isinstance(mu, int | float) and not isinstance(mu, bool) and mu >= 0,
+            f"strategy_kwargs.mu must be a number >= 0, got {mu!r}",
+        )
+
+    # -- canonical encoding ---------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (kwargs as plain dicts)."""
+        return {f.name: _sorted(getattr(self, f.name)) for f in fields(self)}
+
+    def to_bytes(self) -> bytes:
+        """The canonical bytes: msgpack, sorted keys, floats as float64."""
+        return msgpack.packb(_sorted(self.to_dict()), use_bin_type=True, use_single_float=False)
+
+    @property
+    def spec_hash(self) -> bytes:
+        """sha256 of the canonical bytes: the hash registered on chain."""
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    def __hash__(self) -> int:
+        return int.from_bytes(self.spec_hash[:8], "big")
+
+    @property
+    def proximal_mu(self) -> float:
+        """FedProx's mu (0 unless the strategy sets one): the trainer adds mu/2*||w-w_g||^2."""
+        return float(self.strategy_kwargs.get("mu", 0.0))
+
+    def replace(self, **changes: Any) -> JobSpec:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        """Build from a plain mapping, refusing unknown keys."""
+        if not isinstance(data, Mapping):
+            raise SpecError("a job spec must be a table of settings")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown job setting(s): {', '.join(map(str, unknown))}")
+        missing = [k for k in ("name", "model", "dataset", "rounds") if k not in data]
+        if missing:
+            raise SpecError(f"missing job setting(s): {', '.join(missing)}")
+        try:
+            return cls(**dict(data))
+        except TypeError as e:  # wrong types for dataclass machinery
+            raise SpecError(f"invalid job spec: {e}") from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> JobSpec:
+        """Decode canonical bytes from a peer; bounded, validated, and re-encoded identically."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise SpecError("job spec bytes expected")
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecError(f"job spec is {len(data)} bytes; the limit is {MAX_SPEC_BYTES}")
+        try:
+            obj = msgpack.unpackb(
+                bytes(data),
+                raw=False,
+                strict_map_key=True,
+                max_str_len=MAX_SPEC_BYTES,
+                max_bin_len=0,
+                max_array_len=4096,
+                max_map_len=256,
+                max_ext_len=0,
+            )
+        except Exception as e:  # msgpack raises many types for garbage
+            raise SpecError(f"job spec bytes are not valid msgpack: {e}") from None
+        spec = cls.from_dict(obj)
+        if spec.to_bytes() != bytes(data):
+            raise SpecError("job spec bytes are not in canonical form")
+        return spec
+
+    @classmethod
+    def from_toml(cls, text: str) -> JobSpec:
+        """Parse a TOML job file (top-level keys, or a [job] table; kwargs as sub-tables)."""
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"job file is not valid TOML: {e}") from None
+        if set(doc) == {"job"}:
+            doc = doc["job"]
+        return cls.from_dict(doc)
+
+    def to_toml(self) -> str:
+        """The spec as a TOML job file (round-trips through from_toml)."""
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+    @staticmethod
+    def builder(name: str) -> JobBuilder:
+        """Start a fluent builder: JobSpec.builder("x").model("mlp").data("digits").build()."""
+        return JobBuilder(name)
+
+
+def load_job_file(path: str | Path) -> JobSpec:
+    """Read a TOML job file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"cannot read job file {p}: {e.strerror}") from None
+    return JobSpec.from_toml(text)
+
+
+class JobBuilder:
+    """Fluent construction of a JobSpec for scripted job publishing (the seed's Job Generator)."""
+
+    def __init__(self, name: str) -> None:
+        self._d: dict[str, Any] = {"name": name}
+
+    def model(self, name: str, **kwargs: Any) -> JobBuilder:
+        self._d.update(model=name, model_kwargs=kwargs)
+        return self
+
+    def data(self, dataset: str, task: str = "classification") -> JobBuilder:
+        self._d.update(dataset=dataset, task=task)
+        return self
+
+    def train(
+        self,
+        *,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        optimizer: str | None = None,
+        lr: float | None = None,
+        **optimizer_kwargs: Any,
+    ) -> JobBuilder:
+        for k, v in (
+            ("local_epochs", epochs),
+            ("batch_size", batch_size),
+            ("optimizer", optimizer),
+            ("lr", lr),
+        ):
+            if v is not None:
+                self._d[k] = v
+        if optimizer_kwargs:
+            self._d["optimizer_kwargs"] = optimizer_kwargs
+        return self
+
+    def strategy(self, name: str, **kwargs: Any) -> JobBuilder:
+        self._d.update(strategy=name, strategy_kwargs=kwargs)
+        return self
+
+    def rounds(
+        self, n: int, *, min_updates: int | None = None, timeout: int | None = None
+    ) -> JobBuilder:
+        self._d["rounds"] = n
+        if min_updates is not None:
+            self._d["min_updates"] = min_updates
+        if timeout is not None:
+            self._d["round_timeout"] = timeout
+        return self
+
+    def compression(self, scheme: str) -> JobBuilder:
+        self._d["compression"] = scheme
+        return self
+
+    def seed(self, seed: int) -> JobBuilder:
+        self._d["seed"] = seed
+        return self
+
+    def trainer(self, name: str) -> JobBuilder:
+        self._d["trainer"] = name
+        return self
+
+    def build(self) -> JobSpec:
+        return JobSpec.from_dict(self._d)

@@ -1,0 +1,189 @@
+"""Local training: E epochs of minibatch B from the round's global model; returns the delta.
+
+A job may name a custom trainer (`trainer = "name"` in the spec) installed on the node as a
+`gfl.trainers` entry point: a callable with `train_local`'s signature. Hooks let a node run
+its own code before and after local training without replacing the trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from gfl.errors import GflError
+from gfl.fl.data import ArrayDataset
+from gfl.fl.models import build_model, get_params, set_params
+from gfl.fl.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 1024
+
+
+class TrainError(GflError):
+    """Local training could not run (unknown trainer, bad device, empty data)."""
+
+
+@dataclass
+class LocalResult:
+    """What a participant commits: its update (local - global), sample count and metrics."""
+
+    update: dict[str, np.ndarray]
+    num_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class TrainHooks(Protocol):
+    """Optional user code around local training; either method may be left out."""
+
+    def before_train(self, model: nn.Module, spec: JobSpec) -> None: ...
+
+    def after_train(self, model: nn.Module, spec: JobSpec, result: LocalResult) -> None: ...
+
+
+def _hooks(hooks: TrainHooks | Sequence[TrainHooks] | None) -> list[Any]:
+    if hooks is None:
+        return []
+    return list(hooks) if isinstance(hooks, list | tuple) else [hooks]
+
+
+def initial_params(spec: JobSpec) -> dict[str, np.ndarray]:
+    """M_0: the model built from the spec with torch's RNG seeded by spec.seed (same everywhere)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model, **spec.model_kwargs)
+    return get_params(model)
+
+
+def _optimizer(spec: JobSpec, params: Any) -> torch.optim.Optimizer:
+    kw = dict(spec.optimizer_kwargs)
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    try:
+        return cls[spec.optimizer](params, lr=spec.lr, **kw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainError(f"optimizer {spec.optimizer!r} with {kw}: {e}") from None
+
+
+def _device(device: str) -> torch.device:
+    try:
+        d = torch.device(device)
+    except RuntimeError as e:
+        raise TrainError(f"bad device {device!r}: {e}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError("device cuda requested but no GPU is available")
+    return d
+
+
+def _custom_trainer(name: str) -> Any:
+    for ep in entry_points(group="gfl.trainers"):
+        if ep.name == name:
+            return ep.load()
+    raise TrainError(f"trainer {name!r} is not installed on this node ('gfl.trainers' entry point)")
+
+
+def train_local(
+    spec: JobSpec,
+    global_params: Mapping[str, np.ndarray],
+    train_data: ArrayDataset,
+    *,
+    device: str = "cpu",
+    hooks: TrainHooks | Sequence[TrainHooks] | None = None,
+    eval_data: ArrayDataset | None = None,
+    seed: int | None = None,
+) -> LocalResult:
+    """Train locally per the spec and return the update; FedProx's term applies when mu > 0."""
+    if spec.trainer != "default":
+        return _custom_trainer(spec.trainer)(
+            spec,
+            global_params,
+            train_data,
+            device=device,
+            hooks=hooks,
+            eval_data=eval_data,
+            seed=seed,
+        )
+    n = len(train_data)
+    if n == 0:
+        raise TrainError("no local training data")
+    dev = _device(device)
+    model = build_model(spec.model, **spec.model_kwargs)
+    set_params(model, global_params)
+    model.to(dev)
+    for h in _hooks(hooks):
+        if hasattr(h, "before_train"):
+            h.before_train(model, spec)
+    mu = spec.proximal_mu
+    anchor = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
+    opt = _optimizer(spec, model.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(spec.seed if seed is None else seed)
+    x_all = torch.from_numpy(train_data.x)
+    y_all = torch.from_numpy(train_data.y)
+    model.train()
+    total_loss = 0.0
+    seen = 0
+    for _epoch in range(spec.local_epochs):
+        total_loss, seen = 0.0, 0
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, spec.batch_size):
+            idx = perm[start : start + spec.batch_size]
+            xb, yb = x_all[idx].to(dev), y_all[idx].to(dev)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            if mu > 0:
+                prox = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                loss = loss + 0.5 * mu * prox
+            loss.backward()
+            opt.step()
+            total_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+    local = get_params(model)
+    update = {}
+    for k, g in global_params.items():
+        g = np.asarray(g)
+        if g.dtype.kind == "f":
+            update[k] = (local[k].astype(np.float64) - g).astype(g.dtype)
+        else:
+            update[k] = (local[k] - g).astype(g.dtype)
+    metrics = {"train_loss": total_loss / max(seen, 1)}
+    if eval_data is not None and len(eval_data):
+        ev = _evaluate_model(model, eval_data, dev)
+        metrics.update({"loss": ev["loss"], "accuracy": ev["accuracy"]})
+    result = LocalResult(update, n, metrics)
+    for h in _hooks(hooks):
+        if hasattr(h, "after_train"):
+            h.after_train(model, spec, result)
+    return result
+
+
+@torch.no_grad()
+def _evaluate_model(model: nn.Module, data: ArrayDataset, dev: torch.device) -> dict[str, float]:
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total, correct, n = 0.0, 0, len(data)
+    for start in range(0, n, EVAL_BATCH):
+        xb = torch.from_numpy(data.x[start : start + EVAL_BATCH]).to(dev)
+        yb = torch.from_numpy(data.y[start : start + EVAL_BATCH]).to(dev)
+        out = model(xb)
+        total += float(loss_fn(out, yb))
+        correct += int((out.argmax(1) == yb).sum())
+    return {"loss": total / max(n, 1), "accuracy": correct / max(n, 1)}
+
+
+def evaluate(
+    spec: JobSpec, params: Mapping[str, np.ndarray], data: ArrayDataset, *, device: str = "cpu"
+) -> dict[str, float]:
+    """Loss and accuracy of `params` on `data`."""
+    dev = _device(device)
+    model = build_model(spec.model, **spec.model_kwargs)
+    set_params(model, params)
+    return _evaluate_model(model.to(dev), data, dev)

@@ -1,0 +1,650 @@
+"""The job service: publishing, verifying, joining and running jobs on a node.
+
+This is where the layers meet (DESIGN.md's Manager and Scheduler). It
+subscribes to job announcements, checks each one against the chain (the job
+exists, its spec hash is sha256 of the announced bytes, its owner signed the
+announcement), joins per the node's policy, and runs one `JobRunner` per job,
+several at once, with a limit on concurrent training. It adapts the chain
+`Registry` (blocking web3, in worker threads) and the libp2p `Network` to the
+runner's `Ledger` and `Exchange` interfaces.
+
+Nothing waits on fixed sleeps in the critical path: the chain is polled for
+events every 100 ms and each event wakes the runner of its job; gossip about
+an update starts fetching it at once, before its round closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gfl import protocol
+from gfl.errors import GflError
+from gfl.fl.data import ArrayDataset, DataError, load_dataset, load_partition
+from gfl.fl.runner import (
+    STATUS_ACTIVE,
+    STATUS_CANCELLED,
+    STATUS_FINISHED,
+    Checkpoints,
+    JobRunner,
+    LedgerJob,
+    LedgerRefused,
+    LedgerRound,
+    NodeData,
+)
+from gfl.fl.spec import JobSpec, SpecError
+from gfl.store import Store
+
+if TYPE_CHECKING:
+    from gfl.node import Node
+
+log = logging.getLogger(__name__)
+
+CHAIN_POLL_S = 0.1
+REANNOUNCE_S = 5.0
+PREFETCH_LIMIT = 4
+_STATUS = {1: STATUS_ACTIVE, 2: STATUS_FINISHED, 3: STATUS_CANCELLED}
+
+
+class JobError(GflError):
+    """A job request the node refuses (bad spec, unknown job, no such dataset, ...)."""
+
+
+class JobNotFound(JobError):
+    """No job with that id on this node."""
+
+    status = 404
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A node-local dataset: a name in config [data], optionally one partition of it."""
+
+    dataset: str
+    root: str | None = None
+    partition: str | None = None  # "iid" | "dirichlet:0.5" | "shards:2"
+    index: int = 0
+    of: int = 1
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, name: str, value: Any) -> DataSource:
+        """``digits = ""`` (whole set), ``mnist = "/data/mnist"`` or a table with
+        ``root``, ``dataset``, ``partition``, ``index``, ``of``, ``seed``."""
+        if isinstance(value, str):
+            return cls(dataset=name, root=value or None)
+        if isinstance(value, dict):
+            known = {"root", "dataset", "partition", "index", "of", "seed"}
+            bad = set(value) - known
+            if bad:
+                raise JobError(f"[data.{name}] has unknown keys: {', '.join(sorted(bad))}")
+            return cls(
+                dataset=str(value.get("dataset", name)),
+                root=value.get("root") or None,
+                partition=value.get("partition"),
+                index=int(value.get("index", 0)),
+                of=int(value.get("of", 1)),
+                seed=int(value.get("seed", 0)),
+            )
+        raise JobError(f"[data] {name} must be a path or a table")
+
+    def load(self) -> NodeData:
+        if self.partition:
+            train = load_partition(
+                self.dataset, self.index, self.of, self.partition, self.seed, root=self.root
+            )
+        else:
+            train = load_dataset(self.dataset, root=self.root, train=True)
+        try:
+            test: ArrayDataset | None = load_dataset(self.dataset, root=self.root, train=False)
+        except DataError:
+            test = None
+        return NodeData(train=train, test=test)
+
+
+# -- adapters -------------------------------------------------------------------------------
+
+
+class ChainLedger:
+    """The chain registry, as one job's `Ledger` (calls run in worker threads)."""
+
+    def __init__(self, node: Node, job_id: bytes) -> None:
+        self._node = node
+        self._job_id = job_id
+        self.address = node.identity.eth_address
+        self._participants: tuple[str, ...] = ()
+        self._joined_count = -1
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        from gfl.chain import ContractRevert
+
+        try:
+            return await self._node.chain_call(fn, *args)
+        except ContractRevert as exc:
+            raise LedgerRefused(str(exc)) from None
+
+    async def job(self) -> LedgerJob:
+        chain = self._node.chain
+        rec = await self._call(chain.get_job, self._job_id)
+        if rec is None:
+            raise JobError(f"the chain holds no job 0x{self._job_id.hex()}")
+        if rec.joined_count != self._joined_count:
+            self._participants = tuple(await self._call(chain.participants, self._job_id))
+            self._joined_count = rec.joined_count
+        return LedgerJob(
+            status=_STATUS.get(int(rec.status), STATUS_CANCELLED),
+            rounds=rec.rounds,
+            min_updates=rec.min_updates,
+            round_timeout=rec.round_timeout,
+            current_round=rec.current_round,
+            joined=self._participants,
+        )
+
+    async def round(self, r: int) -> LedgerRound:
+        rec = await self._call(self._node.chain.get_round, self._job_id, r)
+        return LedgerRound(
+            round=r,
+            opens_at=float(rec.opens_at),
+            closed=bool(rec.closed),
+            closed_at=None if rec.closed_at is None else float(rec.closed_at),
+            updates=tuple((u.participant, u.update_hash, u.samples) for u in rec.updates),
+            models=tuple((m.participant, m.model_hash) for m in rec.models),
+        )
+
+    async def join(self) -> None:
+        await self._call(self._node.chain.join_job, self._job_id)
+
+    async def commit_update(self, r: int, update_hash: bytes, samples: int) -> None:
+        await self._call(self._node.chain.commit_update, self._job_id, r, update_hash, samples)
+
+    async def commit_model(self, r: int, model_hash: bytes) -> None:
+        await self._call(self._node.chain.commit_model, self._job_id, r, model_hash)
+
+    async def settle(self) -> None:
+        await self._call(self._node.chain.settle, self._job_id)
+
+
+class NetExchange:
+    """The libp2p network as one job's `Exchange`."""
+
+    def __init__(self, service: JobService, job_id: bytes) -> None:
+        self._service = service
+        self._job_id = job_id
+        self._tag = job_id.hex()
+
+    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes:
+        net = self._service.node.network
+        h = await trio.to_thread.run_sync(lambda: net.blobs.put(data, tag=self._tag))
+        msg = protocol.blob_announcement(kind, self._job_id, r, h, len(data), samples)
+        await self._service.publish(self._service.topic(self._job_id), msg)
+        self._service.node.nursery.start_soon(self._provide, h)
+        return h
+
+    async def _provide(self, h: bytes) -> None:
+        try:
+            await self._service.node.network.provide(h)
+        except GflError as exc:
+            log.debug("DHT provide failed: %s", exc)
+
+    async def fetch(self, blob: bytes, owner: str | None, max_size: int, timeout: float) -> bytes:
+        providers = self._service.providers(blob, owner)
+        net = self._service.node.network
+        data = await net.fetch_blob(blob, providers, max_size=max_size, timeout=timeout)
+        self._service.traffic_in[self._tag] = self._service.traffic_in.get(self._tag, 0) + len(data)
+        return data
+
+    def load_local(self, blob: bytes) -> bytes | None:
+        return self._service.node.network.blobs.get(blob)
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningJob:
+    job_id: bytes
+    spec: JobSpec
+    runner: JobRunner
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class JobService:
+    """Jobs on this node: publish, verify, join, run, report."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.store = Store(node.datadir.root / "node.db")
+        cfg = node.config.jobs
+        self.auto_join = cfg.auto_join
+        self.allow_owners = {a.lower() for a in cfg.allow_owners}
+        self.max_concurrent = max(1, cfg.max_concurrent)
+        self.train_limiter = trio.CapacityLimiter(max(1, cfg.max_concurrent))
+        self.running: dict[bytes, RunningJob] = {}
+        self.traffic_in: dict[str, int] = {}
+        self._hints: dict[bytes, list[str]] = {}  # blob hash -> peer ids that announced it
+        self._addr_peer: dict[str, str] = {}  # eth address (lower) -> peer id
+        self._prefetch = trio.CapacityLimiter(PREFETCH_LIMIT)
+        self._nursery: trio.Nursery | None = None
+        self._subscribed: set[bytes] = set()
+        self.sources = self._data_sources()
+
+    def _data_sources(self) -> dict[str, DataSource]:
+        out = {}
+        for name, value in self.node.config.data.items():
+            try:
+                out[name] = DataSource.parse(name, value)
+            except (JobError, TypeError, ValueError) as exc:
+                log.warning("ignoring [data] %s: %s", name, exc)
+        return out
+
+    # -- plumbing
+
+    @staticmethod
+    def topic(job_id: bytes) -> str:
+        from gfl.net import round_topic
+
+        return round_topic(job_id)
+
+    async def publish(self, topic: str, msg: dict[str, Any]) -> None:
+        try:
+            await self.node.network.publish(topic, msg)
+        except GflError as exc:
+            log.warning("gossip publish on %s failed: %s", topic, exc)
+
+    def providers(self, blob: bytes, owner: str | None) -> list[str]:
+        out: list[str] = []
+        if owner and owner.lower() in self._addr_peer:
+            out.append(self._addr_peer[owner.lower()])
+        out += [p for p in self._hints.get(blob, []) if p not in out]
+        for peer in self.node.network.peers():
+            pid = peer.get("peer_id")
+            addr = (peer.get("address") or "").lower()
+            if owner and addr == owner.lower() and pid not in out:
+                out.insert(0, pid)
+            elif pid not in out:
+                out.append(pid)
+        return out
+
+    def _reject(self, reason: str, **data: Any) -> None:
+        self.store.bump(f"rejected.{reason}")
+        self.node.events.publish("job.rejected", {"reason": reason, **data})
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.node.events.publish(kind, data)
+        jid = data.get("job_id")
+        if kind == "job.divergence" and jid:
+            self.store.upsert_round(
+                jid, int(data["round"]), divergent=1, majority_hash=data.get("majority")
+            )
+            self.store.bump("alarms.divergence")
+
+    def _record(self, job_id: str) -> Callable[[int, dict[str, Any]], None]:
+        def record(r: int, values: dict[str, Any]) -> None:
+            self.store.merge_round_metrics(job_id, r, values)
+            fields: dict[str, Any] = {"phase": "done" if "model_hash" in values else "committed"}
+            if "update_hash" in values:
+                fields["update_hash"] = values["update_hash"]
+            if "model_hash" in values:
+                fields["model_hash"] = values["model_hash"]
+                fields["finished_at"] = time.time()
+                self.store.update_job(job_id, current_round=r + 1, model_hash=values["model_hash"])
+            self.store.upsert_round(job_id, r, **fields)
+
+        return record
+
+    # -- the service task
+
+    async def serve(self, node: Node, task_status: trio.TaskStatus[None]) -> None:
+        """Node service: runs until the node stops."""
+        import gfl.protocol  # noqa: F401  (registers the message schemas)
+        from gfl.net import JOBS_TOPIC
+
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                channel = await node.network.subscribe(JOBS_TOPIC, self._validate_job_msg)
+                nursery.start_soon(self._job_announcements, channel)
+                if node.chain is not None:
+                    nursery.start_soon(self._poll_chain)
+                nursery.start_soon(self._reannounce)
+                for row in self.store.jobs():
+                    if row.status == STATUS_ACTIVE and row.role == "participant":
+                        self._start(bytes.fromhex(row.job_id), JobSpec.from_bytes(row.spec))
+                task_status.started()
+        finally:
+            self.store.close()
+
+    # -- announcements
+
+    def _validate_job_msg(self, msg: Any) -> bool:
+        return msg.payload.get("type") == "job"
+
+    async def _job_announcements(self, channel: Any) -> None:
+        async with channel:
+            async for msg in channel:
+                await self._on_job_announcement(msg)
+
+    async def _on_job_announcement(self, msg: Any) -> None:
+        job_id, spec_bytes = msg.payload["job_id"], msg.payload["spec"]
+        hx = job_id.hex()
+        self._addr_peer[msg.sender_address.lower()] = msg.sender_peer_id
+        if self.store.job(hx) is not None:
+            return  # known already (re-announcement)
+        try:
+            spec = JobSpec.from_bytes(spec_bytes)
+        except SpecError as exc:
+            self._reject("bad_spec", job_id=hx, sender=msg.sender_address, detail=str(exc))
+            return
+        from gfl.chain import AnnouncementRejected, ChainError
+
+        try:
+            rec = await self.node.chain_call(
+                self.node.chain.verify_announcement, job_id, spec_bytes, msg.sender_address
+            )
+        except AnnouncementRejected as exc:
+            self._reject("unverified", job_id=hx, sender=msg.sender_address, detail=str(exc))
+            return
+        except ChainError as exc:
+            log.warning("cannot verify job %s now: %s", hx[:10], exc)
+            return
+        if int(rec.status) != 1:
+            self._reject("not_active", job_id=hx)
+            return
+        join, why = self._should_join(spec, rec.owner)
+        self.store.add_job(
+            hx,
+            spec.to_bytes(),
+            spec.spec_hash.hex(),
+            rec.owner,
+            spec.name,
+            spec.rounds,
+            STATUS_ACTIVE,
+            "participant" if join else "observer",
+        )
+        self.node.events.publish(
+            "job.discovered",
+            {"job_id": hx, "name": spec.name, "owner": rec.owner, "joining": join, "why": why},
+        )
+        if join:
+            self._start(job_id, spec)
+
+    def _should_join(self, spec: JobSpec, owner: str) -> tuple[bool, str]:
+        if spec.dataset not in self.sources:
+            return False, f"no dataset {spec.dataset!r} in [data]"
+        if self.allow_owners and owner.lower() not in self.allow_owners:
+            return False, "owner not in [jobs] allow_owners"
+        if not self.auto_join and not self.allow_owners:
+            return False, "[jobs] auto_join is off"
+        if len(self.running) >= self.max_concurrent:
+            return False, f"already running {len(self.running)} jobs (max_concurrent)"
+        return True, "policy"
+
+    async def _reannounce(self) -> None:
+        """Gossip is lossy: repeat our active jobs' announcements now and then."""
+        from gfl.net import JOBS_TOPIC
+
+        while True:
+            await trio.sleep(REANNOUNCE_S)
+            me = self.node.identity.eth_address.lower()
+            for row in self.store.jobs():
+                if row.status == STATUS_ACTIVE and row.owner.lower() == me:
+                    await self.publish(
+                        JOBS_TOPIC, protocol.job_announcement(bytes.fromhex(row.job_id), row.spec)
+                    )
+
+    # -- round gossip: provider hints and prefetch
+
+    async def _round_messages(self, job_id: bytes, channel: Any) -> None:
+        async with channel:
+            async for msg in channel:
+                p = msg.payload
+                if p["job_id"] != job_id:
+                    continue
+                self._addr_peer[msg.sender_address.lower()] = msg.sender_peer_id
+                hints = self._hints.setdefault(p["hash"], [])
+                if msg.sender_peer_id not in hints:
+                    hints.append(msg.sender_peer_id)
+                running = self.running.get(job_id)
+                if running is not None:
+                    running.runner.poke()
+                    if p["type"] == "update" and self._nursery is not None:
+                        self._nursery.start_soon(self._prefetch_one, p["hash"], p["size"])
+
+    async def _prefetch_one(self, h: bytes, size: int) -> None:
+        net = self.node.network
+        if net.blobs.has(h) or size > protocol.MAX_BLOB_BYTES:
+            return
+        async with self._prefetch:
+            try:
+                await net.fetch_blob(h, self.providers(h, None), max_size=size, timeout=60)
+            except GflError as exc:
+                log.debug("prefetch of %s failed: %s", h.hex()[:12], exc)
+
+    # -- chain events
+
+    async def _poll_chain(self) -> None:
+        chain = self.node.chain
+        cursor = await self.node.chain_call(chain.block_number)
+        while True:
+            await trio.sleep(CHAIN_POLL_S)
+            try:
+                events, cursor = await self.node.chain_call(chain.poll_events, cursor)
+            except GflError as exc:
+                log.warning("chain poll failed (retrying): %s", exc)
+                await trio.sleep(1.0)
+                continue
+            for ev in events:
+                running = self.running.get(ev.job_id)
+                if running is not None:
+                    running.runner.poke()
+                self._on_chain_event(ev)
+
+    def _on_chain_event(self, ev: Any) -> None:
+        hx = ev.job_id.hex()
+        if ev.name == "JobCancelled" and self.store.job(hx) is not None:
+            self.store.update_job(hx, status=STATUS_CANCELLED)
+        if ev.name in ("UpdateCommitted", "ModelCommitted") and self.store.job(hx) is not None:
+            a = ev.args
+            kind = "update" if ev.name == "UpdateCommitted" else "model"
+            h = a.get("updateHash") or a.get("modelHash") or b""
+            self.store.add_commitment(
+                hx,
+                int(a.get("round", 0)),
+                kind,
+                ev.block_number * 10_000 + ev.log_index,
+                a.get("participant", ""),
+                bytes(h).hex(),
+                int(a.get("samples", 0)),
+            )
+
+    # -- running
+
+    def _start(self, job_id: bytes, spec: JobSpec) -> None:
+        if job_id in self.running or self._nursery is None:
+            return
+        hx = job_id.hex()
+        try:
+            data = self.sources[spec.dataset].load()
+        except (KeyError, GflError) as exc:
+            self.store.update_job(hx, status="error", error=str(exc))
+            self.node.events.publish("job.error", {"job_id": hx, "error": str(exc)})
+            return
+        runner = JobRunner(
+            job_id=hx,
+            spec=spec,
+            ledger=ChainLedger(self.node, job_id),
+            exchange=NetExchange(self, job_id),
+            data=data,
+            checkpoints=Checkpoints(self.node.datadir.root / "models" / hx),
+            train_limiter=self.train_limiter,
+            emit=self._emit,
+            record=self._record(hx),
+            device=self.node.config.train.device,
+        )
+        running = RunningJob(job_id, spec, runner)
+        self.running[job_id] = running
+        self._nursery.start_soon(self._run, running)
+
+    async def _run(self, running: RunningJob) -> None:
+        hx = running.job_id.hex()
+        topic = self.topic(running.job_id)
+        try:
+            with running.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    if running.job_id not in self._subscribed:
+                        channel = await self.node.network.subscribe(topic)
+                        self._subscribed.add(running.job_id)
+                        nursery.start_soon(self._round_messages, running.job_id, channel)
+                    try:
+                        status = await running.runner.run()
+                        self.store.update_job(hx, status=status)
+                    except GflError as exc:
+                        log.error("job %s stopped: %s", hx[:10], exc)
+                        self.store.update_job(hx, status="error", error=str(exc))
+                        self.node.events.publish("job.error", {"job_id": hx, "error": str(exc)})
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.running.pop(running.job_id, None)
+            if running.job_id in self._subscribed:
+                self._subscribed.discard(running.job_id)
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await self.node.network.unsubscribe(topic)
+                    except Exception as exc:  # the network may be closing
+                        log.debug("unsubscribe %s: %s", topic, exc)
+
+    # -- API operations
+
+    async def publish_job(self, spec: JobSpec, *, participate: bool = True) -> dict[str, Any]:
+        """Register `spec` on chain, announce it, and (if we have the data) take part."""
+        from gfl.net import JOBS_TOPIC
+
+        chain = self.node.chain
+        if chain is None:
+            raise JobError("this node has no chain backend; cannot register jobs")
+        spec_bytes = spec.to_bytes()
+        job_id = await self.node.chain_call(
+            chain.make_job_id, spec.spec_hash, secrets.token_bytes(32)
+        )
+        await self.node.chain_call(
+            chain.register_job,
+            job_id,
+            spec.spec_hash,
+            spec.rounds,
+            spec.min_updates,
+            spec.round_timeout,
+        )
+        hx = job_id.hex()
+        join = participate and spec.dataset in self.sources
+        self.store.add_job(
+            hx,
+            spec_bytes,
+            spec.spec_hash.hex(),
+            self.node.identity.eth_address,
+            spec.name,
+            spec.rounds,
+            STATUS_ACTIVE,
+            "participant" if join else "owner",
+        )
+        await self.publish(JOBS_TOPIC, protocol.job_announcement(job_id, spec_bytes))
+        self.node.events.publish("job.published", {"job_id": hx, "name": spec.name})
+        if join:
+            self._start(job_id, spec)
+        return self.job_summary(hx)
+
+    async def cancel_job(self, hx: str) -> dict[str, Any]:
+        row = self._row(hx)
+        await self.node.chain_call(self.node.chain.cancel_job, bytes.fromhex(row.job_id))
+        self.store.update_job(row.job_id, status=STATUS_CANCELLED)
+        running = self.running.get(bytes.fromhex(row.job_id))
+        if running is not None:
+            running.runner.poke()
+        return self.job_summary(row.job_id)
+
+    def _row(self, hx: str) -> Any:
+        hx = hx.lower().removeprefix("0x")
+        row = self.store.job(hx)
+        if row is None:
+            matches = (
+                [j for j in self.store.jobs() if j.job_id.startswith(hx)] if len(hx) >= 4 else []
+            )
+            if len(matches) != 1:
+                raise JobNotFound(f"no job {hx!r} on this node")
+            row = matches[0]
+        return row
+
+    def job_summary(self, hx: str) -> dict[str, Any]:
+        row = self._row(hx)
+        out = row.summary()
+        rounds = self.store.rounds(row.job_id)
+        done = [r for r in rounds if r.get("model_hash")]
+        last = done[-1]["metrics"] if done else {}
+        out.update(
+            running=bytes.fromhex(row.job_id) in self.running,
+            accuracy=last.get("accuracy"),
+            loss=last.get("loss"),
+            participants=len(
+                {
+                    c["participant"]
+                    for c in self.store.commitments(row.job_id)
+                    if c["kind"] == "update"
+                }
+            ),
+            divergent_rounds=[r["round"] for r in rounds if r["divergent"]],
+            bytes_received=sum(r["metrics"].get("bytes_received", 0) for r in rounds),
+            bytes_sent=sum(r["metrics"].get("bytes_sent_update", 0) for r in rounds),
+        )
+        return out
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [self.job_summary(r.job_id) for r in self.store.jobs()]
+
+    def job_detail(self, hx: str) -> dict[str, Any]:
+        row = self._row(hx)
+        out = self.job_summary(row.job_id)
+        out["spec"] = JobSpec.from_bytes(row.spec).to_dict()
+        out["rounds_detail"] = self.store.rounds(row.job_id)
+        out["commitments"] = self.store.commitments(row.job_id)
+        return out
+
+    async def verify_rounds(self, hx: str) -> list[dict[str, Any]]:
+        """Compare every finished round's model hash here with what the chain holds."""
+        row = self._row(hx)
+        jid = bytes.fromhex(row.job_id)
+        out = []
+        for r in self.store.rounds(row.job_id):
+            rec = await self.node.chain_call(self.node.chain.get_round, jid, r["round"])
+            votes: dict[str, int] = {}
+            for m in rec.models:
+                votes[m.model_hash.hex()] = votes.get(m.model_hash.hex(), 0) + 1
+            majority = max(votes, key=lambda k: votes[k]) if votes else None
+            out.append(
+                {
+                    "round": r["round"],
+                    "closed": rec.closed,
+                    "updates": len(rec.updates),
+                    "model_commitments": len(rec.models),
+                    "chain_majority": majority,
+                    "local_model": r.get("model_hash"),
+                    "verified": majority is not None and majority == r.get("model_hash"),
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        rows = self.store.jobs()
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return {
+            "jobs": counts,
+            "running": len(self.running),
+            "rejected": self.store.counters("rejected."),
+            "alarms": self.store.counters("alarms."),
+        }

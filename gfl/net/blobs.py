@@ -1,0 +1,178 @@
+"""A content-addressed blob store on disk: sha256 -> bytes, bounded in size.
+
+Layout under the store's directory: ``<hh>/<hash hex>`` for data (``hh`` the
+first byte of the hash), ``tags/<tag>/<hash hex>`` as empty marker files that
+say which job a blob belongs to, and ``tmp/`` for writes in progress. Writes
+are atomic (temp file, fsync, rename), so a crash leaves either the whole blob
+or nothing; reads verify the hash, so a corrupted file is deleted and reported
+missing instead of being served. When the store grows past its cap the least
+recently used blobs are evicted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+
+from gfl.net.errors import BlobError
+
+logger = logging.getLogger(__name__)
+
+HASH_LEN = 32
+_TAG_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def blob_hash(data: bytes) -> bytes:
+    """The content address of ``data`` (sha256)."""
+    return hashlib.sha256(data).digest()
+
+
+def _hex(h: bytes) -> str:
+    if not isinstance(h, bytes | bytearray) or len(h) != HASH_LEN:
+        raise BlobError("a blob hash is 32 bytes (sha256)")
+    return bytes(h).hex()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Blobs by sha256 in one directory, with a size cap and per-tag eviction.
+
+    Methods do blocking file I/O: from trio, call them through
+    ``trio.to_thread.run_sync`` for large blobs. They are thread-safe.
+    """
+
+    def __init__(self, root: Path, cap_bytes: int = 2 << 30) -> None:
+        self.root = Path(root)
+        self.cap_bytes = cap_bytes
+        self._lock = threading.RLock()
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.root / "tags").mkdir(exist_ok=True)
+        for stale in (self.root / "tmp").iterdir():
+            stale.unlink(missing_ok=True)
+        self._sizes: dict[str, int] = {}
+        for sub in self.root.iterdir():
+            if len(sub.name) == 2 and sub.is_dir():
+                for f in sub.iterdir():
+                    if len(f.name) == 2 * HASH_LEN:
+                        self._sizes[f.name] = f.stat().st_size
+        self.evictions = 0
+
+    def _path(self, hx: str) -> Path:
+        return self.root / hx[:2] / hx
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def has(self, h: bytes) -> bool:
+        return _hex(h) in self._sizes
+
+    def size_of(self, h: bytes) -> int | None:
+        return self._sizes.get(_hex(h))
+
+    def put(self, data: bytes, *, tag: str | None = None) -> bytes:
+        """Store ``data``; returns its sha256. Idempotent; ``tag`` groups blobs for `evict`."""
+        if tag is not None and not _TAG_RE.match(tag):
+            raise BlobError("a blob tag is 1-128 chars of letters, digits, '.', '_' or '-'")
+        if len(data) > self.cap_bytes:
+            raise BlobError(
+                f"blob of {len(data)} bytes is larger than the store's cap ({self.cap_bytes})"
+            )
+        h = blob_hash(data)
+        hx = h.hex()
+        with self._lock:
+            if hx not in self._sizes:
+                self._make_room(len(data))
+                path = self._path(hx)
+                path.parent.mkdir(exist_ok=True)
+                tmp = self.root / "tmp" / f"{hx}.{threading.get_ident()}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                _fsync_dir(path.parent)
+                self._sizes[hx] = len(data)
+            else:
+                os.utime(self._path(hx))
+            if tag is not None:
+                tdir = self.root / "tags" / tag
+                tdir.mkdir(exist_ok=True)
+                (tdir / hx).touch()
+        return h
+
+    def get(self, h: bytes) -> bytes | None:
+        """The blob's bytes, or None if absent; a blob whose bytes fail the hash is deleted."""
+        hx = _hex(h)
+        path = self._path(hx)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            with self._lock:
+                self._sizes.pop(hx, None)
+            return None
+        if blob_hash(data) != bytes(h):
+            logger.warning("blob %s is corrupt on disk; deleting it", hx[:16])
+            self._remove(hx)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return data
+
+    def tags(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "tags").iterdir())
+
+    def evict(self, tag: str) -> int:
+        """Delete the blobs tagged ``tag`` (a finished job's); returns how many."""
+        if not _TAG_RE.match(tag):
+            raise BlobError("invalid blob tag")
+        tdir = self.root / "tags" / tag
+        if not tdir.is_dir():
+            return 0
+        n = 0
+        with self._lock:
+            for marker in tdir.iterdir():
+                if marker.name in self._sizes:
+                    self._remove(marker.name)
+                    n += 1
+                marker.unlink(missing_ok=True)
+            tdir.rmdir()
+        return n
+
+    def _remove(self, hx: str) -> None:
+        with self._lock:
+            self._path(hx).unlink(missing_ok=True)
+            self._sizes.pop(hx, None)
+
+    def _make_room(self, incoming: int) -> None:
+        excess = self.total_bytes + incoming - self.cap_bytes
+        if excess <= 0:
+            return
+        by_age = sorted(self._sizes, key=lambda hx: self._path(hx).stat().st_mtime)
+        for hx in by_age:
+            if excess <= 0:
+                break
+            excess -= self._sizes[hx]
+            logger.info("evicting blob %s to stay under the store's cap", hx[:16])
+            self._remove(hx)
+            self.evictions += 1

@@ -1,0 +1,625 @@
+"""The libp2p host of a GFL node: identity, listening, discovery, gossip and blobs.
+
+`open_network` starts everything inside one trio nursery and tears it down in
+the order py-libp2p 0.8.1 needs: our tasks first, then every peer is
+disconnected *before* the pubsub, gossipsub and DHT services stop (leaving the
+pubsub context with live peers crashes the library: "Nursery is closed to new
+arrivals"), then the swarm.
+
+Discovery: dial the bootstrap peers (with backoff, forever), then ask the DHT
+for peers close to our own ID and dial those, so that every node finds all
+others through one seed. Each connected peer is added to the DHT routing table.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gfl.identity import NodeIdentity, address_from_peer_id
+from gfl.net import blob_protocol, patches
+from gfl.net.blobs import BlobStore
+from gfl.net.errors import BlobError, MessageError, NetError
+from gfl.net.gossip import SUBSCRIBER_QUEUE, GossipMessage, RateLimiter, Traffic
+from gfl.net.messages import MAX_MESSAGE_BYTES, decode_message, encode_message
+
+logger = logging.getLogger(__name__)
+
+EventCallback = Callable[[str, dict], None]
+Validator = Callable[[GossipMessage], bool | Awaitable[bool]]
+
+DIAL_TIMEOUT = 10.0
+MAX_PEERS = 64
+DISCOVERY_INTERVAL = 15.0
+MAX_CONCURRENT_SERVES = 8
+
+
+class Network:
+    """A running libp2p host; get one from `open_network`."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        host: Any,
+        pubsub: Any,
+        dht: Any,
+        blobs: BlobStore,
+        nursery: trio.Nursery,
+        on_event: EventCallback | None,
+    ) -> None:
+        from libp2p.peer.id import ID
+
+        self._identity = identity
+        self._host = host
+        self._pubsub = pubsub
+        self._dht = dht
+        self._nursery = nursery
+        self._on_event = on_event
+        self._my_id: ID = host.get_id()
+        self.peer_id: str = self._my_id.to_base58()
+        self.eth_address: str = identity.eth_address
+        self.blobs = blobs
+        self.traffic = Traffic()
+        self._peers: dict[str, dict[str, Any]] = {}
+        self._peer_msgs: Counter[str] = Counter()
+        self._subs: dict[str, trio.MemorySendChannel[GossipMessage]] = {}
+        self._validators: dict[str, Validator | None] = {}
+        self._limiter = RateLimiter()
+        self._serve_slots = trio.Semaphore(MAX_CONCURRENT_SERVES)
+        self._providing: set[bytes] = set()
+        self._discover = True
+
+    # ---------------------------------------------------------------- events
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(kind, data)
+        except Exception:
+            logger.exception("on_event callback failed for %s", kind)
+
+    def _drop(self, reason: str, **data: Any) -> None:
+        self.traffic.drops[reason] += 1
+        logger.debug("dropped gossip (%s) %s", reason, data)
+        self._emit("gossip_dropped", reason=reason, **data)
+
+    def _peer_connected(self, peer: Any, direction: str) -> None:
+        pid = peer.to_base58()
+        if pid in self._peers:
+            return
+        try:
+            addr = address_from_peer_id(pid)
+        except Exception:
+            addr = None
+        self._peers[pid] = {
+            "peer_id": pid,
+            "eth_address": addr,
+            "connected_since": time.time(),
+            "direction": direction,
+        }
+        self._nursery.start_soon(self._add_to_routing_table, peer)
+        self._emit("peer_connected", peer_id=pid, eth_address=addr, direction=direction)
+
+    def _peer_disconnected(self, peer: Any) -> None:
+        pid = peer.to_base58()
+        if self._host.get_network().get_connections(peer):
+            return
+        if self._peers.pop(pid, None) is not None:
+            self._emit("peer_disconnected", peer_id=pid)
+
+    async def _add_to_routing_table(self, peer: Any) -> None:
+        try:
+            await self._dht.add_peer(peer, skip_server_mode_check=True)
+        except Exception as exc:
+            logger.debug("could not add %s to the DHT routing table: %s", peer, exc)
+
+    # ------------------------------------------------------------- addresses
+
+    def listen_addrs(self) -> list[str]:
+        """Full multiaddrs (with ``/p2p/<peer id>``) that other nodes can dial."""
+        out = []
+        for a in self._host.get_addrs():
+            s = str(a)
+            if "/p2p/" not in s:
+                s = f"{s}/p2p/{self.peer_id}"
+            out.append(s)
+        return out
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Connected peers: id, eth address, addresses, since when, direction, messages."""
+        store = self._host.get_peerstore()
+        out = []
+        for pid, info in list(self._peers.items()):
+            try:
+                addrs = [str(a) for a in store.addrs(_to_id(pid))]
+            except Exception:
+                addrs = []
+            out.append({**info, "addrs": addrs, "msgs_in": self._peer_msgs[pid]})
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Peers, topics, traffic counters and drops by reason."""
+        return {
+            "peer_id": self.peer_id,
+            "peers": len(self._peers),
+            "topics": sorted(self._subs),
+            "mesh": {t: len(self._mesh_peers(t)) for t in self._subs},
+            "blobs": {"count": len(self.blobs), "bytes": self.blobs.total_bytes},
+            "dht_routing_table": self._dht.get_routing_table_size(),
+            **self.traffic.as_dict(),
+        }
+
+    def _mesh_peers(self, topic: str) -> set[Any]:
+        router = self._pubsub.router
+        return set(getattr(router, "mesh", {}).get(topic, ()))
+
+    # ------------------------------------------------------------------ dial
+
+    async def connect(self, maddr: str) -> str:
+        """Dial a full multiaddr (``.../p2p/<id>``); returns the peer id."""
+        import multiaddr
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(maddr))
+        except Exception as exc:
+            raise NetError(
+                f"not a dialable multiaddr with /p2p/<peer id>: {maddr} ({exc})"
+            ) from None
+        if info.peer_id == self._my_id:
+            return self.peer_id
+        await self._dial(info)
+        return info.peer_id.to_base58()
+
+    async def _dial(self, info: Any) -> None:
+        swarm = self._host.get_network()
+        # A failed dial blocks the peer for 60 s in the swarm; we run our own backoff.
+        swarm.unblock_peer(info.peer_id)
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                await self._host.connect(info)
+        except trio.TooSlowError:
+            swarm.unblock_peer(info.peer_id)
+            raise NetError(f"dialing {info.peer_id} timed out") from None
+        except Exception as exc:
+            swarm.unblock_peer(info.peer_id)
+            raise NetError(f"could not connect to {info.peer_id}: {exc}") from None
+
+    async def _keep_bootstrap(self, maddr: str) -> None:
+        """Stay connected to one bootstrap peer: redial with exponential backoff."""
+        import multiaddr
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        info = info_from_p2p_addr(multiaddr.Multiaddr(maddr))
+        if info.peer_id == self._my_id:
+            return
+        delay = 0.5
+        while True:
+            if info.peer_id.to_base58() not in self._peers:
+                try:
+                    await self._dial(info)
+                    delay = 0.5
+                    if self._discover:
+                        self._nursery.start_soon(self._discover_once)
+                except NetError as exc:
+                    logger.info("bootstrap %s unreachable (%s); retry in %.1fs", maddr, exc, delay)
+                    await trio.sleep(delay * random.uniform(0.8, 1.2))
+                    delay = min(delay * 2, 30.0)
+                    continue
+            await trio.sleep(2.0)
+
+    async def _discover_once(self) -> None:
+        """Ask the DHT for peers near our own id and dial the ones we lack."""
+        try:
+            with trio.move_on_after(DIAL_TIMEOUT):
+                found = await self._dht.peer_routing.find_closest_peers_network(
+                    self._my_id.to_bytes()
+                )
+        except Exception as exc:
+            logger.debug("DHT lookup failed: %s", exc)
+            return
+        store = self._host.get_peerstore()
+        from libp2p.peer.peerinfo import PeerInfo
+
+        async with trio.open_nursery() as n:
+            for peer in found or ():
+                pid = peer.to_base58()
+                if peer == self._my_id or pid in self._peers or len(self._peers) >= MAX_PEERS:
+                    continue
+                try:
+                    addrs = store.addrs(peer)
+                except Exception:
+                    continue
+                if addrs:
+                    n.start_soon(self._dial_quietly, PeerInfo(peer, addrs))
+
+    async def _dial_quietly(self, info: Any) -> None:
+        try:
+            await self._dial(info)
+        except NetError as exc:
+            logger.debug("discovered peer unreachable: %s", exc)
+
+    async def _discovery_loop(self) -> None:
+        delay = 1.0
+        while True:
+            await trio.sleep(delay)
+            if self._peers:
+                await self._discover_once()
+            delay = min(delay * 2, DISCOVERY_INTERVAL)
+
+    # ---------------------------------------------------------------- gossip
+
+    async def subscribe(
+        self, topic: str, validator: Validator | None = None
+    ) -> trio.MemoryReceiveChannel[GossipMessage]:
+        """Join ``topic``; validated messages from other nodes arrive on the returned channel.
+
+        ``validator`` sees each decoded message before it is delivered or forwarded;
+        returning False drops it (counted as "rejected"). Our own messages are not
+        delivered back to us.
+        """
+        if topic in self._subs:
+            raise NetError(f"already subscribed to {topic}")
+        send, recv = trio.open_memory_channel[GossipMessage](SUBSCRIBER_QUEUE)
+        self._subs[topic] = send
+        self._validators[topic] = validator
+        if validator is not None and inspect.iscoroutinefunction(validator):
+            self._pubsub.set_topic_validator(topic, self._make_async_validator(topic), True)
+        else:
+            self._pubsub.set_topic_validator(topic, self._make_sync_validator(topic), False)
+        await self._pubsub.subscribe(topic)
+        return recv
+
+    async def unsubscribe(self, topic: str) -> None:
+        send = self._subs.pop(topic, None)
+        self._validators.pop(topic, None)
+        if send is None:
+            return
+        self._pubsub.remove_topic_validator(topic)
+        await self._pubsub.unsubscribe(topic)
+        await send.aclose()
+
+    async def publish(self, topic: str, payload: dict) -> None:
+        """Sign and gossip ``payload``; raises `MessageError` if it breaks the envelope."""
+        data = encode_message(payload)
+        await self._pubsub.publish(topic, data)
+        self.traffic.msgs_out += 1
+        self.traffic.bytes_out += len(data)
+
+    def _check(self, topic: str, forwarder: Any, msg: Any) -> GossipMessage | None:
+        """Envelope checks shared by the sync and async validators; None means drop."""
+        if forwarder == self._my_id:
+            return _to_gossip(topic, msg, decode_message(msg.data))
+        fwd = forwarder.to_base58()
+        if not self._limiter.allow((fwd, topic)):
+            self._drop("rate_limited", topic=topic, peer_id=fwd)
+            return None
+        if len(msg.data) > MAX_MESSAGE_BYTES:
+            self._drop("oversize", topic=topic, peer_id=fwd, size=len(msg.data))
+            return None
+        if len(msg.topicIDs) != 1:
+            self._drop("malformed", topic=topic, peer_id=fwd, error="several topics")
+            return None
+        try:
+            payload = decode_message(msg.data)
+            gm = _to_gossip(topic, msg, payload)
+        except (MessageError, Exception) as exc:
+            self._drop("malformed", topic=topic, peer_id=fwd, error=str(exc))
+            return None
+        return gm
+
+    def _make_sync_validator(self, topic: str) -> Callable[[Any, Any], bool]:
+        def validate(forwarder: Any, msg: Any) -> bool:
+            gm = self._check(topic, forwarder, msg)
+            if gm is None:
+                return False
+            user = self._validators.get(topic)
+            if user is None or forwarder == self._my_id:
+                return True
+            try:
+                ok = bool(user(gm))
+            except Exception as exc:
+                logger.warning("validator for %s raised: %s", topic, exc)
+                ok = False
+            if not ok:
+                self._drop("rejected", topic=topic, peer_id=gm.sender_peer_id)
+            return ok
+
+        return validate
+
+    def _make_async_validator(self, topic: str) -> Callable[[Any, Any], Awaitable[bool]]:
+        async def validate(forwarder: Any, msg: Any) -> bool:
+            gm = self._check(topic, forwarder, msg)
+            if gm is None:
+                return False
+            user = self._validators.get(topic)
+            if user is None or forwarder == self._my_id:
+                return True
+            try:
+                ok = bool(await user(gm))  # type: ignore[misc]
+            except Exception as exc:
+                logger.warning("validator for %s raised: %s", topic, exc)
+                ok = False
+            if not ok:
+                self._drop("rejected", topic=topic, peer_id=gm.sender_peer_id)
+            return ok
+
+        return validate
+
+    def _deliver(self, msg: Any) -> None:
+        """Called by pubsub for each new valid message (replaces its 32-deep queue)."""
+        for topic in msg.topicIDs:
+            send = self._subs.get(topic)
+            if send is None or msg.from_id == self._my_id.to_bytes():
+                continue
+            try:
+                gm = _to_gossip(topic, msg, decode_message(msg.data))
+            except Exception:
+                continue
+            self.traffic.msgs_in += 1
+            self.traffic.bytes_in += len(msg.data)
+            self._peer_msgs[gm.sender_peer_id] += 1
+            try:
+                send.send_nowait(gm)
+            except trio.WouldBlock:
+                self._drop("queue_full", topic=topic, peer_id=gm.sender_peer_id)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _bad_signature(self, forwarder: Any, msg: Any) -> None:
+        topic = msg.topicIDs[0] if msg.topicIDs else ""
+        self._drop("bad_signature", topic=topic, peer_id=forwarder.to_base58())
+
+    # ----------------------------------------------------------------- blobs
+
+    async def provide(self, h: bytes) -> None:
+        """Announce in the DHT that we hold blob ``h`` (we must have it)."""
+        if not self.blobs.has(h):
+            raise BlobError("cannot provide a blob this node does not hold")
+        self._providing.add(bytes(h))
+        try:
+            with trio.move_on_after(DIAL_TIMEOUT):
+                await self._dht.provide(_dht_key(h))
+        except Exception as exc:
+            logger.info("DHT provide failed (the blob is still served): %s", exc)
+
+    async def fetch_blob(
+        self, h: bytes, providers: Sequence[str] = (), *, max_size: int, timeout: float
+    ) -> bytes:
+        """Get blob ``h`` locally or from a provider; stores it and returns its bytes.
+
+        Tries ``providers`` in order, then the DHT's providers. Raises `BlobError`
+        when no provider delivered the right bytes within ``timeout`` seconds.
+        """
+        local = await trio.to_thread.run_sync(self.blobs.get, h)
+        if local is not None:
+            return local
+        errors: list[str] = []
+        tried: set[str] = set()
+        hx = bytes(h).hex()[:16]
+        with trio.move_on_after(timeout) as scope:
+            for pid in providers:
+                if pid in tried or pid == self.peer_id:
+                    continue
+                tried.add(pid)
+                data = await self._fetch_from(pid, h, max_size, errors)
+                if data is not None:
+                    return data
+            for info in await self._dht_providers(h):
+                pid = info.peer_id.to_base58()
+                if pid in tried or pid == self.peer_id:
+                    continue
+                tried.add(pid)
+                self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
+                data = await self._fetch_from(pid, h, max_size, errors)
+                if data is not None:
+                    return data
+        why = "; ".join(errors) or "no provider known"
+        if scope.cancelled_caught:
+            why = f"timed out after {timeout:.0f}s ({why})"
+        raise BlobError(f"could not fetch blob {hx}…: {why}")
+
+    async def _dht_providers(self, h: bytes) -> list[Any]:
+        try:
+            with trio.move_on_after(DIAL_TIMEOUT):
+                return list(await self._dht.find_providers(_dht_key(h)))
+        except Exception as exc:
+            logger.debug("DHT provider lookup failed: %s", exc)
+        return []
+
+    async def _fetch_from(
+        self, pid: str, h: bytes, max_size: int, errors: list[str]
+    ) -> bytes | None:
+        from libp2p.custom_types import TProtocol
+
+        peer = _to_id(pid)
+        stream = None
+        try:
+            if pid not in self._peers:
+                from libp2p.peer.peerinfo import PeerInfo
+
+                await self._dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
+            stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
+            data = await blob_protocol.request_blob(stream, h, max_size=max_size)
+        except (BlobError, NetError) as exc:
+            errors.append(f"{pid[-8:]}: {exc}")
+            if "hash" in str(exc):
+                self._emit("blob_refused", hash=bytes(h).hex(), peer_id=pid, reason="bad_hash")
+            elif "declares" in str(exc):
+                self._emit("blob_refused", hash=bytes(h).hex(), peer_id=pid, reason="oversize")
+            if stream is not None:
+                await blob_protocol.abort(stream)
+            return None
+        except trio.TooSlowError:
+            errors.append(f"{pid[-8:]}: stalled")
+            if stream is not None:
+                await blob_protocol.abort(stream)
+            return None
+        except Exception as exc:  # the library raises many stream/muxer errors
+            errors.append(f"{pid[-8:]}: {type(exc).__name__}: {exc}")
+            if stream is not None:
+                await blob_protocol.abort(stream)
+            return None
+        with trio.move_on_after(1.0):
+            with suppress(Exception):
+                await stream.close()
+        await trio.to_thread.run_sync(self.blobs.put, data)
+        self.traffic.blobs_fetched += 1
+        self.traffic.blob_bytes_in += len(data)
+        self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=len(data))
+        return data
+
+    async def _serve_blob(self, stream: Any) -> None:
+        pid = stream.muxed_conn.peer_id.to_base58()
+        try:
+            h = await blob_protocol.read_request(stream)
+            if self._serve_slots.value == 0:
+                await blob_protocol.respond(stream, None, busy=True)
+                return
+            async with self._serve_slots:
+                data = await trio.to_thread.run_sync(self.blobs.get, h)
+                await blob_protocol.respond(stream, data)
+            if data is not None:
+                self.traffic.blobs_served += 1
+                self.traffic.blob_bytes_out += len(data)
+                self._emit("blob_served", hash=h.hex(), peer_id=pid, size=len(data))
+            with trio.move_on_after(2.0):
+                await stream.close()
+        except Exception as exc:
+            logger.debug("serving a blob to %s failed: %s", pid, exc)
+            await blob_protocol.abort(stream)
+
+    # -------------------------------------------------------------- shutdown
+
+    async def _disconnect_all(self) -> None:
+        for peer in list(self._host.get_network().connections.keys()):
+            with trio.move_on_after(2.0):
+                try:
+                    await self._host.disconnect(peer)
+                except Exception as exc:
+                    logger.debug("disconnecting %s: %s", peer, exc)
+
+
+def _to_id(pid: str) -> Any:
+    from libp2p.peer.id import ID
+
+    return ID.from_base58(pid)
+
+
+def _dht_key(h: bytes) -> str:
+    # a sha256 multihash in hex, the form KadDHT.provide/find_providers accept
+    return "1220" + bytes(h).hex()
+
+
+def _to_gossip(topic: str, msg: Any, payload: dict) -> GossipMessage:
+    from libp2p.peer.id import ID
+
+    sender = ID(msg.from_id).to_base58()
+    return GossipMessage(
+        topic=topic,
+        sender_peer_id=sender,
+        sender_address=address_from_peer_id(sender),
+        payload=payload,
+        seqno=int.from_bytes(msg.seqno[:8], "big") if msg.seqno else 0,
+    )
+
+
+@asynccontextmanager
+async def open_network(
+    identity: NodeIdentity,
+    *,
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+    bootstrap: Sequence[str] = (),
+    mdns: bool = False,
+    blob_dir: Path | None = None,
+    blob_cap_bytes: int = 2 << 30,
+    on_event: EventCallback | None = None,
+    discover: bool = True,
+) -> AsyncIterator[Network]:
+    """Start a libp2p host for ``identity`` and yield its `Network`; stops it cleanly on exit.
+
+    ``discover=False`` keeps to the bootstrap peers and explicit `Network.connect`
+    calls (no DHT peer lookups): for fixed topologies in tests.
+    """
+    import tempfile
+
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.custom_types import TProtocol
+    from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    try:
+        maddrs = [multiaddr.Multiaddr(a) for a in listen]
+    except Exception as exc:
+        raise NetError(f"invalid listen address: {exc}") from None
+
+    async with AsyncExitStack() as stack:
+        if blob_dir is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="gfl-blobs-"))
+            blob_dir = Path(tmp)
+        blobs = BlobStore(Path(blob_dir), blob_cap_bytes)
+
+        host = new_host(
+            key_pair=identity.libp2p_keypair(),
+            listen_addrs=maddrs,
+            muxer_preference="YAMUX",
+            # one connection per peer: with more, each dial waits a fixed 250 ms
+            connection_config=ConnectionConfig(max_connections_per_peer=1),
+        )
+        gossipsub = GossipSub(
+            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+            # GFL rate-limits and counts itself (gossip.RateLimiter) instead of
+            # the library's silent 10 msg/s drop; all test peers share 127.0.0.1,
+            # which the IP-diversity (eclipse) rule would keep out of the mesh.
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=False,
+        )
+        pubsub = patches.GflPubsub(host, gossipsub, strict_signing=True)
+        dht = KadDHT(host, DHTMode.SERVER)
+
+        try:
+            await stack.enter_async_context(host.run(maddrs))
+        except Exception as exc:
+            raise NetError(f"cannot listen on {', '.join(listen)}: {exc}") from None
+        await stack.enter_async_context(background_trio_service(pubsub))
+        await stack.enter_async_context(background_trio_service(gossipsub))
+        await stack.enter_async_context(background_trio_service(dht))
+        with trio.fail_after(10):
+            await pubsub.wait_until_ready()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        net = Network(identity, host, pubsub, dht, blobs, nursery, on_event)
+        net._discover = discover
+        pubsub.gfl_network = net
+        host.get_network().register_notifee(patches.PeerNotifee(net))
+        host.set_stream_handler(TProtocol(blob_protocol.PROTOCOL), net._serve_blob)
+        if mdns:
+            from gfl.net.mdns import start_mdns
+
+            await stack.enter_async_context(start_mdns(net, host))
+        for b in bootstrap:
+            nursery.start_soon(net._keep_bootstrap, b)
+        if discover:
+            nursery.start_soon(net._discovery_loop)
+        try:
+            yield net
+        finally:
+            nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await net._disconnect_all()

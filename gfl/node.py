@@ -1,0 +1,217 @@
+"""A running GFL node: the libp2p host, the chain backend and the control API, on one trio loop.
+
+`Node.run` owns everything the node starts, in one nursery, and tears it down
+in reverse order: the API stops accepting and closes its event streams, the
+network leaves its peers, the chain backend closes, the datadir lock is
+released. Later layers plug in without editing this file: `add_endpoints`
+for API routes, `add_service` for tasks that live as long as the node (the
+job scheduler).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+import gfl
+from gfl.api.app import Endpoint, build_app
+from gfl.api.core import core_endpoints
+from gfl.api.server import bind_socket, serve_api
+from gfl.config import Config
+from gfl.datadir import ApiInfo, DataDir
+from gfl.events import EventBus
+
+if TYPE_CHECKING:
+    from gfl.identity import NodeIdentity
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Service = Callable[["Node", trio.TaskStatus[None]], Awaitable[None]]
+
+CHAIN_STATUS_TIMEOUT = 5.0
+
+
+class Node:
+    """One node process: identity, config, network, chain, API and event bus."""
+
+    def __init__(self, datadir: DataDir, config: Config, identity: NodeIdentity) -> None:
+        self.datadir = datadir
+        self.config = config
+        self.identity = identity
+        self.events = EventBus(config.api.event_buffer)
+        self.network: Any = None  # gfl.net.Network once running
+        self.chain: Any = None  # gfl.chain Registry once running
+        self.nursery: trio.Nursery | None = None
+        self.api_address: tuple[str, int] | None = None
+        self.started_at: float | None = None
+        self.finished = trio.Event()
+        self._stop = trio.Event()
+        self._chain_lock = trio.CapacityLimiter(1)
+        self._endpoints: list[Endpoint] = list(core_endpoints())
+        self._services: list[Service] = []
+        self._peer_id = identity.peer_id
+        self._address = identity.eth_address
+
+    # -- extension points -----------------------------------------------------------------
+    def add_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Serve more API routes (call before `run`)."""
+        self._endpoints.extend(endpoints)
+
+    def add_service(self, service: Service) -> None:
+        """Run ``await service(node, task_status)`` in the node's nursery; it must call
+        ``task_status.started()`` once ready and return when cancelled."""
+        self._services.append(service)
+
+    async def chain_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking chain call in a worker thread, one at a time."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._chain_lock)
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.config.api.heartbeat_s
+
+    # -- what the API asks ----------------------------------------------------------------
+    async def peers(self) -> list[dict[str, Any]]:
+        return list(self.network.peers()) if self.network is not None else []
+
+    async def chain_info(self) -> dict[str, Any] | None:
+        if self.chain is None:
+            return None
+        block = None
+        with trio.move_on_after(CHAIN_STATUS_TIMEOUT):
+            try:
+                block = await trio.to_thread.run_sync(
+                    self.chain.block_number, limiter=self._chain_lock, abandon_on_cancel=True
+                )
+            except Exception as exc:
+                log.warning("cannot read the chain's block number: %s", exc)
+        return {
+            "endpoint": str(self.chain.endpoint),
+            "chain_id": self.chain.chain_id,
+            "block": block,
+            "registry": self.chain.registry_address,
+            "account": str(self.chain.account),
+        }
+
+    async def status(self) -> dict[str, Any]:
+        host, port = self.api_address or (self.config.api.host, self.config.api.port)
+        return {
+            "version": gfl.__version__,
+            "name": self.config.node.name,
+            "address": self._address,
+            "peer_id": self._peer_id,
+            "listen_addrs": self.network.listen_addrs() if self.network is not None else [],
+            "peers": await self.peers(),
+            "uptime_s": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
+            "chain": await self.chain_info(),
+            "api": {"host": host, "port": port},
+            "home": str(self.datadir.root),
+            "pid": os.getpid(),
+        }
+
+    def request_shutdown(self) -> None:
+        """Begin a clean stop (API POST /shutdown, SIGINT, SIGTERM)."""
+        if not self._stop.is_set():
+            log.info("shutdown requested")
+            self._stop.set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def _stop_api(self) -> None:
+        await self._stop.wait()
+        self.events.publish("node.stopping", {})
+        self.events.close()  # ends the event streams so the API can stop at once
+
+    async def _open_chain(self, stack: AsyncExitStack) -> None:
+        try:
+            from gfl.chain import open_chain
+        except ImportError:  # the chain layer is not installed in this checkout yet
+            log.warning("gfl.chain.open_chain is not available; running without a chain")
+            return
+        cfg = self.config.chain
+        self.datadir.chain_dir.mkdir(exist_ok=True)
+        log.info("opening chain %s", cfg.url)
+        chain = await trio.to_thread.run_sync(
+            lambda: open_chain(
+                cfg.url,
+                self.identity,
+                registry_address=cfg.registry or None,
+                state_dir=self.datadir.chain_dir,
+            )
+        )
+        self.chain = chain
+
+        async def close() -> None:
+            self.chain = None
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(chain.close)
+
+        stack.push_async_callback(close)
+        self.events.publish(
+            "chain.connected", {"endpoint": str(chain.endpoint), "chain_id": chain.chain_id}
+        )
+
+    async def _open_network(self, stack: AsyncExitStack) -> None:
+        from gfl.net import open_network
+
+        net_cfg = self.config.net
+        self.datadir.blobs_dir.mkdir(exist_ok=True)
+        self.network = await stack.enter_async_context(
+            open_network(
+                self.identity,
+                listen=net_cfg.listen,
+                bootstrap=net_cfg.bootstrap,
+                mdns=net_cfg.mdns,
+                blob_dir=self.datadir.blobs_dir,
+                blob_cap_bytes=net_cfg.blob_cap_mb << 20,
+                on_event=self.events.on_event,
+            )
+        )
+        stack.callback(setattr, self, "network", None)
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start everything, report started, and run until `request_shutdown`."""
+        try:
+            with self.datadir.lock():
+                sock = bind_socket(self.config.api.host, self.config.api.port)
+                try:
+                    await self._run_locked(sock, task_status)
+                finally:
+                    sock.close()
+        finally:
+            self.finished.set()
+
+    async def _run_locked(self, sock: Any, task_status: trio.TaskStatus[Node]) -> None:
+        token = self.datadir.read_token()
+        app = build_app(self, self._endpoints, token=token)
+        self.started_at = time.monotonic()
+        async with AsyncExitStack() as stack:
+            await self._open_chain(stack)
+            await self._open_network(stack)
+            async with trio.open_nursery() as services:
+                self.nursery = services
+                for service in self._services:
+                    await services.start(service, self)
+                async with trio.open_nursery() as api:
+                    self.api_address = await api.start(serve_api, app, sock, self._stop_api)
+                    host, port = self.api_address
+                    self.datadir.write_api_info(ApiInfo(host=host, port=port, pid=os.getpid()))
+                    stack.callback(self.datadir.clear_api_info)
+                    self.events.publish(
+                        "node.started",
+                        {"peer_id": self._peer_id, "address": self._address, "api_port": port},
+                    )
+                    log.info(
+                        "node %s (%s) up; API on %s:%d", self._peer_id, self._address, host, port
+                    )
+                    task_status.started(self)
+                # the API has stopped (request_shutdown): stop the services
+                services.cancel_scope.cancel()
+            self.nursery = None
+        log.info("node stopped")

@@ -1,0 +1,85 @@
+"""GFL's gossip messages: job, update and model announcements.
+
+The network layer enforces the envelope (a bounded msgpack map with ``v`` and
+``type``); this module fixes the bodies and registers a strict check for each,
+so a malformed announcement is dropped before it is forwarded. Announcements
+are hints: a node trusts a job only after checking it on chain, and a blob only
+after checking its bytes against the hash committed on chain.
+
+- ``job``: ``job_id`` (32 bytes), ``spec`` (canonical spec bytes, ≤ 64 KiB).
+- ``update`` / ``model``: ``job_id``, ``round``, ``hash`` (32 bytes, sha256 of
+  the blob), ``size`` (bytes), ``samples`` (updates only). The sender holds
+  the blob and serves it over the blob protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gfl.fl.spec import MAX_SPEC_BYTES
+from gfl.net.messages import register_schema
+
+VERSION = 1
+MAX_BLOB_BYTES = 1 << 30
+MAX_ROUND = 1_000_000
+
+
+def _b32(v: Any) -> bool:
+    return isinstance(v, bytes) and len(v) == 32
+
+
+def _uint(v: Any, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi
+
+
+def _keys(msg: dict[str, Any], *keys: str) -> bool:
+    return set(msg) == {"v", "type", *keys} and msg["v"] == VERSION
+
+
+def check_job(msg: dict[str, Any]) -> bool:
+    spec = msg.get("spec")
+    return (
+        _keys(msg, "job_id", "spec")
+        and _b32(msg["job_id"])
+        and isinstance(spec, bytes)
+        and 0 < len(spec) <= MAX_SPEC_BYTES
+    )
+
+
+def check_update(msg: dict[str, Any]) -> bool:
+    return (
+        _keys(msg, "job_id", "round", "hash", "size", "samples")
+        and _b32(msg["job_id"])
+        and _uint(msg["round"], MAX_ROUND)
+        and _b32(msg["hash"])
+        and _uint(msg["size"], MAX_BLOB_BYTES)
+        and _uint(msg["samples"], 2**63 - 1)
+    )
+
+
+def check_model(msg: dict[str, Any]) -> bool:
+    return (
+        _keys(msg, "job_id", "round", "hash", "size")
+        and _b32(msg["job_id"])
+        and _uint(msg["round"], MAX_ROUND)
+        and _b32(msg["hash"])
+        and _uint(msg["size"], MAX_BLOB_BYTES)
+    )
+
+
+def job_announcement(job_id: bytes, spec: bytes) -> dict[str, Any]:
+    return {"v": VERSION, "type": "job", "job_id": job_id, "spec": spec}
+
+
+def blob_announcement(
+    kind: str, job_id: bytes, rnd: int, h: bytes, size: int, samples: int = 0
+) -> dict[str, Any]:
+    msg = {"v": VERSION, "type": kind, "job_id": job_id, "round": rnd, "hash": h, "size": size}
+    if kind == "update":
+        msg["samples"] = samples
+    return msg
+
+
+register_schema("job", check_job)
+register_schema("update", check_update)
+register_schema("model", check_model)

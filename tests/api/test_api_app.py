@@ -1,0 +1,188 @@
+"""The control API served by a real node in this trio loop: auth, schema, errors, events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import jsonschema_rs
+import pytest
+import trio
+
+from gfl.api.client import (
+    ApiRequestError,
+    AsyncNodeClient,
+    NodeClient,
+    NodeNotRunning,
+    Unauthorized,
+)
+from gfl.datadir import DataDir
+from gfl.node import Node
+
+TIMEOUT = 30
+
+
+@asynccontextmanager
+async def running_node(home) -> AsyncIterator[Node]:
+    datadir = DataDir(home)
+    node = Node(datadir, datadir.load_config(), datadir.load_identity())
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            with trio.CancelScope(deadline=trio.current_time() + TIMEOUT):
+                yield node
+            node.request_shutdown()
+
+
+def base_url(node: Node) -> str:
+    host, port = node.api_address
+    return f"http://{host}:{port}"
+
+
+def auth(node: Node) -> dict[str, str]:
+    return {"Authorization": f"Bearer {node.datadir.read_token()}"}
+
+
+def operations(schema: dict) -> list[tuple[str, str]]:
+    return [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops]
+
+
+@pytest.mark.trio
+async def test_every_endpoint_needs_the_token(init_home):
+    async with running_node(init_home()) as node, httpx.AsyncClient(
+        base_url=base_url(node), timeout=10
+    ) as http:
+        schema = (await http.get("/openapi.json", headers=auth(node))).json()
+        ops = operations(schema)
+        assert {("GET", "/status"), ("GET", "/peers"), ("POST", "/shutdown"),
+                ("GET", "/events"), ("GET", "/openapi.json")} <= set(ops)
+        token = node.datadir.read_token()
+        for method, path in ops:
+            for headers in ({}, {"Authorization": "Bearer wrong"},
+                            {"Authorization": token}, {"Authorization": f"Bearer {token}x"}):
+                r = await http.request(method, path, headers=headers)
+                assert r.status_code == 401, (method, path, headers)
+                assert r.headers["www-authenticate"] == "Bearer"
+                assert "token" in r.json()["error"]
+        # with the token every endpoint answers 200 (shutdown last: it stops the node)
+        for method, path in sorted(ops, key=lambda op: op[1] == "/shutdown"):
+            async with http.stream(method, path, headers=auth(node)) as r:
+                assert r.status_code == 200, (method, path)
+        with trio.fail_after(TIMEOUT):
+            await node.finished.wait()
+
+
+@pytest.mark.trio
+async def test_responses_match_the_openapi_schema(init_home):
+    async with running_node(init_home()) as node, AsyncNodeClient(
+        *node.api_address, node.datadir.read_token()
+    ) as client:
+        schema = await client.request("GET", "/openapi.json")
+        paths = schema["paths"]
+
+        def check(path: str, instance: object) -> None:
+            body = paths[path]["get"]["responses"]["200"]["content"]["application/json"]
+            jsonschema_rs.validator_for(body["schema"]).validate(instance)
+
+        status = await client.status()
+        check("/status", status)
+        check("/peers", await client.peers())
+        assert status["peer_id"] == node.identity.peer_id
+        assert status["address"] == node.identity.eth_address
+        assert status["chain"] is None or status["chain"]["chain_id"] > 0
+        with pytest.raises(jsonschema_rs.ValidationError):  # the check can fail
+            check("/status", {**status, "peers": "none"})
+
+
+@pytest.mark.trio
+async def test_bad_input_is_4xx_with_an_error(init_home):
+    async with running_node(init_home()) as node, httpx.AsyncClient(
+        base_url=base_url(node), headers=auth(node), timeout=10
+    ) as http:
+        cases = [
+            ("GET", "/events?since=abc", {}, 400, "since"),
+            ("GET", "/events?since=-1", {}, 400, "since"),
+            ("GET", "/events", {"Last-Event-ID": "x"}, 400, "Last-Event-ID"),
+            ("GET", "/nope", {}, 404, "no such endpoint"),
+            ("POST", "/status", {}, 405, "not allowed"),
+            ("GET", "/shutdown", {}, 405, "not allowed"),
+        ]
+        for method, path, headers, status, words in cases:
+            r = await http.request(method, path, headers=headers)
+            assert r.status_code == status, (method, path)
+            assert words in r.json()["error"]
+        assert not node.finished.is_set()
+
+
+@pytest.mark.trio
+async def test_event_stream_replays_and_sends_heartbeats(init_home):
+    async with running_node(init_home()) as node:
+        for i in range(3):
+            node.events.publish("test.tick", {"i": i})
+        token = node.datadir.read_token()
+        async with AsyncNodeClient(*node.api_address, token) as client:
+            seen = []
+            with trio.fail_after(10):
+                async for event in client.events(since=0):
+                    seen.append(event)
+                    if event["type"] == "test.tick" and event["data"]["i"] == 2:
+                        break
+            assert "node.started" in [e["type"] for e in seen]
+            assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+            assert set(seen[0]) == {"seq", "ts", "type", "data"}
+            last = seen[-1]["seq"]
+
+        # Last-Event-ID resumes after the given event; silence is filled with heartbeats
+        async with httpx.AsyncClient(base_url=base_url(node), timeout=10) as http:
+            headers = {**auth(node), "Last-Event-ID": str(last - 1)}
+            async with http.stream("GET", "/events", headers=headers) as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                lines = []
+                with trio.fail_after(10):
+                    async for line in r.aiter_lines():
+                        lines.append(line)
+                        if line == ": heartbeat":
+                            break
+        assert f"id: {last}" in lines
+        assert f"id: {last - 1}" not in lines
+
+
+@pytest.mark.trio
+async def test_event_stream_ends_when_the_node_stops(init_home):
+    async with running_node(init_home()) as node:
+        token = node.datadir.read_token()
+        async with AsyncNodeClient(*node.api_address, token) as client:
+            types = []
+            with trio.fail_after(15):
+                async for event in client.events():
+                    types.append(event["type"])
+                    if event["type"] == "test.go":
+                        await client.shutdown()
+                    elif len(types) == 1:
+                        node.events.publish("test.go", {})
+            assert types == ["test.go", "node.stopping"]
+
+
+@pytest.mark.trio
+async def test_sync_client_and_its_errors(init_home, free_port):
+    async with running_node(init_home()) as node:
+        host, port = node.api_address
+        token = node.datadir.read_token()
+
+        def use_clients() -> None:
+            with NodeClient.from_home(node.datadir.root) as client:
+                assert client.status()["peer_id"] == node.identity.peer_id
+                assert client.peers() == []
+                with pytest.raises(ApiRequestError) as err:
+                    client.request("GET", "/nope")
+                assert err.value.status == 404
+                events = client.events(since=0)
+                assert next(events)["seq"] == 1
+                events.close()
+            with NodeClient(host, port, "wrong") as client, pytest.raises(Unauthorized):
+                client.status()
+            with NodeClient(host, free_port(), token) as client, pytest.raises(NodeNotRunning):
+                client.status()
+
+        await trio.to_thread.run_sync(use_clients)

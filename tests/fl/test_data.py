@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gfl.fl.data import DataError, load_dataset, load_partition, partition, split_holdout
+
+MNIST = Path("/work/shared/data/mnist")
+
+
+def labels(n=1000, classes=10, seed=0):
+    return np.random.default_rng(seed).integers(0, classes, n)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet:0.5", "dirichlet:100", "shards:2"])
+def test_partition_covers_every_index_once_and_is_deterministic(scheme):
+    y = labels()
+    parts = partition(y, scheme, 10, seed=7)
+    assert len(parts) == 10 and all(p.size > 0 for p in parts)
+    allidx = np.concatenate(parts)
+    assert np.array_equal(np.sort(allidx), np.arange(y.size))
+    again = partition(y, scheme, 10, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    other = partition(y, scheme, 10, seed=8)
+    assert any(not np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
+
+
+def test_iid_sizes_balanced_and_shards_are_label_skewed():
+    y = np.repeat(np.arange(10), 100)
+    iid = partition(y, "iid", 7, 0)
+    assert max(p.size for p in iid) - min(p.size for p in iid) <= 1
+    shards = partition(y, "shards:2", 10, 0)
+    assert all(p.size == 100 for p in shards)
+    assert all(np.unique(y[p]).size <= 2 for p in shards)  # shards of 50 never straddle 2 labels
+
+
+def test_dirichlet_small_alpha_is_more_skewed_than_large():
+    y = labels(5000)
+
+    def skew(alpha):
+        parts = partition(y, f"dirichlet:{alpha}", 10, 1)
+        return np.mean([np.bincount(y[p], minlength=10).max() / p.size for p in parts])
+
+    assert skew(0.1) > skew(100) + 0.3
+
+
+def test_bad_schemes():
+    for bad in ("random", "dirichlet:0", "shards:0", "shards:x"):
+        with pytest.raises(DataError):
+            partition(labels(), bad, 3, 0)
+    with pytest.raises(DataError, match="shards"):
+        partition(labels(10), "shards:2", 10, 0)
+
+
+def test_digits_split_and_partition():
+    tr, te = load_dataset("digits"), load_dataset("digits", train=False)
+    assert tr.x.shape[1:] == (1, 8, 8) and tr.x.dtype == np.float32 and tr.y.dtype == np.int64
+    assert len(tr) + len(te) == 1797 and len(te) == 360
+    p = load_partition("digits", 2, 5, "iid", seed=0)
+    assert len(p) in (287, 288)
+    a, b = split_holdout(p, 0.2, 0)
+    assert len(a) + len(b) == len(p) and len(b) == round(len(p) * 0.2)
+    with pytest.raises(DataError):
+        load_partition("digits", 5, 5)
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="offline MNIST copy not present")
+def test_mnist_offline_from_gzipped_idx():
+    te = load_dataset("mnist", root=MNIST, train=False)
+    assert te.x.shape == (10000, 1, 28, 28) and np.bincount(te.y).size == 10
+    assert abs(float(te.x.mean())) < 0.1  # normalized
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset("mnist", root=tmp_path)
+    with pytest.raises(DataError, match="unknown"):
+        load_dataset("imagenet")
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03" + b"\0\0\0\x05" * 3)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\x05" + b"\0" * 5)
+    with pytest.raises(DataError, match="truncated"):
+        load_dataset("mnist", root=tmp_path, train=False)

@@ -1,0 +1,91 @@
+"""The blob protocol against misbehaving providers."""
+
+import os
+import struct
+import tracemalloc
+
+import pytest
+import trio
+from libp2p.custom_types import TProtocol
+from net_helpers import nodes, wait_for
+
+from gfl.net import BlobError, blob_hash
+from gfl.net.blob_protocol import PROTOCOL, read_request
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def _serve_with(net, handler):
+    net._host.set_stream_handler(TProtocol(PROTOCOL), handler)
+
+
+@pytest.mark.trio
+async def test_fetch_switches_provider_when_the_first_disconnects_mid_transfer(tmp_path):
+    data = os.urandom(50 * MiB)
+    h = blob_hash(data)
+    events: list = []
+    async with nodes(3, tmp_path, events=events) as (a, b, c):
+        await wait_for(lambda: all(len(n.peers()) == 2 for n in (a, b, c)), timeout=20)
+        for n in (a, c):
+            await trio.to_thread.run_sync(n.blobs.put, data)
+
+        async def serve_half_then_leave(stream):
+            await read_request(stream)
+            await stream.write(struct.pack(">BQ", 0, len(data)) + data[: 20 * MiB])
+            await a._disconnect_all()
+
+        _serve_with(a, serve_half_then_leave)
+        got = await b.fetch_blob(h, [a.peer_id, c.peer_id], max_size=64 * MiB, timeout=60)
+        assert got == data and b.blobs.get(h) == data
+        fetched = [d for i, k, d in events if i == 1 and k == "blob_fetched"]
+        assert [d["peer_id"] for d in fetched] == [c.peer_id]
+
+
+@pytest.mark.trio
+async def test_blob_whose_bytes_do_not_match_its_hash_is_refused(tmp_path):
+    async with nodes(2, tmp_path) as (a, b):
+        await wait_for(lambda: a.peers() and b.peers())
+        wanted = blob_hash(b"the real model")
+
+        async def serve_wrong_bytes(stream):
+            await read_request(stream)
+            fake = b"a poisoned model"
+            await stream.write(struct.pack(">BQ", 0, len(fake)) + fake)
+            await stream.close()
+
+        _serve_with(a, serve_wrong_bytes)
+        with pytest.raises(BlobError, match="do not match its hash"):
+            await b.fetch_blob(wanted, [a.peer_id], max_size=MiB, timeout=10)
+        assert not b.blobs.has(wanted) and len(b.blobs) == 0
+
+
+@pytest.mark.trio
+async def test_a_declared_100_gib_blob_is_refused_before_anything_is_allocated(tmp_path):
+    async with nodes(2, tmp_path) as (a, b):
+        await wait_for(lambda: a.peers() and b.peers())
+        sent = trio.Event()
+
+        async def declare_huge(stream):
+            await read_request(stream)
+            await stream.write(struct.pack(">BQ", 0, 100 * GiB) + b"\0" * 65536)
+            sent.set()
+            await trio.sleep(5)
+
+        _serve_with(a, declare_huge)
+        tracemalloc.start()
+        try:
+            with pytest.raises(BlobError, match="over the"):
+                await b.fetch_blob(blob_hash(b"x"), [a.peer_id], max_size=64 * MiB, timeout=10)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert sent.is_set()
+        assert peak < 8 * MiB
+
+
+@pytest.mark.trio
+async def test_fetch_without_any_provider_times_out_with_a_clear_error(tmp_path):
+    async with nodes(2, tmp_path) as (_a, b):
+        with pytest.raises(BlobError, match="could not fetch blob"):
+            await b.fetch_blob(blob_hash(b"nobody"), [], max_size=MiB, timeout=3)

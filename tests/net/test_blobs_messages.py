@@ -1,0 +1,57 @@
+"""Pure parts: the blob store on disk and the message envelope."""
+
+import msgpack
+import pytest
+
+from gfl.net import BlobError, BlobStore, MessageError, blob_hash, decode_message, encode_message
+
+
+def test_blob_store_roundtrip_tags_and_corruption(tmp_path):
+    s = BlobStore(tmp_path, cap_bytes=1000)
+    h = s.put(b"abc", tag="job1")
+    assert h == blob_hash(b"abc") and s.has(h) and s.get(h) == b"abc"
+    assert BlobStore(tmp_path).get(h) == b"abc"  # persisted, reopened
+    other = s.put(b"def")
+    assert s.evict("job1") == 1 and not s.has(h) and s.has(other)
+    path = tmp_path / other.hex()[:2] / other.hex()
+    path.write_bytes(b"xyz")  # bit rot
+    assert s.get(other) is None and not path.exists()
+    with pytest.raises(BlobError):
+        s.get(b"short")
+
+
+def test_blob_store_evicts_least_recently_used_past_its_cap(tmp_path):
+    s = BlobStore(tmp_path, cap_bytes=250)
+    import os
+    import time
+
+    hs = [s.put(bytes([i]) * 100) for i in range(2)]
+    old = time.time() - 100
+    os.utime(tmp_path / hs[0].hex()[:2] / hs[0].hex(), (old, old))
+    h3 = s.put(b"z" * 100)
+    assert not s.has(hs[0]) and s.has(hs[1]) and s.has(h3) and s.total_bytes == 200
+    with pytest.raises(BlobError, match="larger than"):
+        s.put(b"q" * 300)
+
+
+def test_envelope_roundtrip_and_refusals():
+    msg = {"v": 1, "type": "update", "hash": b"\1" * 32, "n": [1, 2.5, None]}
+    assert decode_message(encode_message(msg)) == msg
+    nested: dict = {"v": 1, "type": "x"}
+    cur = nested
+    for _ in range(20):
+        cur["a"] = {}
+        cur = cur["a"]
+    for bad in [
+        msgpack.packb([1, 2]),
+        msgpack.packb({"v": True, "type": "x"}),
+        msgpack.packb({"v": 1, "type": ""}),
+        msgpack.packb(nested),
+        msgpack.packb({"v": 1, "type": "x", "l": list(range(5000))}),
+        b"\xdd\xff\xff\xff\xff",  # array claiming 4 billion items
+        b"\x92\x01",  # truncated
+    ]:
+        with pytest.raises(MessageError):
+            decode_message(bad)
+    with pytest.raises(MessageError):
+        encode_message({"v": 1, "type": "x", "obj": object()})
