@@ -54,7 +54,7 @@ def run_backend(owner: Registry, members: list[Registry], calls: int) -> dict[st
             gas["join"] = tx.gas_used
         for k, m in enumerate(members):
             dt, tx = timed(
-                lambda j=job_id, m=m, k=k: m.commit_update(j, 0, bytes([k + 1]) * 32, 100 + i)
+                lambda j=job_id, m=m, k=k, i=i: m.commit_update(j, 0, bytes([k + 1]) * 32, 100 + i)
             )
             lat["commitUpdate"].append(dt)
             key = "commitUpdate (closing)" if k == len(members) - 1 else "commitUpdate"

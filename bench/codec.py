@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gfl.fl.codec import decode_params, encode_params  # noqa: E402
+from gfl.fl.codec import decode_params, encode_params
 
 
 def trained_update(steps: int, data_root: str) -> dict[str, np.ndarray]:

@@ -42,16 +42,25 @@ async def node(index: int, boot: str | None, n_nodes: int) -> None:
                 n.start_soon(collect)
                 # wait for the DHT to connect us to (nearly) everyone and the mesh to form
                 with trio.move_on_after(60):
-                    while len(net.peers()) < n_nodes - 1 or net.stats()["mesh"][JOBS_TOPIC] < min(4, n_nodes - 1):
+                    mesh_goal = min(4, n_nodes - 1)
+                    while (
+                        len(net.peers()) < n_nodes - 1
+                        or net.stats()["mesh"][JOBS_TOPIC] < mesh_goal
+                    ):
                         await trio.sleep(0.2)
                 print("ready", len(net.peers()), flush=True)
                 while True:
                     cmd = (await trio.to_thread.run_sync(sys.stdin.readline)).split()
                     if not cmd or cmd[0] == "quit":
+                        want = int(cmd[1]) if len(cmd) > 1 and index else 0
+                        with trio.move_on_after(20):
+                            while len(lat) < want:
+                                await trio.sleep(0.05)
                         break
                     if cmd[0] == "publish":
                         for k in range(int(cmd[1])):
-                            await net.publish(JOBS_TOPIC, {"v": 1, "type": "bench", "t": time.time(), "k": k})
+                            msg = {"v": 1, "type": "bench", "t": time.time(), "k": k}
+                            await net.publish(JOBS_TOPIC, msg)
                             await trio.sleep(0.1)
                         print("done", flush=True)
                 await trio.sleep(0.5)
@@ -75,7 +84,11 @@ def main() -> None:
     def spawn(i: int, boot: str | None) -> subprocess.Popen:
         args = [*me, "--index", str(i)] + (["--boot", boot] if boot else [])
         return subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(f"/tmp/gflnet/node{i}.err", "w"), text=True
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
 
     t0 = time.time()
@@ -92,7 +105,7 @@ def main() -> None:
     lat: list[float] = []
     drops: dict[str, int] = {}
     for p in procs:
-        p.stdin.write("quit\n")
+        p.stdin.write(f"quit {a.msgs}\n")
         p.stdin.flush()
     for p in procs:
         r = json.loads(p.stdout.readline())

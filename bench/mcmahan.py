@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gfl.fl.simulate import _progress_line, simulate  # noqa: E402
-from gfl.fl.spec import JobSpec  # noqa: E402
+from gfl.fl.simulate import progress_line, simulate
+from gfl.fl.spec import JobSpec
 
 PAPER = {"iid": 20, "shards:2": 229}
 
@@ -66,7 +66,7 @@ def main() -> int:
         max_minutes=args.max_minutes,
         target_accuracy=args.target,
         metrics_path=args.out,
-        progress=_progress_line,
+        progress=progress_line,
     )
     wall = time.monotonic() - t0
     per_round = sum(r["seconds"] for r in rows) / len(rows)

@@ -57,9 +57,11 @@ contract JobRegistry {
 
     mapping(bytes32 => Job) private _jobs;
     mapping(bytes32 => mapping(uint256 => Round)) private _rounds;
-    mapping(bytes32 => mapping(uint256 => Update[])) private _updates;
-    mapping(bytes32 => mapping(uint256 => ModelCommit[])) private _models;
-    mapping(bytes32 => address[]) private _participants;
+    /// Indexed by position (Round.updateCount / modelCount, Job.joinedCount hold the
+    /// lengths): cheaper than dynamic arrays, which store their length a second time.
+    mapping(bytes32 => mapping(uint256 => mapping(uint256 => Update))) private _updates;
+    mapping(bytes32 => mapping(uint256 => mapping(uint256 => ModelCommit))) private _models;
+    mapping(bytes32 => mapping(uint256 => address)) private _participants;
     mapping(bytes32 => mapping(address => bool)) private _joined;
     /// job => round => participant => bit set of _UPDATE_BIT / _MODEL_BIT
     mapping(bytes32 => mapping(uint256 => mapping(address => uint8))) private _committed;
@@ -134,8 +136,9 @@ contract JobRegistry {
         Job storage j = _activeJob(jobId);
         if (_joined[jobId][msg.sender]) revert AlreadyJoined(jobId, msg.sender);
         _joined[jobId][msg.sender] = true;
-        _participants[jobId].push(msg.sender);
-        uint32 n = j.joinedCount + 1;
+        uint32 n = j.joinedCount;
+        _participants[jobId][n] = msg.sender;
+        n += 1;
         j.joinedCount = n;
         emit Joined(jobId, msg.sender, n);
     }
@@ -155,7 +158,7 @@ contract JobRegistry {
         Round storage rd = _rounds[jobId][round];
         uint32 index = rd.updateCount;
         rd.updateCount = index + 1;
-        _updates[jobId][round].push(Update(msg.sender, samples, updateHash));
+        _updates[jobId][round][index] = Update(msg.sender, samples, updateHash);
         emit UpdateCommitted(jobId, round, msg.sender, updateHash, samples, index);
         // Close eagerly when this update completes the round.
         if (_isClosed(j, rd, block.timestamp)) _closeRound(jobId, j, rd, uint64(block.timestamp));
@@ -172,8 +175,10 @@ contract JobRegistry {
         uint8 flags = _committed[jobId][round][msg.sender];
         if (flags & _MODEL_BIT != 0) revert AlreadyCommitted(jobId, round, msg.sender);
         _committed[jobId][round][msg.sender] = flags | _MODEL_BIT;
-        _rounds[jobId][round].modelCount += 1;
-        _models[jobId][round].push(ModelCommit(msg.sender, modelHash));
+        Round storage rd = _rounds[jobId][round];
+        uint32 index = rd.modelCount;
+        rd.modelCount = index + 1;
+        _models[jobId][round][index] = ModelCommit(msg.sender, modelHash);
         emit ModelCommitted(jobId, round, msg.sender, modelHash);
     }
 
@@ -263,8 +268,8 @@ contract JobRegistry {
         view
         returns (address[] memory participants, bytes32[] memory hashes, uint64[] memory samples)
     {
-        Update[] storage us = _updates[jobId][round];
-        uint256 n = us.length;
+        mapping(uint256 => Update) storage us = _updates[jobId][round];
+        uint256 n = _rounds[jobId][round].updateCount;
         participants = new address[](n);
         hashes = new bytes32[](n);
         samples = new uint64[](n);
@@ -282,8 +287,8 @@ contract JobRegistry {
         view
         returns (address[] memory participants, bytes32[] memory hashes)
     {
-        ModelCommit[] storage ms = _models[jobId][round];
-        uint256 n = ms.length;
+        mapping(uint256 => ModelCommit) storage ms = _models[jobId][round];
+        uint256 n = _rounds[jobId][round].modelCount;
         participants = new address[](n);
         hashes = new bytes32[](n);
         for (uint256 i = 0; i < n; ++i) {
@@ -293,8 +298,12 @@ contract JobRegistry {
     }
 
     /// @notice The participants in join order.
-    function getParticipants(bytes32 jobId) external view returns (address[] memory) {
-        return _participants[jobId];
+    function getParticipants(bytes32 jobId) external view returns (address[] memory list) {
+        uint256 n = _jobs[jobId].joinedCount;
+        list = new address[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            list[i] = _participants[jobId][i];
+        }
     }
 
     function isParticipant(bytes32 jobId, address who) external view returns (bool) {

@@ -45,21 +45,29 @@ def _common_options() -> argparse.ArgumentParser:
     # position's default overwriting the other's value.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--home", metavar="DIR", default=argparse.SUPPRESS,
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
         help="node datadir (default: $GFL_HOME or ~/.gfl)",
     )
     common.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS,
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
         help="more log output on stderr (-v info, -vv debug, -vvv libraries too)",
     )
     return common
 
 
 def _add_target_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-H", "--host", help="API host of the node (default: from --home, else 127.0.0.1)")
+    p.add_argument(
+        "-H", "--host", help="API host of the node (default: from --home, else 127.0.0.1)"
+    )
     p.add_argument("-P", "--port", type=int, help="API port of the node (default: 9434)")
     p.add_argument(
-        "--token-file", metavar="FILE",
+        "--token-file",
+        metavar="FILE",
         help="file holding the API token (default: DATADIR/api.token or $GFL_API_TOKEN)",
     )
 
@@ -310,55 +318,92 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def net_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--listen", action="append", metavar="MULTIADDR",
-                       help="libp2p listen address, repeatable (e.g. /ip4/127.0.0.1/tcp/4001)")
-        p.add_argument("--bootstrap", nargs="+", metavar="MULTIADDR",
-                       help="peers to dial at start (/ip4/.../tcp/.../p2p/<peer id>)")
-        p.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=None,
-                       help="find peers on the local network with mDNS")
-        p.add_argument("--api-port", type=int, metavar="PORT",
-                       help="control API port (default 9434; 0 picks a free one)")
-        p.add_argument("--chain", metavar="embedded|URL",
-                       help='chain backend: "embedded" or a JSON-RPC URL')
+        p.add_argument(
+            "--listen",
+            action="append",
+            metavar="MULTIADDR",
+            help="libp2p listen address, repeatable (e.g. /ip4/127.0.0.1/tcp/4001)",
+        )
+        p.add_argument(
+            "--bootstrap",
+            nargs="+",
+            metavar="MULTIADDR",
+            help="peers to dial at start (/ip4/.../tcp/.../p2p/<peer id>)",
+        )
+        p.add_argument(
+            "--mdns",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="find peers on the local network with mDNS",
+        )
+        p.add_argument(
+            "--api-port",
+            type=int,
+            metavar="PORT",
+            help="control API port (default 9434; 0 picks a free one)",
+        )
+        p.add_argument(
+            "--chain", metavar="embedded|URL", help='chain backend: "embedded" or a JSON-RPC URL'
+        )
 
     p = add("init", "create a node datadir: config, node key, API token", cmd_init)
-    p.add_argument("--force", action="store_true",
-                   help="replace the key and config of an initialised datadir")
-    p.add_argument("--passphrase-file", metavar="FILE",
-                   help="encrypt the node key with the passphrase in FILE")
+    p.add_argument(
+        "--force", action="store_true", help="replace the key and config of an initialised datadir"
+    )
+    p.add_argument(
+        "--passphrase-file", metavar="FILE", help="encrypt the node key with the passphrase in FILE"
+    )
     p.add_argument("--name", help="a name for this node, shown in status")
     p.add_argument("--api-host", metavar="HOST", help="control API host (default 127.0.0.1)")
     net_options(p)
 
     p = add("up", "start the node (runs until Ctrl-C or `gfl stop`)", cmd_up, aliases=["run"])
     p.add_argument("--console", action="store_true", help="open the console in this terminal")
-    p.add_argument("--passphrase-file", metavar="FILE",
-                   help="passphrase of an encrypted node key (or set $GFL_PASSPHRASE)")
+    p.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help="passphrase of an encrypted node key (or set $GFL_PASSPHRASE)",
+    )
     net_options(p)
 
     p = add("status", "show a running node's identity, peers and chain", cmd_status)
     _add_target_options(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to SECONDS for the node to answer")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the node to answer",
+    )
 
-    p = add("attach", "connect to a running node (the console comes in a later version)",
-            cmd_attach)
+    p = add(
+        "attach", "connect to a running node (the console comes in a later version)", cmd_attach
+    )
     _add_target_options(p)
 
     p = add("stop", "stop a running node cleanly", cmd_stop)
     _add_target_options(p)
-    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="how long to wait for the node to exit (default 30)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the node to exit (default 30)",
+    )
 
-    p = add("devnet", "run a local test network of N nodes with a demo job",
-            _not_available("`gfl devnet`"))
+    p = add(
+        "devnet",
+        "run a local test network of N nodes with a demo job",
+        _not_available("`gfl devnet`"),
+    )
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--keep", action="store_true", help="leave the network up afterwards")
 
     job = add("job", "publish, list, follow and cancel training jobs", _not_available("`gfl job`"))
-    job_sub = job.add_subparsers(dest="job_command", metavar="COMMAND",
-                                 parser_class=GflArgumentParser)
+    job_sub = job.add_subparsers(
+        dest="job_command", metavar="COMMAND", parser_class=GflArgumentParser
+    )
     for name, help in [
         ("publish", "publish a job spec to the network and the chain"),
         ("list", "list known jobs"),
@@ -371,10 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
         jp.add_argument("args", nargs="*", help=argparse.SUPPRESS)
         jp.set_defaults(func=_not_available(f"`gfl job {name}`"))
 
-    _register_external(sub, "gfl.fl.simulate", "simulate",
-                       "simulate federated training in one process")
-    _register_external(sub, "gfl.chain.commands", "chain",
-                       "Ethereum job registry: deploy, serve, fund")
+    _register_external(
+        sub, "gfl.fl.simulate", "simulate", "simulate federated training in one process"
+    )
+    _register_external(
+        sub, "gfl.chain.commands", "chain", "Ethereum job registry: deploy, serve, fund"
+    )
     return parser
 
 

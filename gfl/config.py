@@ -85,7 +85,9 @@ class Config:
     net: NetSection = field(default_factory=NetSection)
     api: ApiSection = field(default_factory=ApiSection)
     chain: ChainSection = field(default_factory=ChainSection)
-    data: dict[str, str] = field(default_factory=dict)
+    # name -> a path ("" = built in / default location) or a table the job service reads
+    # (root, dataset, partition, index, of, seed)
+    data: dict[str, str | dict[str, Any]] = field(default_factory=dict)
     jobs: JobsSection = field(default_factory=JobsSection)
     train: TrainSection = field(default_factory=TrainSection)
 
@@ -132,9 +134,9 @@ url = {chain_url}
 registry = {chain_registry}
 
 [data]
-# Local datasets by name, e.g.:
+# Local datasets by name: a directory, or a table for one partition of a dataset, e.g.:
 # mnist = "/path/to/mnist"
-# fashion_mnist = "/path/to/fashion-mnist"
+# digits = {{partition = "iid", index = 0, of = 3, seed = 0}}
 {data_lines}
 [jobs]
 # Join every valid gossiped job automatically (otherwise only jobs you accept).
@@ -152,9 +154,16 @@ threads = {train_threads}
 """
 
 
+def _toml_key(key: str) -> str:
+    return tomli_w.dumps({key: 0}).rsplit("=", 1)[0].strip()
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # inline table: stays inside its section
+        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + items + "}"
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
@@ -165,7 +174,7 @@ def render_config(config: Config) -> str:
         for key, value in dataclasses.asdict(getattr(config, section)).items():
             values[f"{section}_{key}"] = _toml_value(value)
     values["data_lines"] = "".join(
-        f"{tomli_w.dumps({name: path}).strip()}\n" for name, path in sorted(config.data.items())
+        f"{_toml_key(name)} = {_toml_value(value)}\n" for name, value in sorted(config.data.items())
     )
     return _TEMPLATE.format(**values)
 
@@ -201,6 +210,19 @@ def _check_value(key: str, expected: Any, value: Any) -> Any:
         wanted = _type_name(expected() if expected in (bool, int, float, str) else [])
         raise ConfigError(f"config: {key} must be {wanted}, not {_type_name(value)}")
     return value
+
+
+def _check_data(key: str, value: Any) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(v, str | int | float | bool):
+                raise ConfigError(f"config: {key}.{k} must be a string or a number")
+        return dict(value)
+    raise ConfigError(
+        f"config: {key} must be a string (a path) or a table, not {_type_name(value)}"
+    )
 
 
 def _parse_section(name: str, cls: type, raw: Any) -> Any:
@@ -252,7 +274,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         if name == "data":
             if not isinstance(raw, dict):
                 raise ConfigError(f"config: [data] must be a table, not {_type_name(raw)}")
-            sections[name] = {k: _check_value(f"data.{k}", str, v) for k, v in raw.items()}
+            sections[name] = {k: _check_data(f"data.{k}", v) for k, v in raw.items()}
         else:
             sections[name] = _parse_section(name, hints[name], raw)
     config = Config(**sections)
@@ -301,4 +323,3 @@ def update_config(path: Path, section: str, **changes: Any) -> Config:
     validate_config(config)
     write_config(path, config)
     return config
-

@@ -119,9 +119,7 @@ class DataDir:
 
     def require_initialised(self) -> None:
         if not self.root.is_dir():
-            raise ConfigError(
-                f"no datadir at {self.root}; run `gfl init --home {self.root}` first"
-            )
+            raise ConfigError(f"no datadir at {self.root}; run `gfl init --home {self.root}` first")
         if not self.is_initialised():
             raise ConfigError(
                 f"{self.root} is not a GFL datadir; run `gfl init --home {self.root}` first"

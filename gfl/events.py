@@ -15,6 +15,7 @@ worker threads use `publish_threadsafe`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -63,10 +64,8 @@ class EventBus:
     def publish(self, type: str, data: dict[str, Any] | None = None) -> Event:
         """Append an event and wake the subscribers. Call from the node's trio thread."""
         if self._token is None:
-            try:
+            with contextlib.suppress(RuntimeError):  # not on a trio thread (tests)
                 self._token = trio.lowlevel.current_trio_token()
-            except RuntimeError:
-                pass
         self._seq += 1
         event = Event(self._seq, time.time(), type, dict(data or {}))
         self._buffer.append(event)

@@ -10,8 +10,19 @@ import logging
 import logging.handlers
 from pathlib import Path
 
-_NOISY = ("libp2p", "multiaddr", "web3", "urllib3", "hypercorn", "eth", "asyncio", "httpx",
-          "httpcore", "trio_websocket", "py.warnings")
+_NOISY = (
+    "libp2p",
+    "multiaddr",
+    "web3",
+    "urllib3",
+    "hypercorn",
+    "eth",
+    "asyncio",
+    "httpx",
+    "httpcore",
+    "trio_websocket",
+    "py.warnings",
+)
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 

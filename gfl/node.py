@@ -48,6 +48,7 @@ class Node:
         self.events = EventBus(config.api.event_buffer)
         self.network: Any = None  # gfl.net.Network once running
         self.chain: Any = None  # gfl.chain Registry once running
+        self.jobs: Any = None  # the job service, when one is installed (gfl.api.jobs uses it)
         self.nursery: trio.Nursery | None = None
         self.api_address: tuple[str, int] | None = None
         self.started_at: float | None = None

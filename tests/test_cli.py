@@ -34,8 +34,19 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
 
 
 def init_args(home: Path, *extra: str) -> list[str]:
-    return ["init", "--home", str(home), "--listen", LOCAL_LISTEN, "--api-port", "0",
-            "--chain", "embedded", "--no-mdns", *extra]
+    return [
+        "init",
+        "--home",
+        str(home),
+        "--listen",
+        LOCAL_LISTEN,
+        "--api-port",
+        "0",
+        "--chain",
+        "embedded",
+        "--no-mdns",
+        *extra,
+    ]
 
 
 def test_init_writes_key_token_and_config(tmp_path, run_gfl):
@@ -115,15 +126,17 @@ def test_attach_by_host_and_port(init_home, start_node, run_gfl):
     node = start_node(home)
     api = node.status["api"]
     token_file = home / "api.token"
-    result = run_gfl("attach", "-H", api["host"], "-P", api["port"], "--token-file", token_file,
-                     timeout=30)
+    result = run_gfl(
+        "attach", "-H", api["host"], "-P", api["port"], "--token-file", token_file, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert node.peer_id in result.stdout
 
     bad = home.parent / "bad.token"
     bad.write_text("nope")
-    refused = run_gfl("status", "-H", api["host"], "-P", api["port"], "--token-file", bad,
-                      timeout=30)
+    refused = run_gfl(
+        "status", "-H", api["host"], "-P", api["port"], "--token-file", bad, timeout=30
+    )
     assert refused.returncode == 1
     assert "token" in one_clean_line(refused.stderr)
 
@@ -198,7 +211,8 @@ def test_corrupt_config_is_one_line(init_home, run_gfl):
         ("[api]\nprot = 1\n", "unknown key api.prot"),
         ("[bogus]\n", "unknown section [bogus]"),
         ("[chain]\nurl = 'ftp://x'\n", "chain.url"),
-        ("[data]\nmnist = 1\n", "data.mnist must be a string"),
+        ("[data]\nmnist = 1\n", "data.mnist must be a string (a path) or a table"),
+        ("[data]\nmnist = {root = []}\n", "data.mnist.root must be a string or a number"),
     ],
 )
 def test_invalid_config_names_the_key(init_home, capsys, text, expected):
@@ -215,8 +229,9 @@ def test_status_of_a_stopped_node(init_home, capsys, free_port):
     code, _, err = run_main(capsys, "status", "--home", home)
     assert code == 1
     assert "no node is running" in one_clean_line(err)
-    code, _, err = run_main(capsys, "status", "-H", "127.0.0.1", "-P", free_port(),
-                            "--token-file", home / "api.token")
+    code, _, err = run_main(
+        capsys, "status", "-H", "127.0.0.1", "-P", free_port(), "--token-file", home / "api.token"
+    )
     assert code == 1
     assert "no node answers" in one_clean_line(err)
 
@@ -225,8 +240,13 @@ def test_placeholders_say_not_available(tmp_path, run_gfl, capsys):
     result = run_gfl("job", "list", "--home", tmp_path)
     assert result.returncode == 2
     assert "not available yet" in one_clean_line(result.stderr)
-    for args in (["job", "publish", "spec.toml"], ["job", "watch", "1"], ["job"], ["devnet"],
-                 ["up", "--console"]):
+    for args in (
+        ["job", "publish", "spec.toml"],
+        ["job", "watch", "1"],
+        ["job"],
+        ["devnet"],
+        ["up", "--console"],
+    ):
         code, _, err = run_main(capsys, *args, "--home", tmp_path)
         assert code == 2, args
         assert "not available yet" in one_clean_line(err)
@@ -234,8 +254,18 @@ def test_placeholders_say_not_available(tmp_path, run_gfl, capsys):
 
 def test_every_command_has_help(capsys):
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    for name in ["init", "up", "run", "status", "attach", "stop", "devnet", "job", "chain",
-                 "simulate"]:
+    for name in [
+        "init",
+        "up",
+        "run",
+        "status",
+        "attach",
+        "stop",
+        "devnet",
+        "job",
+        "chain",
+        "simulate",
+    ]:
         assert name in commands
     for name in ["init", "up", "status", "attach", "stop", "devnet", "job"]:
         code, out, _ = run_main(capsys, name, "--help")
@@ -244,8 +274,10 @@ def test_every_command_has_help(capsys):
 
 def test_home_and_verbose_before_or_after_the_command(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GFL_HOME", raising=False)
-    for args in (["--home", tmp_path / "x", "-v", "status"], ["status", "-v", "--home",
-                 tmp_path / "x"]):
+    for args in (
+        ["--home", tmp_path / "x", "-v", "status"],
+        ["status", "-v", "--home", tmp_path / "x"],
+    ):
         code, _, err = run_main(capsys, *args)
         assert code == 1 and str(tmp_path / "x") in one_clean_line(err)
     monkeypatch.setenv("GFL_HOME", str(tmp_path / "env"))

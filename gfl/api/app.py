@@ -10,8 +10,9 @@ A later layer adds its routes by passing its own endpoints to `build_app`
 
 Handlers get the Starlette `Request`; ``request.app.state.node`` is the
 `NodeService` (the running node). They return a JSON-able value (sent as 200)
-or a Starlette `Response`. Bad input raises `ApiError` (or any `GflError`) and
-becomes a 4xx ``{"error": "..."}``; nothing a client sends yields a 5xx.
+or a Starlette `Response`. Bad input raises `ApiError` (or any `GflError`, whose
+optional ``status`` attribute picks the code, default 400) and becomes
+``{"error": "..."}``; nothing a client sends yields a 5xx.
 """
 
 from __future__ import annotations
@@ -165,7 +166,10 @@ def _wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
-    status = exc.status if isinstance(exc, ApiError) else 400
+    # Any GflError may name its HTTP status (``status = 404``); the default is 400.
+    status = getattr(exc, "status", 400)
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        status = 400
     return error_response(str(exc), status)
 
 
@@ -227,8 +231,13 @@ def openapi_schema(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         if e.description:
             op["description"] = e.description
         parameters = [
-            {"name": p.name, "in": where, "required": p.required, "schema": p.schema,
-             **({"description": p.description} if p.description else {})}
+            {
+                "name": p.name,
+                "in": where,
+                "required": p.required,
+                "schema": p.schema,
+                **({"description": p.description} if p.description else {}),
+            }
             for where, group in (("query", e.params), ("header", e.headers))
             for p in group
         ]
@@ -246,8 +255,10 @@ def openapi_schema(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             "operationId": "openapi",
             "tags": ["meta"],
             "responses": {
-                "200": {"description": "OK", "content": {"application/json": {"schema": {
-                    "type": "object"}}}},
+                "200": {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
                 "401": {"description": "missing or wrong bearer token", "content": error},
             },
         }

@@ -41,8 +41,17 @@ CHAIN_SCHEMA: dict[str, Any] = {
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
-        "version", "name", "address", "peer_id", "listen_addrs", "peers", "uptime_s", "chain",
-        "api", "home", "pid",
+        "version",
+        "name",
+        "address",
+        "peer_id",
+        "listen_addrs",
+        "peers",
+        "uptime_s",
+        "chain",
+        "api",
+        "home",
+        "pid",
     ],
     "properties": {
         "version": {"type": "string"},
@@ -133,20 +142,51 @@ async def get_events(request: Request) -> StreamingResponse:
 def core_endpoints() -> list[Endpoint]:
     """The endpoints every node serves."""
     return [
-        Endpoint("GET", "/status", get_status, "The node's identity, peers, chain and uptime",
-                 STATUS_SCHEMA),
-        Endpoint("GET", "/peers", get_peers, "Connected libp2p peers",
-                 {"type": "array", "items": PEER_SCHEMA}),
-        Endpoint("POST", "/shutdown", post_shutdown, "Stop the node cleanly",
-                 {"type": "object", "properties": {"stopping": {"type": "boolean"}}}),
         Endpoint(
-            "GET", "/events", get_events, "Live node events (server-sent events)",
-            {"type": "string", "description": "SSE: `id: <seq>` and `data: <Event JSON>` per "
-             "event; comment lines are heartbeats"},
-            params=(Param("since", {"type": "integer", "minimum": 0},
-                          "replay buffered events with seq above this"),),
-            headers=(Param("Last-Event-ID", {"type": "string", "pattern": "^[0-9]+$"},
-                           "as `since`, sent by reconnecting SSE clients"),),
+            "GET",
+            "/status",
+            get_status,
+            "The node's identity, peers, chain and uptime",
+            STATUS_SCHEMA,
+        ),
+        Endpoint(
+            "GET",
+            "/peers",
+            get_peers,
+            "Connected libp2p peers",
+            {"type": "array", "items": PEER_SCHEMA},
+        ),
+        Endpoint(
+            "POST",
+            "/shutdown",
+            post_shutdown,
+            "Stop the node cleanly",
+            {"type": "object", "properties": {"stopping": {"type": "boolean"}}},
+        ),
+        Endpoint(
+            "GET",
+            "/events",
+            get_events,
+            "Live node events (server-sent events)",
+            {
+                "type": "string",
+                "description": "SSE: `id: <seq>` and `data: <Event JSON>` per "
+                "event; comment lines are heartbeats",
+            },
+            params=(
+                Param(
+                    "since",
+                    {"type": "integer", "minimum": 0},
+                    "replay buffered events with seq above this",
+                ),
+            ),
+            headers=(
+                Param(
+                    "Last-Event-ID",
+                    {"type": "string", "pattern": "^[0-9]+$"},
+                    "as `since`, sent by reconnecting SSE clients",
+                ),
+            ),
             media_type="text/event-stream",
             description="Each event is " + json.dumps(EVENT_SCHEMA),
         ),

@@ -66,7 +66,7 @@ async def serve_api(
     graceful_timeout: float = 2.0,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on ``sock`` until ``shutdown_trigger`` returns; reports (host, port) started."""
+    """Serve ``app`` on ``sock`` until ``shutdown_trigger`` returns; starts with (host, port)."""
     host, port = sock.getsockname()[:2]
     if not is_loopback(host):
         log.warning(

@@ -388,3 +388,11 @@ def _decode_entry(
         dense[idx] = vals
         return dense.reshape(shape)
     raise CodecError(f"tensor {name!r}: unknown entry kind {kind!r}")
+
+
+def decode_frame(frame: bytes, *, max_bytes: int = DEFAULT_MAX) -> dict[str, np.ndarray]:
+    """Decode an uncompressed frame from `encode_frame` (a model blob: its sha256 is the model
+    hash committed on chain, whatever zstd version a node runs)."""
+    _need(isinstance(frame, bytes | bytearray | memoryview), "parameter frame must be bytes")
+    _need(len(frame) <= max_bytes, f"frame is {len(frame)} bytes; the limit is {max_bytes}")
+    return _parse_frame(bytes(frame), max_bytes)

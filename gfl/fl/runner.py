@@ -34,7 +34,14 @@ import numpy as np
 import trio
 
 from gfl.errors import GflError
-from gfl.fl.codec import CodecError, blob_hash, decode_params, encode_params
+from gfl.fl.codec import (
+    CodecError,
+    blob_hash,
+    decode_frame,
+    decode_params,
+    encode_frame,
+    encode_params,
+)
 from gfl.fl.data import ArrayDataset
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
@@ -147,7 +154,7 @@ class Checkpoints:
         """Store M_r (+ strategy state) and return M_r's hash (of the params frame alone)."""
         from gfl.identity import write_private_file
 
-        model = encode_params(params)
+        model = encode_frame(params)
         state = encode_params(dict(extra)) if extra else b""
         self.root.mkdir(parents=True, exist_ok=True)
         header = len(model).to_bytes(8, "big")
@@ -163,7 +170,7 @@ class Checkpoints:
                 raw = p.read_bytes()
                 n = int.from_bytes(raw[:8], "big")
                 model, state = raw[8 : 8 + n], raw[8 + n :]
-                params = decode_params(model)
+                params = decode_frame(model)
                 extra = decode_params(state) if state else {}
                 return int(p.stem.split("-")[1]), params, extra, blob_hash(model)
             except (OSError, ValueError, CodecError) as exc:
@@ -392,7 +399,7 @@ class JobRunner:
             lambda: self.checkpoints.save(r + 1, new_params, self.strategy.state_dict())
         )
         t0 = time.monotonic()
-        blob = encode_params(new_params)
+        blob = await trio.to_thread.run_sync(encode_frame, new_params)
         await self.exchange.publish("model", r, blob)
         if not mine_committed:
             try:
@@ -440,7 +447,9 @@ class JobRunner:
             blob = await self.exchange.fetch(
                 model_hash, owners[0] if owners else None, MAX_UPDATE_BYTES, FETCH_TIMEOUT_S
             )
-            params = await trio.to_thread.run_sync(decode_params, blob)
+            if blob_hash(blob) != model_hash:
+                raise RunnerError("the model blob does not match its hash")
+            params = await trio.to_thread.run_sync(decode_frame, blob)
         except (GflError, trio.TooSlowError) as exc:
             self._event("fetch_failed", round=r, reason=f"model: {exc}")
             await self._nap(1.0)

@@ -148,7 +148,7 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-def _progress_line(row: dict[str, Any]) -> None:
+def progress_line(row: dict[str, Any]) -> None:
     print(
         f"round {row['round']:>4}  clients {row['clients']:>3}  "
         f"train_loss {row['train_loss']:.4f}  test_acc {row['test_accuracy']:.4f}  "
@@ -260,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
             max_minutes=args.max_minutes,
             target_accuracy=args.target_accuracy,
             metrics_path=args.out,
-            progress=_progress_line,
+            progress=progress_line,
         )
     except GflError as e:
         print(f"gfl simulate: {e}", file=sys.stderr)

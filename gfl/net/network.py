@@ -220,6 +220,7 @@ class Network:
 
     async def _discover_once(self) -> None:
         """Ask the DHT for peers near our own id and dial the ones we lack."""
+        found: list[Any] = []
         try:
             with trio.move_on_after(DIAL_TIMEOUT):
                 found = await self._dht.peer_routing.find_closest_peers_network(
@@ -561,6 +562,10 @@ async def open_network(
     from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
     from libp2p.tools.anyio_service import background_trio_service
 
+    if mdns:
+        # not built yet: py-libp2p's mDNS calls back on a zeroconf thread and
+        # must be bridged into trio (trio.from_thread) before it is safe here.
+        raise NetError("mDNS discovery is not available yet; use bootstrap peers")
     try:
         maddrs = [multiaddr.Multiaddr(a) for a in listen]
     except Exception as exc:
@@ -609,10 +614,6 @@ async def open_network(
         pubsub.gfl_network = net
         host.get_network().register_notifee(patches.PeerNotifee(net))
         host.set_stream_handler(TProtocol(blob_protocol.PROTOCOL), net._serve_blob)
-        if mdns:
-            from gfl.net.mdns import start_mdns
-
-            await stack.enter_async_context(start_mdns(net, host))
         for b in bootstrap:
             nursery.start_soon(net._keep_bootstrap, b)
         if discover:

@@ -50,17 +50,27 @@ def operations(schema: dict) -> list[tuple[str, str]]:
 
 @pytest.mark.trio
 async def test_every_endpoint_needs_the_token(init_home):
-    async with running_node(init_home()) as node, httpx.AsyncClient(
-        base_url=base_url(node), timeout=10
-    ) as http:
+    async with (
+        running_node(init_home()) as node,
+        httpx.AsyncClient(base_url=base_url(node), timeout=10) as http,
+    ):
         schema = (await http.get("/openapi.json", headers=auth(node))).json()
         ops = operations(schema)
-        assert {("GET", "/status"), ("GET", "/peers"), ("POST", "/shutdown"),
-                ("GET", "/events"), ("GET", "/openapi.json")} <= set(ops)
+        assert {
+            ("GET", "/status"),
+            ("GET", "/peers"),
+            ("POST", "/shutdown"),
+            ("GET", "/events"),
+            ("GET", "/openapi.json"),
+        } <= set(ops)
         token = node.datadir.read_token()
         for method, path in ops:
-            for headers in ({}, {"Authorization": "Bearer wrong"},
-                            {"Authorization": token}, {"Authorization": f"Bearer {token}x"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": token},
+                {"Authorization": f"Bearer {token}x"},
+            ):
                 r = await http.request(method, path, headers=headers)
                 assert r.status_code == 401, (method, path, headers)
                 assert r.headers["www-authenticate"] == "Bearer"
@@ -75,9 +85,10 @@ async def test_every_endpoint_needs_the_token(init_home):
 
 @pytest.mark.trio
 async def test_responses_match_the_openapi_schema(init_home):
-    async with running_node(init_home()) as node, AsyncNodeClient(
-        *node.api_address, node.datadir.read_token()
-    ) as client:
+    async with (
+        running_node(init_home()) as node,
+        AsyncNodeClient(*node.api_address, node.datadir.read_token()) as client,
+    ):
         schema = await client.request("GET", "/openapi.json")
         paths = schema["paths"]
 
@@ -97,9 +108,10 @@ async def test_responses_match_the_openapi_schema(init_home):
 
 @pytest.mark.trio
 async def test_bad_input_is_4xx_with_an_error(init_home):
-    async with running_node(init_home()) as node, httpx.AsyncClient(
-        base_url=base_url(node), headers=auth(node), timeout=10
-    ) as http:
+    async with (
+        running_node(init_home()) as node,
+        httpx.AsyncClient(base_url=base_url(node), headers=auth(node), timeout=10) as http,
+    ):
         cases = [
             ("GET", "/events?since=abc", {}, 400, "since"),
             ("GET", "/events?since=-1", {}, 400, "since"),
@@ -154,13 +166,13 @@ async def test_event_stream_ends_when_the_node_stops(init_home):
         token = node.datadir.read_token()
         async with AsyncNodeClient(*node.api_address, token) as client:
             types = []
+            since = node.events.last_seq
+            node.events.publish("test.go", {})
             with trio.fail_after(15):
-                async for event in client.events():
+                async for event in client.events(since=since):
                     types.append(event["type"])
                     if event["type"] == "test.go":
                         await client.shutdown()
-                    elif len(types) == 1:
-                        node.events.publish("test.go", {})
             assert types == ["test.go", "node.stopping"]
 
 

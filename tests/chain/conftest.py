@@ -25,7 +25,7 @@ from gfl.chain.devchain import (
 )
 from gfl.identity import NodeIdentity
 
-BACKENDS = ["embedded", "served", "anvil"]
+BACKENDS = ["embedded", "served", pytest.param("anvil", marks=pytest.mark.anvil)]
 
 
 def require_anvil() -> str:

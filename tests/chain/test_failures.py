@@ -132,6 +132,7 @@ def test_wrong_chain_id(tmp_path):
             )
 
 
+@pytest.mark.anvil
 def test_wrong_chain_after_switching_to_anvil(tmp_path):
     require_anvil()
     from gfl.chain.devchain import start_anvil

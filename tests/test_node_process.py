@@ -1,0 +1,35 @@
+"""Whole node processes: two nodes on 127.0.0.1 find each other through --bootstrap."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+PEER_TIMEOUT = 45.0
+
+
+def peer_ids(node) -> set[str]:
+    with node.client() as client:
+        return {p["peer_id"] for p in client.status()["peers"]}
+
+
+@pytest.mark.slow
+def test_two_nodes_connect_via_bootstrap(init_home, start_node, run_gfl):
+    a = start_node(init_home("a"))
+    b = start_node(init_home("b"), "--bootstrap", a.listen_addrs[0])
+    deadline = time.monotonic() + PEER_TIMEOUT
+    while time.monotonic() < deadline:
+        if b.peer_id in peer_ids(a) and a.peer_id in peer_ids(b):
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"no connection within {PEER_TIMEOUT} s:\n{a.output()}\n{b.output()}")
+    with a.client() as client:
+        (peer,) = client.peers()
+    assert peer["eth_address"] == b.status["address"]
+    status_b = run_gfl("status", "--home", b.home, timeout=30)
+    assert a.peer_id in status_b.stdout
+    assert run_gfl("stop", "--home", a.home, timeout=40).returncode == 0
+    assert a.proc.wait(20) == 0
+    assert b.stop() == 0
