@@ -185,9 +185,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     validate_config(config)
     identity = datadir.load_identity(_read_passphrase(args))
 
-    from gfl.node import Node
+    from gfl.node import create_node
 
-    node = Node(datadir, config, identity)
+    node = create_node(datadir, config, identity)
     trio.run(_run_until_signal, node)
     return 0
 

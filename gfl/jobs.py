@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -112,12 +112,19 @@ class DataSource:
 
 
 class ChainLedger:
-    """The chain registry, as one job's `Ledger` (calls run in worker threads)."""
+    """The chain registry, as one job's `Ledger`.
 
-    def __init__(self, node: Node, job_id: bytes) -> None:
-        self._node = node
+    ``call`` runs a blocking registry method off the trio thread (the node's
+    `chain_call`, which also serialises them).
+    """
+
+    def __init__(
+        self, registry: Any, job_id: bytes, call: Callable[..., Awaitable[Any]]
+    ) -> None:
+        self._chain = registry
         self._job_id = job_id
-        self.address = node.identity.eth_address
+        self._run = call
+        self.address = registry.account
         self._participants: tuple[str, ...] = ()
         self._joined_count = -1
 
@@ -125,12 +132,12 @@ class ChainLedger:
         from gfl.chain import ContractRevert
 
         try:
-            return await self._node.chain_call(fn, *args)
+            return await self._run(fn, *args)
         except ContractRevert as exc:
             raise LedgerRefused(str(exc)) from None
 
     async def job(self) -> LedgerJob:
-        chain = self._node.chain
+        chain = self._chain
         rec = await self._call(chain.get_job, self._job_id)
         if rec is None:
             raise JobError(f"the chain holds no job 0x{self._job_id.hex()}")
@@ -147,7 +154,7 @@ class ChainLedger:
         )
 
     async def round(self, r: int) -> LedgerRound:
-        rec = await self._call(self._node.chain.get_round, self._job_id, r)
+        rec = await self._call(self._chain.get_round, self._job_id, r)
         return LedgerRound(
             round=r,
             opens_at=float(rec.opens_at),
@@ -158,16 +165,16 @@ class ChainLedger:
         )
 
     async def join(self) -> None:
-        await self._call(self._node.chain.join_job, self._job_id)
+        await self._call(self._chain.join_job, self._job_id)
 
     async def commit_update(self, r: int, update_hash: bytes, samples: int) -> None:
-        await self._call(self._node.chain.commit_update, self._job_id, r, update_hash, samples)
+        await self._call(self._chain.commit_update, self._job_id, r, update_hash, samples)
 
     async def commit_model(self, r: int, model_hash: bytes) -> None:
-        await self._call(self._node.chain.commit_model, self._job_id, r, model_hash)
+        await self._call(self._chain.commit_model, self._job_id, r, model_hash)
 
     async def settle(self) -> None:
-        await self._call(self._node.chain.settle, self._job_id)
+        await self._call(self._chain.settle, self._job_id)
 
 
 class NetExchange:
@@ -478,7 +485,7 @@ class JobService:
         runner = JobRunner(
             job_id=hx,
             spec=spec,
-            ledger=ChainLedger(self.node, job_id),
+            ledger=ChainLedger(self.node.chain, job_id, self.node.chain_call),
             exchange=NetExchange(self, job_id),
             data=data,
             checkpoints=Checkpoints(self.node.datadir.root / "models" / hx),

@@ -1,7 +1,10 @@
 """Logging set-up for the CLI and the node: stderr by -v level, and DATADIR/logs/node.log.
 
 Libraries below us (libp2p, web3, hypercorn) log a lot at INFO; they are held
-at WARNING unless the user asks for -vvv.
+at WARNING unless the user asks for -vvv, and they reach stderr only with -v
+(the log file always has them): without -v, stderr carries GFL's own words.
+py-libp2p detaches its logger from the root at import time; `adopt_library_loggers`
+reattaches it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def setup_logging(verbosity: int = 0, log_file: Path | None = None) -> None:
     console.setLevel(stderr_level(verbosity))
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     console._gfl = True  # type: ignore[attr-defined]
+    if verbosity <= 0:
+        console.addFilter(lambda record: record.name.split(".")[0] in ("gfl", "root"))
     root.addHandler(console)
     level = min(stderr_level(verbosity), logging.INFO)
     if log_file is not None:
@@ -58,5 +63,17 @@ def setup_logging(verbosity: int = 0, log_file: Path | None = None) -> None:
         level = min(level, file_handler.level)
     root.setLevel(level)
     logging.captureWarnings(True)
+    global _library_level
+    _library_level = logging.DEBUG if verbosity >= 3 else logging.WARNING
+    adopt_library_loggers()
+
+
+_library_level = logging.WARNING
+
+
+def adopt_library_loggers() -> None:
+    """Route the libraries' loggers through ours (call again after importing libp2p)."""
     for name in _NOISY:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
+        logger = logging.getLogger(name)
+        logger.setLevel(_library_level)
+        logger.propagate = True

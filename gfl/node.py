@@ -25,6 +25,7 @@ from gfl.api.core import core_endpoints
 from gfl.api.server import bind_socket, serve_api
 from gfl.config import Config
 from gfl.datadir import ApiInfo, DataDir
+from gfl.errors import GflError
 from gfl.events import EventBus
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ T = TypeVar("T")
 Service = Callable[["Node", trio.TaskStatus[None]], Awaitable[None]]
 
 CHAIN_STATUS_TIMEOUT = 5.0
+
+
+class NodeStartError(GflError):
+    """The node cannot start as configured."""
 
 
 class Node:
@@ -159,8 +164,10 @@ class Node:
         )
 
     async def _open_network(self, stack: AsyncExitStack) -> None:
+        from gfl.logs import adopt_library_loggers
         from gfl.net import open_network
 
+        adopt_library_loggers()
         net_cfg = self.config.net
         self.datadir.blobs_dir.mkdir(exist_ok=True)
         self.network = await stack.enter_async_context(
@@ -175,6 +182,13 @@ class Node:
             )
         )
         stack.callback(setattr, self, "network", None)
+        if net_cfg.listen and not self.network.listen_addrs():
+            # py-libp2p logs a failed listen and carries on deaf; a node nobody can dial
+            # is a misconfiguration, so refuse to start.
+            raise NodeStartError(
+                f"cannot listen on {', '.join(net_cfg.listen)} "
+                "(is the port in use? choose another with --listen)"
+            )
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Start everything, report started, and run until `request_shutdown`."""
@@ -216,3 +230,24 @@ class Node:
                 services.cancel_scope.cancel()
             self.nursery = None
         log.info("node stopped")
+
+
+async def job_service(node: Node, task_status: trio.TaskStatus[None]) -> None:
+    """The job service as a node service; built inside the node's run, after the datadir lock."""
+    from gfl.jobs import JobService
+
+    node.jobs = JobService(node)
+    try:
+        await node.jobs.serve(node, task_status)
+    finally:
+        node.jobs = None
+
+
+def create_node(datadir: DataDir, config: Config, identity: NodeIdentity) -> Node:
+    """The node as `gfl up` runs it: network, chain, control API and the job service."""
+    from gfl.api.jobs import job_endpoints
+
+    node = Node(datadir, config, identity)
+    node.add_endpoints(job_endpoints())
+    node.add_service(job_service)
+    return node

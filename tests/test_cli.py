@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from pathlib import Path
 
@@ -116,9 +117,14 @@ def test_up_status_stop_and_identity_is_stable(init_home, start_node, run_gfl):
     assert not DataDir(home).is_locked()
     assert not DataDir(home).api_info_path.exists()
 
+    log = (home / "logs" / "node.log").read_text()
+    assert "node stopped" in log and node.peer_id in log
+
     again = start_node(home)
     assert (again.peer_id, again.status["address"]) == (node.peer_id, node.status["address"])
-    assert again.stop() == 0  # SIGTERM is a clean stop too
+    again.proc.send_signal(signal.SIGINT)  # Ctrl-C is a clean stop too
+    assert again.proc.wait(20) == 0
+    assert not DataDir(home).api_info_path.exists()
 
 
 def test_attach_by_host_and_port(init_home, start_node, run_gfl):
@@ -147,6 +153,32 @@ def test_second_up_on_the_same_datadir_refuses(init_home, start_node, run_gfl):
     second = run_gfl("up", "--home", home, timeout=60)
     assert second.returncode == 1
     assert "already running" in one_clean_line(second.stderr)
+
+
+def test_p2p_port_in_use_is_one_line(init_home, run_gfl):
+    home = init_home("a")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_gfl("up", "--home", home, "--listen", f"/ip4/127.0.0.1/tcp/{port}", timeout=60)
+    assert result.returncode == 1
+    line = one_clean_line(result.stderr)
+    assert "cannot listen" in line and str(port) in line
+    assert not DataDir(home).is_locked() and not DataDir(home).api_info_path.exists()
+
+
+def test_encrypted_key_needs_its_passphrase(tmp_path, capsys):
+    home = tmp_path / "n"
+    DataDir(home).init(passphrase="right")
+    code, _, err = run_main(capsys, "up", "--home", home)
+    assert code == 1 and "encrypted" in one_clean_line(err)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("wrong\n")
+    code, _, err = run_main(capsys, "up", "--home", home, "--passphrase-file", wrong)
+    assert code == 1 and "wrong passphrase" in one_clean_line(err)
+    code, _, err = run_main(capsys, "up", "--home", home, "--passphrase-file", tmp_path / "no")
+    assert code == 1 and "cannot read the passphrase file" in one_clean_line(err)
 
 
 def test_api_port_in_use_is_one_line(init_home, run_gfl):

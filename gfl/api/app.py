@@ -80,6 +80,7 @@ class Endpoint:
     summary: str
     response: dict[str, Any]
     params: tuple[Param, ...] = ()
+    path_params: tuple[Param, ...] = ()
     headers: tuple[Param, ...] = ()
     request_body: dict[str, Any] | None = None
     media_type: str = "application/json"
@@ -191,6 +192,9 @@ def build_app(node: NodeService, endpoints: Sequence[Endpoint], *, token: str) -
         if (e.method, e.path) in seen:
             raise ValueError(f"two endpoints for {e.method} {e.path}")
         seen.add((e.method, e.path))
+        for p in e.path_params:
+            if f"{{{p.name}}}" not in e.path:
+                raise ValueError(f"{e.method} {e.path} has no path parameter {{{p.name}}}")
     schema = openapi_schema(endpoints)
 
     async def get_openapi(request: Request) -> Response:
@@ -230,15 +234,16 @@ def openapi_schema(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         }
         if e.description:
             op["description"] = e.description
+        groups = (("path", e.path_params), ("query", e.params), ("header", e.headers))
         parameters = [
             {
                 "name": p.name,
                 "in": where,
-                "required": p.required,
+                "required": p.required or where == "path",
                 "schema": p.schema,
                 **({"description": p.description} if p.description else {}),
             }
-            for where, group in (("query", e.params), ("header", e.headers))
+            for where, group in groups
             for p in group
         ]
         if parameters:

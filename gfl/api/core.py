@@ -111,6 +111,15 @@ def _since(request: Request) -> int | None:
     return since
 
 
+def _jsonable(value: Any) -> Any:
+    # event data comes from every layer; a stray bytes or set must not kill the stream
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
 async def _sse(bus: EventBus, since: int | None, heartbeat_s: float) -> AsyncIterator[bytes]:
     # The first comment flushes the headers so clients know the stream is open.
     yield f": gfl events; heartbeat every {heartbeat_s:g}s\n\n".encode()
@@ -123,7 +132,7 @@ async def _sse(bus: EventBus, since: int | None, heartbeat_s: float) -> AsyncIte
             continue
         if event is None:
             return
-        data = json.dumps(event.to_json(), separators=(",", ":"))
+        data = json.dumps(event.to_json(), separators=(",", ":"), default=_jsonable)
         ident = f"id: {event.seq}\n" if event.seq else ""
         yield f"{ident}data: {data}\n\n".encode()
 

@@ -9,6 +9,7 @@ object is a callable `(**kwargs) -> torch.nn.Module`.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
@@ -84,6 +85,11 @@ def _plugin(name: str) -> Callable[..., nn.Module] | None:
     return None
 
 
+#: Guards torch's global RNG: building a model draws from it, and M_0 must come out the
+#: same on every node even while another job trains in a worker thread.
+RNG_LOCK = threading.RLock()
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a model by registered name; built-ins first, then `gfl.models` entry points."""
     factory = BUILTIN.get(name) or _plugin(name)
@@ -93,7 +99,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
             f"(built in: {', '.join(BUILTIN)}; more via 'gfl.models' entry points)"
         )
     try:
-        model = factory(**kwargs)
+        with RNG_LOCK:
+            model = factory(**kwargs)
     except TypeError as e:
         raise ModelError(f"model {name!r} does not accept these settings: {e}") from None
     if not isinstance(model, nn.Module):

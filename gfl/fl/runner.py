@@ -288,6 +288,8 @@ class JobRunner:
                 and job.current_round == self.round
                 and all(a != self.me for a, _, _ in rec.updates)
             ):
+                if self.round > 0:
+                    await self._check_previous(self.round - 1)
                 await self._train_round(rec)
                 continue
             await self._maybe_settle(job, rec)
@@ -508,26 +510,35 @@ class JobRunner:
         return {**out, "t_eval_s": round(time.monotonic() - t0, 4)}
 
     async def _check_previous(self, r: int) -> None:
-        """Compare our M_{r+1} with what the others committed for r (divergence alarm)."""
+        """Compare the model hashes committed for r: raise the alarm for any dissent.
+
+        If we are the odd one out we adopt the majority's model; if others are,
+        we name them. Either way the job goes on from the majority model.
+        """
         rec = await self.ledger.round(r)
         majority = self._majority(rec)
-        if majority is not None and majority != self.model_hash and r not in self.divergent_rounds:
-            self.divergent_rounds.append(r)
-            dissent = sorted({a for a, h in rec.models if h != majority})
-            self._event(
-                "divergence",
-                round=r,
-                mine=self.model_hash.hex(),
-                majority=majority.hex(),
-                dissenters=dissent,
-            )
-            log.warning(
-                "job %s round %d: our model %s differs from the majority %s",
-                self.job_id[:10],
-                r,
-                self.model_hash.hex()[:12],
-                majority.hex()[:12],
-            )
+        if majority is None or r in self.divergent_rounds:
+            return
+        dissent = sorted({a for a, h in rec.models if h != majority})
+        if majority == self.model_hash and not dissent:
+            return
+        self.divergent_rounds.append(r)
+        self._event(
+            "divergence",
+            round=r,
+            mine=self.model_hash.hex(),
+            majority=majority.hex(),
+            dissenters=dissent,
+            self_diverged=majority != self.model_hash,
+        )
+        log.warning(
+            "job %s round %d: model hashes disagree (majority %s, dissenters %s)",
+            self.job_id[:10],
+            r,
+            majority.hex()[:12],
+            ", ".join(dissent),
+        )
+        if majority != self.model_hash:
             await self._adopt(r, majority, rec)
 
     async def _finish(self, job: LedgerJob) -> None:

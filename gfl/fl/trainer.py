@@ -19,7 +19,7 @@ from torch import nn
 
 from gfl.errors import GflError
 from gfl.fl.data import ArrayDataset
-from gfl.fl.models import build_model, get_params, set_params
+from gfl.fl.models import RNG_LOCK, build_model, get_params, set_params
 from gfl.fl.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _hooks(hooks: TrainHooks | Sequence[TrainHooks] | None) -> list[Any]:
 
 def initial_params(spec: JobSpec) -> dict[str, np.ndarray]:
     """M_0: the model built from the spec with torch's RNG seeded by spec.seed (same everywhere)."""
-    with torch.random.fork_rng(devices=[]):
+    with RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = build_model(spec.model, **spec.model_kwargs)
     return get_params(model)

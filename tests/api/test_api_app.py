@@ -10,6 +10,7 @@ import jsonschema_rs
 import pytest
 import trio
 
+from gfl.api.app import Endpoint, read_json
 from gfl.api.client import (
     ApiRequestError,
     AsyncNodeClient,
@@ -17,16 +18,21 @@ from gfl.api.client import (
     NodeNotRunning,
     Unauthorized,
 )
+from gfl.api.server import is_loopback
 from gfl.datadir import DataDir
-from gfl.node import Node
+from gfl.errors import GflError
+from gfl.node import Node, create_node
 
 TIMEOUT = 30
 
 
 @asynccontextmanager
-async def running_node(home) -> AsyncIterator[Node]:
+async def running_node(home, endpoints=(), *, full=False) -> AsyncIterator[Node]:
+    """A node in this trio loop; ``full``: as `gfl up` assembles it (job service too)."""
     datadir = DataDir(home)
-    node = Node(datadir, datadir.load_config(), datadir.load_identity())
+    config, identity = datadir.load_config(), datadir.load_identity()
+    node = create_node(datadir, config, identity) if full else Node(datadir, config, identity)
+    node.add_endpoints(endpoints)
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
@@ -51,18 +57,13 @@ def operations(schema: dict) -> list[tuple[str, str]]:
 @pytest.mark.trio
 async def test_every_endpoint_needs_the_token(init_home):
     async with (
-        running_node(init_home()) as node,
+        running_node(init_home(), full=True) as node,
         httpx.AsyncClient(base_url=base_url(node), timeout=10) as http,
     ):
         schema = (await http.get("/openapi.json", headers=auth(node))).json()
         ops = operations(schema)
-        assert {
-            ("GET", "/status"),
-            ("GET", "/peers"),
-            ("POST", "/shutdown"),
-            ("GET", "/events"),
-            ("GET", "/openapi.json"),
-        } <= set(ops)
+        core = {("GET", "/status"), ("GET", "/peers"), ("POST", "/shutdown"), ("GET", "/events")}
+        assert core | {("GET", "/openapi.json"), ("GET", "/jobs")} <= set(ops)
         token = node.datadir.read_token()
         for method, path in ops:
             for headers in (
@@ -75,10 +76,14 @@ async def test_every_endpoint_needs_the_token(init_home):
                 assert r.status_code == 401, (method, path, headers)
                 assert r.headers["www-authenticate"] == "Bearer"
                 assert "token" in r.json()["error"]
-        # with the token every endpoint answers 200 (shutdown last: it stops the node)
+        # with the token: the simple routes answer 200, none of them 401 or 5xx
+        # (shutdown last: it stops the node)
         for method, path in sorted(ops, key=lambda op: op[1] == "/shutdown"):
             async with http.stream(method, path, headers=auth(node)) as r:
-                assert r.status_code == 200, (method, path)
+                if (method == "GET" and "{" not in path) or (method, path) in core:
+                    assert r.status_code == 200, (method, path)
+                else:
+                    assert 400 <= r.status_code < 500 and r.status_code != 401, (method, path)
         with trio.fail_after(TIMEOUT):
             await node.finished.wait()
 
@@ -130,6 +135,7 @@ async def test_bad_input_is_4xx_with_an_error(init_home):
 @pytest.mark.trio
 async def test_event_stream_replays_and_sends_heartbeats(init_home):
     async with running_node(init_home()) as node:
+        node.events.publish("test.odd", {"raw": b"\x01\x02", "tags": {"x"}})
         for i in range(3):
             node.events.publish("test.tick", {"i": i})
         token = node.datadir.read_token()
@@ -141,6 +147,8 @@ async def test_event_stream_replays_and_sends_heartbeats(init_home):
                     if event["type"] == "test.tick" and event["data"]["i"] == 2:
                         break
             assert "node.started" in [e["type"] for e in seen]
+            (odd,) = [e for e in seen if e["type"] == "test.odd"]
+            assert odd["data"] == {"raw": "0102", "tags": ["x"]}
             assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
             assert set(seen[0]) == {"seq", "ts", "type", "data"}
             last = seen[-1]["seq"]
@@ -198,3 +206,52 @@ async def test_sync_client_and_its_errors(init_home, free_port):
                 client.status()
 
         await trio.to_thread.run_sync(use_clients)
+
+
+class Missing(GflError):
+    status = 404
+
+
+async def echo(request):
+    body = await read_json(request)
+    if body.get("missing"):
+        raise Missing("no such thing")
+    return {"echo": body}
+
+
+@pytest.mark.trio
+async def test_added_endpoints_are_served_documented_and_protected(init_home):
+    extra = [
+        Endpoint(
+            "POST",
+            "/echo",
+            echo,
+            "Echo a JSON body",
+            {"type": "object"},
+            request_body={"type": "object"},
+            errors=(404,),
+            tag="test",
+        )
+    ]
+    async with (
+        running_node(init_home(), extra) as node,
+        httpx.AsyncClient(base_url=base_url(node), timeout=10) as http,
+    ):
+        schema = (await http.get("/openapi.json", headers=auth(node))).json()
+        op = schema["paths"]["/echo"]["post"]
+        assert op["summary"] == "Echo a JSON body" and "404" in op["responses"]
+        assert (await http.post("/echo", json={"a": 1})).status_code == 401
+        r = await http.post("/echo", json={"a": 1}, headers=auth(node))
+        assert (r.status_code, r.json()) == (200, {"echo": {"a": 1}})
+        for body, status, words in [
+            (b"{nope", 400, "not valid JSON"),
+            (b"", 400, "JSON body"),
+            (b'{"missing": true}', 404, "no such thing"),
+        ]:
+            r = await http.post("/echo", content=body, headers=auth(node))
+            assert r.status_code == status and words in r.json()["error"], body
+
+
+def test_loopback_hosts():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")

@@ -1,0 +1,292 @@
+"""The GFL attach console: a Textual app that watches and drives one node over its API.
+
+It is a client of the node's control API and nothing else: no libp2p, web3 or
+torch is imported here, so the console starts in a moment and can watch a node
+on another machine through a tunnel. Data comes from two places: the event
+stream (`gfl.tui.link.NodeLink`), which drives the log and triggers reloads,
+and a slow poll of ``/status`` for what has no event (uptime, chain block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import (
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+from textual.worker import Worker
+
+from gfl.api.client import AsyncNodeClient, NodeClientError, NodeNotRunning, Unauthorized
+from gfl.tui.detail import JobDetailScreen
+from gfl.tui.format import short
+from gfl.tui.help import HelpScreen
+from gfl.tui.jobs import JobsTable
+from gfl.tui.link import LinkState, LinkStatus, NodeLink
+from gfl.tui.log import EventLog
+from gfl.tui.overview import OverviewPane
+from gfl.tui.peers import PeersTable
+from gfl.tui.publish import PublishPane
+
+STATUS_POLL_S = 2.0
+JOBS_POLL_S = 10.0
+PANES = ("overview", "peers", "jobs", "log", "publish")
+PEER_EVENTS = ("peer_connected", "peer_disconnected")
+
+
+class ConsoleApp(App[int]):
+    """Watch one node: overview, peers, jobs and their rounds, the event log; publish jobs."""
+
+    CSS_PATH = "console.tcss"
+    TITLE = "GFL console"
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("o", "show_pane('overview')", "Overview"),
+        Binding("p", "show_pane('peers')", "Peers"),
+        Binding("j", "show_pane('jobs')", "Jobs"),
+        Binding("l", "show_pane('log')", "Log"),
+        Binding("n", "show_pane('publish')", "Publish"),
+        Binding("r", "refresh_all", "Refresh", show=False),
+        Binding("slash", "filter_log", "Filter log", show=False, key_display="/"),
+        Binding("d", "toggle_dark", "Dark/light", show=False),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    class NodeEvent(Message):
+        """An event from the node's stream."""
+
+        def __init__(self, event: dict[str, Any]) -> None:
+            super().__init__()
+            self.event = event
+
+    class LinkChanged(Message):
+        """The connection to the node changed."""
+
+        def __init__(self, status: LinkStatus) -> None:
+            super().__init__()
+            self.status = status
+
+    def __init__(self, host: str, port: int, token: str, *, client: Any = None) -> None:
+        """``client`` replaces the HTTP client (the snapshot tests feed canned data)."""
+        super().__init__()
+        self.where = f"{host}:{port}"
+        self.client: Any = client or AsyncNodeClient(host, port, token)
+        self.link = NodeLink(self.client, self.where)
+        self.link_status = LinkStatus(LinkState.CONNECTING, f"connecting to {self.where}…")
+        self.node_status: dict[str, Any] = {}
+        self.jobs: list[dict[str, Any]] | None = None
+        self._link_worker: Worker[None] | None = None
+
+    # -- layout -----------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="◆")
+        yield Static(self.link_status.message, id="link")
+        with TabbedContent(initial="overview", id="panes"):
+            with TabPane("Overview", id="overview"):
+                yield OverviewPane(id="overview-pane")
+            with TabPane("Peers", id="peers"):
+                yield PeersTable(id="peers-table")
+            with TabPane("Jobs", id="jobs"):
+                yield Static(
+                    "Enter or click a job for its rounds; n publishes a new one.", id="jobs-hint"
+                )
+                yield JobsTable(id="jobs-table")
+            with TabPane("Log", id="log"):
+                yield EventLog(id="event-log")
+            with TabPane("Publish", id="publish"):
+                yield PublishPane(id="publish-pane")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.where
+        self._link_worker = self.run_worker(self._follow(), name="link", group="link")
+        self.set_interval(STATUS_POLL_S, self.reload_status)
+        self.set_interval(JOBS_POLL_S, self.reload_jobs)
+
+    async def on_unmount(self) -> None:
+        close = getattr(self.client, "aclose", None)
+        if close is not None:
+            await close()
+
+    # -- the link ---------------------------------------------------------------------------
+    async def _follow(self) -> None:
+        await self.link.run(
+            lambda ev: self.post_message(self.NodeEvent(ev)),
+            lambda st: self.post_message(self.LinkChanged(st)),
+        )
+
+    def on_console_app_link_changed(self, message: LinkChanged) -> None:
+        status, previous = message.status, self.link_status
+        self.link_status = status
+        bar = self.query_one("#link", Static)
+        icon = {
+            LinkState.CONNECTED: "●",
+            LinkState.CONNECTING: "…",
+            LinkState.DOWN: "✖",
+            LinkState.UNAUTHORIZED: "✖",
+        }[status.state]
+        bar.update(f"{icon} {status.message}")
+        for state in LinkState:
+            bar.set_class(status.state is state, f"-{state.value}")
+        log = self.query_one(EventLog)
+        if status.state is LinkState.CONNECTED:
+            if status.restarted:
+                log.note("the node restarted")
+            self.reload_status()
+            self.reload_jobs()
+            if isinstance(self.screen, JobDetailScreen):
+                self.screen.reload()
+        elif status.state in (LinkState.DOWN, LinkState.UNAUTHORIZED):
+            if previous.state is LinkState.CONNECTED:
+                log.note(status.message)
+            if status.state is LinkState.UNAUTHORIZED:
+                self.query_one(OverviewPane).query_one("#overview-body", Static).update(
+                    Text(status.message, style="bold red")
+                )
+            elif not self.node_status:
+                self.query_one(OverviewPane).query_one("#overview-body", Static).update(
+                    Text(
+                        f"No node is running at {self.where}. Start one with `gfl up`; "
+                        "the console connects as soon as it answers.",
+                        style="bold",
+                    )
+                )
+
+    def on_console_app_node_event(self, message: NodeEvent) -> None:
+        event = message.event
+        self.query_one(EventLog).add(event)
+        kind = str(event.get("type", ""))
+        if kind in PEER_EVENTS or kind.startswith("chain."):
+            self.reload_status()
+        if kind.startswith("job."):
+            self.reload_jobs()
+            job_id = (event.get("data") or {}).get("job_id")
+            for screen in self.screen_stack:
+                if isinstance(screen, JobDetailScreen) and screen.job_id == job_id:
+                    screen.reload()
+
+    # -- data -------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.link_status.state is LinkState.CONNECTED
+
+    @work(exclusive=True, group="status")
+    async def reload_status(self) -> None:
+        if not self.connected:
+            return
+        try:
+            status = await self.client.status()
+        except NodeClientError:
+            return  # the link reports the connection state
+        self.node_status = status
+        self.query_one(OverviewPane).show(status, self.jobs)
+        self.query_one(PeersTable).show(status.get("peers") or [])
+
+    @work(exclusive=True, group="jobs")
+    async def reload_jobs(self) -> None:
+        if not self.connected:
+            return
+        try:
+            jobs = await self.client.request("GET", "/jobs")
+        except NodeClientError as exc:
+            self.query_one("#jobs-hint", Static).update(Text(str(exc), style="bold red"))
+            return
+        self.jobs = jobs
+        self.query_one(JobsTable).show(jobs)
+        if self.node_status:
+            self.query_one(OverviewPane).show(self.node_status, jobs)
+
+    @on(DataTable.RowSelected, "#jobs-table")
+    def _open_job(self, event: DataTable.RowSelected) -> None:
+        self.open_job(str(event.row_key.value))
+
+    def open_job(self, job_id: str) -> None:
+        """Show one job's detail screen."""
+        self.push_screen(JobDetailScreen(job_id))
+
+    @on(PublishPane.Submitted)
+    async def _publish(self, message: PublishPane.Submitted) -> None:
+        pane = self.query_one(PublishPane)
+        try:
+            job = await self.client.request(
+                "POST", "/jobs", json={"toml": message.toml, "participate": message.participate}
+            )
+        except (NodeNotRunning, Unauthorized) as exc:
+            pane.show_error(str(exc))
+            return
+        except NodeClientError as exc:
+            pane.show_error(str(exc).removeprefix(f"{self.where}: "))
+            return
+        self.notify(f"published {job.get('name')} ({short(job.get('job_id'), 10)})")
+        self.reload_jobs()
+        self.action_show_pane("jobs")
+
+    # -- actions ----------------------------------------------------------------------------
+    def action_show_pane(self, pane: str) -> None:
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+        self.query_one(TabbedContent).active = pane
+        widget = {"peers": "#peers-table", "jobs": "#jobs-table", "publish": "#publish-toml"}
+        if pane in widget:
+            self.query_one(widget[pane]).focus()
+
+    def action_refresh_all(self) -> None:
+        if self.link_status.state is LinkState.UNAUTHORIZED or (
+            self._link_worker is not None and self._link_worker.is_finished
+        ):
+            self._link_worker = self.run_worker(self._follow(), name="link", group="link")
+        self.reload_status()
+        self.reload_jobs()
+
+    def action_filter_log(self) -> None:
+        self.action_show_pane("log")
+        self.query_one("#log-filter", Input).focus()
+
+    def action_toggle_dark(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_quit(self) -> None:  # type: ignore[override]
+        self.exit(0)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for pane in PANES:
+            yield SystemCommand(
+                f"Show {pane}",
+                f"Switch to the {pane} pane",
+                lambda p=pane: self.action_show_pane(p),
+            )
+        yield SystemCommand("Refresh", "Reload status and jobs now", self.action_refresh_all)
+        yield SystemCommand("Filter log", "Focus the log's filter box", self.action_filter_log)
+        yield SystemCommand("Toggle dark/light", "Switch theme", self.action_toggle_dark)
+        yield SystemCommand("Help", "Keys and panes", self.action_help)
+        if isinstance(screen, JobDetailScreen):
+            yield SystemCommand(
+                "Cancel job", "Cancel this job (owner only)", screen.action_cancel_job
+            )
+            yield SystemCommand("Back", "Back to the panes", self.pop_screen)
+        else:
+            jobs = self.jobs or []
+            for job in jobs:
+                jid = str(job.get("job_id"))
+                yield SystemCommand(
+                    f"Open job {job.get('name')} {short(jid, 8)}",
+                    "Rounds, plots and commitments of this job",
+                    lambda j=jid: self.open_job(j),
+                )

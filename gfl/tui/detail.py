@@ -1,0 +1,194 @@
+"""The job detail screen: progress, accuracy and loss per round, commitments and checks.
+
+It reloads ``GET /jobs/{id}`` and ``GET /jobs/{id}/verify`` whenever the app
+sees an event about this job (and every few seconds, in case one was missed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
+from textual_plotext import PlotextPlot
+
+from gfl.api.client import NodeClientError
+from gfl.tui.format import DASH, human_bytes, number, percent, short
+
+POLL_S = 5.0
+
+
+def verify_cell(check: Mapping[str, Any] | None) -> Text:
+    """How a round's model hash compares with the chain's majority."""
+    if check is None:
+        return Text("…", style="dim")
+    if check.get("verified"):
+        return Text("✓ verified", style="bold green")
+    if check.get("chain_majority") is None:
+        return Text("pending", style="yellow")
+    return Text("✗ differs", style="bold red")
+
+
+def title_text(job: Mapping[str, Any]) -> Text:
+    status = str(job.get("status", "?"))
+    text = Text(str(job.get("name", "?")), style="bold")
+    text.append(f"  {short(job.get('job_id'), 16)}  ", style="dim")
+    text.append(status, style={"error": "bold red", "active": "bold green"}.get(status, "bold"))
+    text.append(f" · {job.get('role') or DASH} · owner {short(job.get('owner'), 10)}")
+    if job.get("error"):
+        text.append(f"\nerror: {job['error']}", style="bold red")
+    return text
+
+
+def traffic_text(job: Mapping[str, Any]) -> str:
+    divergent = job.get("divergent_rounds") or []
+    return (
+        f"sent {human_bytes(job.get('bytes_sent'))} · received "
+        f"{human_bytes(job.get('bytes_received'))} · participants {job.get('participants', DASH)}"
+        f" · divergent rounds: {', '.join(map(str, divergent)) if divergent else 'none'}"
+    )
+
+
+class JobDetailScreen(Screen):
+    """One job, live."""
+
+    BINDINGS = [  # noqa: RUF012 (Textual's convention)
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("r", "reload", "Refresh"),
+        Binding("c", "cancel_job", "Cancel job"),
+        Binding("question_mark", "app.help", "Help", key_display="?"),
+    ]
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.detail: dict[str, Any] | None = None
+        self.checks: dict[int, Mapping[str, Any]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="◆")
+        with VerticalScroll(id="detail"):
+            yield Static("Loading the job…", id="detail-title")
+            with Horizontal(id="detail-progress"):
+                yield ProgressBar(total=None, show_eta=False, id="detail-bar")
+                yield Static("", id="detail-round")
+            with Horizontal(id="detail-plots"):
+                yield PlotextPlot(id="plot-accuracy")
+                yield PlotextPlot(id="plot-loss")
+            yield Static("", id="detail-traffic")
+            yield DataTable(id="detail-rounds", cursor_type="row", zebra_stripes=True)
+            yield DataTable(id="detail-commitments", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"job {short(self.job_id, 12)}"
+        rounds = self.query_one("#detail-rounds", DataTable)
+        rounds.border_title = "Rounds"
+        for label in ("Round", "Phase", "Accuracy", "Loss", "Updates", "Train s", "Model", "Chain"):
+            rounds.add_column(label)
+        commitments = self.query_one("#detail-commitments", DataTable)
+        commitments.border_title = "Commitments"
+        for label in ("Round", "Kind", "Participant", "Hash", "Samples", "Verified"):
+            commitments.add_column(label)
+        self.set_interval(POLL_S, self.reload)
+        self.reload()
+
+    def action_reload(self) -> None:
+        self.reload()
+
+    @work(exclusive=True, group="detail")
+    async def reload(self) -> None:
+        client = self.app.client  # type: ignore[attr-defined]
+        try:
+            detail = await client.request("GET", f"/jobs/{self.job_id}")
+        except NodeClientError as exc:
+            self.query_one("#detail-title", Static).update(Text(str(exc), style="bold red"))
+            return
+        try:
+            checks = await client.request("GET", f"/jobs/{self.job_id}/verify")
+        except NodeClientError:
+            checks = []
+        self.show(detail, checks)
+
+    def show(self, detail: dict[str, Any], checks: list[Mapping[str, Any]]) -> None:
+        """Draw the job from its API detail and its verification list."""
+        self.detail = detail
+        self.checks = {int(c["round"]): c for c in checks if "round" in c}
+        total = int(detail.get("rounds") or 0)
+        done = int(detail.get("round") or 0)
+        self.query_one("#detail-title", Static).update(title_text(detail))
+        bar = self.query_one("#detail-bar", ProgressBar)
+        bar.update(total=max(total, 1), progress=min(done, max(total, 1)))
+        self.query_one("#detail-round", Static).update(f"round {done}/{total}")
+        self.query_one("#detail-traffic", Static).update(traffic_text(detail))
+        rounds = [r for r in detail.get("rounds_detail") or [] if isinstance(r, Mapping)]
+        self._plot(rounds)
+        self._rounds_table(rounds)
+        self._commitments_table(detail.get("commitments") or [])
+
+    def _plot(self, rounds: list[Mapping[str, Any]]) -> None:
+        done = [r for r in rounds if (r.get("metrics") or {}).get("accuracy") is not None]
+        xs = [int(r["round"]) for r in done]
+        for key, title in (("accuracy", "accuracy"), ("loss", "loss")):
+            widget = self.query_one(f"#plot-{key}", PlotextPlot)
+            plt = widget.plt
+            plt.clear_data()
+            plt.clear_figure()
+            plt.title(title)
+            plt.xlabel("round")
+            ys = [float(r["metrics"].get(key) or 0.0) for r in done]
+            if xs:
+                plt.plot(xs, ys, marker="braille")
+                plt.scatter(xs, ys)
+                plt.xticks(xs)
+            widget.refresh()
+
+    def _rounds_table(self, rounds: list[Mapping[str, Any]]) -> None:
+        table = self.query_one("#detail-rounds", DataTable)
+        table.clear()
+        for r in rounds:
+            m = r.get("metrics") or {}
+            n = int(r.get("round", 0))
+            table.add_row(
+                str(n),
+                str(r.get("phase") or DASH),
+                percent(m.get("accuracy")),
+                number(m.get("loss")),
+                str(m.get("updates", DASH)),
+                number(m.get("t_train_s"), 2),
+                short(r.get("model_hash"), 10),
+                verify_cell(self.checks.get(n))
+                if not r.get("divergent")
+                else Text("✗ divergent", style="bold red"),
+                key=str(n),
+            )
+
+    def _commitments_table(self, commitments: list[Mapping[str, Any]]) -> None:
+        table = self.query_one("#detail-commitments", DataTable)
+        table.clear()
+        for c in commitments:
+            verified = c.get("verified")
+            table.add_row(
+                str(c.get("round", DASH)),
+                str(c.get("kind", DASH)),
+                short(c.get("participant"), 12),
+                short(c.get("hash"), 12),
+                str(c.get("samples") or DASH),
+                Text("✓", style="green") if verified else Text("·" if verified is None else "✗"),
+            )
+
+    async def action_cancel_job(self) -> None:
+        client = self.app.client  # type: ignore[attr-defined]
+        try:
+            await client.request("POST", f"/jobs/{self.job_id}/cancel")
+        except NodeClientError as exc:
+            self.notify(str(exc), title="Cancel refused", severity="error")
+            return
+        self.notify(f"job {short(self.job_id, 10)} cancelled")
+        self.reload()

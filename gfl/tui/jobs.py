@@ -1,0 +1,75 @@
+"""The Jobs pane: every job this node knows, one row each; Enter opens its detail."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from gfl.tui.format import percent, round_progress, short
+
+STATUS_STYLE = {
+    "active": "bold green",
+    "finished": "bold",
+    "cancelled": "yellow",
+    "error": "bold red",
+}
+
+
+def job_cells(job: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The table cells of one job summary."""
+    status = str(job.get("status", "?"))
+    divergent = job.get("divergent_rounds") or []
+    return (
+        str(job.get("name", "?")),
+        short(job.get("job_id"), 8),
+        Text(status, style=STATUS_STYLE.get(status, "")),
+        round_progress(job),
+        str(job.get("role") or "–"),
+        str(job.get("participants", "–")),
+        percent(job.get("accuracy")),
+        Text(f"{len(divergent)} divergent", style="bold red") if divergent else Text("ok"),
+    )
+
+
+class JobsTable(DataTable):
+    """Jobs keyed by id; rows are updated in place so the cursor stays where the user put it."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = True
+        for label, key in (
+            ("Name", "name"),
+            ("Job", "job"),
+            ("Status", "status"),
+            ("Round", "round"),
+            ("Role", "role"),
+            ("Peers", "participants"),
+            ("Accuracy", "accuracy"),
+            ("Check", "check"),
+        ):
+            self.add_column(label, key=key)
+
+    def show(self, jobs: list[Mapping[str, Any]]) -> None:
+        rows = {str(j.get("job_id")): j for j in jobs}
+        for key in [k.value for k in self.rows if k.value not in rows]:
+            self.remove_row(key)
+        ordered = sorted(rows.values(), key=lambda j: -(j.get("created_at") or 0))
+        for job in ordered:
+            jid = str(job.get("job_id"))
+            cells = job_cells(job)
+            if jid in self.rows:
+                for column, value in zip(self.columns, cells, strict=True):
+                    self.update_cell(jid, column, value)
+            else:
+                self.add_row(*cells, key=jid)
+
+    @property
+    def selected_job(self) -> str | None:
+        """The id of the job under the cursor."""
+        if not self.row_count:
+            return None
+        key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        return key.value

@@ -1,0 +1,41 @@
+"""The Peers pane: the node's connected libp2p peers, live."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from textual.widgets import DataTable
+
+from gfl.tui.format import DASH, short
+
+
+class PeersTable(DataTable):
+    """One row per connected peer, keyed by peer id so the cursor survives refreshes."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = True
+        self.add_column("Peer ID", key="peer_id")
+        self.add_column("Address", key="address")
+        self.add_column("Dir", key="direction")
+        self.add_column("Msgs", key="msgs")
+        self.add_column("Addrs", key="addrs")
+
+    def show(self, peers: list[Mapping[str, Any]]) -> None:
+        rows = {p.get("peer_id", "?"): p for p in peers}
+        for key in [k.value for k in self.rows if k.value not in rows]:
+            self.remove_row(key)
+        for pid, p in sorted(rows.items()):
+            cells = (
+                short(pid, 18),
+                short(p.get("address"), 12),
+                p.get("direction") or DASH,
+                str(p.get("msgs_in", DASH)),
+                ", ".join(p.get("addrs") or []) or DASH,
+            )
+            if pid in self.rows:
+                for column, value in zip(self.columns, cells, strict=True):
+                    self.update_cell(pid, column, value)
+            else:
+                self.add_row(*cells, key=pid)
