@@ -269,19 +269,20 @@ def test_status_of_a_stopped_node(init_home, capsys, free_port):
 
 
 def test_placeholders_say_not_available(tmp_path, run_gfl, capsys):
-    result = run_gfl("job", "list", "--home", tmp_path)
+    result = run_gfl("devnet", "--home", tmp_path)
     assert result.returncode == 2
     assert "not available yet" in one_clean_line(result.stderr)
-    for args in (
-        ["job", "publish", "spec.toml"],
-        ["job", "watch", "1"],
-        ["job"],
-        ["devnet"],
-        ["up", "--console"],
-    ):
+    for args in (["up", "--console"], ["job"]):
         code, _, err = run_main(capsys, *args, "--home", tmp_path)
         assert code == 2, args
         assert "not available yet" in one_clean_line(err)
+
+
+def test_job_commands_without_a_node_are_one_line(tmp_path, capsys):
+    for args in (["job", "list"], ["job", "show", "abcd"], ["job", "watch", "abcd"]):
+        code, _, err = run_main(capsys, *args, "--home", tmp_path / "none")
+        assert code in (1, 2), args
+        assert "gfl" in one_clean_line(err)
 
 
 def test_every_command_has_help(capsys):
@@ -299,8 +300,8 @@ def test_every_command_has_help(capsys):
         "simulate",
     ]:
         assert name in commands
-    for name in ["init", "up", "status", "attach", "stop", "devnet", "job"]:
-        code, out, _ = run_main(capsys, name, "--help")
+    for name in ["init", "up", "status", "attach", "stop", "devnet", "job", "job list"]:
+        code, out, _ = run_main(capsys, *name.split(), "--help")
         assert code == 0 and "--home" in out, name
 
 

@@ -26,6 +26,8 @@ from textual.widgets import (
     Static,
     TabbedContent,
     TabPane,
+    Tabs,
+    TextArea,
 )
 from textual.worker import Worker
 
@@ -57,6 +59,7 @@ class ConsoleApp(App[int]):
         Binding("j", "show_pane('jobs')", "Jobs"),
         Binding("l", "show_pane('log')", "Log"),
         Binding("n", "show_pane('publish')", "Publish"),
+        Binding("escape", "leave_input", "Leave text box", show=False),
         Binding("r", "refresh_all", "Refresh", show=False),
         Binding("slash", "filter_log", "Filter log", show=False, key_display="/"),
         Binding("d", "toggle_dark", "Dark/light", show=False),
@@ -217,11 +220,17 @@ class ConsoleApp(App[int]):
         self.push_screen(JobDetailScreen(job_id))
 
     @on(PublishPane.Submitted)
-    async def _publish(self, message: PublishPane.Submitted) -> None:
+    def _publish(self, message: PublishPane.Submitted) -> None:
+        self.publish_job(message.toml, message.participate)
+
+    @work(exclusive=True, group="publish")
+    async def publish_job(self, toml: str, participate: bool = True) -> None:
+        """Send a job file to the node; its refusal is shown under the editor."""
         pane = self.query_one(PublishPane)
+        pane.show_error("")
         try:
             job = await self.client.request(
-                "POST", "/jobs", json={"toml": message.toml, "participate": message.participate}
+                "POST", "/jobs", json={"toml": toml, "participate": participate}
             )
         except (NodeNotRunning, Unauthorized) as exc:
             pane.show_error(str(exc))
@@ -237,10 +246,17 @@ class ConsoleApp(App[int]):
     def action_show_pane(self, pane: str) -> None:
         while len(self.screen_stack) > 1:
             self.pop_screen()
-        self.query_one(TabbedContent).active = pane
-        widget = {"peers": "#peers-table", "jobs": "#jobs-table", "publish": "#publish-toml"}
-        if pane in widget:
-            self.query_one(widget[pane]).focus()
+        tabs = self.query_one(TabbedContent)
+        tabs.active = pane
+        # Tables take the focus (arrows, Enter); elsewhere the tab strip does, so that the
+        # single-letter keys keep working until the user clicks or tabs into a text box.
+        widget = {"peers": "#peers-table", "jobs": "#jobs-table"}.get(pane)
+        (self.query_one(widget) if widget else tabs.query_one(Tabs)).focus()
+
+    def action_leave_input(self) -> None:
+        """Esc in a text box gives the keys back to the console."""
+        if isinstance(self.focused, Input | TextArea):
+            self.query_one(TabbedContent).query_one(Tabs).focus()
 
     def action_refresh_all(self) -> None:
         if self.link_status.state is LinkState.UNAUTHORIZED or (

@@ -35,6 +35,20 @@ def verify_cell(check: Mapping[str, Any] | None) -> Text:
     return Text("✗ differs", style="bold red")
 
 
+def commitment_check(c: Mapping[str, Any], check: Mapping[str, Any] | None) -> Text:
+    """An update: whether this node fetched it and its hash matched. A model: whether it is
+    the chain's majority for its round."""
+    if c.get("verified") is True:
+        return Text("✓ fetched, hash ok", style="green")
+    if c.get("verified") is False:
+        return Text("✗ hash mismatch", style="bold red")
+    if c.get("kind") == "model" and check and check.get("chain_majority"):
+        if check["chain_majority"] == c.get("hash"):
+            return Text("✓ majority", style="green")
+        return Text("✗ minority", style="bold red")
+    return Text("–", style="dim")
+
+
 def title_text(job: Mapping[str, Any]) -> Text:
     status = str(job.get("status", "?"))
     text = Text(str(job.get("name", "?")), style="bold")
@@ -94,7 +108,7 @@ class JobDetailScreen(Screen):
             rounds.add_column(label)
         commitments = self.query_one("#detail-commitments", DataTable)
         commitments.border_title = "Commitments"
-        for label in ("Round", "Kind", "Participant", "Hash", "Samples", "Verified"):
+        for label in ("Round", "Kind", "Participant", "Hash", "Samples", "Check"):
             commitments.add_column(label)
         self.set_interval(POLL_S, self.reload)
         self.reload()
@@ -173,14 +187,13 @@ class JobDetailScreen(Screen):
         table = self.query_one("#detail-commitments", DataTable)
         table.clear()
         for c in commitments:
-            verified = c.get("verified")
             table.add_row(
                 str(c.get("round", DASH)),
                 str(c.get("kind", DASH)),
                 short(c.get("participant"), 12),
                 short(c.get("hash"), 12),
                 str(c.get("samples") or DASH),
-                Text("✓", style="green") if verified else Text("·" if verified is None else "✗"),
+                commitment_check(c, self.checks.get(int(c.get("round", -1)))),
             )
 
     async def action_cancel_job(self) -> None:

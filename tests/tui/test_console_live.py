@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from textual.widgets import Static, TabbedContent
+from textual.widgets import ProgressBar, Static, TabbedContent
 
+from gfl.config import update_config
 from gfl.datadir import DataDir
 from gfl.tui.app import ConsoleApp
+from gfl.tui.detail import JobDetailScreen
 from gfl.tui.help import HelpScreen
-from gfl.tui.log import EventLog
+from gfl.tui.jobs import JobsTable
 from gfl.tui.link import LinkState
+from gfl.tui.log import EventLog
+from gfl.tui.publish import PublishPane
 
 pytestmark = pytest.mark.anyio
 
@@ -71,8 +75,11 @@ async def test_node_down_then_retrying(free_port, wait_until) -> None:
         assert "gfl up" in text_of(app, "#overview-body")
 
 
-async def test_reconnects_when_the_node_restarts(init_home, start_node, wait_until) -> None:
+async def test_reconnects_when_the_node_restarts(
+    init_home, start_node, free_port, wait_until
+) -> None:
     home = init_home("a")
+    update_config(DataDir(home).config_path, "api", port=free_port())  # the same port after restart
     node = start_node(home)
     app = console_for(node)
     async with app.run_test(size=SIZE) as pilot:
@@ -92,3 +99,83 @@ async def test_reconnects_when_the_node_restarts(init_home, start_node, wait_unt
         assert "console" in types  # "the node restarted" marker
         # the new process's own events are replayed from its start, not skipped
         assert types.count("node.started") == 2
+
+
+async def click_publish(pilot: Any, wait_until: Any) -> None:
+    """Click Publish, as a user would: not within the button's 0.2 s press animation."""
+    button = pilot.app.query_one("#publish-go")
+    await wait_until(pilot, lambda: not button.has_class("-active"))
+    assert await pilot.click(button)
+
+
+JOB_TOML = """\
+name = "tui-demo"
+model = "mlp"
+dataset = "digits"
+rounds = 4
+min_updates = 1
+round_timeout = 30
+local_epochs = 1
+batch_size = 32
+lr = 0.05
+seed = 1
+
+[model_kwargs]
+in_features = 64
+hidden = 16
+"""
+
+
+async def test_publish_from_the_form_and_follow_the_rounds(
+    training_home, start_node, wait_until
+) -> None:
+    node = start_node(training_home)
+    app = console_for(node)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.link_status.state is LinkState.CONNECTED)
+        await pilot.press("n")
+        pane = app.query_one(PublishPane)
+        error = app.query_one("#publish-error", Static)
+
+        pane.text = 'name = "broken'
+        await click_publish(pilot, wait_until)
+        await wait_until(pilot, lambda: error.display)
+        assert "not valid TOML" in text_of(app, "#publish-error")
+
+        pane.text = 'name = "x"\nrounds = 2\n'  # valid TOML, but not a job: the node says why
+        await click_publish(pilot, wait_until)
+        await wait_until(pilot, lambda: "model" in text_of(app, "#publish-error"), timeout=15)
+        assert error.display
+        assert app.jobs == []
+
+        pane.text = JOB_TOML
+        await click_publish(pilot, wait_until)
+        await wait_until(pilot, lambda: app.query_one(TabbedContent).active == "jobs", timeout=30)
+        assert not error.display
+        table = app.query_one(JobsTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        job_id = table.selected_job
+        assert job_id and app.jobs[0]["name"] == "tui-demo"
+
+        await pilot.press("enter")  # the jobs table has focus after publishing
+        screen = await wait_until(
+            pilot, lambda: app.screen if isinstance(app.screen, JobDetailScreen) else None
+        )
+        assert screen.job_id == job_id
+        bar = screen.query_one("#detail-bar", ProgressBar)
+        seen: list[float] = []
+
+        def finished() -> bool:
+            seen.append(bar.progress)
+            return bar.progress == 4 and screen.query_one("#detail-rounds").row_count == 4
+
+        await wait_until(pilot, finished, timeout=60)
+        assert min(seen) < 4, "the screen only ever showed the finished job"
+        assert "round 4/4" in text_of(screen, "#detail-round")
+        await wait_until(pilot, lambda: all(c.get("verified") for c in screen.checks.values()))
+        assert len(screen.checks) == 4
+        assert screen.query_one("#detail-commitments").row_count >= 8  # 4 updates + 4 models
+        assert "sent " in text_of(screen, "#detail-traffic")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, JobDetailScreen)
+        await wait_until(pilot, lambda: app.jobs[0]["status"] == "finished")

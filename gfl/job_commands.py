@@ -1,0 +1,159 @@
+"""`gfl job ...`: publish, list, show, watch, cancel and report jobs through a node's API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gfl.errors import GflError
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from gfl.cli import _client as cli_client
+
+    return cli_client(args)
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:5.1f}%" if isinstance(v, int | float) else "    -"
+
+
+def format_jobs(jobs: list[dict[str, Any]]) -> str:
+    if not jobs:
+        return "no jobs"
+    lines = [f"{'JOB':<12} {'NAME':<18} {'STATUS':<10} {'ROUND':>7} {'ACC':>6}  ROLE"]
+    for j in jobs:
+        lines.append(
+            f"{j['job_id'][:12]:<12} {j['name'][:18]:<18} {j['status']:<10} "
+            f"{j['round']:>3}/{j['rounds']:<3} {_pct(j.get('accuracy'))}  {j.get('role', '')}"
+        )
+    return "\n".join(lines)
+
+
+def format_job(job: dict[str, Any]) -> str:
+    lines = [
+        f"job       {job['job_id']}",
+        f"name      {job['name']}",
+        f"owner     {job['owner']}",
+        f"status    {job['status']} ({job.get('role')})",
+        f"round     {job['round']}/{job['rounds']}",
+        f"model     {job.get('model_hash') or '-'}",
+    ]
+    if job.get("divergent_rounds"):
+        lines.append(f"ALARM     divergent rounds: {job['divergent_rounds']}")
+    if job.get("error"):
+        lines.append(f"error     {job['error']}")
+    rounds = job.get("rounds_detail", [])
+    if rounds:
+        lines.append("\nround  accuracy    loss  updates  model hash")
+        for r in rounds:
+            m = r["metrics"]
+            lines.append(
+                f"{r['round'] + 1:>5}  {_pct(m.get('accuracy')):>8}  "
+                f"{m.get('loss', float('nan')):6.4f}  {m.get('updates', '-'):>7}  "
+                f"{(r.get('model_hash') or '-')[:16]}{'  DIVERGENT' if r['divergent'] else ''}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from gfl.fl.spec import load_job_file
+
+    spec = load_job_file(args.file)  # validated here first: one clear line for a bad file
+    with _client(args) as client:
+        job = client.request("POST", "/jobs", json={"spec": spec.to_dict(),
+                                                    "participate": not args.no_participate})
+    print(f"published job {job['job_id']} ({spec.name}, {spec.rounds} rounds)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        jobs = client.request("GET", "/jobs")
+    print(json.dumps(jobs, indent=2) if args.json else format_jobs(jobs))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.request("GET", f"/jobs/{args.job_id}")
+    print(json.dumps(job, indent=2) if args.json else format_job(job))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    last = None
+    with _client(args) as client:
+        while True:
+            job = client.request("GET", f"/jobs/{args.job_id}")
+            line = (f"round {job['round']}/{job['rounds']}  status {job['status']}  "
+                    f"accuracy {_pct(job.get('accuracy'))}")
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if job["status"] != "active":
+                return 0 if job["status"] == "finished" else 1
+            if deadline is not None and time.monotonic() > deadline:
+                raise GflError(f"job {args.job_id} still running after {args.timeout:g}s")
+            time.sleep(0.5)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.request("POST", f"/jobs/{args.job_id}/cancel")
+    print(f"cancelled job {job['job_id']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gfl.report import plot_report, render_report
+
+    with _client(args) as client:
+        job = client.request("GET", f"/jobs/{args.job_id}")
+    fmt = "csv" if args.csv else "json"
+    text, _ = render_report(job, fmt)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.plot:
+        plot_report(job, Path(args.plot))
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def register(job_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the `gfl job` subcommands to ``job_sub`` (the job group's subparsers)."""
+
+    def add(name: str, help: str, func: Any) -> argparse.ArgumentParser:
+        p = job_sub.add_parser(name, help=help, description=help, parents=parents)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("publish", "register a job (TOML file) on chain and announce it", cmd_publish)
+    p.add_argument("file", help="job file (TOML)")
+    p.add_argument("--no-participate", action="store_true",
+                   help="only publish; this node does not train")
+    p = add("list", "list the jobs this node knows", cmd_list)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("show", "show one job with its rounds", cmd_show)
+    p.add_argument("job_id", help="job id (a unique prefix is enough)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("watch", "follow a job until it ends", cmd_watch)
+    p.add_argument("job_id", help="job id (a unique prefix is enough)")
+    p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                   help="give up after SECONDS (default: never)")
+    p = add("cancel", "cancel a job you own", cmd_cancel)
+    p.add_argument("job_id", help="job id (a unique prefix is enough)")
+    p = add("report", "per-round metrics as JSON or CSV, and a PNG plot", cmd_report)
+    p.add_argument("job_id", help="job id (a unique prefix is enough)")
+    p.add_argument("--csv", action="store_true", help="CSV instead of JSON")
+    p.add_argument("--json", action="store_true", help="JSON (the default)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument("--plot", metavar="PNG", help="also plot accuracy and loss per round")
