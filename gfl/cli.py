@@ -251,6 +251,16 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devnet(args: argparse.Namespace) -> int:
+    from gfl.devnet import run
+
+    if not 1 <= args.nodes <= 64:
+        raise GflError("--nodes must be between 1 and 64")
+    if not 1 <= args.rounds <= 1000:
+        raise GflError("--rounds must be between 1 and 1000")
+    return run(args)
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from gfl.api.client import NodeNotRunning
     from gfl.datadir import DataDir
@@ -398,13 +408,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the node to exit (default 30)",
     )
 
-    p = add(
-        "devnet",
-        "run a local test network of N nodes with a demo job",
-        _not_available("`gfl devnet`"),
-    )
+    p = add("devnet", "run a local test network of N nodes with a demo job", cmd_devnet)
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--keep", action="store_true", help="leave the network up afterwards")
+    p.add_argument(
+        "--dir", metavar="DIR", help="put the nodes' datadirs here (default: a temp dir)"
+    )
+    p.add_argument(
+        "--data",
+        choices=["digits", "mnist"],
+        default="digits",
+        help="dataset to split among the nodes (mnist reads $GFL_DATA_DIR)",
+    )
+    p.add_argument(
+        "--partition",
+        default="iid",
+        metavar="SCHEME",
+        help="iid, dirichlet:ALPHA or shards:K (default iid)",
+    )
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the demo job (default 5)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        metavar="SECONDS",
+        help="give up on the demo after SECONDS (default 600)",
+    )
+    p.add_argument(
+        "--no-anvil",
+        action="store_true",
+        help="use the embedded chain even when anvil is installed",
+    )
 
     job = add("job", "publish, list, follow and cancel training jobs", _not_available("`gfl job`"))
     job_sub = job.add_subparsers(

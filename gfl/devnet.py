@@ -109,8 +109,14 @@ def start_chain(prefer_anvil: bool = True) -> tuple[Any, str, str, bytes]:
 
 
 def start_devnet(
-    n: int, *, data: str = "digits", partition: str = "iid", root: Path | None = None,
-    prefer_anvil: bool = True, seed: int = 0, verbose: bool = False,
+    n: int,
+    *,
+    data: str = "digits",
+    partition: str = "iid",
+    root: Path | None = None,
+    prefer_anvil: bool = True,
+    seed: int = 0,
+    verbose: bool = False,
 ) -> Devnet:
     """Start a chain and `n` node processes; returns once every node's API answers."""
     from gfl.chain import deploy_registry
@@ -124,8 +130,9 @@ def start_devnet(
     root = Path(tempfile.mkdtemp(prefix="gfl-devnet-")) if root is None else root
     root.mkdir(parents=True, exist_ok=True)
     chain, url, kind, funder = start_chain(prefer_anvil)
-    net = Devnet(root=root, chain_url=url, registry="", chain_kind=kind, _chain=chain,
-                 _cleanup_root=cleanup)
+    net = Devnet(
+        root=root, chain_url=url, registry="", chain_kind=kind, _chain=chain, _cleanup_root=cleanup
+    )
     try:
         homes = []
         for i in range(n):
@@ -145,8 +152,9 @@ def start_devnet(
             config = _with_data(config, data, src)
             identity = DataDir(home).init(config, force=True)
             homes.append(home)
-            net.nodes.append(DevnetNode(i, home, api_port, p2p_port, identity.peer_id,
-                                        identity.eth_address))
+            net.nodes.append(
+                DevnetNode(i, home, api_port, p2p_port, identity.peer_id, identity.eth_address)
+            )
         deployer = DataDir(homes[0]).load_identity()
         fund(url, funder, [d.address for d in net.nodes], FUNDING_WEI)
         net.registry = deploy_registry(url, deployer)
@@ -184,8 +192,9 @@ def _spawn(node: DevnetNode, verbose: bool) -> subprocess.Popen[bytes]:
     if verbose:
         cmd.append("-v")
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True
+        )
 
 
 def _wait_up(net: Devnet) -> None:
@@ -222,20 +231,32 @@ def demo_spec(nodes: int, *, data: str, rounds: int, model: str | None = None) -
 
     if data == "digits":
         b = JobSpec.builder("devnet-demo").model(model or "mlp", in_features=64, hidden=64)
-        b = b.data("digits").train(epochs=2, batch_size=16, lr=0.05)
+        b = b.data("digits").train(epochs=3, batch_size=16, lr=0.1)
     else:
         b = JobSpec.builder("devnet-demo").model(model or "cnn").data(data)
         b = b.train(epochs=1, batch_size=10, lr=0.05)
-    return (b.strategy("fedavg").rounds(rounds, min_updates=max(1, nodes - 1), timeout=30)
-            .seed(7).build())
+    return (
+        b.strategy("fedavg")
+        .rounds(rounds, min_updates=max(1, nodes - 1), timeout=30)
+        .seed(7)
+        .build()
+    )
 
 
 def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout) -> dict:
     """Follow the job on node 0 until every node finished it; print progress lines."""
     t0 = time.monotonic()
     last_round = -1
+    from gfl.api.client import ApiRequestError
+
     while True:
-        infos = [net.client(n.index).request("GET", f"/jobs/{job_id}") for n in net.nodes]
+        try:
+            infos = [net.client(n.index).request("GET", f"/jobs/{job_id}") for n in net.nodes]
+        except ApiRequestError as exc:  # a node has not heard of the job yet
+            if exc.status != 404 or time.monotonic() - t0 > 30:
+                raise
+            time.sleep(0.2)
+            continue
         head = infos[0]
         r = head["round"]
         if r != last_round and r > 0:
@@ -243,8 +264,12 @@ def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout
             eta = elapsed / r * (head["rounds"] - r)
             acc = head.get("accuracy")
             acc_s = f"{100 * acc:5.1f}%" if acc is not None else "  n/a"
-            print(f"round {r:>3}/{head['rounds']}  accuracy {acc_s}  "
-                  f"elapsed {elapsed:6.1f}s  eta {eta:6.1f}s", file=out, flush=True)
+            print(
+                f"round {r:>3}/{head['rounds']}  accuracy {acc_s}  "
+                f"elapsed {elapsed:6.1f}s  eta {eta:6.1f}s",
+                file=out,
+                flush=True,
+            )
             last_round = r
         if all(i["status"] in ("finished", "cancelled", "error") for i in infos):
             return {"infos": infos, "elapsed": time.monotonic() - t0}
@@ -265,16 +290,22 @@ def summarize(net: Devnet, job_id: str, result: dict, out: Any = sys.stdout) -> 
         verified = all(any(c["round"] == r and c["verified"] for c in chk) for chk in checks)
         ok &= verified
         acc = m.get("accuracy")
-        print(f"{r + 1:>5}  {100 * acc if acc is not None else float('nan'):7.2f}%  "
-              f"{m.get('loss', float('nan')):6.4f}  {(rd.get('model_hash') or '')[:16]}     "
-              f"{'verified' if verified else 'MISMATCH'}", file=out)
+        print(
+            f"{r + 1:>5}  {100 * acc if acc is not None else float('nan'):7.2f}%  "
+            f"{m.get('loss', float('nan')):6.4f}  {(rd.get('model_hash') or '')[:16]}     "
+            f"{'verified' if verified else 'MISMATCH'}",
+            file=out,
+        )
     finals = {i["model_hash"] for i in result["infos"]}
     same = len(finals) == 1
     ok &= same and all(i["status"] == "finished" for i in result["infos"])
-    print(f"\n{len(net.nodes)} nodes, {head['rounds']} rounds in {result['elapsed']:.1f}s; "
-          f"final model {'identical on every node' if same else 'DIFFERS between nodes'}; "
-          f"every round's hash {'matches' if ok else 'does NOT match'} the chain "
-          f"({net.chain_kind} chain, registry {net.registry})", file=out)
+    print(
+        f"\n{len(net.nodes)} nodes, {head['rounds']} rounds in {result['elapsed']:.1f}s; "
+        f"final model {'identical on every node' if same else 'DIFFERS between nodes'}; "
+        f"every round's hash {'matches' if ok else 'does NOT match'} the chain "
+        f"({net.chain_kind} chain, registry {net.registry})",
+        file=out,
+    )
     return ok
 
 
@@ -292,24 +323,36 @@ def run(args: Any) -> int:
     root = Path(args.dir).resolve() if args.dir else None
     print(f"starting a devnet of {args.nodes} nodes ...", flush=True)
     t0 = time.monotonic()
-    net = start_devnet(args.nodes, data=args.data, partition=args.partition, root=root,
-                       prefer_anvil=not args.no_anvil, verbose=args.verbose > 0)
+    net = start_devnet(
+        args.nodes,
+        data=args.data,
+        partition=args.partition,
+        root=root,
+        prefer_anvil=not args.no_anvil,
+        verbose=getattr(args, "verbose", 0) > 0,
+    )
     try:
         print(f"chain: {net.chain_kind} at {net.chain_url}, registry {net.registry}")
         for node in net.nodes:
-            print(f"node{node.index}: {node.address}  api 127.0.0.1:{node.api_port}  "
-                  f"{node.multiaddr}")
+            print(
+                f"node{node.index}: {node.address}  api 127.0.0.1:{node.api_port}  {node.multiaddr}"
+            )
         print(f"up in {time.monotonic() - t0:.1f}s; publishing the demo job", flush=True)
         spec = demo_spec(args.nodes, data=args.data, rounds=args.rounds)
         job = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})
-        print(f"job {job['job_id']} ({spec.name}: {spec.model} on {spec.dataset}, "
-              f"{spec.rounds} rounds, {spec.strategy})", flush=True)
+        print(
+            f"job {job['job_id']} ({spec.name}: {spec.model} on {spec.dataset}, "
+            f"{spec.rounds} rounds, {spec.strategy})",
+            flush=True,
+        )
         result = watch_job(net, job["job_id"], timeout=args.timeout)
         ok = summarize(net, job["job_id"], result)
         if args.keep:
-            print(f"\ndevnet kept running in {net.root}. Attach with:\n"
-                  f"  gfl attach --home {net.nodes[0].home}\nPress Ctrl-C to stop it.",
-                  flush=True)
+            print(
+                f"\ndevnet kept running in {net.root}. Attach with:\n"
+                f"  gfl attach --home {net.nodes[0].home}\nPress Ctrl-C to stop it.",
+                flush=True,
+            )
             net._cleanup_root = False
             with contextlib.suppress(KeyboardInterrupt):
                 while any(n.process and n.process.poll() is None for n in net.nodes):

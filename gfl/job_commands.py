@@ -65,8 +65,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     spec = load_job_file(args.file)  # validated here first: one clear line for a bad file
     with _client(args) as client:
-        job = client.request("POST", "/jobs", json={"spec": spec.to_dict(),
-                                                    "participate": not args.no_participate})
+        job = client.request(
+            "POST", "/jobs", json={"spec": spec.to_dict(), "participate": not args.no_participate}
+        )
     print(f"published job {job['job_id']} ({spec.name}, {spec.rounds} rounds)")
     return 0
 
@@ -91,8 +92,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
         while True:
             job = client.request("GET", f"/jobs/{args.job_id}")
-            line = (f"round {job['round']}/{job['rounds']}  status {job['status']}  "
-                    f"accuracy {_pct(job.get('accuracy'))}")
+            line = (
+                f"round {job['round']}/{job['rounds']}  status {job['status']}  "
+                f"accuracy {_pct(job.get('accuracy'))}"
+            )
             if line != last:
                 print(line, flush=True)
                 last = line
@@ -138,8 +141,9 @@ def register(job_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     p = add("publish", "register a job (TOML file) on chain and announce it", cmd_publish)
     p.add_argument("file", help="job file (TOML)")
-    p.add_argument("--no-participate", action="store_true",
-                   help="only publish; this node does not train")
+    p.add_argument(
+        "--no-participate", action="store_true", help="only publish; this node does not train"
+    )
     p = add("list", "list the jobs this node knows", cmd_list)
     p.add_argument("--json", action="store_true", help="print JSON")
     p = add("show", "show one job with its rounds", cmd_show)
@@ -147,8 +151,13 @@ def register(job_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p = add("watch", "follow a job until it ends", cmd_watch)
     p.add_argument("job_id", help="job id (a unique prefix is enough)")
-    p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
-                   help="give up after SECONDS (default: never)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="give up after SECONDS (default: never)",
+    )
     p = add("cancel", "cancel a job you own", cmd_cancel)
     p.add_argument("job_id", help="job id (a unique prefix is enough)")
     p = add("report", "per-round metrics as JSON or CSV, and a PNG plot", cmd_report)

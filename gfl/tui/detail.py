@@ -29,7 +29,7 @@ def verify_cell(check: Mapping[str, Any] | None) -> Text:
     if check is None:
         return Text("…", style="dim")
     if check.get("verified"):
-        return Text("✓ verified", style="bold green")
+        return Text("✓ ok", style="bold green")
     if check.get("chain_majority") is None:
         return Text("pending", style="yellow")
     return Text("✗ differs", style="bold red")
@@ -104,7 +104,7 @@ class JobDetailScreen(Screen):
         self.sub_title = f"job {short(self.job_id, 12)}"
         rounds = self.query_one("#detail-rounds", DataTable)
         rounds.border_title = "Rounds"
-        for label in ("Round", "Phase", "Accuracy", "Loss", "Updates", "Train s", "Model", "Chain"):
+        for label in ("Round", "Phase", "Acc", "Loss", "Upd", "Train s", "Model", "Chain"):
             rounds.add_column(label)
         commitments = self.query_one("#detail-commitments", DataTable)
         commitments.border_title = "Commitments"
@@ -176,7 +176,7 @@ class JobDetailScreen(Screen):
                 number(m.get("loss")),
                 str(m.get("updates", DASH)),
                 number(m.get("t_train_s"), 2),
-                short(r.get("model_hash"), 10),
+                short(r.get("model_hash"), 8),
                 verify_cell(self.checks.get(n))
                 if not r.get("divergent")
                 else Text("✗ divergent", style="bold red"),

@@ -29,6 +29,10 @@ def console_for(node: Any, token: str | None = None) -> ConsoleApp:
     return ConsoleApp(info.host, info.port, token or DataDir(node.home).read_token())
 
 
+def types(events: Any) -> set[str]:
+    return {e["type"] for e in events}
+
+
 def log_of(app: ConsoleApp) -> list[Any]:
     return list(app.query_one(EventLog).events)
 
@@ -50,10 +54,27 @@ async def test_navigation_and_overview(init_home, start_node, wait_until) -> Non
         for key, pane in (("p", "peers"), ("j", "jobs"), ("l", "log"), ("o", "overview")):
             await pilot.press(key)
             assert tabs.active == pane
+        await pilot.click("Tab#--content-tab-jobs")  # the mouse works too
+        assert tabs.active == "jobs"
         await pilot.press("?")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
+
+        # the log: live events from the node, narrowed by the filter box
+        await pilot.press("slash")
+        assert tabs.active == "log" and app.focused.id == "log-filter"
+        log = app.query_one(EventLog)
+        await wait_until(pilot, lambda: {"node.started", "chain.connected"} <= types(log.events))
+        await pilot.press(*"node.started")
+        assert types(log.shown()) == {"node.started"}
+        await pilot.press("escape", "o")  # Esc leaves the text box, the keys work again
+        assert tabs.active == "overview"
+
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        for pane in ("overview", "peers", "jobs", "log", "publish"):
+            assert f"Show {pane}" in titles
+        assert {"Refresh", "Help", "Filter log", "Toggle dark/light"} <= titles
 
 
 async def test_wrong_token_is_named(init_home, start_node, wait_until) -> None:

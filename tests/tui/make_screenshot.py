@@ -1,0 +1,72 @@
+"""Write docs/console.svg: the job detail screen of a live run on a real node.
+
+    .venv/bin/python tests/tui/make_screenshot.py [docs/console.svg]
+
+Starts a training node in a temporary datadir, publishes a job through the
+console's form, opens the job and saves the screen once a few rounds are in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import NodeProcess, gfl_command, gfl_env, local_config  # noqa: E402
+
+from gfl.datadir import DataDir  # noqa: E402
+from gfl.tui.app import ConsoleApp  # noqa: E402
+from gfl.tui.detail import JobDetailScreen  # noqa: E402
+from gfl.tui.publish import TEMPLATE  # noqa: E402
+
+SIZE = (110, 44)
+
+
+async def capture(home: Path, out: Path) -> None:
+    info = DataDir(home).read_api_info()
+    app = ConsoleApp(info.host, info.port, DataDir(home).read_token())
+    async with app.run_test(size=SIZE) as pilot:
+        deadline = time.monotonic() + 120
+        while app.jobs is None:
+            await pilot.pause(0.1)
+        app.publish_job(TEMPLATE.replace("rounds = 3", "rounds = 8"))
+        while not app.jobs:
+            await pilot.pause(0.1)
+        app.open_job(app.jobs[0]["job_id"])
+        while True:
+            assert time.monotonic() < deadline, "the job did not progress"
+            screen = app.screen
+            if isinstance(screen, JobDetailScreen) and screen.detail:
+                if int(screen.detail.get("round") or 0) >= 5 and screen.checks:
+                    break
+            await pilot.pause(0.1)
+        await pilot.pause(0.3)
+        app.save_screenshot(filename=out.name, path=str(out.parent))
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/console.svg").resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "node"
+        config = local_config().replace("node", name="alice").replace("jobs", auto_join=True)
+        DataDir(home).init(dataclasses.replace(config, data={"digits": ""}))
+        log = open(Path(tmp) / "up.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(
+            gfl_command("up", "--home", home), stdout=log, stderr=subprocess.STDOUT, env=gfl_env()
+        )
+        node = NodeProcess(home, proc, Path(tmp) / "up.log")
+        try:
+            node.wait_ready()
+            asyncio.run(capture(home, out))
+        finally:
+            node.stop()
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
