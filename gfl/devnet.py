@@ -216,6 +216,13 @@ def _wait_up(net: Devnet) -> None:
         if time.monotonic() > deadline:
             raise DevnetError(f"node{node.index} did not start within {START_TIMEOUT_S:.0f}s")
         time.sleep(0.2)
+    # wait until each node has torch and its data loaded, so round 1 costs what round 2 does
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for node in net.nodes:
+        while not (net.client(node.index).status().get("jobs") or {}).get("ready"):
+            if time.monotonic() > deadline:
+                raise DevnetError(f"node{node.index} did not warm up within {START_TIMEOUT_S:.0f}s")
+            time.sleep(0.2)
     # wait until each node sees at least one peer (gossip needs a mesh)
     deadline = time.monotonic() + 30
     for node in net.nodes if len(net.nodes) > 1 else []:

@@ -120,6 +120,8 @@ class Node:
             "api": {"host": host, "port": port},
             "home": str(self.datadir.root),
             "pid": os.getpid(),
+            "net": self.network.stats() if self.network is not None else None,
+            "jobs": self.jobs.status() if self.jobs is not None else None,
         }
 
     def request_shutdown(self) -> None:

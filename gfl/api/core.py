@@ -69,6 +69,15 @@ STATUS_SCHEMA: dict[str, Any] = {
         },
         "home": {"type": "string"},
         "pid": {"type": "integer"},
+        "net": {
+            "type": ["object", "null"],
+            "description": "libp2p traffic counters, topics and gossip drops by reason",
+        },
+        "jobs": {
+            "type": ["object", "null"],
+            "description": "job counts by status, rejected announcements by reason, alarms, "
+            "and `ready` (torch imported and data loaded)",
+        },
     },
 }
 

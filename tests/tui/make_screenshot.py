@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import NodeProcess, gfl_command, gfl_env, local_config  # noqa: E402
+from conftest import NodeProcess, gfl_command, gfl_env, local_config
 
-from gfl.datadir import DataDir  # noqa: E402
-from gfl.tui.app import ConsoleApp  # noqa: E402
-from gfl.tui.detail import JobDetailScreen  # noqa: E402
-from gfl.tui.publish import TEMPLATE  # noqa: E402
+from gfl.datadir import DataDir
+from gfl.tui.app import ConsoleApp
+from gfl.tui.detail import JobDetailScreen
+from gfl.tui.publish import TEMPLATE
 
 SIZE = (110, 44)
 
@@ -41,9 +41,9 @@ async def capture(home: Path, out: Path) -> None:
         while True:
             assert time.monotonic() < deadline, "the job did not progress"
             screen = app.screen
-            if isinstance(screen, JobDetailScreen) and screen.detail:
-                if int(screen.detail.get("round") or 0) >= 5 and screen.checks:
-                    break
+            detail = screen.detail if isinstance(screen, JobDetailScreen) else None
+            if detail and int(detail.get("round") or 0) >= 5 and screen.checks:
+                break
             await pilot.pause(0.1)
         await pilot.pause(0.3)
         app.save_screenshot(filename=out.name, path=str(out.parent))

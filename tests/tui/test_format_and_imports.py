@@ -24,7 +24,8 @@ from gfl.tui.format import (
 def test_the_console_imports_no_node_layers() -> None:
     code = (
         "import sys, gfl.tui, gfl.tui.app\n"
-        "heavy = ('libp2p', 'web3', 'torch', 'trio', 'gfl.net', 'gfl.chain', 'gfl.fl', 'gfl.node')\n"
+        "heavy = ('libp2p', 'web3', 'torch', 'trio',\n"
+        "         'gfl.net', 'gfl.chain', 'gfl.fl', 'gfl.node')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n"
     )
     out = subprocess.run(

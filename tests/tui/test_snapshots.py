@@ -47,8 +47,7 @@ def detail(theme: str | None = None) -> Callable[[Any], Any]:
         await pilot.press("j", "enter")
         await settle(
             pilot,
-            lambda: isinstance(pilot.app.screen, JobDetailScreen)
-            and bool(pilot.app.screen.checks),
+            lambda: isinstance(pilot.app.screen, JobDetailScreen) and bool(pilot.app.screen.checks),
         )
 
     return run_before
