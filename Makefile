@@ -13,11 +13,12 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup check-system contracts-deps demo test lint format clean
+.PHONY: help setup check-system contracts-deps contracts-check demo node-demo test lint format clean
 
 help:
-	@echo "make demo            start a node in a temporary datadir, show its status, stop it"
-	@echo "make test            run the test suite"
+	@echo "make demo            a local testnet: chain + 4 nodes train a demo job together"
+	@echo "make node-demo       start one node in a temporary datadir, show its status, stop it"
+	@echo "make test            lint, contract artifact check, and the whole test suite"
 	@echo "make setup           create .venv and install GFL into it (done by demo/test)"
 	@echo "make lint            ruff check"
 	@echo "make contracts-deps  npm ci in contracts/ (solc, to rebuild the contract)"
@@ -40,16 +41,30 @@ check-system:
 	@command -v cc >/dev/null || { echo "setup: no C compiler; on Debian: sudo apt-get install build-essential" >&2; exit 1; }
 	@ls /usr/include/gmp.h /usr/include/*/gmp.h /usr/local/include/gmp.h 2>/dev/null | grep -q . || { echo "setup: GMP headers missing (fastecdsa needs them); on Debian: sudo apt-get install libgmp-dev" >&2; exit 1; }
 
-# Node packages for rebuilding contracts/ (solc); the compiled artifact is committed,
-# so nodes and tests do not need this.
-contracts-deps:
-	@if [ -f contracts/package-lock.json ]; then \
-	  command -v npm >/dev/null || { echo "contracts-deps: npm not found; on Debian: sudo apt-get install nodejs npm" >&2; exit 1; }; \
-	  npm ci --prefix contracts; \
-	else echo "contracts-deps: no contracts/package-lock.json, nothing to install"; fi
+# Node packages in contracts/: solc (to rebuild the contract) and anvil (a real local
+# Ethereum node for the devnet and the anvil variant of the tests). The compiled artifact
+# is committed, so a node itself needs neither.
+NPM_STAMP := contracts/node_modules/.package-lock.json
+
+contracts-deps: $(NPM_STAMP)
+
+$(NPM_STAMP): contracts/package-lock.json
+	@command -v npm >/dev/null || { echo "contracts-deps: npm not found; on Debian: sudo apt-get install nodejs npm" >&2; exit 1; }
+	cd contracts && npm ci --no-audit --no-fund
+	@touch $(NPM_STAMP)
+
+# Fails when the committed artifact differs from a fresh solc build.
+contracts-check: contracts-deps
+	cd contracts && npm run --silent check
+
+# The demo: a chain (anvil when installed), 4 node processes on 127.0.0.1, digits split
+# among them, a FedAvg job published, trained and checked on chain.
+demo: setup
+	@command -v npm >/dev/null && $(MAKE) --no-print-directory contracts-deps || echo "(npm not found: using the embedded chain instead of anvil)"
+	$(BIN)/gfl devnet --nodes 4 --rounds 5
 
 # A node in a throw-away datadir: init, up in the background, status, stop.
-demo: setup
+node-demo: setup
 	@set -eu; home=$$(mktemp -d); pid=""; \
 	trap '[ -n "$$pid" ] && kill $$pid 2>/dev/null; rm -rf "$$home"' EXIT; \
 	$(BIN)/gfl init --home "$$home/node" --listen /ip4/127.0.0.1/tcp/0 --api-port 0 --chain embedded; \
@@ -59,7 +74,8 @@ demo: setup
 	echo; echo "--- gfl stop"; \
 	$(BIN)/gfl stop --home "$$home/node"; wait $$pid; pid=""
 
-test: setup
+test: setup contracts-check
+	$(BIN)/ruff check gfl tests bench
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 

@@ -177,7 +177,7 @@ def _apply_overrides(config: Any, args: argparse.Namespace) -> Any:
 
 def cmd_up(args: argparse.Namespace) -> int:
     if args.console:
-        raise _NotAvailable("`gfl up --console`: the console")
+        return _up_with_console(args)
     import trio
 
     from gfl.config import validate_config
@@ -242,13 +242,88 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console_target(args: argparse.Namespace) -> tuple[str, int, str]:
+    """(host, port, token) for the console: -H/-P with a token, or the datadir's node.
+
+    Unlike the other commands this does not need the node to be running: the
+    console says so and connects when it comes up.
+    """
+    from gfl.api.client import token_from_file
+    from gfl.config import DEFAULT_API_PORT
+    from gfl.datadir import DataDir
+
+    host, port = getattr(args, "host", None), getattr(args, "port", None)
+    token_file = getattr(args, "token_file", None)
+    datadir = DataDir(_home(args))
+    if token_file:
+        token = token_from_file(token_file)
+    elif (host or port) and os.environ.get("GFL_API_TOKEN"):
+        token = os.environ["GFL_API_TOKEN"]
+    else:
+        datadir.require_initialised()
+        token = datadir.read_token()
+    if host is None and port is None:
+        info = datadir.read_api_info() if datadir.is_initialised() else None
+        if info is not None:
+            return info.host, info.port, token
+        config = datadir.load_config()
+        return config.api.host, config.api.port, token
+    return host or "127.0.0.1", port or DEFAULT_API_PORT, token
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
-    # Until the console lands, attach connects and shows the node's status.
-    with _client(args) as client:
-        status = client.status()
-    print(f"attached to {client.where}")
-    print(format_status(status))
-    return 0
+    from gfl.tui import run_console
+
+    host, port, token = _console_target(args)
+    if getattr(args, "plain", False) or not sys.stdout.isatty():
+        with _client(args) as client:
+            status = client.status()
+        print(f"attached to {client.where}")
+        print(format_status(status))
+        return 0
+    return run_console(host, port, token)
+
+
+def _up_with_console(args: argparse.Namespace) -> int:
+    """`gfl up --console`: the node runs as a child process, the console in this terminal;
+    quitting the console stops the node."""
+    import subprocess
+
+    from gfl.api.client import NodeClient, NodeClientError
+    from gfl.datadir import DataDir
+    from gfl.tui import run_console
+
+    datadir = DataDir(_home(args))
+    datadir.require_initialised()
+    argv = [a for a in sys.argv[1:] if a != "--console"]
+    datadir.logs_dir.mkdir(parents=True, exist_ok=True)
+    with open(datadir.logs_dir / "console-node.out", "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "gfl", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while datadir.read_api_info() is None:
+            if child.poll() is not None:
+                raise GflError(f"the node exited (code {child.returncode}); see {out.name}")
+            if time.monotonic() > deadline:
+                raise GflError("the node did not start within 60s")
+            time.sleep(0.1)
+        host, port, token = _console_target(args)
+        return run_console(host, port, token)
+    finally:
+        if child.poll() is None:
+            try:
+                with NodeClient.from_home(_home(args)) as client:
+                    client.shutdown()
+                child.wait(30)
+            except (NodeClientError, GflError, subprocess.TimeoutExpired):
+                child.terminate()
+                child.wait(10)
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
@@ -289,6 +364,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 class _NotAvailable(GflError):
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} {NOT_AVAILABLE}")
+
+
+def _job_needs_command(args: argparse.Namespace) -> int:
+    raise GflError("`gfl job` needs a command: publish, list, show, watch, cancel or report")
 
 
 def _not_available(what: str) -> Callable[[argparse.Namespace], int]:
@@ -394,9 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add(
-        "attach", "connect to a running node (the console comes in a later version)", cmd_attach
+        "attach",
+        "open the console on a running node (Textual; q quits, the node keeps running)",
+        cmd_attach,
     )
     _add_target_options(p)
+    p.add_argument(
+        "--plain", action="store_true", help="print the node's status instead of the console"
+    )
 
     p = add("stop", "stop a running node cleanly", cmd_stop)
     _add_target_options(p)
@@ -440,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the embedded chain even when anvil is installed",
     )
 
-    job = add("job", "publish, list, follow and cancel training jobs", _not_available("`gfl job`"))
+    job = add("job", "publish, list, follow and cancel training jobs", _job_needs_command)
     job_sub = job.add_subparsers(
         dest="job_command", metavar="COMMAND", parser_class=GflArgumentParser
     )

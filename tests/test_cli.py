@@ -268,14 +268,17 @@ def test_status_of_a_stopped_node(init_home, capsys, free_port):
     assert "no node answers" in one_clean_line(err)
 
 
-def test_placeholders_say_not_available(tmp_path, run_gfl, capsys):
-    result = run_gfl("devnet", "--home", tmp_path)
-    assert result.returncode == 2
-    assert "not available yet" in one_clean_line(result.stderr)
-    for args in (["up", "--console"], ["job"]):
-        code, _, err = run_main(capsys, *args, "--home", tmp_path)
-        assert code == 2, args
-        assert "not available yet" in one_clean_line(err)
+def test_devnet_and_job_refuse_bad_arguments_in_one_line(tmp_path, run_gfl, capsys):
+    for args in (["devnet", "--nodes", "0"], ["devnet", "--rounds", "0"]):
+        result = run_gfl(*args, "--home", tmp_path)
+        assert result.returncode in (1, 2), args
+        assert "must be between" in one_clean_line(result.stderr)
+    code, _, err = run_main(capsys, "job", "--home", tmp_path)
+    assert code == 2
+    assert "gfl" in one_clean_line(err)
+    code, _, err = run_main(capsys, "up", "--console", "--home", tmp_path / "none")
+    assert code != 0
+    assert "gfl" in one_clean_line(err)
 
 
 def test_job_commands_without_a_node_are_one_line(tmp_path, capsys):

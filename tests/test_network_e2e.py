@@ -14,6 +14,7 @@ import pytest
 
 from gfl.chain.devchain import find_anvil
 from gfl.devnet import demo_spec, running_devnet, watch_job
+from gfl.errors import GflError
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,16 @@ def _chains() -> list:
         marks=pytest.mark.skipif(not ANVIL and not IN_CI, reason="anvil not installed"),
     )
     return [pytest.param(False, id="embedded"), anvil]
+
+
+def _round_of(net, i: int, job_id: str) -> int:
+    from gfl.api.client import ApiRequestError
+
+    try:
+        return net.client(i).request("GET", f"/jobs/{job_id}")["round"]
+    except ApiRequestError as exc:  # not heard of the job yet
+        assert exc.status == 404
+        return -1
 
 
 def _check_finished_and_verified(net, job_id: str, rounds: int) -> dict:
@@ -80,13 +91,21 @@ def test_sigkilled_node_restarts_resumes_and_ends_with_the_same_model(tmp_path):
         jid = job["job_id"]
         victim = net.nodes[3]
         deadline = time.monotonic() + 120
-        while net.client(3).request("GET", f"/jobs/{jid}")["round"] < 2:
+        while _round_of(net, 3, jid) < 2:
             assert time.monotonic() < deadline, "round 2 never started"
-            time.sleep(0.1)
+            time.sleep(0.05)
         os.kill(victim.process.pid, signal.SIGKILL)
         victim.process.wait(10)
         time.sleep(3)  # the others go on without it (min_updates 2, round timeout)
         victim.process = _spawn(victim, False)
+        deadline = time.monotonic() + 60
+        while True:  # wait for the restarted node's API
+            try:
+                net.client(3).status()
+                break
+            except GflError:
+                assert time.monotonic() < deadline, "the restarted node did not come up"
+                time.sleep(0.2)
         watch_job(net, jid, timeout=300, out=open(os.devnull, "w"))
         infos = [net.client(n.index).request("GET", f"/jobs/{jid}") for n in net.nodes]
         assert all(i["status"] == "finished" for i in infos)

@@ -77,7 +77,7 @@ class DevChainServer:
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
         self._request = chain.w3.provider.request_func(chain.w3, chain.w3.middleware_onion)
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd = _QuietServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self.host, self.port = self._httpd.server_address[:2]
         self.url = f"http://{self.host}:{self.port}"
@@ -207,6 +207,14 @@ class DevChainServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-request is routine (a node killed in a test): log it, no
+    traceback on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("dev chain: request from %s failed", client_address, exc_info=True)
 
 
 class _RpcError(Exception):

@@ -35,7 +35,7 @@ def test_blob_store_evicts_least_recently_used_past_its_cap(tmp_path):
 
 
 def test_envelope_roundtrip_and_refusals():
-    msg = {"v": 1, "type": "update", "hash": b"\1" * 32, "n": [1, 2.5, None]}
+    msg = {"v": 1, "type": "test.update", "hash": b"\1" * 32, "n": [1, 2.5, None]}
     assert decode_message(encode_message(msg)) == msg
     nested: dict = {"v": 1, "type": "x"}
     cur = nested

@@ -19,7 +19,7 @@ async def test_five_nodes_find_each_other_gossip_and_fetch_50mib(tmp_path):
             assert {p["peer_id"] for p in n.peers()} == ids - {n.peer_id}
         chans = [await n.subscribe(JOBS_TOPIC) for n in net]
         await wait_for(lambda: all(n.stats()["mesh"][JOBS_TOPIC] >= 3 for n in net), timeout=10)
-        await net[3].publish(JOBS_TOPIC, {"v": 1, "type": "job", "id": b"\x01" * 32})
+        await net[3].publish(JOBS_TOPIC, {"v": 1, "type": "test.job", "id": b"\x01" * 32})
         for i, ch in enumerate(chans):
             if i == 3:
                 continue

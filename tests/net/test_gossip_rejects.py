@@ -40,7 +40,7 @@ async def _raw_publish(x, topic, data, *, sign=True):
 
 @pytest.mark.trio
 async def test_bad_gossip_is_rejected_and_not_forwarded(tmp_path):
-    register_schema("job", lambda m: isinstance(m.get("id"), bytes) and len(m["id"]) == 32)
+    register_schema("test.job", lambda m: isinstance(m.get("id"), bytes) and len(m["id"]) == 32)
     try:
         async with AsyncExitStack() as stack:
             x, a, b = await _line(stack, tmp_path)
@@ -49,17 +49,17 @@ async def test_bad_gossip_is_rejected_and_not_forwarded(tmp_path):
             await wait_for(lambda: a.stats()["mesh"][JOBS_TOPIC] >= 1)
             await wait_for(lambda: JOBS_TOPIC in x._pubsub.peer_topics)
 
-            good = {"v": 1, "type": "job", "id": b"\x07" * 32}
+            good = {"v": 1, "type": "test.job", "id": b"\x07" * 32}
             await _raw_publish(x, JOBS_TOPIC, msgpack.packb(good))
             with trio.fail_after(5):
                 assert (await rb.receive()).payload == good  # forwarding works
             assert (await ra.receive()).payload == good
 
             bad = {
-                "oversize": msgpack.packb({"v": 1, "type": "job", "pad": b"\0" * 300_000}),
+                "oversize": msgpack.packb({"v": 1, "type": "test.job", "pad": b"\0" * 300_000}),
                 "malformed": b"\xc1 not msgpack",
                 "no envelope": msgpack.packb({"hello": 1}),
-                "wrong type": msgpack.packb({"v": 1, "type": "job", "id": "not bytes"}),
+                "wrong type": msgpack.packb({"v": 1, "type": "test.job", "id": "not bytes"}),
                 "ext type": msgpack.packb({"v": 1, "type": "x", "e": msgpack.ExtType(5, b"")}),
                 "int keys": msgpack.packb({"v": 1, "type": "x", 1: 2}),
             }
@@ -78,7 +78,7 @@ async def test_bad_gossip_is_rejected_and_not_forwarded(tmp_path):
             assert drops["bad_signature"] == 1
             assert b.stats()["drops"] == {} and b.stats()["msgs_in"] == 2
     finally:
-        unregister_schema("job")
+        unregister_schema("test.job")
 
 
 @pytest.mark.trio

@@ -19,10 +19,10 @@ async def test_two_nodes_connect_gossip_and_shut_down(tmp_path):
         ra = await a.subscribe(JOBS_TOPIC)
         await b.subscribe(JOBS_TOPIC)
         await wait_for(lambda: a.stats()["mesh"][JOBS_TOPIC] >= 1)
-        await b.publish(JOBS_TOPIC, {"v": 1, "type": "job", "n": 7})
+        await b.publish(JOBS_TOPIC, {"v": 1, "type": "test.job", "n": 7})
         with trio.fail_after(5):
             msg = await ra.receive()
-        assert msg.payload == {"v": 1, "type": "job", "n": 7}
+        assert msg.payload == {"v": 1, "type": "test.job", "n": 7}
         assert msg.sender_peer_id == b.peer_id and msg.sender_address == b.eth_address
         assert a.stats()["msgs_in"] == 1
     kinds = {(i, k) for i, k, _ in events}
