@@ -6,6 +6,7 @@ control API and check the outcome against the chain.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
@@ -60,7 +61,7 @@ def test_three_nodes_train_digits_and_agree_with_the_chain(tmp_path, prefer_anvi
         assert net.chain_kind == ("anvil" if prefer_anvil else "embedded")
         spec = demo_spec(3, data="digits", rounds=5).replace(min_updates=3)
         job = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})
-        watch_job(net, job["job_id"], timeout=300, out=open(os.devnull, "w"))
+        watch_job(net, job["job_id"], timeout=300, out=io.StringIO())
         head = _check_finished_and_verified(net, job["job_id"], 5)
         detail = net.client(1).request("GET", f"/jobs/{job['job_id']}")
         last = detail["rounds_detail"][-1]
@@ -76,8 +77,8 @@ def test_two_jobs_at_once_both_finish(tmp_path):
         a = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})
         b = net.client(1).request(
             "POST", "/jobs", json={"spec": spec.replace(name="second", seed=3).to_dict()})
-        watch_job(net, a["job_id"], timeout=300, out=open(os.devnull, "w"))
-        watch_job(net, b["job_id"], timeout=300, out=open(os.devnull, "w"))
+        watch_job(net, a["job_id"], timeout=300, out=io.StringIO())
+        watch_job(net, b["job_id"], timeout=300, out=io.StringIO())
         _check_finished_and_verified(net, a["job_id"], 3)
         _check_finished_and_verified(net, b["job_id"], 3)
 
@@ -106,7 +107,7 @@ def test_sigkilled_node_restarts_resumes_and_ends_with_the_same_model(tmp_path):
             except GflError:
                 assert time.monotonic() < deadline, "the restarted node did not come up"
                 time.sleep(0.2)
-        watch_job(net, jid, timeout=300, out=open(os.devnull, "w"))
+        watch_job(net, jid, timeout=300, out=io.StringIO())
         infos = [net.client(n.index).request("GET", f"/jobs/{jid}") for n in net.nodes]
         assert all(i["status"] == "finished" for i in infos)
         assert len({i["model_hash"] for i in infos}) == 1
