@@ -117,6 +117,7 @@ def start_devnet(
     prefer_anvil: bool = True,
     seed: int = 0,
     verbose: bool = False,
+    data_limit: int | None = None,
 ) -> Devnet:
     """Start a chain and `n` node processes; returns once every node's API answers."""
     from gfl.chain import deploy_registry
@@ -147,6 +148,8 @@ def start_devnet(
                 .replace("node", name=f"node{i}")
             )
             src: dict[str, Any] = {"partition": partition, "index": i, "of": n, "seed": seed}
+            if data_limit:
+                src["limit"] = data_limit
             if data != "digits":
                 src["root"] = os.environ.get("GFL_DATA_DIR", "")
             config = _with_data(config, data, src)

@@ -72,15 +72,16 @@ class DataSource:
     index: int = 0
     of: int = 1
     seed: int = 0
+    limit: int | None = None  # keep only the first `limit` examples (benchmarks, quick runs)
 
     @classmethod
     def parse(cls, name: str, value: Any) -> DataSource:
         """``digits = ""`` (whole set), ``mnist = "/data/mnist"`` or a table with
-        ``root``, ``dataset``, ``partition``, ``index``, ``of``, ``seed``."""
+        ``root``, ``dataset``, ``partition``, ``index``, ``of``, ``seed``, ``limit``."""
         if isinstance(value, str):
             return cls(dataset=name, root=value or None)
         if isinstance(value, dict):
-            known = {"root", "dataset", "partition", "index", "of", "seed"}
+            known = {"root", "dataset", "partition", "index", "of", "seed", "limit"}
             bad = set(value) - known
             if bad:
                 raise JobError(f"[data.{name}] has unknown keys: {', '.join(sorted(bad))}")
@@ -91,6 +92,7 @@ class DataSource:
                 index=int(value.get("index", 0)),
                 of=int(value.get("of", 1)),
                 seed=int(value.get("seed", 0)),
+                limit=int(value["limit"]) if value.get("limit") else None,
             )
         raise JobError(f"[data] {name} must be a path or a table")
 
@@ -101,6 +103,10 @@ class DataSource:
             )
         else:
             train = load_dataset(self.dataset, root=self.root, train=True)
+        if self.limit is not None and self.limit < len(train):
+            import numpy as np
+
+            train = train.subset(np.arange(self.limit))
         try:
             test: ArrayDataset | None = load_dataset(self.dataset, root=self.root, train=False)
         except DataError:

@@ -30,6 +30,43 @@ def _address(i: int) -> str:
     return f"0x{i + 1:040x}"
 
 
+ATTACKS = ("signflip", "scale", "gaussian")
+
+
+def parse_attack(attack: str) -> tuple[str, float]:
+    """`signflip`, `scale[:FACTOR]` (default -10) or `gaussian[:SIGMA]` (default 1.0)."""
+    kind, _, arg = attack.partition(":")
+    if kind not in ATTACKS:
+        raise GflError(f"attack {attack!r} is unknown; known: {', '.join(ATTACKS)}")
+    default = {"signflip": -1.0, "scale": -10.0, "gaussian": 1.0}[kind]
+    try:
+        value = float(arg) if arg else default
+    except ValueError:
+        raise GflError(f"attack {attack!r}: {arg!r} is not a number") from None
+    return kind, value
+
+
+def poison(
+    update: dict[str, np.ndarray], attack: str, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """A malicious client's update in place of its honest one (model-poisoning attacks).
+
+    signflip sends -update, scale sends FACTOR * update, gaussian sends N(0, SIGMA^2) noise
+    unrelated to the data; all keep names, shapes and dtypes so the update is well-formed.
+    """
+    kind, value = parse_attack(attack)
+    out = {}
+    for k in sorted(update):
+        u = update[k]
+        if u.dtype.kind != "f":
+            out[k] = u
+        elif kind == "gaussian":
+            out[k] = rng.normal(0.0, value, size=u.shape).astype(u.dtype)
+        else:
+            out[k] = (u.astype(np.float64) * value).astype(u.dtype)
+    return out
+
+
 def simulate(
     spec: Any,
     *,
@@ -43,11 +80,15 @@ def simulate(
     target_accuracy: float | None = None,
     metrics_path: str | Path | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    malicious: float = 0.0,
+    attack: str = "signflip",
 ) -> list[dict[str, Any]]:
     """Run the job with virtual clients; returns one metrics dict per completed round.
 
     Stops after spec.rounds, when test accuracy reaches `target_accuracy`, or when
-    `max_minutes` of wall time have passed (checked between rounds).
+    `max_minutes` of wall time have passed (checked between rounds). A `malicious` fraction
+    of the clients (the last round(malicious * num_clients)) replace their update by
+    `poison(update, attack)` before encoding it - to measure robust strategies.
     """
     from gfl.fl.codec import ErrorFeedback, blob_hash, decode_params, encode_params, params_hash
     from gfl.fl.data import load_dataset
@@ -58,6 +99,10 @@ def simulate(
 
     if num_clients < 1 or not 0 < fraction <= 1:
         raise GflError("simulate needs at least one client and 0 < fraction <= 1")
+    if not 0 <= malicious < 1:
+        raise GflError("the malicious fraction must be in [0, 1)")
+    parse_attack(attack)
+    bad = set(range(num_clients - round(malicious * num_clients), num_clients))
     seed = spec.seed if seed is None else seed
     train = load_dataset(spec.dataset, root=data_root, train=True)
     test = load_dataset(spec.dataset, root=data_root, train=False)
@@ -87,7 +132,11 @@ def simulate(
             res = train_local(
                 spec, params, shards[i], device=device, seed=seed * 1_000_003 + r * 1009 + i
             )
-            blob = encode_params(res.update, spec.compression, feedback=feedback[a])
+            update = res.update
+            if i in bad:
+                attack_rng = np.random.default_rng([seed, r, i])
+                update = poison(update, attack, attack_rng)
+            blob = encode_params(update, spec.compression, feedback=feedback[a])
             h = blob_hash(blob)
             blobs[h] = blob
             up_bytes += len(blob)
@@ -201,6 +250,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--target-accuracy", type=float)
     p.add_argument("--out", help="per-round metrics file (.csv or .json)")
+    p.add_argument(
+        "--malicious", type=float, default=0.0, help="fraction of clients that poison updates"
+    )
+    p.add_argument(
+        "--attack", default="signflip", help="signflip | scale[:FACTOR] | gaussian[:SIGMA]"
+    )
     p.set_defaults(func=_run)
 
 
@@ -261,6 +316,8 @@ def _run(args: argparse.Namespace) -> int:
             target_accuracy=args.target_accuracy,
             metrics_path=args.out,
             progress=progress_line,
+            malicious=args.malicious,
+            attack=args.attack,
         )
     except GflError as e:
         print(f"gfl simulate: {e}", file=sys.stderr)

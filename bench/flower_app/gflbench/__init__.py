@@ -1,0 +1,1 @@
+"""Flower app of bench/vs_flower.py."""
