@@ -182,11 +182,18 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from gfl.config import validate_config
     from gfl.datadir import DataDir
+    from gfl.errors import ConfigError
     from gfl.logs import setup_logging
 
     datadir = DataDir(_home(args))
     datadir.require_initialised()
-    setup_logging(getattr(args, "verbose", 0), datadir.log_path)
+    try:
+        setup_logging(getattr(args, "verbose", 0), datadir.log_path)
+    except OSError as exc:  # read-only or full data directory
+        raise ConfigError(
+            f"cannot write the node's log {datadir.log_path}: {exc.strerror}"
+            " (the data directory must be writable)"
+        ) from None
     config = _apply_overrides(datadir.load_config(), args)
     validate_config(config)
     identity = datadir.load_identity(_read_passphrase(args))

@@ -15,6 +15,7 @@ an update starts fetching it at once, before its round closes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 CHAIN_POLL_S = 0.1
 REANNOUNCE_S = 5.0
 PREFETCH_LIMIT = 4
+MAX_REFUSED = 4096
+REFUSED_TTL_S = 60.0
 _STATUS = {1: STATUS_ACTIVE, 2: STATUS_FINISHED, 3: STATUS_CANCELLED}
 
 
@@ -247,6 +250,7 @@ class JobService:
         self._subscribed: set[bytes] = set()
         self._announce_due: dict[str, tuple[float, float]] = {}
         self._data_cache: dict[str, NodeData] = {}
+        self._refused: dict[tuple[bytes, bytes, str], tuple[str, float]] = {}
         self.ready = False
         self._data_lock = trio.Lock()
         self.sources = self._data_sources()
@@ -281,12 +285,19 @@ class JobService:
         out += [p for p in self._hints.get(blob, []) if p not in out]
         for peer in self.node.network.peers():
             pid = peer.get("peer_id")
-            addr = (peer.get("address") or "").lower()
+            addr = (peer.get("eth_address") or "").lower()
             if owner and addr == owner.lower() and pid not in out:
                 out.insert(0, pid)
             elif pid not in out:
                 out.append(pid)
         return out
+
+    def _refuse(self, key: tuple[bytes, bytes, str], reason: str) -> None:
+        """Remember a refused announcement for a while (bounded), so replays cost no chain
+        call; it expires because a chain endpoint that lags may not hold a new job yet."""
+        if len(self._refused) >= MAX_REFUSED:
+            self._refused.pop(next(iter(self._refused)))
+        self._refused[key] = (reason, time.monotonic() + REFUSED_TTL_S)
 
     def _reject(self, reason: str, **data: Any) -> None:
         self.store.bump(f"rejected.{reason}")
@@ -331,12 +342,27 @@ class JobService:
                     nursery.start_soon(self._poll_chain)
                 nursery.start_soon(self._reannounce)
                 nursery.start_soon(self._warm_up)
+                nursery.start_soon(self._record_peers)
                 for row in self.store.jobs():
                     if row.status == STATUS_ACTIVE and row.role == "participant":
                         self._start(bytes.fromhex(row.job_id), JobSpec.from_bytes(row.spec))
                 task_status.started()
         finally:
             self.store.close()
+
+    async def _record_peers(self) -> None:
+        """Keep the peers we met in node.db (and their address book for blob providers)."""
+        sub = self.node.events.subscription(0)
+        while (event := await sub.get()) is not None:
+            if event.type != "peer_connected":
+                continue
+            pid, addr = event.data.get("peer_id"), event.data.get("eth_address")
+            if addr:
+                self._addr_peer[addr.lower()] = pid
+            try:
+                self.store.saw_peer(pid, addr, [])
+            except GflError as exc:
+                log.warning("cannot record peer %s: %s", pid, exc)
 
     async def _warm_up(self) -> None:
         """Import torch, touch the training path once and load the configured data, off the
@@ -362,6 +388,16 @@ class JobService:
     def _validate_job_msg(self, msg: Any) -> bool:
         return msg.payload.get("type") == "job"
 
+    @staticmethod
+    def _round_validator(job_id: bytes) -> Callable[[Any], bool]:
+        """Round topics carry this job's update/model announcements only (others: dropped)."""
+
+        def validate(msg: Any) -> bool:
+            p = msg.payload
+            return p.get("type") in ("update", "model") and p.get("job_id") == job_id
+
+        return validate
+
     async def _job_announcements(self, channel: Any) -> None:
         async with channel:
             async for msg in channel:
@@ -373,10 +409,17 @@ class JobService:
         self._addr_peer[msg.sender_address.lower()] = msg.sender_peer_id
         if self.store.job(hx) is not None:
             return  # known already (re-announcement)
+        key = (job_id, hashlib.sha256(spec_bytes).digest(), msg.sender_address)
+        refused = self._refused.get(key)
+        if refused is not None and refused[1] > time.monotonic():
+            # a replay of something refused recently: count it, but no chain call
+            self._reject(refused[0], job_id=hx, sender=msg.sender_address, replay=True)
+            return
         try:
             spec = JobSpec.from_bytes(spec_bytes)
         except SpecError as exc:
             self._reject("bad_spec", job_id=hx, sender=msg.sender_address, detail=str(exc))
+            self._refuse(key, "bad_spec")
             return
         from gfl.chain import AnnouncementRejected, ChainError
 
@@ -386,6 +429,7 @@ class JobService:
             )
         except AnnouncementRejected as exc:
             self._reject("unverified", job_id=hx, sender=msg.sender_address, detail=str(exc))
+            self._refuse(key, "unverified")
             return
         except ChainError as exc:
             log.warning("cannot verify job %s now: %s", hx[:10], exc)
@@ -452,7 +496,7 @@ class JobService:
         async with channel:
             async for msg in channel:
                 p = msg.payload
-                if p["job_id"] != job_id:
+                if p.get("type") not in ("update", "model") or p.get("job_id") != job_id:
                     continue
                 self._addr_peer[msg.sender_address.lower()] = msg.sender_peer_id
                 hints = self._hints.setdefault(p["hash"], [])
@@ -543,15 +587,20 @@ class JobService:
             with running.cancel_scope:
                 async with trio.open_nursery() as nursery:
                     if running.job_id not in self._subscribed:
-                        channel = await self.node.network.subscribe(topic)
+                        channel = await self.node.network.subscribe(
+                            topic, self._round_validator(running.job_id)
+                        )
                         self._subscribed.add(running.job_id)
                         nursery.start_soon(self._round_messages, running.job_id, channel)
                     try:
                         running.runner.data = await self._data(running.spec.dataset)
                         status = await running.runner.run()
                         self.store.update_job(hx, status=status)
-                    except GflError as exc:
-                        log.error("job %s stopped: %s", hx[:10], exc)
+                    except Exception as exc:  # one job's failure must not stop the node
+                        if isinstance(exc, GflError):
+                            log.error("job %s stopped: %s", hx[:10], exc)
+                        else:
+                            log.exception("job %s failed", hx[:10])
                         self.store.update_job(hx, status="error", error=str(exc))
                         self.node.events.publish("job.error", {"job_id": hx, "error": str(exc)})
                     nursery.cancel_scope.cancel()

@@ -111,3 +111,52 @@ def test_sigkilled_node_restarts_resumes_and_ends_with_the_same_model(tmp_path):
         infos = [net.client(n.index).request("GET", f"/jobs/{jid}") for n in net.nodes]
         assert all(i["status"] == "finished" for i in infos)
         assert len({i["model_hash"] for i in infos}) == 1
+
+
+def test_a_job_announced_by_someone_who_did_not_register_it_is_ignored(tmp_path):
+    """A rogue peer (a plain GFL network host, not a node) announces jobs it does not own."""
+    import trio
+
+    from gfl import protocol
+    from gfl.chain import open_chain
+    from gfl.identity import NodeIdentity
+    from gfl.net import JOBS_TOPIC, open_network
+
+    with running_devnet(2, root=tmp_path / "net", prefer_anvil=False) as net:
+        spec = demo_spec(2, data="digits", rounds=2)
+        # a job registered on chain by account X ...
+        x = open_chain(net.chain_url, NodeIdentity.generate(), registry_address=net.registry)
+        from gfl.chain.devchain import EMBEDDED_DEV_KEY, fund
+
+        fund(net.chain_url, EMBEDDED_DEV_KEY, [x.account], 10**18)
+        registered = x.make_job_id(spec.spec_hash, b"\x02" * 32)
+        x.register_job(registered, spec.spec_hash, spec.rounds, spec.min_updates,
+                       spec.round_timeout)
+        unregistered = b"\x09" * 32
+
+        async def rogue() -> None:
+            async with open_network(NodeIdentity.generate(), blob_dir=tmp_path / "rogue",
+                                    bootstrap=[net.nodes[0].multiaddr]) as host:
+                with trio.fail_after(30):
+                    while not host.peers():
+                        await trio.sleep(0.1)
+                await trio.sleep(1.5)  # let the gossip mesh form
+                for _ in range(5):  # gossip is lossy: repeat, as an owner would
+                    for job_id in (registered, unregistered):
+                        await host.publish(JOBS_TOPIC,
+                                           protocol.job_announcement(job_id, spec.to_bytes()))
+                    await trio.sleep(0.3)
+
+        trio.run(rogue)
+        deadline = time.monotonic() + 30
+        while True:
+            rejected = [
+                (net.client(n.index).status()["jobs"] or {}).get("rejected", {})
+                for n in net.nodes
+            ]
+            if all(r.get("rejected.unverified", 0) >= 2 for r in rejected):
+                break
+            assert time.monotonic() < deadline, rejected
+            time.sleep(0.2)
+        for n in net.nodes:
+            assert net.client(n.index).request("GET", "/jobs") == []

@@ -254,13 +254,14 @@ class JobRunner:
         if state:
             self.strategy.load_state_dict(state)
         log.info("job %s: resuming at round %d from checkpoint", self.job_id[:10], self.round)
-        self._event("resumed", round=self.round)
 
     # -- main loop --------------------------------------------------------------------------
 
     async def run(self) -> str:
         """Run to the end; returns the final status (finished or cancelled)."""
         await trio.to_thread.run_sync(self._restore)
+        if self.round:
+            self._event("resumed", round=self.round)
         job = await self.ledger.job()
         if self.participate and job.status == STATUS_ACTIVE and self.me not in job.joined:
             try:

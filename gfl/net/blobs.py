@@ -106,10 +106,16 @@ class BlobStore:
                 path = self._path(hx)
                 path.parent.mkdir(exist_ok=True)
                 tmp = self.root / "tmp" / f"{hx}.{threading.get_ident()}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError as exc:  # disk full, read-only: no partial file left behind
+                    tmp.unlink(missing_ok=True)
+                    raise BlobError(
+                        f"cannot store a {len(data)}-byte blob in {self.root}: {exc.strerror}"
+                    ) from None
                 os.replace(tmp, path)
                 _fsync_dir(path.parent)
                 self._sizes[hx] = len(data)

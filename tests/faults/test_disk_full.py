@@ -1,0 +1,124 @@
+"""A full or read-only datadir: clear errors, nothing corrupt once there is room again.
+
+Uses a small tmpfs (root only; skipped elsewhere) so that ENOSPC is real, not simulated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gfl.errors import GflError
+from gfl.fl.runner import Checkpoints
+from gfl.net.blobs import BlobStore
+from gfl.store import Store
+
+
+def _mount(where: Path, size: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        timeout=10,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "fs"
+    _mount(mnt, "2m")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], timeout=10, check=False)
+
+
+def _fill(fs: Path) -> Path:
+    """Take every free byte of the file system; returns the filler to delete later."""
+    filler = fs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (65536, 512, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * chunk):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _params(seed: int) -> dict[str, np.ndarray]:
+    return {"w": np.random.default_rng(seed).normal(size=(64, 64)).astype(np.float32)}
+
+
+def test_disk_full_gives_clear_errors_and_leaves_nothing_corrupt(small_fs):
+    store = Store(small_fs / "node.db")
+    store.bump("good", 3)
+    blobs = BlobStore(small_fs / "blobs")
+    good_blob = blobs.put(os.urandom(20_000), tag="job")
+    cps = Checkpoints(small_fs / "models" / "job")
+    h1 = cps.save(1, _params(1), {})
+
+    filler = _fill(small_fs)
+    # every writer fails with a typed, readable error - never a half-written file in place
+    with pytest.raises(GflError, match="(?i)space|full|write"):
+        for i in range(2000):
+            store.bump(f"counter.{i}." + "x" * 2000, 1)
+    with pytest.raises(GflError, match="(?i)space|full"):
+        blobs.put(os.urandom(300_000), tag="job")
+    with pytest.raises(OSError):
+        cps.save(2, _params(2), {})
+    os.truncate(filler, filler.stat().st_size - 8192)  # 8 KiB free: a 16 KiB file half fits
+    with pytest.raises(OSError):
+        cps.save(1, _params(2), {})  # over the good round-1 checkpoint
+    with pytest.raises(GflError, match="(?i)space|full"):
+        blobs.put(os.urandom(100_000), tag="job")
+    assert not list((small_fs / "blobs" / "tmp").iterdir()), "a partial blob was left behind"
+    assert not cps.path(2).exists(), "a truncated checkpoint was put in place"
+    store.close()
+
+    filler.unlink()  # room again: "restart" every component on the same files
+    store = Store(small_fs / "node.db")
+    assert store.integrity_ok()
+    assert store.counters("good") == {"good": 3}
+    blobs = BlobStore(small_fs / "blobs")
+    for sub in (small_fs / "blobs").iterdir():
+        if len(sub.name) == 2:
+            for f in sub.iterdir():
+                assert blobs.get(bytes.fromhex(f.name)) is not None, f"corrupt blob {f.name}"
+    assert blobs.get(good_blob) is not None
+    r, params, _, h = cps.latest()
+    assert (r, h) == (1, h1)
+    assert np.array_equal(params["w"], _params(1)["w"])
+    store.close()
+
+
+def test_up_on_a_read_only_datadir_exits_with_a_clear_message(small_fs, tmp_path):
+    home = small_fs / "home"
+    from gfl.config import Config
+    from gfl.datadir import DataDir
+
+    DataDir(home).init(Config().replace("chain", url="embedded"), force=True)
+    res = subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True, timeout=10)
+    if res.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {res.stderr.decode().strip()}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gfl", "up", "--home", str(home)],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err[-2000:]
+    assert "read-only" in err.lower() or "readonly" in err.lower(), err[-2000:]

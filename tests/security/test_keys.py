@@ -1,0 +1,165 @@
+"""The node key on disk and in logs: private files, an encrypted keystore, never printed.
+
+A real `gfl up -vv` (debug logging, libraries included in the log file) runs a
+one-node job on the embedded chain — key loading, libp2p signing, transaction
+signing — and then every byte it wrote (stdout, stderr, every file under
+logs/) is searched for the private key in every spelling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from gfl.datadir import DataDir
+from gfl.identity import KEY_FILE, KEYSTORE_FILE, NodeIdentity
+
+pytestmark = pytest.mark.slow
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _config():
+    from conftest import local_config
+
+    config = local_config()
+    config = config.replace("jobs", auto_join=True)
+    return dataclasses.replace(config, data={"digits": ""})
+
+
+def _spellings(key: bytes) -> list[bytes]:
+    hx = key.hex()
+    return [
+        hx.encode(),
+        hx.upper().encode(),
+        f"0x{hx}".encode(),
+        key,  # raw bytes
+        # a 16-hex-digit window catches truncated or wrapped printing too
+        hx[8:24].encode(),
+    ]
+
+
+def test_key_files_are_private(tmp_path: Path) -> None:
+    plain = DataDir(tmp_path / "plain")
+    plain.init(_config())
+    assert _mode(plain.keys_dir) == 0o700
+    assert _mode(plain.keys_dir / KEY_FILE) == 0o600
+    assert _mode(plain.token_path) == 0o600
+    enc = DataDir(tmp_path / "enc")
+    enc.init(_config(), passphrase="correct horse")
+    assert _mode(enc.keys_dir) == 0o700
+    assert _mode(enc.keys_dir / KEYSTORE_FILE) == 0o600
+    assert not (enc.keys_dir / KEY_FILE).exists()
+    # the keystore does not hold the key in the clear
+    key = enc.load_identity("correct horse").private_key
+    blob = (enc.keys_dir / KEYSTORE_FILE).read_bytes()
+    assert not any(s in blob for s in _spellings(key))
+    # a key file others can read is refused, with the fix in the message
+    os.chmod(plain.keys_dir / KEY_FILE, 0o644)
+    from gfl.errors import IdentityError
+
+    with pytest.raises(IdentityError, match="chmod 600"):
+        plain.load_identity()
+
+
+def test_encrypted_keystore_runs_a_node_and_a_wrong_passphrase_is_one_line(
+    tmp_path: Path, run_gfl, start_node
+) -> None:
+    home = tmp_path / "enc"
+    DataDir(home).init(_config(), passphrase="correct horse")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("battery staple\n")
+    result = run_gfl("up", "--home", home, "--passphrase-file", wrong, timeout=60)
+    assert result.returncode == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "wrong passphrase" in lines[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    right = tmp_path / "right"
+    right.write_text("correct horse\n")
+    os.chmod(right, 0o600)
+    node = start_node(home, "--passphrase-file", right)
+    expected = DataDir(home).load_identity("correct horse")
+    assert node.status["peer_id"] == expected.peer_id
+    assert node.status["address"] == expected.eth_address
+
+
+def test_the_private_key_is_never_logged(tmp_path: Path, start_node) -> None:
+    from gfl.devnet import demo_spec
+
+    home = tmp_path / "node"
+    identity = NodeIdentity.generate()
+    DataDir(home).init(_config(), identity=identity)
+    node = start_node(home, "-vv")
+    spec = demo_spec(1, data="digits", rounds=1).replace(min_updates=1, round_timeout=10)
+    with node.client(timeout=30) as client:
+        job = client.request("POST", "/jobs", json={"spec": spec.to_dict()})
+        deadline = time.monotonic() + 120
+        while client.request("GET", f"/jobs/{job['job_id']}")["status"] != "finished":
+            assert time.monotonic() < deadline, "the one-node job did not finish"
+            time.sleep(0.5)
+    assert node.stop() == 0
+    written = {node.log_path: node.log_path.read_bytes()}
+    for f in (home / "logs").rglob("*"):
+        if f.is_file():
+            written[f] = f.read_bytes()
+    # the run did log plenty at debug level, so the search means something
+    assert sum(len(b) for b in written.values()) > 20_000
+    assert any(b"DEBUG" in b for b in written.values())
+    for path, data in written.items():
+        for s in _spellings(identity.private_key):
+            assert s not in data, f"the private key appears in {path}"
+    # nor in what the node keeps besides the key file (config, database, token)
+    for f in home.rglob("*"):
+        if f.is_file() and f.parent.name != "keys" and f.stat().st_size < 50_000_000:
+            assert identity.private_key.hex().encode() not in f.read_bytes(), f
+
+
+def test_exposed_api_is_warned_about(tmp_path: Path, start_node) -> None:
+    """127.0.0.1 by default, silently; `gfl up` warns on stderr when the API is exposed.
+
+    To stay on 127.0.0.1, the exposed case runs the real `gfl up` (its own logging
+    set-up, its stderr) with `is_loopback` answering False for the bound address.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import gfl_env
+
+    from gfl.api.server import is_loopback
+
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
+    home = tmp_path / "node"
+    DataDir(home).init(_config())
+    node = start_node(home)
+    assert node.status["api"]["host"] == "127.0.0.1"
+    assert "reachable from other machines" not in node.output()
+    assert node.stop() == 0
+
+    code = (
+        "import sys, gfl.api.server as s; s.is_loopback = lambda host: False; "
+        "from gfl.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "up", "--home", str(home)],
+            stdout=subprocess.DEVNULL, stderr=f, env=gfl_env(),
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "reachable from other machines" not in err.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    line = next(ln for ln in err.read_text().splitlines() if "reachable" in ln)
+    assert line.startswith("WARNING") and "anyone with the token controls this node" in line
