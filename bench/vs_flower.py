@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import pickle
@@ -48,8 +49,13 @@ PY = sys.executable
 BIN = Path(PY).parent
 DATA = os.environ.get("GFL_DATA_DIR", "/work/shared/data/mnist")
 ANCHOR = {  # issue 8: Flower 1.42 deployment engine, measured on this kind of machine
-    "wall": 24.7, "overhead": 12.5, "startup": 11.6, "rss_mb": 6 * 1024,
-    "bytes_client": 6.66e6, "accuracy": 0.977, "baseline_wall": 10.1,
+    "wall": 24.7,
+    "overhead": 12.5,
+    "startup": 11.6,
+    "rss_mb": 6 * 1024,
+    "bytes_client": 6.66e6,
+    "accuracy": 0.977,
+    "baseline_wall": 10.1,
 }
 
 
@@ -85,11 +91,19 @@ class MemSampler:
         self._t.join(5)
 
 
-def summarize(name: str, launch: float, ends: list[float], train_max: list[float],
-              accuracy: float, rss: int, bytes_up: float, bytes_down: float,
-              **extra: Any) -> dict[str, Any]:
+def summarize(
+    name: str,
+    launch: float,
+    ends: list[float],
+    train_max: list[float],
+    accuracy: float,
+    rss: int,
+    bytes_up: float,
+    bytes_down: float,
+    **extra: Any,
+) -> dict[str, Any]:
     """Per-round figures from round-end timestamps (ends[0] = end of round 1)."""
-    walls = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    walls = [b - a for a, b in itertools.pairwise(ends)]
     steady = statistics.median(walls) if walls else float("nan")
     over = [w - t for w, t in zip(walls, train_max[1:], strict=False)]
     return {
@@ -122,10 +136,15 @@ def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[s
         try:
             ready = time.time() - launch
             spec = (
-                JobSpec.builder("vs-flower").model("cnn").data("mnist")
-                .train(epochs=1, batch_size=10, lr=0.05).strategy("fedavg")
-                .rounds(rounds, min_updates=4, timeout=120).compression(compression)
-                .seed(7).build()
+                JobSpec.builder("vs-flower")
+                .model("cnn")
+                .data("mnist")
+                .train(epochs=1, batch_size=10, lr=0.05)
+                .strategy("fedavg")
+                .rounds(rounds, min_updates=4, timeout=120)
+                .compression(compression)
+                .seed(7)
+                .build()
             )
             job = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})
             jid = job["job_id"]
@@ -150,13 +169,30 @@ def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[s
     acc = details[0][rounds - 1].get("accuracy", float("nan"))
     phases = {  # median over nodes and rounds: where a gfl round's time goes
         k: round(statistics.median(d[r].get(k, 0.0) for d in details for r in range(rounds)), 2)
-        for k in ("t_train_s", "t_encode_s", "t_commit_s", "t_fetch_s", "t_aggregate_s",
-                  "t_model_commit_s", "t_eval_s")
+        for k in (
+            "t_train_s",
+            "t_encode_s",
+            "t_commit_s",
+            "t_fetch_s",
+            "t_aggregate_s",
+            "t_model_commit_s",
+            "t_eval_s",
+        )
     }
     accs = [details[0][r].get("accuracy") for r in range(rounds)]
     return summarize(
-        f"gfl ({compression})", launch, ends, train_max, acc, mem.peak, up, down,
-        ready=ready, accs=accs, chain=net.chain_kind, phases=phases,
+        f"gfl ({compression})",
+        launch,
+        ends,
+        train_max,
+        acc,
+        mem.peak,
+        up,
+        down,
+        ready=ready,
+        accs=accs,
+        chain=net.chain_kind,
+        phases=phases,
     )
 
 
@@ -194,36 +230,76 @@ def run_flower(rounds: int, limit: int, timeout: float) -> dict[str, Any]:
         f'address = "127.0.0.1:{control}"\ninsecure = true\n'
     )
     env = {
-        **os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # it spawns flower-superexec
     }
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, cmd: list[str]) -> None:
         out = open(home / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=home,
-                                      stdin=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=out,
+                stderr=out,
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
 
-    cfg = (f"num-server-rounds={rounds} limit={limit} data-root='{DATA}' "
-           f"log-path='{logp}'")
+    cfg = f"num-server-rounds={rounds} limit={limit} data-root='{DATA}' log-path='{logp}'"
     try:
         with MemSampler() as mem:
             launch = time.time()
-            spawn("superlink", [str(BIN / "flower-superlink"), "--insecure",
-                                "--host", "127.0.0.1", "--port", str(link),
-                                "--disable-runtime-dependency-installation"])
+            spawn(
+                "superlink",
+                [
+                    str(BIN / "flower-superlink"),
+                    "--insecure",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(link),
+                    "--disable-runtime-dependency-installation",
+                ],
+            )
             for i in range(4):
-                spawn(f"supernode{i}", [str(BIN / "flower-supernode"), "--insecure",
-                                        "--superlink", f"127.0.0.1:{fleet}",
-                                        "--port", str(_free_port()),
-                                        "--node-config", f"partition-id={i} num-partitions=4"])
+                spawn(
+                    f"supernode{i}",
+                    [
+                        str(BIN / "flower-supernode"),
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{fleet}",
+                        "--port",
+                        str(_free_port()),
+                        "--node-config",
+                        f"partition-id={i} num-partitions=4",
+                    ],
+                )
             _wait_port(link, 60)
             run = subprocess.run(
-                [str(BIN / "flwr"), "run", str(ROOT / "bench" / "flower_app"), "local",
-                 "--run-config", cfg, "--stream"],
-                env=env, cwd=home, capture_output=True, timeout=timeout,
+                [
+                    str(BIN / "flwr"),
+                    "run",
+                    str(ROOT / "bench" / "flower_app"),
+                    "local",
+                    "--run-config",
+                    cfg,
+                    "--stream",
+                ],
+                env=env,
+                cwd=home,
+                capture_output=True,
+                timeout=timeout,
             )
         if run.returncode != 0 or not logp.exists():
             tail = (run.stdout + run.stderr).decode(errors="replace")[-2000:]
@@ -249,12 +325,18 @@ def run_flower(rounds: int, limit: int, timeout: float) -> dict[str, Any]:
             shutil.rmtree(home, ignore_errors=True)
     ends = [r["t"] for r in rows if r["kind"] == "round_end" and r["round"] >= 1]
     clients = [r for r in rows if r["kind"] == "client"]
-    train_max = [max(c["train_s"] for c in clients if c["round"] == k)
-                 for k in range(1, rounds + 1)]
+    train_max = [
+        max(c["train_s"] for c in clients if c["round"] == k) for k in range(1, rounds + 1)
+    ]
     acc = [r for r in rows if r["kind"] == "round_end"][-1]["accuracy"]
     start = next(r["t"] for r in rows if r["kind"] == "server_start")
     return summarize(
-        "flower 1.42", launch, ends, train_max, acc, mem.peak,
+        "flower 1.42",
+        launch,
+        ends,
+        train_max,
+        acc,
+        mem.peak,
         statistics.mean(c["bytes_up"] for c in clients),
         statistics.mean(c["bytes_down"] for c in clients),
         ready=start - launch,
@@ -272,8 +354,9 @@ def _worker(index: int, limit: int, conn: Any) -> None:
     from gfl.fl.trainer import train_local
     from gfl.jobs import DataSource
 
-    data = DataSource("mnist", root=DATA, partition="iid", index=index, of=4, seed=0,
-                      limit=limit).load()
+    data = DataSource(
+        "mnist", root=DATA, partition="iid", index=index, of=4, seed=0, limit=limit
+    ).load()
     conn.send("ready")
     while True:
         msg = conn.recv_bytes()
@@ -283,8 +366,11 @@ def _worker(index: int, limit: int, conn: Any) -> None:
         t0 = time.time()
         res = train_local(spec, glob, data.train, seed=spec.seed + r)
         t = time.time() - t0
-        conn.send_bytes(pickle.dumps(({k: glob[k] + res.update[k] for k in glob},
-                                      res.num_samples, t), protocol=5))
+        conn.send_bytes(
+            pickle.dumps(
+                ({k: glob[k] + res.update[k] for k in glob}, res.num_samples, t), protocol=5
+            )
+        )
 
 
 def _coordinator(rounds: int, limit: int, out: Any) -> None:
@@ -299,8 +385,16 @@ def _coordinator(rounds: int, limit: int, out: Any) -> None:
     from gfl.fl.trainer import evaluate, initial_params
 
     ctx = mp.get_context("spawn")
-    spec = JobSpec(name="vs-flower", model="cnn", dataset="mnist", rounds=rounds,
-                   local_epochs=1, batch_size=10, lr=0.05, seed=7)
+    spec = JobSpec(
+        name="vs-flower",
+        model="cnn",
+        dataset="mnist",
+        rounds=rounds,
+        local_epochs=1,
+        batch_size=10,
+        lr=0.05,
+        seed=7,
+    )
     pipes, procs = [], []
     for i in range(4):
         a, b = ctx.Pipe()
@@ -320,8 +414,9 @@ def _coordinator(rounds: int, limit: int, out: Any) -> None:
         replies = [pickle.loads(b) for b in (a.recv_bytes() for a in pipes)]
         nbytes.append(len(msg))
         total = sum(n for _, n, _ in replies)
-        params = {k: sum(p[k].astype(np.float64) * n for p, n, _ in replies) / total
-                  for k in params}
+        params = {
+            k: sum(p[k].astype(np.float64) * n for p, n, _ in replies) / total for k in params
+        }
         params = {k: v.astype(np.float32) for k, v in params.items()}
         accs.append(evaluate(spec, params, test)["accuracy"])
         ends.append(time.time())
@@ -349,30 +444,50 @@ def run_baseline(rounds: int, limit: int, timeout: float) -> dict[str, Any]:
             if p.is_alive():
                 p.kill()
     b = statistics.mean(res["bytes"])
-    return summarize("no framework", launch, res["ends"], res["train_max"], res["accs"][-1],
-                     mem.peak, b, b, accs=res["accs"])
+    return summarize(
+        "no framework",
+        launch,
+        res["ends"],
+        res["train_max"],
+        res["accs"][-1],
+        mem.peak,
+        b,
+        b,
+        accs=res["accs"],
+    )
 
 
 # -- table ----------------------------------------------------------------------------------
 
 
-def print_table(rows: list[dict[str, Any]], base: dict[str, Any] | None,
-                flower: dict[str, Any] | None) -> None:
-    print(f"\n{'system':16} {'round s':>8} {'xbase':>6} {'slowest train':>13} {'overhead':>8} "
-          f"{'start-up':>8} {'peak RSS MB':>11} {'up MB/cl':>8} {'down MB/cl':>10} {'acc':>7}")
+def print_table(
+    rows: list[dict[str, Any]], base: dict[str, Any] | None, flower: dict[str, Any] | None
+) -> None:
+    print(
+        f"\n{'system':16} {'round s':>8} {'xbase':>6} {'slowest train':>13} {'overhead':>8} "
+        f"{'start-up':>8} {'peak RSS MB':>11} {'up MB/cl':>8} {'down MB/cl':>10} {'acc':>7}"
+    )
     for r in rows:
         xb = r["wall"] / base["wall"] if base else float("nan")
-        print(f"{r['system']:16} {r['wall']:8.2f} {xb:6.2f} {r['train_max']:13.2f} "
-              f"{r['overhead']:8.2f} {r['startup']:8.1f} {r['rss_mb']:11.0f} "
-              f"{r['bytes_up'] / 1e6:8.3f} {r['bytes_down'] / 1e6:10.3f} {r['accuracy']:7.4f}")
+        print(
+            f"{r['system']:16} {r['wall']:8.2f} {xb:6.2f} {r['train_max']:13.2f} "
+            f"{r['overhead']:8.2f} {r['startup']:8.1f} {r['rss_mb']:11.0f} "
+            f"{r['bytes_up'] / 1e6:8.3f} {r['bytes_down'] / 1e6:10.3f} {r['accuracy']:7.4f}"
+        )
     ref = flower or {**ANCHOR, "system": "ANCHOR (issue 8)"}
     for r in rows:
         if r is flower or r is base:
             continue
-        print(f"{r['system']} vs {ref['system']}: overhead {r['overhead'] / ref['overhead']:.3f}x, "
-              f"start-up {r['startup'] / ref['startup']:.2f}x, "
-              f"memory {r['rss_mb'] / ref['rss_mb']:.2f}x, "
-              f"bytes up/client {ref['bytes_client' if 'bytes_client' in ref else 'bytes_up'] / max(r['bytes_up'], 1):.1f}x fewer")
+        print(
+            f"{r['system']} vs {ref['system']}: overhead {r['overhead'] / ref['overhead']:.3f}x, "
+            f"start-up {r['startup'] / ref['startup']:.2f}x, "
+            f"memory {r['rss_mb'] / ref['rss_mb']:.2f}x, "
+            f"bytes up/client {_ref_bytes(ref) / max(r['bytes_up'], 1):.1f}x fewer"
+        )
+
+
+def _ref_bytes(ref: dict[str, Any]) -> float:
+    return float(ref.get("bytes_client", ref.get("bytes_up", 0)))
 
 
 def main() -> int:

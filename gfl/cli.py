@@ -374,7 +374,11 @@ class _NotAvailable(GflError):
 
 
 def _job_needs_command(args: argparse.Namespace) -> int:
-    raise GflError("`gfl job` needs a command: publish, list, show, watch, cancel or report")
+    print(
+        "gfl: error: `gfl job` needs a command: publish, list, show, watch, cancel or report",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _not_available(what: str) -> Callable[[argparse.Namespace], int]:

@@ -19,9 +19,6 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eth_account import Account
-from eth_keys import keys as eth_keys
-
 from gfl.errors import IdentityError
 
 KEY_FILE = "node.key"
@@ -53,10 +50,14 @@ class NodeIdentity:
     @property
     def eth_address(self) -> str:
         """The checksummed Ethereum address of the key."""
-        return Account.from_key(self.private_key).address
+        from eth_keys import keys as eth_keys
+
+        return eth_keys.PrivateKey(self.private_key).public_key.to_checksum_address()
 
     @property
     def public_key_compressed(self) -> bytes:
+        from eth_keys import keys as eth_keys
+
         return eth_keys.PrivateKey(self.private_key).public_key.to_compressed_bytes()
 
     def libp2p_keypair(self):  # -> libp2p.crypto.keys.KeyPair
@@ -75,6 +76,8 @@ class NodeIdentity:
 
 def address_from_public_key(public_key: bytes) -> str:
     """Ethereum address of a secp256k1 public key (compressed or not)."""
+    from eth_keys import keys as eth_keys
+
     if len(public_key) == 33:
         pub = eth_keys.PublicKey.from_compressed_bytes(public_key)
     elif len(public_key) == 65 and public_key[0] == 4:
@@ -153,6 +156,8 @@ def save_identity(keys_dir: Path, identity: NodeIdentity, passphrase: str | None
     for name in (KEY_FILE, KEYSTORE_FILE):
         (keys_dir / name).unlink(missing_ok=True)
     if passphrase:
+        from eth_account import Account
+
         keystore = Account.encrypt(identity.private_key, passphrase)
         path = keys_dir / KEYSTORE_FILE
         write_private_file(path, json.dumps(keystore).encode())
@@ -176,6 +181,8 @@ def load_identity(keys_dir: Path, passphrase: str | None = None) -> NodeIdentity
             raise IdentityError(
                 "the node key is encrypted: set GFL_PASSPHRASE or pass --passphrase-file"
             )
+        from eth_account import Account
+
         try:
             keystore = json.loads(ks_path.read_text())
             return NodeIdentity(bytes(Account.decrypt(keystore, passphrase)))

@@ -12,6 +12,7 @@ node calls it through ``trio.to_thread.run_sync``). Backends:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gfl.chain.errors import (
     AnnouncementRejected,
@@ -29,9 +30,28 @@ from gfl.chain.records import (
     RoundRecord,
     UpdateCommitment,
 )
-from gfl.chain.registry import Registry, job_id_for, spec_hash_of
-from gfl.chain.transactions import Tx
 from gfl.identity import NodeIdentity
+
+if TYPE_CHECKING:
+    from gfl.chain.registry import Registry
+
+# web3 takes most of a second to import: the CLI imports this package for every
+# command, so the web3-backed names load on first use.
+_LAZY = {
+    "Registry": "gfl.chain.registry",
+    "job_id_for": "gfl.chain.registry",
+    "spec_hash_of": "gfl.chain.registry",
+    "Tx": "gfl.chain.transactions",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gfl.chain' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 __all__ = [
     "AnnouncementRejected",
@@ -71,6 +91,8 @@ def open_chain(
     `chain_id` or than the one `state_dir` remembers, `NoRegistry` when there is
     no JobRegistry at `registry_address`.
     """
+    from gfl.chain.registry import Registry
+
     if url == "embedded":
         from gfl.chain.embedded import EmbeddedChain
 

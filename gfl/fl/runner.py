@@ -262,6 +262,8 @@ class JobRunner:
         await trio.to_thread.run_sync(self._restore)
         if self.round:
             self._event("resumed", round=self.round)
+            # killed between checkpoint M_r and round r-1's record: write that record now
+            self.record(self.round - 1, {"model_hash": self.model_hash.hex()})
         job = await self.ledger.job()
         if self.participate and job.status == STATUS_ACTIVE and self.me not in job.joined:
             try:

@@ -142,7 +142,9 @@ def simulate(
             up_bytes += len(blob)
             losses.append(res.metrics["train_loss"])
             weights.append(res.num_samples)
-            now += 1.0
+            # virtual clock: every sampled update lands before the round timeout, however many
+            # clients (1 s each made rounds of > round_timeout clients close early)
+            now += min(1.0, spec.round_timeout / (2 * per_round))
             if not machine.on_update(r, a, h, res.num_samples, now):
                 raise GflError(f"round {r}: the round machine refused {a}'s update")
         if not machine.is_closed(r, now):  # not everyone sampled: the timeout closes it

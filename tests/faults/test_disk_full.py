@@ -71,17 +71,17 @@ def test_disk_full_gives_clear_errors_and_leaves_nothing_corrupt(small_fs):
 
     filler = _fill(small_fs)
     # every writer fails with a typed, readable error - never a half-written file in place
-    with pytest.raises(GflError, match="(?i)space|full|write"):
+    with pytest.raises(GflError, match=r"(?i)space|full|write"):
         for i in range(2000):
             store.bump(f"counter.{i}." + "x" * 2000, 1)
-    with pytest.raises(GflError, match="(?i)space|full"):
+    with pytest.raises(GflError, match=r"(?i)space|full"):
         blobs.put(os.urandom(300_000), tag="job")
     with pytest.raises(OSError):
         cps.save(2, _params(2), {})
     os.truncate(filler, filler.stat().st_size - 8192)  # 8 KiB free: a 16 KiB file half fits
     with pytest.raises(OSError):
         cps.save(1, _params(2), {})  # over the good round-1 checkpoint
-    with pytest.raises(GflError, match="(?i)space|full"):
+    with pytest.raises(GflError, match=r"(?i)space|full"):
         blobs.put(os.urandom(100_000), tag="job")
     assert not list((small_fs / "blobs" / "tmp").iterdir()), "a partial blob was left behind"
     assert not cps.path(2).exists(), "a truncated checkpoint was put in place"
@@ -109,7 +109,9 @@ def test_up_on_a_read_only_datadir_exits_with_a_clear_message(small_fs, tmp_path
     from gfl.datadir import DataDir
 
     DataDir(home).init(Config().replace("chain", url="embedded"), force=True)
-    res = subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True, timeout=10)
+    res = subprocess.run(
+        ["mount", "-o", "remount,ro", str(small_fs)], capture_output=True, timeout=10
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot remount read-only: {res.stderr.decode().strip()}")
     proc = subprocess.run(

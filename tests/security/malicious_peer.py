@@ -268,8 +268,15 @@ def fuzz_message(rng: random.Random, job_ids: list[bytes], spec: bytes) -> tuple
         return "garbage", rng.randbytes(rng.randint(0, 300))
     if k < 0.22:
         full = _pack(
-            {"v": 1, "type": "update", "job_id": jid, "round": 1, "hash": rng.randbytes(32),
-             "size": 10, "samples": 5}
+            {
+                "v": 1,
+                "type": "update",
+                "job_id": jid,
+                "round": 1,
+                "hash": rng.randbytes(32),
+                "size": 10,
+                "samples": 5,
+            }
         )
         return "truncated", full[: rng.randint(0, len(full) - 1)]
     if k < 0.28:
@@ -290,8 +297,14 @@ def fuzz_message(rng: random.Random, job_ids: list[bytes], spec: bytes) -> tuple
         if kind == "job":
             body = {"v": 1, "type": "job", "job_id": jid, "spec": spec}
         else:
-            body = {"v": 1, "type": kind, "job_id": jid, "round": 0, "hash": rng.randbytes(32),
-                    "size": 100}
+            body = {
+                "v": 1,
+                "type": kind,
+                "job_id": jid,
+                "round": 0,
+                "hash": rng.randbytes(32),
+                "size": 100,
+            }
             if kind == "update":
                 body["samples"] = 10
         key = rng.choice([*body.keys(), "extra"])

@@ -1,6 +1,6 @@
 """The node key on disk and in logs: private files, an encrypted keystore, never printed.
 
-A real `gfl up -vv` (debug logging, libraries included in the log file) runs a
+A real `gfl up -vvv` (debug logging, the libraries too: more than -vv) runs a
 one-node job on the embedded chain — key loading, libp2p signing, transaction
 signing — and then every byte it wrote (stdout, stderr, every file under
 logs/) is searched for the private key in every spelling.
@@ -69,9 +69,7 @@ def test_key_files_are_private(tmp_path: Path) -> None:
         plain.load_identity()
 
 
-def test_encrypted_keystore_runs_a_node_and_a_wrong_passphrase_is_one_line(
-    tmp_path: Path, run_gfl, start_node
-) -> None:
+def test_wrong_passphrase_is_one_clear_line(tmp_path: Path, run_gfl) -> None:
     home = tmp_path / "enc"
     DataDir(home).init(_config(), passphrase="correct horse")
     wrong = tmp_path / "wrong"
@@ -81,22 +79,24 @@ def test_encrypted_keystore_runs_a_node_and_a_wrong_passphrase_is_one_line(
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "wrong passphrase" in lines[0], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    right = tmp_path / "right"
-    right.write_text("correct horse\n")
-    os.chmod(right, 0o600)
-    node = start_node(home, "--passphrase-file", right)
-    expected = DataDir(home).load_identity("correct horse")
-    assert node.status["peer_id"] == expected.peer_id
-    assert node.status["address"] == expected.eth_address
 
 
-def test_the_private_key_is_never_logged(tmp_path: Path, start_node) -> None:
+def test_keystore_node_runs_a_job_and_never_logs_its_key(tmp_path: Path, start_node) -> None:
+    """The encrypted keystore in use, -vvv, a job signed on chain: the key is in no output."""
     from gfl.devnet import demo_spec
 
     home = tmp_path / "node"
+    passphrase = "correct horse battery"
     identity = NodeIdentity.generate()
-    DataDir(home).init(_config(), identity=identity)
-    node = start_node(home, "-vv")
+    DataDir(home).init(_config(), identity=identity, passphrase=passphrase)
+    pfile = tmp_path / "pass"
+    pfile.write_text(passphrase + "\n")
+    os.chmod(pfile, 0o600)
+    node = start_node(home, "-vvv", "--passphrase-file", pfile)  # -vv plus the libraries
+    assert node.status["peer_id"] == identity.peer_id
+    assert node.status["address"] == identity.eth_address
+    # the API listens on loopback by default, and then says nothing about exposure
+    assert node.status["api"]["host"] == "127.0.0.1"
     spec = demo_spec(1, data="digits", rounds=1).replace(min_updates=1, round_timeout=10)
     with node.client(timeout=30) as client:
         job = client.request("POST", "/jobs", json={"spec": spec.to_dict()})
@@ -105,23 +105,26 @@ def test_the_private_key_is_never_logged(tmp_path: Path, start_node) -> None:
             assert time.monotonic() < deadline, "the one-node job did not finish"
             time.sleep(0.5)
     assert node.stop() == 0
-    written = {node.log_path: node.log_path.read_bytes()}
+    assert "reachable from other machines" not in node.output()
+    written = {node.log_path: node.log_path.read_bytes()}  # its stdout + stderr
     for f in (home / "logs").rglob("*"):
         if f.is_file():
             written[f] = f.read_bytes()
-    # the run did log plenty at debug level, so the search means something
+    # the run logged plenty at debug level (libraries included), so the search means something
     assert sum(len(b) for b in written.values()) > 20_000
     assert any(b"DEBUG" in b for b in written.values())
     for path, data in written.items():
-        for s in _spellings(identity.private_key):
-            assert s not in data, f"the private key appears in {path}"
-    # nor in what the node keeps besides the key file (config, database, token)
+        for s in [*_spellings(identity.private_key), passphrase.encode()]:
+            assert s not in data, f"a secret appears in {path}"
+    # nor is it anywhere else in the datadir in the clear (config, database, blobs, token)
     for f in home.rglob("*"):
-        if f.is_file() and f.parent.name != "keys" and f.stat().st_size < 50_000_000:
-            assert identity.private_key.hex().encode() not in f.read_bytes(), f
+        if f.is_file() and f.stat().st_size < 50_000_000:
+            data = f.read_bytes()
+            assert identity.private_key.hex().encode() not in data, f
+            assert identity.private_key not in data, f
 
 
-def test_exposed_api_is_warned_about(tmp_path: Path, start_node) -> None:
+def test_exposed_api_is_warned_about(tmp_path: Path) -> None:
     """127.0.0.1 by default, silently; `gfl up` warns on stderr when the API is exposed.
 
     To stay on 127.0.0.1, the exposed case runs the real `gfl up` (its own logging
@@ -138,11 +141,6 @@ def test_exposed_api_is_warned_about(tmp_path: Path, start_node) -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
     home = tmp_path / "node"
     DataDir(home).init(_config())
-    node = start_node(home)
-    assert node.status["api"]["host"] == "127.0.0.1"
-    assert "reachable from other machines" not in node.output()
-    assert node.stop() == 0
-
     code = (
         "import sys, gfl.api.server as s; s.is_loopback = lambda host: False; "
         "from gfl.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -151,7 +149,9 @@ def test_exposed_api_is_warned_about(tmp_path: Path, start_node) -> None:
     with open(err, "w") as f:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, "up", "--home", str(home)],
-            stdout=subprocess.DEVNULL, stderr=f, env=gfl_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=f,
+            env=gfl_env(),
         )
     try:
         deadline = time.monotonic() + 60

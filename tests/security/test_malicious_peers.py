@@ -50,8 +50,16 @@ BLOB_FLOOD_PER_NODE = 300
 JOBS_TOPIC = "/gfl/jobs/1"
 # fuzz categories the network layer refuses by itself (gfl.net.messages + topic validators)
 NET_INVALID = (
-    "garbage", "truncated", "not_a_map", "bad_envelope", "unknown_type", "wrong_types",
-    "too_deep", "huge_container", "ext_or_int_key", "oversize",
+    "garbage",
+    "truncated",
+    "not_a_map",
+    "bad_envelope",
+    "unknown_type",
+    "wrong_types",
+    "too_deep",
+    "huge_container",
+    "ext_or_int_key",
+    "oversize",
 )
 
 
@@ -66,6 +74,8 @@ class ApiWatcher(threading.Thread):
         super().__init__(daemon=True)
         self.net = net
         self.latencies: list[float] = []
+        self.baseline: list[float] = []  # before the attack started (same nodes, same run)
+        self.attack_started = threading.Event()
         self.failures: list[str] = []
         self._stop_event = threading.Event()
 
@@ -78,7 +88,8 @@ class ApiWatcher(threading.Thread):
                 t0 = time.monotonic()
                 try:
                     c.status()
-                    self.latencies.append(time.monotonic() - t0)
+                    lat = time.monotonic() - t0
+                    (self.latencies if self.attack_started.is_set() else self.baseline).append(lat)
                 except Exception as exc:
                     self.failures.append(f"node{i}: {type(exc).__name__}: {exc}")
             self._stop_event.wait(0.5)
@@ -132,7 +143,9 @@ async def _fuzz(attack: Attack, spec_bytes: bytes, job_ids: list[bytes], total: 
                 cat, data = fuzz_message(rng, ids, spec_bytes)
                 batch.append((cat, data))
             if rng.random() < 0.02:  # oversize: alone in its frame (the frame limit is 1 MiB)
-                batch = [("oversize", msgpack.packb({"v": 1, "type": "job", "pad": b"\0" * 300_000}))]
+                batch = [
+                    ("oversize", msgpack.packb({"v": 1, "type": "job", "pad": b"\0" * 300_000}))
+                ]
             ok = await peer.publish_batch(attack.targets[ti], topic, [d for _, d in batch])
             if ok:
                 attack.sent.update(c for c, _ in batch)
@@ -148,7 +161,9 @@ async def _fuzz(attack: Attack, spec_bytes: bytes, job_ids: list[bytes], total: 
     attack.fuzz_done.set()
 
 
-async def _forgeries(attack: Attack, owner: MaliciousPeer, other: MaliciousPeer, jobs: dict) -> None:
+async def _forgeries(
+    attack: Attack, owner: MaliciousPeer, other: MaliciousPeer, jobs: dict
+) -> None:
     """Job announcements that must all be refused by every node."""
     own_id, own_spec = jobs["own"]  # registered on chain by `owner`
     copy_id = jobs["copy"]  # registered by `owner` with the hash of the honest spec
@@ -212,8 +227,9 @@ async def _round_attacks(attack: Attack, liar: MaliciousPeer) -> None:
         await trio.sleep(0.2)
     job = attack.honest_job
     topic = _round_topic(job)
-    attack.peers[0].nursery.start_soon(_capture, attack, attack.peers[0], topic,
-                                       attack.captured_updates)
+    attack.peers[0].nursery.start_soon(
+        _capture, attack, attack.peers[0], topic, attack.captured_updates
+    )
     liar.serve_lies()
     for r in range(3):
         for ti, target in enumerate(attack.targets):
@@ -221,8 +237,19 @@ async def _round_attacks(attack: Attack, liar: MaliciousPeer) -> None:
             for _ in range(3):
                 h = attack.rng.randbytes(32)
                 attack.fake_hashes.add(h)
-                msgs.append(msgpack.packb({"v": 1, "type": "update", "job_id": job, "round": r,
-                                           "hash": h, "size": 4096, "samples": 100}))
+                msgs.append(
+                    msgpack.packb(
+                        {
+                            "v": 1,
+                            "type": "update",
+                            "job_id": job,
+                            "round": r,
+                            "hash": h,
+                            "size": 4096,
+                            "samples": 100,
+                        }
+                    )
+                )
             # and claim to hold the honest updates heard so far (the liar serves junk for them)
             for m in list(attack.captured_updates)[-3:]:
                 p = msgpack.unpackb(m.data)
@@ -292,7 +319,7 @@ def _register_attacker_jobs(net: Devnet, key: bytes, honest_spec: bytes) -> dict
     return {"own": (own_id, own_spec), "copy": copy_id, "wrong_spec": wrong_spec}
 
 
-async def _attack(net: Devnet, result: dict) -> None:
+async def _attack(net: Devnet, result: dict, watcher: ApiWatcher) -> None:
     honest_spec = demo_spec(3, data="digits", rounds=3).replace(min_updates=3, round_timeout=60)
     keys = [NodeIdentity.generate().private_key for _ in range(ATTACKERS)]
     jobs = await trio.to_thread.run_sync(
@@ -314,6 +341,8 @@ async def _attack(net: Devnet, result: dict) -> None:
             result["attack"] = attack
             outer.start_soon(_capture, attack, peers[0], JOBS_TOPIC, attack.captured_jobs)
             job_ids = [jobs["own"][0], jobs["copy"], b"\0" * 32]
+            await trio.sleep(4.0)  # a quiet baseline for the /status latency
+            watcher.attack_started.set()
             async with trio.open_nursery() as n:
                 n.start_soon(_fuzz, attack, jobs["own"][1], job_ids, FUZZ_MESSAGES)
                 n.start_soon(_forgeries, attack, peers[0], peers[1], jobs)
@@ -354,7 +383,7 @@ def test_hostile_peers_cannot_crash_stall_or_fool_a_devnet(tmp_path: Path) -> No
         watcher.start()
         t0 = time.monotonic()
         try:
-            trio.run(_attack, net, result)
+            trio.run(_attack, net, result, watcher)
         except BaseExceptionGroup as group:  # show the real error, not 10 nested groups
             raise _first_leaf(group) from group
         time.sleep(2.0)  # the API keeps answering after the attack too
@@ -425,6 +454,7 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 def _report(net: Devnet, attack: Attack, statuses: list, watcher: ApiWatcher, wall: float) -> str:
     lat = sorted(watcher.latencies) or [0.0]
+    base = sorted(watcher.baseline) or [0.0]
     lines = [
         f"attack wall time {wall:.1f}s; messages by category: {dict(attack.sent)}",
         f"frames sent {sum(p.frames_sent for p in attack.peers)}, bad frames {attack.bad_frames}, "
@@ -433,7 +463,8 @@ def _report(net: Devnet, attack: Attack, statuses: list, watcher: ApiWatcher, wa
         f"slowloris cut-offs (s): {sorted(round(c, 1) for c in attack.slowloris_cutoffs if c)}",
         f"time to join the honest job per node (s): {attack.join_delay}",
         f"/status latency: median {lat[len(lat) // 2]:.3f}s, max {lat[-1]:.3f}s, "
-        f"{len(lat)} polls, {len(watcher.failures)} failures",
+        f"{len(lat)} polls, {len(watcher.failures)} failures; before the attack: median "
+        f"{base[len(base) // 2]:.3f}s, max {base[-1]:.3f}s, {len(base)} polls",
     ]
     for i, st in enumerate(statuses):
         lines.append(

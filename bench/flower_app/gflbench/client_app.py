@@ -32,8 +32,16 @@ def train(msg: Message, context: Context) -> Message:
     new = {k: glob[k] + result.update[k] for k in glob}
     out = to_arrays(new)
     log_line(
-        cfg, kind="client", round=rnd, node=index, t_in=t_in, train_start=t0, train_end=t1,
-        train_s=t1 - t0, bytes_down=record.count_bytes(), bytes_up=out.count_bytes(),
+        cfg,
+        kind="client",
+        round=rnd,
+        node=index,
+        t_in=t_in,
+        train_start=t0,
+        train_end=t1,
+        train_s=t1 - t0,
+        bytes_down=record.count_bytes(),
+        bytes_up=out.count_bytes(),
     )
     metrics = MetricRecord({"num-examples": result.num_samples, "train-s": t1 - t0})
     return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)

@@ -31,8 +31,13 @@ def node_data(cfg: Any, index: int, of: int) -> Any:
     from gfl.jobs import DataSource
 
     src = DataSource(
-        dataset="mnist", root=str(cfg["data-root"]), partition="iid", index=index, of=of,
-        seed=0, limit=int(cfg["limit"]),
+        dataset="mnist",
+        root=str(cfg["data-root"]),
+        partition="iid",
+        index=index,
+        of=of,
+        seed=0,
+        limit=int(cfg["limit"]),
     )
     return src.load()
 

@@ -1,0 +1,199 @@
+"""How far GFL scales on this machine: devnets of N node processes, and `gfl simulate`.
+
+Devnet (digits, the demo job: MLP 64-64-10, FedAvg, E=3, B=16, min_updates = N-1):
+round wall (median of rounds 2..R), RSS per node process (peak, psutil), and job
+announcement latency (POST /jobs on node 0 -> the job is known on each node's API,
+polled every 0.1 s; p50/p99 over nodes). `gfl simulate` (same MLP on digits, E=1,
+fraction 1.0): rounds per minute and peak RSS of the simulator process.
+Every run is bounded (--timeout per size) and stops all its processes.
+
+    .venv/bin/python bench/scale.py --nodes 8,16,32 --clients 100,1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from vs_flower import MemSampler  # noqa: E402
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
+
+
+def run_devnet(n: int, rounds: int, timeout: float) -> dict[str, Any]:
+    import psutil
+
+    from gfl.devnet import demo_spec, start_devnet
+
+    out: dict[str, Any] = {"nodes": n}
+    t0 = time.time()
+    per_node: dict[int, int] = {}
+    with MemSampler() as mem:
+        try:
+            net = start_devnet(n, data="digits", prefer_anvil=True)
+        except Exception as exc:
+            return {
+                **out,
+                "error": f"start: {type(exc).__name__}: {str(exc)[:200]}",
+                "t": time.time() - t0,
+                "rss_total_mb": mem.peak / 2**20,
+            }
+        try:
+            out["startup"] = time.time() - t0
+            spec = demo_spec(n, data="digits", rounds=rounds)
+            t_post = time.time()
+            jid = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})["job_id"]
+            seen: dict[int, float] = {}
+            ends: list[float] = []
+            deadline = time.monotonic() + timeout
+            while len(ends) < rounds and time.monotonic() < deadline:
+                for i in range(n):
+                    if i not in seen:
+                        with contextlib.suppress(Exception):
+                            net.client(i).request("GET", f"/jobs/{jid}")
+                            seen[i] = time.time() - t_post
+                with contextlib.suppress(Exception):
+                    r = net.client(0).request("GET", f"/jobs/{jid}")["round"]
+                    while len(ends) < r:
+                        ends.append(time.time())
+                for node in net.nodes:
+                    with contextlib.suppress(psutil.Error):
+                        rss = psutil.Process(node.process.pid).memory_info().rss
+                        per_node[node.index] = max(per_node.get(node.index, 0), rss)
+                time.sleep(0.1)
+            walls = [b - a for a, b in itertools.pairwise(ends)]
+            ann = list(seen.values())
+            out.update(
+                rounds_done=len(ends),
+                round_wall=statistics.median(walls) if walls else float("nan"),
+                ann_p50=pct(ann, 0.5),
+                ann_p99=pct(ann, 0.99),
+                ann_seen=len(ann),
+                rss_node_mb=statistics.mean(per_node.values()) / 2**20 if per_node else 0,
+                load=os.getloadavg()[0],
+            )
+        finally:
+            net.stop()
+    out["rss_total_mb"] = mem.peak / 2**20
+    return out
+
+
+def run_simulate(clients: int, rounds: int, minutes: float) -> dict[str, Any]:
+    csv_path = Path(tempfile.mkstemp(suffix=".csv")[1])
+    cmd = [
+        sys.executable,
+        "-m",
+        "gfl",
+        "simulate",
+        "--dataset",
+        "digits",
+        "--model",
+        "mlp",
+        "--model-kwargs",
+        '{"in_features": 64, "hidden": 64}',
+        "--rounds",
+        str(rounds),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.1",
+        "--clients",
+        str(clients),
+        "--fraction",
+        "1.0",
+        "--threads",
+        "1",
+        "--max-minutes",
+        str(minutes),
+        "--out",
+        str(csv_path),
+    ]
+    with MemSampler(period=0.1) as mem:
+        t0 = time.time()
+        try:
+            p = subprocess.run(cmd, capture_output=True, timeout=minutes * 60 + 120, cwd=ROOT)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            rc = -9
+        wall = time.time() - t0
+    rows = list(csv.DictReader(csv_path.open())) if csv_path.stat().st_size else []
+    csv_path.unlink()
+    secs = [float(r["seconds"]) for r in rows if r.get("seconds")]
+    return {
+        "clients": clients,
+        "rc": rc,
+        "rounds_done": len(rows),
+        "wall": wall,
+        "rounds_per_min": 60 / statistics.mean(secs) if secs else 0.0,
+        "s_per_round": statistics.mean(secs) if secs else float("nan"),
+        "rss_mb": mem.peak / 2**20,
+        "load": os.getloadavg()[0],
+        "acc": float(rows[-1]["test_accuracy"]) if rows else float("nan"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--nodes", default="8,16,32")
+    ap.add_argument("--clients", default="100,1000")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=240, help="seconds per devnet size")
+    ap.add_argument("--sim-minutes", type=float, default=3)
+    ap.add_argument("--json", default="bench/out/scale.json")
+    args = ap.parse_args()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    res: dict[str, list[dict[str, Any]]] = {"devnet": [], "simulate": []}
+    for c in [int(x) for x in args.clients.split(",") if x]:
+        res["simulate"].append(run_simulate(c, args.rounds, args.sim_minutes))
+        print(json.dumps(res["simulate"][-1]), flush=True)
+    for n in [int(x) for x in args.nodes.split(",") if x]:
+        res["devnet"].append(run_devnet(n, args.rounds, args.timeout))
+        print(json.dumps(res["devnet"][-1]), flush=True)
+    print(
+        f"\n{'nodes':>5} {'start-up s':>10} {'round s':>8} {'RSS/node MB':>11} "
+        f"{'RSS total MB':>12} {'ann p50 s':>9} {'ann p99 s':>9} {'load':>5}"
+    )
+    for d in res["devnet"]:
+        if "error" in d:
+            print(f"{d['nodes']:>5} FAILED: {d['error']}")
+            continue
+        print(
+            f"{d['nodes']:>5} {d['startup']:10.1f} {d['round_wall']:8.2f} "
+            f"{d['rss_node_mb']:11.0f} {d['rss_total_mb']:12.0f} {d['ann_p50']:9.2f} "
+            f"{d['ann_p99']:9.2f} {d['load']:5.1f}"
+        )
+    print(
+        f"\n{'clients':>7} {'rounds':>6} {'s/round':>8} {'rounds/min':>10} {'RSS MB':>7} {'acc':>6}"
+    )
+    for s in res["simulate"]:
+        print(
+            f"{s['clients']:>7} {s['rounds_done']:>6} {s['s_per_round']:8.2f} "
+            f"{s['rounds_per_min']:10.2f} {s['rss_mb']:7.0f} {s['acc']:6.3f}"
+        )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
