@@ -254,11 +254,11 @@ def demo_spec(nodes: int, *, data: str, rounds: int, model: str | None = None) -
 
 
 def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout) -> dict:
-    """Follow the job on node 0 until every node finished it; print progress lines."""
-    t0 = time.monotonic()
-    last_round = -1
+    """Follow the job until every node finished it; print a line per evaluated round."""
     from gfl.api.client import ApiRequestError
 
+    t0 = time.monotonic()
+    printed = 0
     while True:
         try:
             infos = [net.client(n.index).request("GET", f"/jobs/{job_id}") for n in net.nodes]
@@ -268,24 +268,24 @@ def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout
             time.sleep(0.2)
             continue
         head = infos[0]
-        r = head["round"]
-        if r != last_round and r > 0:
+        for rd in head["rounds_detail"][printed:]:
+            acc = rd["metrics"].get("accuracy")
+            if acc is None:
+                break
+            printed += 1
             elapsed = time.monotonic() - t0
-            eta = elapsed / r * (head["rounds"] - r)
-            acc = head.get("accuracy")
-            acc_s = f"{100 * acc:5.1f}%" if acc is not None else "  n/a"
+            eta = elapsed / printed * (head["rounds"] - printed)
             print(
-                f"round {r:>3}/{head['rounds']}  accuracy {acc_s}  "
+                f"round {printed:>3}/{head['rounds']}  accuracy {100 * acc:5.1f}%  "
                 f"elapsed {elapsed:6.1f}s  eta {eta:6.1f}s",
                 file=out,
                 flush=True,
             )
-            last_round = r
         if all(i["status"] in ("finished", "cancelled", "error") for i in infos):
             return {"infos": infos, "elapsed": time.monotonic() - t0}
         if time.monotonic() - t0 > timeout:
             raise DevnetError(f"the demo job did not finish within {timeout:.0f}s")
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
 def summarize(net: Devnet, job_id: str, result: dict, out: Any = sys.stdout) -> bool:

@@ -127,9 +127,7 @@ class ChainLedger:
     `chain_call`, which also serialises them).
     """
 
-    def __init__(
-        self, registry: Any, job_id: bytes, call: Callable[..., Awaitable[Any]]
-    ) -> None:
+    def __init__(self, registry: Any, job_id: bytes, call: Callable[..., Awaitable[Any]]) -> None:
         self._chain = registry
         self._job_id = job_id
         self._run = call
@@ -679,8 +677,8 @@ class JobService:
         row = self._row(hx)
         out = row.summary()
         rounds = self.store.rounds(row.job_id)
-        done = [r for r in rounds if r.get("model_hash")]
-        last = done[-1]["metrics"] if done else {}
+        evaluated = [r for r in rounds if r["metrics"].get("accuracy") is not None]
+        last = evaluated[-1]["metrics"] if evaluated else {}
         out.update(
             running=bytes.fromhex(row.job_id) in self.running,
             accuracy=last.get("accuracy"),

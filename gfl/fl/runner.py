@@ -223,7 +223,8 @@ class JobRunner:
         self.divergent_rounds: list[int] = []
         self._wake = wake or trio.Event()
         self._last_settle = -math.inf
-        self._prefetched: dict[bytes, bytes] = {}
+        self._eval_limiter = trio.CapacityLimiter(1)
+        self._background: trio.Nursery
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -258,7 +259,17 @@ class JobRunner:
     # -- main loop --------------------------------------------------------------------------
 
     async def run(self) -> str:
-        """Run to the end; returns the final status (finished or cancelled)."""
+        """Run to the end; returns the final status (finished or cancelled).
+
+        Evaluating each new global model on the node's test data is off the
+        critical path: it runs beside the next round (one at a time) and its
+        figures are recorded when ready; `run` returns once all are recorded.
+        """
+        async with trio.open_nursery() as background:
+            self._background = background
+            return await self._run()
+
+    async def _run(self) -> str:
         await trio.to_thread.run_sync(self._restore)
         if self.round:
             self._event("resumed", round=self.round)
@@ -415,16 +426,14 @@ class JobRunner:
         metrics.values.update(
             bytes_received=received, model_hash=new_hash.hex(), updates=len(updates)
         )
-        metrics.values.update(await self._evaluate(new_params))
         self.params, self.model_hash = new_params, new_hash
         self.round = r + 1
         self.record(r, metrics.values)
+        self._evaluate_soon(r, new_params)
         self._event(
             "round_finished",
             round=r,
             model_hash=new_hash.hex(),
-            accuracy=metrics.values.get("accuracy"),
-            loss=metrics.values.get("loss"),
             updates=len(updates),
         )
         await self._check_previous(r)
@@ -470,8 +479,8 @@ class JobRunner:
             "bytes_received": len(blob),
             "t_fetch_s": round(time.monotonic() - t0, 4),
         }
-        values.update(await self._evaluate(params))
         self.record(r, values)
+        self._evaluate_soon(r, params)
         self._event("round_adopted", round=r, model_hash=model_hash.hex())
 
     async def _fetch_updates(self, rec: LedgerRound) -> tuple[list[ClientUpdate], int]:
@@ -501,16 +510,22 @@ class JobRunner:
             raise RunnerError("could not get every update: " + "; ".join(errors[:3]))
         return [results[i] for i in sorted(results)], received
 
-    async def _evaluate(self, params: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    def _evaluate_soon(self, r: int, params: Mapping[str, np.ndarray]) -> None:
+        if self.data.test is not None:
+            self._background.start_soon(self._evaluate, r, params)
+
+    async def _evaluate(self, r: int, params: Mapping[str, np.ndarray]) -> None:
+        """Test loss and accuracy of M_{r+1}, recorded as round r's figures."""
         from gfl.fl.trainer import evaluate
 
-        if self.data.test is None:
-            return {}
-        t0 = time.monotonic()
-        out = await trio.to_thread.run_sync(
-            lambda: evaluate(self.spec, params, self.data.test, device=self.device)
-        )
-        return {**out, "t_eval_s": round(time.monotonic() - t0, 4)}
+        async with self._eval_limiter:
+            t0 = time.monotonic()
+            out = await trio.to_thread.run_sync(
+                lambda: evaluate(self.spec, params, self.data.test, device=self.device)
+            )
+        values = {**out, "t_eval_s": round(time.monotonic() - t0, 4)}
+        self.record(r, values)
+        self._event("round_evaluated", round=r, accuracy=out.get("accuracy"), loss=out.get("loss"))
 
     async def _check_previous(self, r: int) -> None:
         """Compare the model hashes committed for r: raise the alarm for any dissent.
