@@ -249,6 +249,7 @@ class JobService:
         self._announce_due: dict[str, tuple[float, float]] = {}
         self._data_cache: dict[str, NodeData] = {}
         self._refused: dict[tuple[bytes, bytes, str], tuple[str, float]] = {}
+        self._verified: dict[tuple[bytes, bytes, str], tuple[JobSpec, Any]] = {}
         self.ready = False
         self._data_lock = trio.Lock()
         self.sources = self._data_sources()
@@ -384,7 +385,35 @@ class JobService:
     # -- announcements
 
     def _validate_job_msg(self, msg: Any) -> bool:
-        return msg.payload.get("type") == "job"
+        """Gossip validator (runs before a message is forwarded): cheap checks only.
+
+        A spec that does not decode, or a replay of an announcement the chain
+        already refused, stops here and is neither queued nor relayed; a new
+        announcement is forwarded and checked on chain by `_on_job_announcement`
+        (a chain call inside the validator would hold up all gossip when the
+        chain is slow).
+        """
+        p = msg.payload
+        if p.get("type") != "job":
+            return False
+        key = _announcement_key(msg)
+        if key in self._verified:
+            return True
+        refused = self._refused.get(key)
+        if refused is not None and refused[1] > time.monotonic():
+            self._reject(
+                refused[0], job_id=p["job_id"].hex(), sender=msg.sender_address, replay=True
+            )
+            return False
+        try:
+            JobSpec.from_bytes(p["spec"])
+        except SpecError as exc:
+            self._reject(
+                "bad_spec", job_id=p["job_id"].hex(), sender=msg.sender_address, detail=str(exc)
+            )
+            self._refuse(key, "bad_spec")
+            return False
+        return True
 
     @staticmethod
     def _round_validator(job_id: bytes) -> Callable[[Any], bool]:
@@ -401,24 +430,29 @@ class JobService:
             async for msg in channel:
                 await self._on_job_announcement(msg)
 
-    async def _on_job_announcement(self, msg: Any) -> None:
+    async def _verify_announcement(self, msg: Any) -> tuple[JobSpec, Any] | None:
+        """(spec, chain record) of a valid announcement, or None (counted as rejected).
+
+        DESIGN.md's rule: the chain holds the job, its spec hash is sha256 of the
+        announced bytes, and its owner signed the message. Outcomes are cached
+        (bounded) so replays and re-announcements cost no chain call.
+        """
         job_id, spec_bytes = msg.payload["job_id"], msg.payload["spec"]
         hx = job_id.hex()
-        self._addr_peer[msg.sender_address.lower()] = msg.sender_peer_id
-        if self.store.job(hx) is not None:
-            return  # known already (re-announcement)
-        key = (job_id, hashlib.sha256(spec_bytes).digest(), msg.sender_address)
+        key = _announcement_key(msg)
+        verified = self._verified.get(key)
+        if verified is not None:
+            return verified
         refused = self._refused.get(key)
         if refused is not None and refused[1] > time.monotonic():
-            # a replay of something refused recently: count it, but no chain call
             self._reject(refused[0], job_id=hx, sender=msg.sender_address, replay=True)
-            return
+            return None
         try:
             spec = JobSpec.from_bytes(spec_bytes)
         except SpecError as exc:
             self._reject("bad_spec", job_id=hx, sender=msg.sender_address, detail=str(exc))
             self._refuse(key, "bad_spec")
-            return
+            return None
         from gfl.chain import AnnouncementRejected, ChainError
 
         try:
@@ -428,10 +462,25 @@ class JobService:
         except AnnouncementRejected as exc:
             self._reject("unverified", job_id=hx, sender=msg.sender_address, detail=str(exc))
             self._refuse(key, "unverified")
-            return
+            return None
         except ChainError as exc:
             log.warning("cannot verify job %s now: %s", hx[:10], exc)
+            return None
+        if len(self._verified) >= MAX_REFUSED:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[key] = (spec, rec)
+        return spec, rec
+
+    async def _on_job_announcement(self, msg: Any) -> None:
+        job_id = msg.payload["job_id"]
+        hx = job_id.hex()
+        self._addr_peer[msg.sender_address.lower()] = msg.sender_peer_id
+        if self.store.job(hx) is not None:
+            return  # known already (re-announcement)
+        checked = await self._verify_announcement(msg)
+        if checked is None:
             return
+        spec, rec = checked
         if int(rec.status) != 1:
             self._reject("not_active", job_id=hx)
             return
@@ -743,6 +792,12 @@ class JobService:
             "rejected": self.store.counters("rejected."),
             "alarms": self.store.counters("alarms."),
         }
+
+
+def _announcement_key(msg: Any) -> tuple[bytes, bytes, str]:
+    """What makes two job announcements the same claim: job, spec bytes, signer."""
+    p = msg.payload
+    return p["job_id"], hashlib.sha256(p["spec"]).digest(), msg.sender_address
 
 
 def _touch_training() -> None:

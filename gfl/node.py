@@ -76,8 +76,15 @@ class Node:
         self._services.append(service)
 
     async def chain_call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking chain call in a worker thread, one at a time."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._chain_lock)
+        """Run a blocking chain call in a worker thread, one at a time.
+
+        Cancellation does not wait for the call (a dead RPC endpoint can take its
+        whole retry budget): the thread is abandoned and the chain stays the
+        authority on whether a write landed, which the job runner re-reads.
+        """
+        return await trio.to_thread.run_sync(
+            fn, *args, limiter=self._chain_lock, abandon_on_cancel=True
+        )
 
     @property
     def heartbeat_s(self) -> float:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import local_config
+from support import local_config
 
 from gfl.fl.spec import load_job_file
 

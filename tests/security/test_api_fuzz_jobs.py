@@ -30,7 +30,7 @@ EXAMPLES = 12
 
 
 def _config():
-    from conftest import local_config
+    from support import local_config
 
     config = local_config().replace("jobs", auto_join=True)
     return dataclasses.replace(config, data={"digits": ""})

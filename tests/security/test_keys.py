@@ -27,7 +27,7 @@ def _mode(path: Path) -> int:
 
 
 def _config():
-    from conftest import local_config
+    from support import local_config
 
     config = local_config()
     config = config.replace("jobs", auto_join=True)
@@ -134,7 +134,7 @@ def test_exposed_api_is_warned_about(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from conftest import gfl_env
+    from support import gfl_env
 
     from gfl.api.server import is_loopback
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import NodeProcess, gfl_command, gfl_env, local_config
+from support import NodeProcess, gfl_command, gfl_env, local_config
 
 from gfl.datadir import DataDir
 from gfl.tui.app import ConsoleApp
