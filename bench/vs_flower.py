@@ -128,6 +128,7 @@ def summarize(
 def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[str, Any]:
     from gfl.devnet import start_devnet
     from gfl.fl.spec import JobSpec
+    from gfl.report import PHASES
 
     os.environ["GFL_DATA_DIR"] = DATA
     with MemSampler() as mem:
@@ -159,25 +160,32 @@ def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[s
                     while len(ends) < r:
                         ends.append(time.time())
                 time.sleep(0.1)
-            infos = [net.client(i).request("GET", f"/jobs/{jid}") for i in range(4)]
+            # evaluation runs beside the next round: wait for the last round's figures
+            while True:
+                infos = [net.client(i).request("GET", f"/jobs/{jid}") for i in range(4)]
+                if all(i["status"] != "active" for i in infos) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            # nodes test on `[train] eval_limit` examples; the final model is scored here on
+            # the whole test set, as the baseline and Flower are
+            from gfl.fl.data import load_dataset
+            from gfl.fl.runner import Checkpoints
+            from gfl.fl.trainer import evaluate
+
+            final = Checkpoints(net.nodes[0].home / "models" / jid).latest()
+            full_acc = evaluate(spec, final[1], load_dataset("mnist", root=DATA, train=False))[
+                "accuracy"
+            ]
         finally:
             net.stop()
     details = [{rd["round"]: rd["metrics"] for rd in i["rounds_detail"]} for i in infos]
     train_max = [max(d[r].get("t_train_s", 0.0) for d in details) for r in range(rounds)]
     up = statistics.mean(d[r].get("bytes_sent_update", 0) for d in details for r in range(rounds))
     down = statistics.mean(d[r].get("bytes_received", 0) for d in details for r in range(rounds))
-    acc = details[0][rounds - 1].get("accuracy", float("nan"))
+    acc = full_acc
     phases = {  # median over nodes and rounds: where a gfl round's time goes
         k: round(statistics.median(d[r].get(k, 0.0) for d in details for r in range(rounds)), 2)
-        for k in (
-            "t_train_s",
-            "t_encode_s",
-            "t_commit_s",
-            "t_fetch_s",
-            "t_aggregate_s",
-            "t_model_commit_s",
-            "t_eval_s",
-        )
+        for k in PHASES
     }
     accs = [details[0][r].get("accuracy") for r in range(rounds)]
     return summarize(

@@ -75,6 +75,7 @@ class TrainSection:
 
     device: str = "cpu"
     threads: int = 1
+    eval_limit: int = 2000
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ max_concurrent = {jobs_max_concurrent}
 device = {train_device}
 # CPU threads for torch (0 = torch's default).
 threads = {train_threads}
+# Each node tests every new global model on (at most) this many examples of its test
+# split, beside the next round's training; 0 = the whole split.
+eval_limit = {train_eval_limit}
 """
 
 

@@ -99,7 +99,8 @@ class DataSource:
             )
         raise JobError(f"[data] {name} must be a path or a table")
 
-    def load(self) -> NodeData:
+    def load(self, eval_limit: int = 0) -> NodeData:
+        """The training data and (up to `eval_limit` examples of) the test split."""
         if self.partition:
             train = load_partition(
                 self.dataset, self.index, self.of, self.partition, self.seed, root=self.root
@@ -114,6 +115,10 @@ class DataSource:
             test: ArrayDataset | None = load_dataset(self.dataset, root=self.root, train=False)
         except DataError:
             test = None
+        if test is not None and 0 < eval_limit < len(test):
+            import numpy as np
+
+            test = test.subset(np.arange(eval_limit))
         return NodeData(train=train, test=test)
 
 
@@ -379,7 +384,10 @@ class JobService:
     async def _data(self, name: str) -> NodeData:
         async with self._data_lock:
             if name not in self._data_cache:
-                self._data_cache[name] = await trio.to_thread.run_sync(self.sources[name].load)
+                limit = self.node.config.train.eval_limit
+                self._data_cache[name] = await trio.to_thread.run_sync(
+                    self.sources[name].load, limit
+                )
             return self._data_cache[name]
 
     # -- announcements

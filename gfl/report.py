@@ -8,26 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-COLUMNS = (
-    "round",
-    "accuracy",
-    "loss",
-    "train_loss",
-    "train_accuracy",
-    "updates",
-    "samples",
-    "bytes_sent_update",
-    "bytes_received",
-    "t_train_s",
-    "t_encode_s",
-    "t_commit_s",
-    "t_fetch_s",
-    "t_aggregate_s",
-    "t_model_commit_s",
-    "t_eval_s",
-    "divergent",
-    "model_hash",
+#: Seconds per phase of a round on one node, in the order they happen.
+PHASES = (
+    "t_train_s", "t_encode_s", "t_commit_s", "t_fetch_s", "t_aggregate_s",
+    "t_model_commit_s", "t_eval_s",
 )
+COLUMNS = (
+    "round", "accuracy", "loss", "train_loss", "train_accuracy", "updates", "samples",
+    "bytes_sent_update", "bytes_received", *PHASES, "divergent", "model_hash",
+)  # fmt: skip
 
 
 def report_rows(detail: dict[str, Any]) -> list[dict[str, Any]]:

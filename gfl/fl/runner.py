@@ -494,6 +494,7 @@ class JobRunner:
                 blob = self.exchange.load_local(h)
                 if blob is None:
                     blob = await self.exchange.fetch(h, addr, MAX_UPDATE_BYTES, FETCH_TIMEOUT_S)
+                if addr != self.me:  # fetched now or prefetched on its announcement
                     received += len(blob)
                 if blob_hash(blob) != h:
                     raise RunnerError(f"update of {addr} does not match its hash")
