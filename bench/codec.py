@@ -25,6 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gfl.fl.codec import decode_params, encode_params
 
+# ../shared/data/mnist beside the checkout (see its README)
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
 
 def trained_update(steps: int, data_root: str) -> dict[str, np.ndarray]:
     import torch
@@ -84,7 +87,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--update", choices=["trained", "gaussian"], default="trained")
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--data-root", default="/work/shared/data/mnist")
+    ap.add_argument("--data-root", default=str(SHARED_MNIST))
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     import torch

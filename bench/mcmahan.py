@@ -21,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gfl.fl.simulate import progress_line, simulate
 from gfl.fl.spec import JobSpec
 
+# ../shared/data/mnist beside the checkout (see its README)
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
 PAPER = {"iid": 20, "shards:2": 229}
 
 
@@ -38,7 +41,7 @@ def main() -> int:
     ap.add_argument("--compression", default="none")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--data-root", default="/work/shared/data/mnist")
+    ap.add_argument("--data-root", default=str(SHARED_MNIST))
     ap.add_argument("--out", default="bench/out/mcmahan.csv")
     args = ap.parse_args()
     import torch

@@ -43,11 +43,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+# ../shared/data/mnist beside the checkout (see its README)
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PY = sys.executable
 BIN = Path(PY).parent
-DATA = os.environ.get("GFL_DATA_DIR", "/work/shared/data/mnist")
+DATA = os.environ.get("GFL_DATA_DIR", str(SHARED_MNIST))
 ANCHOR = {  # issue 8: Flower 1.42 deployment engine, measured on this kind of machine
     "wall": 24.7,
     "overhead": 12.5,

@@ -5,7 +5,8 @@ import pytest
 
 from gfl.fl.data import DataError, load_dataset, load_partition, partition, split_holdout
 
-MNIST = Path("/work/shared/data/mnist")
+# the shared data folder lies beside the checkout (../shared), here and in CI
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
 
 def labels(n=1000, classes=10, seed=0):
