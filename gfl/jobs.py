@@ -318,11 +318,16 @@ class JobService:
 
     def _record(self, job_id: str) -> Callable[[int, dict[str, Any]], None]:
         def record(r: int, values: dict[str, Any]) -> None:
+            values = dict(values)
+            for addr in values.pop("updates_verified", ()):
+                self.store.mark_verified(job_id, r, "update", addr, True)
             self.store.merge_round_metrics(job_id, r, values)
-            fields: dict[str, Any] = {"phase": "done" if "model_hash" in values else "committed"}
+            fields: dict[str, Any] = {}
             if "update_hash" in values:
+                fields["phase"] = "committed"
                 fields["update_hash"] = values["update_hash"]
             if "model_hash" in values:
+                fields["phase"] = "done"
                 fields["model_hash"] = values["model_hash"]
                 fields["finished_at"] = time.time()
                 self.store.update_job(job_id, current_round=r + 1, model_hash=values["model_hash"])
@@ -775,6 +780,10 @@ class JobService:
             for m in rec.models:
                 votes[m.model_hash.hex()] = votes.get(m.model_hash.hex(), 0) + 1
             majority = max(votes, key=lambda k: votes[k]) if votes else None
+            for m in rec.models:
+                self.store.mark_verified(
+                    row.job_id, r["round"], "model", m.participant, m.model_hash.hex() == majority
+                )
             out.append(
                 {
                     "round": r["round"],

@@ -50,6 +50,10 @@ def _check_finished_and_verified(net, job_id: str, rounds: int) -> dict:
         checks = net.client(n.index).request("GET", f"/jobs/{job_id}/verify")
         assert [c["round"] for c in checks] == list(range(rounds))
         assert all(c["verified"] for c in checks), checks
+        # every update this node aggregated matched its chain hash; every model hash the
+        # others committed matched the majority
+        commitments = net.client(n.index).request("GET", f"/jobs/{job_id}")["commitments"]
+        assert commitments and all(c["verified"] is True for c in commitments), commitments
     return infos[0]
 
 

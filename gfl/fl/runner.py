@@ -424,7 +424,10 @@ class JobRunner:
                 log.info("job %s round %d: model refused: %s", self.job_id[:10], r, exc)
         metrics.phase("model_commit", t0)
         metrics.values.update(
-            bytes_received=received, model_hash=new_hash.hex(), updates=len(updates)
+            bytes_received=received,
+            model_hash=new_hash.hex(),
+            updates=len(updates),
+            updates_verified=[u.address for u in updates],  # each blob matched its chain hash
         )
         self.params, self.model_hash = new_params, new_hash
         self.round = r + 1
