@@ -68,3 +68,25 @@ def test_a_bad_job_file_is_one_line(tmp_path, init_home, start_node, run_gfl):
     assert result.returncode != 0
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "rounds" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_the_owner_cancels_a_job_and_the_node_stops_running_it(
+    tmp_path, init_home, start_node, run_gfl
+):
+    config = dataclasses.replace(local_config(), data={"digits": ""})
+    home = init_home("owner", config=config.replace("jobs", auto_join=True))
+    start_node(home)
+    text = (EXAMPLES / "digits-fedavg.toml").read_text().replace("rounds = 5", "rounds = 500")
+    job_file = tmp_path / "long.toml"
+    job_file.write_text(text.replace("min_updates = 2", "min_updates = 1"))
+    published = run_gfl("job", "publish", job_file, "--home", home, timeout=60)
+    job_id = published.stdout.split()[2]
+
+    cancelled = run_gfl("job", "cancel", job_id[:12], "--home", home, timeout=60)
+    assert cancelled.returncode == 0, cancelled.stderr
+    watched = run_gfl("job", "watch", job_id, "--home", home, "--timeout", "60", timeout=90)
+    assert "status cancelled" in watched.stdout and watched.returncode == 1
+    # cancelling again is refused by the chain: one clear line
+    again = run_gfl("job", "cancel", job_id, "--home", home, timeout=60)
+    assert again.returncode != 0
+    assert len([ln for ln in again.stderr.splitlines() if ln.strip()]) == 1
