@@ -319,7 +319,11 @@ class JobService:
     def _record(self, job_id: str) -> Callable[[int, dict[str, Any]], None]:
         def record(r: int, values: dict[str, Any]) -> None:
             values = dict(values)
-            for addr in values.pop("updates_verified", ()):
+            for seq, (addr, hash_hex, samples) in enumerate(values.pop("updates_verified", ())):
+                # the chain poller may not have stored the commitment yet: store it too
+                self.store.add_commitment(
+                    job_id, r, "update", seq, addr, hash_hex, samples, replace=True
+                )
                 self.store.mark_verified(job_id, r, "update", addr, True)
             self.store.merge_round_metrics(job_id, r, values)
             fields: dict[str, Any] = {}
@@ -780,7 +784,16 @@ class JobService:
             for m in rec.models:
                 votes[m.model_hash.hex()] = votes.get(m.model_hash.hex(), 0) + 1
             majority = max(votes, key=lambda k: votes[k]) if votes else None
-            for m in rec.models:
+            for seq, m in enumerate(rec.models):  # chain order, as the chain returns them
+                self.store.add_commitment(
+                    row.job_id,
+                    r["round"],
+                    "model",
+                    seq,
+                    m.participant,
+                    m.model_hash.hex(),
+                    replace=True,
+                )
                 self.store.mark_verified(
                     row.job_id, r["round"], "model", m.participant, m.model_hash.hex() == majority
                 )

@@ -268,11 +268,15 @@ class Store:
         participant: str,
         hash_hex: str,
         samples: int = 0,
+        *,
+        replace: bool = False,
     ) -> None:
+        """Record a commitment (once; ``replace`` overwrites, e.g. with its chain-order seq)."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO commitments (job_id, round, kind, seq, participant, hash,"
-                " samples) VALUES (?,?,?,?,?,?,?)",
+                f"{verb} INTO commitments (job_id, round, kind, seq, participant, hash, samples)"
+                " VALUES (?,?,?,?,?,?,?)",
                 (job_id, rnd, kind, seq, participant, hash_hex, samples),
             )
 

@@ -427,7 +427,8 @@ class JobRunner:
             bytes_received=received,
             model_hash=new_hash.hex(),
             updates=len(updates),
-            updates_verified=[u.address for u in updates],  # each blob matched its chain hash
+            # each of these blobs matched the hash the chain holds for it (chain order)
+            updates_verified=[[a, h.hex(), n] for a, h, n in rec.updates],
         )
         self.params, self.model_hash = new_params, new_hash
         self.round = r + 1
