@@ -11,6 +11,7 @@ prints a summary. Without ``--keep`` it then stops everything it started.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -59,10 +60,15 @@ class Devnet:
     _chain: Any = None
     _cleanup_root: bool = False
 
-    def client(self, i: int) -> Any:
-        from gfl.api.client import NodeClient
+    _clients: dict[int, Any] = field(default_factory=dict, repr=False)
 
-        return NodeClient.from_home(self.nodes[i].home, timeout=30)
+    def client(self, i: int) -> Any:
+        """Node i's API client, made once and reused (the progress loops poll often)."""
+        if i not in self._clients:
+            from gfl.api.client import NodeClient
+
+            self._clients[i] = NodeClient.from_home(self.nodes[i].home, timeout=30)
+        return self._clients[i]
 
     def stop(self) -> None:
         for n in self.nodes:
@@ -78,6 +84,9 @@ class Devnet:
             except subprocess.TimeoutExpired:
                 n.process.kill()
                 n.process.wait(5)
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
         if self._chain is not None:
             (self._chain.stop if hasattr(self._chain, "stop") else self._chain.close)()
             self._chain = None
@@ -152,7 +161,7 @@ def start_devnet(
                 src["limit"] = data_limit
             if data != "digits":
                 src["root"] = os.environ.get("GFL_DATA_DIR", "")
-            config = _with_data(config, data, src)
+            config = dataclasses.replace(config, data={data: src})
             identity = DataDir(home).init(config, force=True)
             homes.append(home)
             net.nodes.append(
@@ -170,12 +179,6 @@ def start_devnet(
     except BaseException:
         net.stop()
         raise
-
-
-def _with_data(config: Any, name: str, table: dict[str, Any]) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(config, data={name: table})
 
 
 def _set_chain_and_peers(node: DevnetNode, net: Devnet) -> None:

@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -28,6 +28,7 @@ import trio
 from gfl import protocol
 from gfl.errors import GflError
 from gfl.fl.data import ArrayDataset, DataError, load_dataset, load_partition
+from gfl.fl.rounds import consensus_of
 from gfl.fl.runner import (
     STATUS_ACTIVE,
     STATUS_CANCELLED,
@@ -218,8 +219,9 @@ class NetExchange:
         self._service.traffic_in[self._tag] = self._service.traffic_in.get(self._tag, 0) + len(data)
         return data
 
-    def load_local(self, blob: bytes) -> bytes | None:
-        return self._service.node.network.blobs.get(blob)
+    async def load_local(self, blob: bytes) -> bytes | None:
+        # a read plus a sha256 of a multi-MB file: not on the trio thread
+        return await trio.to_thread.run_sync(self._service.node.network.blobs.get, blob)
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -230,7 +232,6 @@ class RunningJob:
     job_id: bytes
     spec: JobSpec
     runner: JobRunner
-    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 class JobService:
@@ -251,7 +252,8 @@ class JobService:
         self._prefetch = trio.CapacityLimiter(PREFETCH_LIMIT)
         self._nursery: trio.Nursery | None = None
         self._subscribed: set[bytes] = set()
-        self._announce_due: dict[str, tuple[float, float]] = {}
+        self._announce_due: dict[str, tuple[float, float]] = {}  # job -> (next, gap)
+        self._announce_wake = trio.Event()
         self._data_cache: dict[str, NodeData] = {}
         self._refused: dict[tuple[bytes, bytes, str], tuple[str, float]] = {}
         self._verified: dict[tuple[bytes, bytes, str], tuple[JobSpec, Any]] = {}
@@ -535,23 +537,33 @@ class JobService:
 
         A fresh job is repeated quickly at first (0.25 s, 0.5 s, 1 s, ... up to
         REANNOUNCE_S), since the gossip mesh of a young network may not carry
-        the first copy; peers ignore copies of jobs they already know.
+        the first copy; peers ignore copies of jobs they already know. The loop
+        sleeps until the next one is due (it reads node.db only then).
         """
         from gfl.net import JOBS_TOPIC
 
         while True:
-            await trio.sleep(0.25)
+            now = trio.current_time()
+            soonest = min((due for due, _ in self._announce_due.values()), default=now)
+            with trio.move_on_at(max(soonest, now) if self._announce_due else now + REANNOUNCE_S):
+                await self._announce_wake.wait()
+            self._announce_wake = trio.Event()
             me = self.node.identity.eth_address.lower()
             now = trio.current_time()
-            for row in self.store.jobs():
-                if row.status != STATUS_ACTIVE or row.owner.lower() != me:
-                    continue
-                due, gap = self._announce_due.get(row.job_id, (now, REANNOUNCE_S))
+            mine = {
+                row.job_id: row.spec
+                for row in self.store.jobs()
+                if row.status == STATUS_ACTIVE and row.owner.lower() == me
+            }
+            for job_id in set(self._announce_due) - set(mine):  # finished or cancelled
+                del self._announce_due[job_id]
+            for job_id, spec in mine.items():
+                due, gap = self._announce_due.get(job_id, (now, REANNOUNCE_S))
                 if now < due:
                     continue
-                self._announce_due[row.job_id] = (now + gap, min(gap * 2, REANNOUNCE_S))
+                self._announce_due[job_id] = (now + gap, min(gap * 2, REANNOUNCE_S))
                 await self.publish(
-                    JOBS_TOPIC, protocol.job_announcement(bytes.fromhex(row.job_id), row.spec)
+                    JOBS_TOPIC, protocol.job_announcement(bytes.fromhex(job_id), spec)
                 )
 
     # -- round gossip: provider hints and prefetch
@@ -648,26 +660,25 @@ class JobService:
         hx = running.job_id.hex()
         topic = self.topic(running.job_id)
         try:
-            with running.cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    if running.job_id not in self._subscribed:
-                        channel = await self.node.network.subscribe(
-                            topic, self._round_validator(running.job_id)
-                        )
-                        self._subscribed.add(running.job_id)
-                        nursery.start_soon(self._round_messages, running.job_id, channel)
-                    try:
-                        running.runner.data = await self._data(running.spec.dataset)
-                        status = await running.runner.run()
-                        self.store.update_job(hx, status=status)
-                    except Exception as exc:  # one job's failure must not stop the node
-                        if isinstance(exc, GflError):
-                            log.error("job %s stopped: %s", hx[:10], exc)
-                        else:
-                            log.exception("job %s failed", hx[:10])
-                        self.store.update_job(hx, status="error", error=str(exc))
-                        self.node.events.publish("job.error", {"job_id": hx, "error": str(exc)})
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                if running.job_id not in self._subscribed:
+                    channel = await self.node.network.subscribe(
+                        topic, self._round_validator(running.job_id)
+                    )
+                    self._subscribed.add(running.job_id)
+                    nursery.start_soon(self._round_messages, running.job_id, channel)
+                try:
+                    running.runner.data = await self._data(running.spec.dataset)
+                    status = await running.runner.run()
+                    self.store.update_job(hx, status=status)
+                except Exception as exc:  # one job's failure must not stop the node
+                    if isinstance(exc, GflError):
+                        log.error("job %s stopped: %s", hx[:10], exc)
+                    else:
+                        log.exception("job %s failed", hx[:10])
+                    self.store.update_job(hx, status="error", error=str(exc))
+                    self.node.events.publish("job.error", {"job_id": hx, "error": str(exc)})
+                nursery.cancel_scope.cancel()
         finally:
             self.running.pop(running.job_id, None)
             if running.job_id in self._subscribed:
@@ -713,6 +724,7 @@ class JobService:
         )
         await self.publish(JOBS_TOPIC, protocol.job_announcement(job_id, spec_bytes))
         self._announce_due[hx] = (trio.current_time() + 0.25, 0.5)
+        self._announce_wake.set()
         self.node.events.publish("job.published", {"job_id": hx, "name": spec.name})
         if join:
             self._start(job_id, spec)
@@ -780,10 +792,8 @@ class JobService:
         out = []
         for r in self.store.rounds(row.job_id):
             rec = await self.node.chain_call(self.node.chain.get_round, jid, r["round"])
-            votes: dict[str, int] = {}
-            for m in rec.models:
-                votes[m.model_hash.hex()] = votes.get(m.model_hash.hex(), 0) + 1
-            majority = max(votes, key=lambda k: votes[k]) if votes else None
+            top = consensus_of({m.participant: m.model_hash for m in rec.models}).majority
+            majority = top.hex() if top is not None else None
             for seq, m in enumerate(rec.models):  # chain order, as the chain returns them
                 self.store.add_commitment(
                     row.job_id,

@@ -42,7 +42,7 @@ class MemoryExchange:
                 await trio.sleep(0.01)
         return self.table[blob]
 
-    def load_local(self, blob: bytes) -> bytes | None:
+    async def load_local(self, blob: bytes) -> bytes | None:
         return None
 
 
@@ -75,10 +75,13 @@ async def _run_job(tmp_path, spec: JobSpec, n: int, tamper: int | None = None):
     for i in range(n):
         reg = owner.for_identity(NodeIdentity.generate())
         runner = JobRunner(
-            job_id=job_id.hex(), spec=spec, ledger=ChainLedger(reg, job_id, call),
+            job_id=job_id.hex(),
+            spec=spec,
+            ledger=ChainLedger(reg, job_id, call),
             exchange=MemoryExchange(table),
             data=NodeData(load_partition("digits", i, n, "iid", 0), test),
-            checkpoints=Checkpoints(tmp_path / f"n{i}"), train_limiter=trio.CapacityLimiter(1),
+            checkpoints=Checkpoints(tmp_path / f"n{i}"),
+            train_limiter=trio.CapacityLimiter(1),
             emit=lambda kind, data, i=i: events.append((i, kind, data)),
             record=lambda r, values: None,
         )

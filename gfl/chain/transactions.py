@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,  # the endpoint died mid-response
     requests.exceptions.Timeout,
     ConnectionError,
     TimeoutError,

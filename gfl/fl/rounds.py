@@ -14,6 +14,7 @@ disagrees. Updates count in chain order; strategies then sort them canonically b
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gfl.errors import GflError
@@ -71,6 +72,18 @@ class Consensus:
     votes: int
     total: int
     dissenters: tuple[str, ...]
+
+
+def consensus_of(models: Mapping[str, bytes]) -> Consensus:
+    """Strict-majority model hash of one round's commitments (participant -> hash)."""
+    if not models:
+        return Consensus(None, 0, 0, ())
+    (top, votes), *_rest = Counter(models.values()).most_common()
+    total = len(models)
+    if votes * 2 <= total:
+        return Consensus(None, votes, total, ())
+    dissent = tuple(sorted(a for a, h in models.items() if h != top))
+    return Consensus(top, votes, total, dissent)
 
 
 @dataclass
@@ -196,15 +209,7 @@ class JobRounds:
 
     def consensus(self, r: int) -> Consensus:
         """Majority model hash for round r, and who committed something else."""
-        models = self._rounds[r].models if r < len(self._rounds) else {}
-        if not models:
-            return Consensus(None, 0, 0, ())
-        (top, votes), *_rest = Counter(models.values()).most_common()
-        total = len(models)
-        if votes * 2 <= total:
-            return Consensus(None, votes, total, ())
-        dissent = tuple(sorted(a for a, h in models.items() if h != top))
-        return Consensus(top, votes, total, dissent)
+        return consensus_of(self._rounds[r].models if r < len(self._rounds) else {})
 
     def diverged(self, r: int, my_hash: bytes) -> bool:
         """True when a majority exists for r and `my_hash` is not it: raise the alarm."""

@@ -36,13 +36,16 @@ import trio
 from gfl.errors import GflError
 from gfl.fl.codec import (
     CodecError,
+    ErrorFeedback,
     blob_hash,
     decode_frame,
     decode_params,
     encode_frame,
     encode_params,
+    parse_compression,
 )
 from gfl.fl.data import ArrayDataset
+from gfl.fl.rounds import consensus_of
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
 
@@ -115,7 +118,7 @@ class Exchange(Protocol):
         self, blob: bytes, owner: str | None, max_size: int, timeout: float
     ) -> bytes: ...
 
-    def load_local(self, blob: bytes) -> bytes | None: ...
+    async def load_local(self, blob: bytes) -> bytes | None: ...
 
 
 @dataclass
@@ -148,10 +151,11 @@ class Checkpoints:
     def path(self, r: int) -> Path:
         return self.root / f"round-{r:06d}.gflm"
 
-    def save(
+    def save_with_frame(
         self, r: int, params: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray]
-    ) -> bytes:
-        """Store M_r (+ strategy state) and return M_r's hash (of the params frame alone)."""
+    ) -> tuple[bytes, bytes]:
+        """Store M_r (+ strategy state); returns (M_r's hash, its frame): the frame is also
+        the model blob peers fetch, and its sha256 the model hash committed on chain."""
         from gfl.identity import write_private_file
 
         model = encode_frame(params)
@@ -159,7 +163,13 @@ class Checkpoints:
         self.root.mkdir(parents=True, exist_ok=True)
         header = len(model).to_bytes(8, "big")
         write_private_file(self.path(r), header + model + state)
-        return blob_hash(model)
+        return blob_hash(model), model
+
+    def save(
+        self, r: int, params: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray]
+    ) -> bytes:
+        """Store M_r (+ strategy state) and return M_r's hash."""
+        return self.save_with_frame(r, params, extra)[0]
 
     def latest(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], bytes] | None:
         """(r, M_r, state, hash(M_r)) of the newest readable checkpoint, or None."""
@@ -224,6 +234,8 @@ class JobRunner:
         self._wake = wake or trio.Event()
         self._last_settle = -math.inf
         self._eval_limiter = trio.CapacityLimiter(1)
+        # the sender's error feedback for lossy compression (top-k residuals carry over)
+        self._feedback = ErrorFeedback() if parse_compression(spec.compression).lossy else None
         self._background: trio.Nursery
 
     # -- wiring -----------------------------------------------------------------------------
@@ -346,7 +358,7 @@ class JobRunner:
         metrics.phase("train", t0)
         t0 = time.monotonic()
         blob = await trio.to_thread.run_sync(
-            lambda: encode_params(result.update, self.spec.compression, feedback=self._feedback())
+            lambda: encode_params(result.update, self.spec.compression, feedback=self._feedback)
         )
         metrics.phase("encode", t0)
         t0 = time.monotonic()
@@ -371,15 +383,6 @@ class JobRunner:
             samples=result.num_samples,
             bytes=len(blob),
         )
-
-    def _feedback(self) -> Any:
-        from gfl.fl.codec import ErrorFeedback, parse_compression
-
-        if not parse_compression(self.spec.compression).lossy:
-            return None
-        if not hasattr(self, "_ef"):
-            self._ef = ErrorFeedback()
-        return self._ef
 
     async def _close_round(self, job: LedgerJob, rec: LedgerRound) -> None:
         """Round r is closed on chain: produce M_{r+1} and commit its hash."""
@@ -411,11 +414,10 @@ class JobRunner:
             lambda: self.strategy.aggregate(self.params, updates)
         )
         metrics.phase("aggregate", t0)
-        new_hash = await trio.to_thread.run_sync(
-            lambda: self.checkpoints.save(r + 1, new_params, self.strategy.state_dict())
+        new_hash, blob = await trio.to_thread.run_sync(
+            lambda: self.checkpoints.save_with_frame(r + 1, new_params, self.strategy.state_dict())
         )
         t0 = time.monotonic()
-        blob = await trio.to_thread.run_sync(encode_frame, new_params)
         await self.exchange.publish("model", r, blob)
         if not mine_committed:
             try:
@@ -448,14 +450,9 @@ class JobRunner:
             job.status == STATUS_FINISHED and (job.rounds > self.round + 1)
         )
 
-    def _majority(self, rec: LedgerRound) -> bytes | None:
-        votes: dict[bytes, int] = {}
-        for _, h in rec.models:
-            votes[h] = votes.get(h, 0) + 1
-        if not votes:
-            return None
-        top, n = max(votes.items(), key=lambda kv: (kv[1], kv[0]))
-        return top if n * 2 > len(rec.models) else None
+    @staticmethod
+    def _majority(rec: LedgerRound) -> bytes | None:
+        return consensus_of(dict(rec.models)).majority
 
     async def _adopt(self, r: int, model_hash: bytes, rec: LedgerRound) -> None:
         """Take the majority's M_{r+1} by hash (late joiner, restart, divergence)."""
@@ -495,7 +492,7 @@ class JobRunner:
         async def one(i: int, addr: str, h: bytes, n: int) -> None:
             nonlocal received
             try:
-                blob = self.exchange.load_local(h)
+                blob = await self.exchange.load_local(h)
                 if blob is None:
                     blob = await self.exchange.fetch(h, addr, MAX_UPDATE_BYTES, FETCH_TIMEOUT_S)
                 if addr != self.me:  # fetched now or prefetched on its announcement
@@ -539,10 +536,11 @@ class JobRunner:
         we name them. Either way the job goes on from the majority model.
         """
         rec = await self.ledger.round(r)
-        majority = self._majority(rec)
+        verdict = consensus_of(dict(rec.models))
+        majority = verdict.majority
         if majority is None or r in self.divergent_rounds:
             return
-        dissent = sorted({a for a, h in rec.models if h != majority})
+        dissent = list(verdict.dissenters)
         if majority == self.model_hash and not dissent:
             return
         self.divergent_rounds.append(r)
