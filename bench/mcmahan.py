@@ -41,6 +41,7 @@ def main() -> int:
     ap.add_argument("--compression", default="none")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0, help="training worker processes")
     ap.add_argument("--data-root", default=str(SHARED_MNIST))
     ap.add_argument("--out", default="bench/out/mcmahan.csv")
     args = ap.parse_args()
@@ -70,6 +71,7 @@ def main() -> int:
         target_accuracy=args.target,
         metrics_path=args.out,
         progress=progress_line,
+        workers=args.workers,
     )
     wall = time.monotonic() - t0
     per_round = sum(r["seconds"] for r in rows) / len(rows)

@@ -38,7 +38,33 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
 
 
-def run_devnet(n: int, rounds: int, timeout: float) -> dict[str, Any]:
+def top_frames(collapsed: Path, k: int = 12) -> list[tuple[str, float]]:
+    """The k functions with the most own time in a py-spy "raw" (collapsed stacks) profile."""
+    own: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+        total += int(count)
+    best = sorted(own.items(), key=lambda kv: -kv[1])[:k]
+    return [(name, round(c / max(total, 1), 3)) for name, c in best]
+
+
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy on one node process (threads and native frames off: Python time only)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        print("py-spy is not installed (pip install py-spy): no profile", flush=True)
+        return None
+    cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50"]
+    cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_devnet(n: int, rounds: int, timeout: float, profile: Path | None = None) -> dict[str, Any]:
     import psutil
 
     from gfl.devnet import demo_spec, start_devnet
@@ -61,6 +87,11 @@ def run_devnet(n: int, rounds: int, timeout: float) -> dict[str, Any]:
             spec = demo_spec(n, data="digits", rounds=rounds)
             t_post = time.time()
             jid = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})["job_id"]
+            spy = None
+            if profile is not None:
+                profile.mkdir(parents=True, exist_ok=True)
+                raw = profile / f"node{n - 1}-of-{n}.txt"
+                spy = start_profile(net.nodes[-1].process.pid, min(timeout, 60), raw)
             seen: dict[int, float] = {}
             ends: list[float] = []
             deadline = time.monotonic() + timeout
@@ -79,6 +110,9 @@ def run_devnet(n: int, rounds: int, timeout: float) -> dict[str, Any]:
                         rss = psutil.Process(node.process.pid).memory_info().rss
                         per_node[node.index] = max(per_node.get(node.index, 0), rss)
                 time.sleep(0.1)
+            if spy is not None:
+                spy.wait(max(5, timeout))
+                out["profile"] = top_frames(raw) if raw.exists() else []
             walls = [b - a for a, b in itertools.pairwise(ends)]
             ann = list(seen.values())
             out.update(
@@ -93,6 +127,7 @@ def run_devnet(n: int, rounds: int, timeout: float) -> dict[str, Any]:
         finally:
             net.stop()
     out["rss_total_mb"] = mem.peak / 2**20
+    out["pss_total_mb"] = mem.peak_pss / 2**20
     return out
 
 
@@ -160,6 +195,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=240, help="seconds per devnet size")
     ap.add_argument("--sim-minutes", type=float, default=3)
     ap.add_argument("--json", default="bench/out/scale.json")
+    ap.add_argument("--profile", type=Path, help="py-spy the last node of each devnet into DIR")
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     res: dict[str, list[dict[str, Any]]] = {"devnet": [], "simulate": []}
@@ -167,11 +203,11 @@ def main() -> int:
         res["simulate"].append(run_simulate(c, args.rounds, args.sim_minutes))
         print(json.dumps(res["simulate"][-1]), flush=True)
     for n in [int(x) for x in args.nodes.split(",") if x]:
-        res["devnet"].append(run_devnet(n, args.rounds, args.timeout))
+        res["devnet"].append(run_devnet(n, args.rounds, args.timeout, args.profile))
         print(json.dumps(res["devnet"][-1]), flush=True)
     print(
         f"\n{'nodes':>5} {'start-up s':>10} {'round s':>8} {'RSS/node MB':>11} "
-        f"{'RSS total MB':>12} {'ann p50 s':>9} {'ann p99 s':>9} {'load':>5}"
+        f"{'RSS total MB':>12} {'PSS total MB':>12} {'ann p50 s':>9} {'ann p99 s':>9} {'load':>5}"
     )
     for d in res["devnet"]:
         if "error" in d:
@@ -179,7 +215,8 @@ def main() -> int:
             continue
         print(
             f"{d['nodes']:>5} {d['startup']:10.1f} {d['round_wall']:8.2f} "
-            f"{d['rss_node_mb']:11.0f} {d['rss_total_mb']:12.0f} {d['ann_p50']:9.2f} "
+            f"{d['rss_node_mb']:11.0f} {d['rss_total_mb']:12.0f} {d['pss_total_mb']:12.0f} "
+            f"{d['ann_p50']:9.2f} "
             f"{d['ann_p99']:9.2f} {d['load']:5.1f}"
         )
     print(
@@ -190,6 +227,9 @@ def main() -> int:
             f"{s['clients']:>7} {s['rounds_done']:>6} {s['s_per_round']:8.2f} "
             f"{s['rounds_per_min']:10.2f} {s['rss_mb']:7.0f} {s['acc']:6.3f}"
         )
+    for d in res["devnet"]:
+        for name, share in d.get("profile", []):
+            print(f"  {d['nodes']:>3} nodes, last node: {share:6.1%} own time in {name}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

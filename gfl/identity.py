@@ -125,9 +125,7 @@ def address_from_peer_id(peer_id: str | bytes) -> str:
 def _check_private_file(path: Path) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise IdentityError(
-            f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
-        )
+        raise IdentityError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -10,8 +10,13 @@ from typing import Any
 
 #: Seconds per phase of a round on one node, in the order they happen.
 PHASES = (
-    "t_train_s", "t_encode_s", "t_commit_s", "t_fetch_s", "t_aggregate_s",
-    "t_model_commit_s", "t_eval_s",
+    "t_train_s",
+    "t_encode_s",
+    "t_commit_s",
+    "t_fetch_s",
+    "t_aggregate_s",
+    "t_model_commit_s",
+    "t_eval_s",
 )
 COLUMNS = (
     "round", "accuracy", "loss", "train_loss", "train_accuracy", "updates", "samples",

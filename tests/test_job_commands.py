@@ -40,8 +40,7 @@ def test_publish_watch_show_and_report_on_one_node(tmp_path, init_home, start_no
     assert published.returncode == 0, published.stderr
     job_id = published.stdout.split()[2]
 
-    watched = run_gfl("job", "watch", job_id[:10], "--home", home, "--timeout", "120",
-                      timeout=150)
+    watched = run_gfl("job", "watch", job_id[:10], "--home", home, "--timeout", "120", timeout=150)
     assert watched.returncode == 0, watched.stderr
     assert "status finished" in watched.stdout
 

@@ -25,7 +25,8 @@ IN_CI = os.environ.get("CI") == "true"
 
 def _chains() -> list:
     anvil = pytest.param(
-        True, id="anvil",
+        True,
+        id="anvil",
         marks=pytest.mark.skipif(not ANVIL and not IN_CI, reason="anvil not installed"),
     )
     return [pytest.param(False, id="embedded"), anvil]
@@ -80,7 +81,8 @@ def test_two_jobs_at_once_both_finish(tmp_path):
         spec = demo_spec(2, data="digits", rounds=3)
         a = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})
         b = net.client(1).request(
-            "POST", "/jobs", json={"spec": spec.replace(name="second", seed=3).to_dict()})
+            "POST", "/jobs", json={"spec": spec.replace(name="second", seed=3).to_dict()}
+        )
         watch_job(net, a["job_id"], timeout=300, out=io.StringIO())
         watch_job(net, b["job_id"], timeout=300, out=io.StringIO())
         _check_finished_and_verified(net, a["job_id"], 3)
@@ -134,29 +136,33 @@ def test_a_job_announced_by_someone_who_did_not_register_it_is_ignored(tmp_path)
 
         fund(net.chain_url, EMBEDDED_DEV_KEY, [x.account], 10**18)
         registered = x.make_job_id(spec.spec_hash, b"\x02" * 32)
-        x.register_job(registered, spec.spec_hash, spec.rounds, spec.min_updates,
-                       spec.round_timeout)
+        x.register_job(
+            registered, spec.spec_hash, spec.rounds, spec.min_updates, spec.round_timeout
+        )
         unregistered = b"\x09" * 32
 
         async def rogue() -> None:
-            async with open_network(NodeIdentity.generate(), blob_dir=tmp_path / "rogue",
-                                    bootstrap=[net.nodes[0].multiaddr]) as host:
+            async with open_network(
+                NodeIdentity.generate(),
+                blob_dir=tmp_path / "rogue",
+                bootstrap=[net.nodes[0].multiaddr],
+            ) as host:
                 with trio.fail_after(30):
                     while not host.peers():
                         await trio.sleep(0.1)
                 await trio.sleep(1.5)  # let the gossip mesh form
                 for _ in range(5):  # gossip is lossy: repeat, as an owner would
                     for job_id in (registered, unregistered):
-                        await host.publish(JOBS_TOPIC,
-                                           protocol.job_announcement(job_id, spec.to_bytes()))
+                        await host.publish(
+                            JOBS_TOPIC, protocol.job_announcement(job_id, spec.to_bytes())
+                        )
                     await trio.sleep(0.3)
 
         trio.run(rogue)
         deadline = time.monotonic() + 30
         while True:
             rejected = [
-                (net.client(n.index).status()["jobs"] or {}).get("rejected", {})
-                for n in net.nodes
+                (net.client(n.index).status()["jobs"] or {}).get("rejected", {}) for n in net.nodes
             ]
             # node0 (the rogue's only peer) refuses both; being refused, they are not
             # forwarded, so the others never see them

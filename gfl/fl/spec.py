@@ -26,7 +26,6 @@ _MAX_NAME = 128
 _MAX_DEPTH = 4
 
 TASKS = ("classification",)
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 class SpecError(GflError):
@@ -139,24 +138,25 @@ class JobSpec:
             isinstance(self.lr, float) and math.isfinite(self.lr) and self.lr > 0,
             f"lr must be a positive number, got {self.lr!r}",
         )
+        # Late imports: codec, optimizer options, strategies: numpy at most (spec stays cheap).
+        from gfl.fl.codec import CodecError, parse_compression
+        from gfl.fl.optim import OptimizerOptionError, check_options
+        from gfl.fl.strategies import StrategyError, make_strategy
+
         if self.trainer == "default":
             need(self.task in TASKS, f"task {self.task!r} is unknown; known: {', '.join(TASKS)}")
-            need(
-                self.optimizer in OPTIMIZERS,
-                f"optimizer {self.optimizer!r} is unknown; known: {', '.join(OPTIMIZERS)}",
-            )
-        # Late imports: the codec and strategies import numpy only; keep spec import cheap.
-        from gfl.fl.codec import CodecError, parse_compression
-        from gfl.fl.strategies import STRATEGIES
-
+            try:
+                check_options(self.optimizer, self.optimizer_kwargs)
+            except OptimizerOptionError as e:
+                raise SpecError(str(e)) from None
         try:
             parse_compression(self.compression)
         except CodecError as e:
             raise SpecError(str(e)) from None
-        need(
-            self.strategy in STRATEGIES,
-            f"strategy {self.strategy!r} is unknown; known: {', '.join(sorted(STRATEGIES))}",
-        )
+        try:
+            make_strategy(self.strategy, self.strategy_kwargs)  # checks its settings
+        except StrategyError as e:
+            raise SpecError(str(e)) from None
         mu = self.strategy_kwargs.get("mu", 0.0)
         need(
             isinstance(mu, int | float) and not isinstance(mu, bool) and mu >= 0,

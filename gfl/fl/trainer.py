@@ -20,6 +20,7 @@ from torch import nn
 from gfl.errors import GflError
 from gfl.fl.data import ArrayDataset
 from gfl.fl.models import RNG_LOCK, build_model, get_params, set_params
+from gfl.fl.optim import LocalOptimizer, OptimizerOptionError, make_optimizer
 from gfl.fl.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,11 @@ def initial_params(spec: JobSpec) -> dict[str, np.ndarray]:
     return get_params(model)
 
 
-def _optimizer(spec: JobSpec, params: Any) -> torch.optim.Optimizer:
-    kw = dict(spec.optimizer_kwargs)
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+def _optimizer(spec: JobSpec, params: Any) -> LocalOptimizer:
     try:
-        return cls[spec.optimizer](params, lr=spec.lr, **kw)
-    except (KeyError, TypeError, ValueError) as e:
-        raise TrainError(f"optimizer {spec.optimizer!r} with {kw}: {e}") from None
+        return make_optimizer(spec.optimizer, params, spec.lr, spec.optimizer_kwargs)
+    except OptimizerOptionError as e:
+        raise TrainError(str(e)) from None
 
 
 def _device(device: str) -> torch.device:
@@ -135,7 +134,7 @@ def train_local(
         for start in range(0, n, spec.batch_size):
             idx = perm[start : start + spec.batch_size]
             xb, yb = x_all[idx].to(dev), y_all[idx].to(dev)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss = loss_fn(model(xb), yb)
             if mu > 0:
                 prox = sum(

@@ -66,3 +66,22 @@ def test_cli_with_fraction_compression_and_robust_strategy(tmp_path, capsys):
     bad = parser.parse_args(["simulate", "--strategy", "nope"])
     assert bad.func(bad) == 2
     assert "strategy 'nope' is unknown" in capsys.readouterr().err
+
+
+def test_worker_processes_train_the_same_models_as_one_process():
+    spec = JobSpec(
+        name="digits-workers",
+        model="mlp",
+        dataset="digits",
+        rounds=3,
+        model_kwargs={"in_features": 64, "hidden": 32},
+        lr=0.1,
+        batch_size=32,
+        compression="int8",  # error feedback: the per-client order must be kept
+    )
+    kw = {"num_clients": 6, "fraction": 0.5, "partition": "dirichlet:0.5"}
+    here = simulate(spec, **kw)
+    pooled = simulate(spec, workers=2, **kw)
+    assert len(pooled) == 3
+    assert [r["model_hash"] for r in pooled] == [r["model_hash"] for r in here]
+    assert [r["upload_bytes"] for r in pooled] == [r["upload_bytes"] for r in here]

@@ -60,7 +60,7 @@ def test_every_field_change_changes_the_hash():
         optimizer="adam",
         lr=0.5,
         optimizer_kwargs={"weight_decay": 0.1},
-        strategy="fedavg",
+        strategy="fedyogi",
         strategy_kwargs={"eta": 0.02},
         min_updates=2,
         round_timeout=99,

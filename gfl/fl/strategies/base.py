@@ -12,7 +12,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -133,6 +133,10 @@ def num(
     return float(v)
 
 
+# settings every strategy takes: FedProx's client-side mu, and the cap on claimed samples
+COMMON_SETTINGS = frozenset({"mu", "max_samples"})
+
+
 class Strategy(ABC):
     """Turns the round's global model and its committed updates into the next global model.
 
@@ -144,16 +148,26 @@ class Strategy(ABC):
     allowed: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **kwargs: Any) -> None:
-        unknown = sorted(set(kwargs) - self.allowed - {"mu"})
+        unknown = sorted(set(kwargs) - self.allowed - COMMON_SETTINGS)
         if unknown:
             raise StrategyError(f"strategy {self.name} has no setting(s) {', '.join(unknown)}")
         self.kwargs = dict(kwargs)
+        cap = kwargs.get("max_samples", 0)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise StrategyError(f"strategy setting max_samples must be an integer >= 0, got {cap!r}")
+        self.max_samples = cap
 
     def aggregate(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> Params:
-        """The next global model from the current one and the round's updates."""
+        """The next global model from the current one and the round's updates.
+
+        With `max_samples` set, no update weighs more than that many samples: a participant
+        cannot outweigh the others by claiming a huge local dataset.
+        """
         ups = canonical(global_params, updates)
+        if self.max_samples:
+            ups = [replace(u, num_samples=min(u.num_samples, self.max_samples)) for u in ups]
         return apply_delta(global_params, self.aggregate_delta(global_params, ups))
 
     @abstractmethod
