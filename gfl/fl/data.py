@@ -8,7 +8,9 @@ of shape (N, C, H, W), normalized, with int64 labels, so `mlp` and `cnn` read th
 - `mnist`, `fashion-mnist`: IDX files (gzipped or not) read directly from `root`, or
   `root/MNIST/raw` (torchvision's layout); downloaded through torchvision when missing and
   `download=True`.
-- `cifar10`: through torchvision (`root/cifar-10-batches-py`, downloaded when allowed).
+- `cifar10`: the binary distribution (`root/cifar-10-batches-bin/*.bin`, fixed-size records
+  read directly: no pickle), else torchvision's python version (`root/cifar-10-batches-py`,
+  downloaded when allowed).
 """
 
 from __future__ import annotations
@@ -142,17 +144,44 @@ def _idx_dataset(name: str, base: Path, train: bool, download: bool) -> ArrayDat
     return ArrayDataset(x, labels)
 
 
-def _cifar10(base: Path, train: bool, download: bool) -> ArrayDataset:
-    import torchvision
+_CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then 32x32 red, green, blue planes
+_CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)[None, :, None, None]
+_CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)[None, :, None, None]
 
-    try:
-        ds = torchvision.datasets.CIFAR10(str(base), train=train, download=download)
-    except Exception as e:  # missing files raise RuntimeError, network errors vary
-        raise DataError(f"cifar10 not available under {base}: {e}") from None
-    mean = np.array([0.4914, 0.4822, 0.4465], np.float32)[None, :, None, None]
-    std = np.array([0.2470, 0.2435, 0.2616], np.float32)[None, :, None, None]
-    x = ds.data.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    return ArrayDataset((x - mean) / std, np.asarray(ds.targets, dtype=np.int64))
+
+def _cifar10(base: Path, train: bool, download: bool) -> ArrayDataset:
+    binary = base / "cifar-10-batches-bin"
+    if binary.is_dir():
+        names = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
+        images, labels = _cifar10_bin([binary / n for n in names])
+    else:
+        import torchvision
+
+        try:
+            ds = torchvision.datasets.CIFAR10(str(base), train=train, download=download)
+        except Exception as e:  # missing files raise RuntimeError, network errors vary
+            raise DataError(f"cifar10 not available under {base}: {e}") from None
+        images, labels = ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)
+    x = images.astype(np.float32) / 255.0
+    return ArrayDataset((x - _CIFAR_MEAN) / _CIFAR_STD, labels)
+
+
+def _cifar10_bin(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N x 3 x 32 x 32, int64 labels) from CIFAR-10 binary batch files."""
+    parts = []
+    for f in files:
+        try:
+            raw = np.fromfile(f, dtype=np.uint8)
+        except OSError as e:
+            raise DataError(f"cifar10: cannot read {f}: {e.strerror or e}") from None
+        if raw.size == 0 or raw.size % _CIFAR_RECORD:
+            raise DataError(f"cifar10: {f} is not a whole number of {_CIFAR_RECORD}-byte records")
+        parts.append(raw.reshape(-1, _CIFAR_RECORD))
+    records = np.concatenate(parts)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise DataError(f"cifar10: label {labels.max()} out of range in {files[0].parent}")
+    return records[:, 1:].reshape(-1, 3, 32, 32), labels
 
 
 # -- partitioners ----------------------------------------------------------------------------

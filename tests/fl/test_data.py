@@ -81,3 +81,48 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\x05" + b"\0" * 5)
     with pytest.raises(DataError, match="truncated"):
         load_dataset("mnist", root=tmp_path, train=False)
+
+
+def _cifar_bin(root: Path, per_file: int = 8) -> np.ndarray:
+    """A tiny CIFAR-10 binary distribution: 5 train batches and a test batch."""
+    d = root / "cifar-10-batches-bin"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    first = None
+    for name in names:
+        rec = rng.integers(0, 256, (per_file, 3073), dtype=np.uint8)
+        rec[:, 0] = np.arange(per_file) % 10
+        rec.tofile(d / name)
+        first = rec if first is None else first
+    return first
+
+
+def test_cifar10_binary_batches_train_a_resnet_offline(tmp_path):
+    import torch
+
+    from gfl.fl.spec import JobSpec
+    from gfl.fl.trainer import initial_params, train_local
+
+    first = _cifar_bin(tmp_path)
+    tr = load_dataset("cifar10", root=tmp_path, train=True)
+    te = load_dataset("cifar10", root=tmp_path, train=False)
+    assert tr.x.shape == (40, 3, 32, 32) and te.x.shape == (8, 3, 32, 32)
+    assert tr.x.dtype == np.float32 and tr.y.dtype == np.int64
+    assert list(tr.y[:8]) == list(range(8))
+    # channel planes in record order: red plane first, de-normalized back to the bytes
+    red = tr.x[0, 0] * 0.2470 + 0.4914
+    assert np.allclose(red * 255, first[0, 1:1025].reshape(32, 32), atol=1e-3)
+    spec = JobSpec(name="cifar", model="resnet", dataset="cifar10", rounds=1, batch_size=8, lr=0.01)
+    torch.manual_seed(0)
+    res = train_local(spec, initial_params(spec), tr)
+    assert res.num_samples == 40 and np.isfinite(res.metrics["train_loss"])
+    assert any(np.abs(v).max() > 0 for v in res.update.values())
+
+
+def test_cifar10_truncated_binary_batch_is_a_clear_error(tmp_path):
+    _cifar_bin(tmp_path)
+    path = tmp_path / "cifar-10-batches-bin" / "test_batch.bin"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(DataError, match="not a whole number of 3073-byte records"):
+        load_dataset("cifar10", root=tmp_path, train=False)

@@ -91,8 +91,9 @@ async def test_node_down_then_retrying(free_port, wait_until) -> None:
     app = ConsoleApp("127.0.0.1", free_port(), "whatever")
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.link_status.state is LinkState.DOWN, timeout=10)
-        bar = text_of(app, "#link")
-        assert "no node is running at 127.0.0.1:" in bar and "retrying" in bar
+        # the bar is redrawn on the next refresh after the state changes: wait for its text
+        await wait_until(pilot, lambda: "retrying" in text_of(app, "#link"), timeout=10)
+        assert "no node is running at 127.0.0.1:" in text_of(app, "#link")
         assert "gfl up" in text_of(app, "#overview-body")
 
 
