@@ -20,7 +20,7 @@ help:
 	@echo "make node-demo       start one node in a temporary datadir, show its status, stop it"
 	@echo "make test            lint, contract artifact check, and the whole test suite"
 	@echo "make setup           create .venv and install GFL into it (done by demo/test)"
-	@echo "make lint            ruff check"
+	@echo "make lint            ruff check + ruff format --check"
 	@echo "make contracts-deps  npm ci in contracts/ (solc, to rebuild the contract)"
 	@echo "make clean           remove .venv"
 
@@ -76,11 +76,13 @@ node-demo: setup
 
 test: setup contracts-check
 	$(BIN)/ruff check gfl tests bench
+	$(BIN)/ruff format --check gfl tests bench
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 lint: setup
 	$(BIN)/ruff check gfl tests bench
+	$(BIN)/ruff format --check gfl tests bench
 
 format: setup
 	$(BIN)/ruff format gfl tests bench

@@ -18,6 +18,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -39,28 +40,35 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def top_frames(collapsed: Path, k: int = 12) -> list[tuple[str, float]]:
-    """The k functions with the most own time in a py-spy "raw" (collapsed stacks) profile."""
-    own: dict[str, int] = {}
+    """Share of the samples in a py-spy "raw" profile charged to each gfl function.
+
+    A sample is charged to the deepest gfl frame on its stack (the gfl code that asked for
+    the work, library calls included), or to the library at its bottom when no gfl frame is
+    on it; the k largest shares.
+    """
+    share: dict[str, int] = {}
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = stack.split(";")[-1]
-        own[leaf] = own.get(leaf, 0) + int(count)
+        frames = stack.split(";")
+        ours = [f for f in frames if "(gfl/" in f]
+        key = re.sub(r":\d+\)$", ")", ours[-1]) if ours else "(not gfl) " + frames[0]
+        share[key] = share.get(key, 0) + int(count)
         total += int(count)
-    best = sorted(own.items(), key=lambda kv: -kv[1])[:k]
+    best = sorted(share.items(), key=lambda kv: -kv[1])[:k]
     return [(name, round(c / max(total, 1), 3)) for name, c in best]
 
 
 def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy on one node process (threads and native frames off: Python time only)."""
+    """py-spy on one node process, sampling only the thread holding the GIL (Python CPU time)."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         print("py-spy is not installed (pip install py-spy): no profile", flush=True)
         return None
     cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50"]
-    cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
+    cmd += ["--gil", "--format", "raw", "--output", str(out), "--nonblocking"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -229,7 +237,7 @@ def main() -> int:
         )
     for d in res["devnet"]:
         for name, share in d.get("profile", []):
-            print(f"  {d['nodes']:>3} nodes, last node: {share:6.1%} own time in {name}")
+            print(f"  {d['nodes']:>3} nodes, last node: {share:6.1%} of its Python CPU in {name}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

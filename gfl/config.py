@@ -40,6 +40,8 @@ class NetSection:
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
     blob_cap_mb: int = 1024
+    max_peers: int = 64
+    reprovide_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,15 @@ listen = {net_listen}
 # Peers dialled at start, as full multiaddrs ending in /p2p/<peer id>.
 bootstrap = {net_bootstrap}
 # Find peers on the local network with mDNS (off: peers come from bootstrap and the DHT).
+# Announces on the interfaces in `listen` (127.0.0.1: this machine only).
 mdns = {net_mdns}
 # Disk space for blobs (models and updates) kept in DATADIR/blobs, in MiB.
 blob_cap_mb = {net_blob_cap_mb}
+# Past this many connected peers, new inbound connections are refused (counted in
+# `gfl status`); the node's own dials, bootstrap peers first, still go out.
+max_peers = {net_max_peers}
+# Seconds between DHT announcements of the blobs this node holds (provider records expire).
+reprovide_s = {net_reprovide_s}
 
 [api]
 # The control API (used by the CLI, `gfl attach` and the Python client).
@@ -258,6 +266,10 @@ def validate_config(config: Config) -> None:
         raise ConfigError("config: train.threads must be 0 or more")
     if config.net.blob_cap_mb < 1:
         raise ConfigError("config: net.blob_cap_mb must be at least 1")
+    if config.net.max_peers < 1:
+        raise ConfigError("config: net.max_peers must be at least 1")
+    if config.net.reprovide_s < 10:
+        raise ConfigError("config: net.reprovide_s must be at least 10 (seconds)")
     url = config.chain.url
     if url != "embedded" and not url.startswith(("http://", "https://")):
         raise ConfigError(f'config: chain.url must be "embedded" or an http(s) URL, not {url!r}')

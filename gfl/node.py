@@ -185,6 +185,8 @@ class Node:
                 listen=net_cfg.listen,
                 bootstrap=net_cfg.bootstrap,
                 mdns=net_cfg.mdns,
+                max_peers=net_cfg.max_peers,
+                reprovide_interval=net_cfg.reprovide_s,
                 blob_dir=self.datadir.blobs_dir,
                 blob_cap_bytes=net_cfg.blob_cap_mb << 20,
                 on_event=self.events.on_event,

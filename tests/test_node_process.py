@@ -33,3 +33,26 @@ def test_two_nodes_connect_via_bootstrap(init_home, start_node, run_gfl):
     assert run_gfl("stop", "--home", a.home, timeout=40).returncode == 0
     assert a.proc.wait(20) == 0
     assert b.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_full_node_refuses_further_inbound_peers(init_home, start_node):
+    """`[net] max_peers` reaches the running node: past it, inbound connections are closed
+    and counted in its status."""
+    a = start_node(init_home("a", max_peers=1))
+    b = start_node(init_home("b"), "--bootstrap", a.listen_addrs[0])
+    deadline = time.monotonic() + PEER_TIMEOUT
+    while b.peer_id not in peer_ids(a):
+        assert time.monotonic() < deadline, f"b never connected:\n{a.output()}\n{b.output()}"
+        time.sleep(0.3)
+    c = start_node(init_home("c"), "--bootstrap", a.listen_addrs[0])
+    deadline = time.monotonic() + PEER_TIMEOUT
+    while True:
+        with a.client() as client:
+            net = client.status()["net"]
+        if net["connections_refused"] >= 1:
+            break
+        assert time.monotonic() < deadline, f"c was never refused:\n{a.output()}\n{c.output()}"
+        time.sleep(0.3)
+    assert net["max_peers"] == 1 and peer_ids(a) == {b.peer_id}
+    assert c.peer_id not in peer_ids(a)

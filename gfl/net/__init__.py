@@ -11,6 +11,7 @@ from gfl.net.messages import decode_message, encode_message, register_schema
 from gfl.net.network import Network, open_network
 
 patches.apply()
+patches.tune_transport()
 
 __all__ = [
     "JOBS_TOPIC",

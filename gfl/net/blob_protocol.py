@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import struct
+from collections.abc import AsyncIterable
 from typing import Any
 
 import trio
@@ -53,8 +54,9 @@ async def abort(stream: Any) -> None:
 async def request_blob(stream: Any, h: bytes, *, max_size: int) -> bytes:
     """Ask for ``h`` on an open stream; returns bytes whose sha256 is ``h``.
 
-    Raises `BlobError` for not found, busy, oversize, a stall, a short read or a
-    hash mismatch. The caller owns the overall timeout.
+    Raises `BlobError` for not found, busy, oversize, a short read or a hash
+    mismatch, and ``trio.TooSlowError`` when the provider stalls. The caller owns
+    the overall timeout.
     """
     await stream.write(bytes([VERSION]) + h)
     with trio.fail_after(STALL_TIMEOUT):
@@ -67,34 +69,50 @@ async def request_blob(stream: Any, h: bytes, *, max_size: int) -> bytes:
         raise BlobError(f"the peer answered with unknown status {status}")
     if size > max_size:
         raise BlobError(f"the peer declares a blob of {size} bytes, over the {max_size}-byte limit")
+    # Bytes are only appended here (glibc grows a large buffer in place); the copy
+    # to immutable bytes and the sha256 run in a worker thread, off the event loop.
     data = bytearray()
-    hasher = hashlib.sha256()
-    while len(data) < size:
-        with trio.fail_after(STALL_TIMEOUT):
+    # one scope whose deadline moves with each chunk: cheaper than a fail_after per read
+    with trio.move_on_after(STALL_TIMEOUT) as stall:
+        while len(data) < size:
             chunk = await stream.read(min(READ_CHUNK, size - len(data)))
-        if not chunk:
-            raise BlobError("the peer closed the stream before sending the whole blob")
-        if len(chunk) > size - len(data):
-            raise BlobError("the peer sent more bytes than it declared")
-        hasher.update(chunk)
-        data += chunk
-    if hasher.digest() != bytes(h):
+            if not chunk:
+                raise BlobError("the peer closed the stream before sending the whole blob")
+            if len(chunk) > size - len(data):
+                raise BlobError("the peer sent more bytes than it declared")
+            data += chunk
+            stall.deadline = trio.current_time() + STALL_TIMEOUT
+    if stall.cancelled_caught:
+        raise trio.TooSlowError
+    blob, digest = await trio.to_thread.run_sync(_freeze_and_hash, data)
+    if digest != bytes(h):
         raise BlobError("the blob's bytes do not match its hash; refused")
-    return bytes(data)
+    return blob
 
 
-async def respond(stream: Any, data: bytes | None, *, busy: bool = False) -> None:
-    """Write the response header and the data (``None``: not found)."""
-    if busy:
-        await stream.write(_HEADER.pack(BUSY, 0))
-        return
-    if data is None:
-        await stream.write(_HEADER.pack(NOT_FOUND, 0))
-        return
-    view = memoryview(data)
-    await stream.write(_HEADER.pack(FOUND, len(data)) + bytes(view[:WRITE_CHUNK]))
-    for off in range(WRITE_CHUNK, len(data), WRITE_CHUNK):
-        await stream.write(bytes(view[off : off + WRITE_CHUNK]))
+def _freeze_and_hash(data: bytearray) -> tuple[bytes, bytes]:
+    return bytes(data), hashlib.sha256(data).digest()
+
+
+async def refuse(stream: Any, *, busy: bool = False) -> None:
+    """Answer that we do not have the blob, or that we are busy."""
+    await stream.write(_HEADER.pack(BUSY if busy else NOT_FOUND, 0))
+
+
+async def respond(stream: Any, size: int, pieces: AsyncIterable[bytes]) -> None:
+    """Answer found: the header, then the ``size`` bytes that ``pieces`` yields."""
+    header = _HEADER.pack(FOUND, size)
+    sent = 0
+    async for piece in pieces:
+        sent += len(piece)
+        if sent > size:
+            raise BlobError("more bytes to send than the blob's size")
+        await stream.write(header + piece if header else piece)
+        header = b""
+    if sent != size:
+        raise BlobError(f"sent {sent} of the blob's {size} bytes")
+    if header:  # an empty blob
+        await stream.write(header)
 
 
 async def read_request(stream: Any) -> bytes:

@@ -18,6 +18,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from gfl.net.errors import BlobError
 
@@ -90,16 +91,20 @@ class BlobStore:
     def size_of(self, h: bytes) -> int | None:
         return self._sizes.get(_hex(h))
 
-    def put(self, data: bytes, *, tag: str | None = None) -> bytes:
-        """Store ``data``; returns its sha256. Idempotent; ``tag`` groups blobs for `evict`."""
+    def put(self, data: bytes, *, tag: str | None = None, known_hash: bytes | None = None) -> bytes:
+        """Store ``data``; returns its sha256. Idempotent; ``tag`` groups blobs for `evict`.
+
+        ``known_hash``: the caller has just checked that it is sha256(data) (a fetched
+        blob), so it is not computed again; `get` still verifies what it reads back.
+        """
         if tag is not None and not _TAG_RE.match(tag):
             raise BlobError("a blob tag is 1-128 chars of letters, digits, '.', '_' or '-'")
         if len(data) > self.cap_bytes:
             raise BlobError(
                 f"blob of {len(data)} bytes is larger than the store's cap ({self.cap_bytes})"
             )
-        h = blob_hash(data)
-        hx = h.hex()
+        h = blob_hash(data) if known_hash is None else bytes(known_hash)
+        hx = _hex(h)
         with self._lock:
             if hx not in self._sizes:
                 self._make_room(len(data))
@@ -138,12 +143,29 @@ class BlobStore:
                 self._sizes.pop(hx, None)
             return None
         if blob_hash(data) != bytes(h):
-            logger.warning("blob %s is corrupt on disk; deleting it", hx[:16])
-            self._remove(hx)
+            self._corrupt(hx)
             return None
         with contextlib.suppress(OSError):
             os.utime(path)
         return data
+
+    def open_reader(self, h: bytes) -> BlobReader | None:
+        """A reader of the blob in pieces (to serve it without holding all of it), or None."""
+        hx = _hex(h)
+        path = self._path(hx)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - the reader owns and closes it
+        except FileNotFoundError:
+            with self._lock:
+                self._sizes.pop(hx, None)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return BlobReader(self, bytes(h), f)
+
+    def _corrupt(self, hx: str) -> None:
+        logger.warning("blob %s is corrupt on disk; deleting it", hx[:16])
+        self._remove(hx)
 
     def tags(self) -> list[str]:
         return sorted(p.name for p in (self.root / "tags").iterdir())
@@ -182,3 +204,30 @@ class BlobStore:
             logger.info("evicting blob %s to stay under the store's cap", hx[:16])
             self._remove(hx)
             self.evictions += 1
+
+
+class BlobReader:
+    """One stored blob read in pieces; `intact` says whether the bytes read match its hash.
+
+    Blocking file I/O, like `BlobStore`: call it from a worker thread.
+    """
+
+    def __init__(self, store: BlobStore, h: bytes, f: BinaryIO) -> None:
+        self._store, self._h, self._f = store, h, f
+        self.size = os.fstat(f.fileno()).st_size
+        self._hasher = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        chunk = self._f.read(n)
+        self._hasher.update(chunk)
+        return chunk
+
+    def intact(self) -> bool:
+        """After the whole blob was read: True if it hashes right; deletes it if not."""
+        if self._hasher.digest() == self._h:
+            return True
+        self._store._corrupt(self._h.hex())
+        return False
+
+    def close(self) -> None:
+        self._f.close()

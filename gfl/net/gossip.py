@@ -68,6 +68,9 @@ class Traffic:
     blobs_served: int = 0
     blob_bytes_in: int = 0
     blob_bytes_out: int = 0
+    connections_refused: int = 0  # inbound connections closed by the max_peers limit
+    mdns_peers_found: int = 0  # distinct peers announced on the local network
+    reprovides: int = 0  # DHT provider records refreshed for blobs we hold
     drops: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:

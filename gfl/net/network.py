@@ -9,6 +9,14 @@ arrivals"), then the swarm.
 Discovery: dial the bootstrap peers (with backoff, forever), then ask the DHT
 for peers close to our own ID and dial those, so that every node finds all
 others through one seed. Each connected peer is added to the DHT routing table.
+With ``mdns=True`` peers announced on the local network are dialled too
+(`gfl.net.mdns`). Past ``max_peers`` connected peers, new inbound connections
+are closed (our own dials, bootstrap first, still go out) and counted.
+
+Blobs: `Network.provide` announces a blob in the DHT; provider records expire
+(48 h in py-libp2p, less elsewhere) and only reach the peers closest to the key
+at that moment, so every ``reprovide_interval`` seconds the blobs we still hold
+are announced again, and the ones evicted are forgotten.
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ import trio
 
 from gfl.identity import NodeIdentity, address_from_peer_id
 from gfl.net import blob_protocol, patches
-from gfl.net.blobs import BlobStore
+from gfl.net.blobs import BlobReader, BlobStore
 from gfl.net.errors import BlobError, MessageError, NetError
 from gfl.net.gossip import SUBSCRIBER_QUEUE, GossipMessage, RateLimiter, Traffic
+from gfl.net.mdns import SERVICE_TYPE as MDNS_SERVICE
+from gfl.net.mdns import open_mdns
 from gfl.net.messages import MAX_MESSAGE_BYTES, decode_message, encode_message
 
 logger = logging.getLogger(__name__)
@@ -41,6 +51,13 @@ DIAL_TIMEOUT = 10.0
 MAX_PEERS = 64
 DISCOVERY_INTERVAL = 15.0
 MAX_CONCURRENT_SERVES = 8
+SERVE_PIECE = 8 << 20  # a served blob is read from disk in pieces this big...
+SERVE_READ_AHEAD = 2  # ...this many ahead of the send (a thread hop per piece costs ms)
+REPROVIDE_INTERVAL = 600.0
+MAX_CONCURRENT_REPROVIDES = 8
+FOUND_DIAL_ATTEMPTS = 5  # dials of a peer found by mDNS before waiting to see it again
+FOUND_DIAL_DEFER = 2.0
+MAX_REMEMBERED_FOUND = 4096
 
 
 class Network:
@@ -77,6 +94,9 @@ class Network:
         self._serve_slots = trio.Semaphore(MAX_CONCURRENT_SERVES)
         self._providing: set[bytes] = set()
         self._discover = True
+        self._max_peers = MAX_PEERS
+        self._found: set[str] = set()  # peers seen on mDNS
+        self._dialing: set[str] = set()  # peers found by mDNS that a task is dialling
 
     # ---------------------------------------------------------------- events
 
@@ -97,6 +117,12 @@ class Network:
         pid = peer.to_base58()
         if pid in self._peers:
             return
+        if direction == "inbound" and len(self._peers) >= self._max_peers:
+            # several handshakes can pass the gate in _gate_inbound at once: this is
+            # the check that holds
+            self._refuse_inbound(pid)
+            self._nursery.start_soon(self._close_refused, peer)
+            return
         try:
             addr = address_from_peer_id(pid)
         except Exception:
@@ -116,6 +142,42 @@ class Network:
             return
         if self._peers.pop(pid, None) is not None:
             self._emit("peer_disconnected", peer_id=pid)
+
+    def _refuse_inbound(self, pid: str | None) -> None:
+        self.traffic.connections_refused += 1
+        logger.debug("inbound connection from %s refused: %d peers", pid, len(self._peers))
+        self._emit("peer_refused", peer_id=pid, peers=len(self._peers), limit=self._max_peers)
+
+    async def _close_refused(self, peer: Any) -> None:
+        with trio.move_on_after(2.0):
+            try:
+                await self._host.disconnect(peer)
+            except Exception as exc:
+                logger.debug("closing refused %s: %s", peer, exc)
+
+    def _gate_inbound(self) -> None:
+        """Close inbound connections past ``max_peers`` before their handshake.
+
+        py-libp2p 0.8.1 only limits all connections together (``max_connections``,
+        which would also stop our own dials) and drops extra inbound ones silently.
+        We wrap this host's ``Swarm._handle_inbound_connection`` (the listener's
+        per-connection handler) so that a full node spends no Noise handshake on them.
+        """
+        swarm = self._host.get_network()
+        handle = getattr(swarm, "_handle_inbound_connection", None)
+        if handle is None:  # another py-libp2p: _peer_connected still enforces the limit
+            logger.warning("cannot gate inbound connections before their handshake")
+            return
+
+        async def gated(read_write_closer: Any, maddr: Any) -> None:
+            if len(self._peers) >= self._max_peers:
+                self._refuse_inbound(None)
+                with trio.move_on_after(1.0), suppress(Exception):
+                    await read_write_closer.close()
+                return
+            await handle(read_write_closer, maddr)
+
+        swarm._handle_inbound_connection = gated
 
     async def _add_to_routing_table(self, peer: Any) -> None:
         try:
@@ -148,10 +210,12 @@ class Network:
         return out
 
     def stats(self) -> dict[str, Any]:
-        """Peers, topics, traffic counters and drops by reason."""
+        """Peers, topics, traffic and discovery counters, drops by reason."""
         return {
             "peer_id": self.peer_id,
             "peers": len(self._peers),
+            "max_peers": self._max_peers,
+            "providing": len(self._providing),
             "topics": sorted(self._subs),
             "mesh": {t: len(self._mesh_peers(t)) for t in self._subs},
             "blobs": {"count": len(self.blobs), "bytes": self.blobs.total_bytes},
@@ -235,7 +299,7 @@ class Network:
         async with trio.open_nursery() as n:
             for peer in found or ():
                 pid = peer.to_base58()
-                if peer == self._my_id or pid in self._peers or len(self._peers) >= MAX_PEERS:
+                if peer == self._my_id or pid in self._peers or len(self._peers) >= self._max_peers:
                     continue
                 try:
                     addrs = store.addrs(peer)
@@ -257,6 +321,48 @@ class Network:
             if self._peers:
                 await self._discover_once()
             delay = min(delay * 2, DISCOVERY_INTERVAL)
+
+    async def _mdns_loop(self, found: trio.MemoryReceiveChannel[Any]) -> None:
+        """Dial the peers that mDNS reports (`gfl.net.mdns` hands them over from zeroconf)."""
+        async with found:
+            async for info in found:
+                self._mdns_found(info)
+
+    def _mdns_found(self, info: Any) -> None:
+        if info.peer_id == self._my_id:
+            return
+        pid = info.peer_id.to_base58()
+        if pid not in self._found and len(self._found) < MAX_REMEMBERED_FOUND:
+            self._found.add(pid)
+            self.traffic.mdns_peers_found += 1
+            self._emit("peer_discovered", peer_id=pid, via="mdns")
+        self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
+        if pid in self._peers or pid in self._dialing or len(self._peers) >= self._max_peers:
+            return
+        self._dialing.add(pid)
+        self._nursery.start_soon(self._dial_found, info)
+
+    async def _dial_found(self, info: Any) -> None:
+        """Dial a peer found on the local network, with backoff, a bounded number of times."""
+        pid = info.peer_id.to_base58()
+        delay = 0.5
+        try:
+            if pid < self.peer_id:
+                # both ends hear each other: the smaller id dials first, the other only
+                # if no connection came (two crossing dials make the library drop one)
+                await trio.sleep(FOUND_DIAL_DEFER * random.uniform(0.8, 1.2))
+            for _ in range(FOUND_DIAL_ATTEMPTS):
+                if pid in self._peers or len(self._peers) >= self._max_peers:
+                    return
+                try:
+                    await self._dial(info)
+                    return
+                except NetError as exc:
+                    logger.debug("peer %s found by mDNS unreachable: %s", pid, exc)
+                await trio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 30.0)
+        finally:
+            self._dialing.discard(pid)
 
     # ---------------------------------------------------------------- gossip
 
@@ -384,15 +490,45 @@ class Network:
     # ----------------------------------------------------------------- blobs
 
     async def provide(self, h: bytes) -> None:
-        """Announce in the DHT that we hold blob ``h`` (we must have it)."""
+        """Announce in the DHT that we hold blob ``h`` (we must have it); re-announced
+        every ``reprovide_interval`` seconds while we hold it."""
         if not self.blobs.has(h):
             raise BlobError("cannot provide a blob this node does not hold")
         self._providing.add(bytes(h))
+        await self._announce(h)
+
+    async def _announce(self, h: bytes) -> bool:
         try:
             with trio.move_on_after(DIAL_TIMEOUT):
-                await self._dht.provide(_dht_key(h))
+                return bool(await self._dht.provide(_dht_key(h)))
         except Exception as exc:
             logger.info("DHT provide failed (the blob is still served): %s", exc)
+        return False
+
+    async def _reprovide_loop(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            await self._reprovide_once()
+
+    async def _reprovide_once(self) -> None:
+        """Announce again every blob we provide and still hold; forget the evicted ones."""
+        from libp2p.kad_dht.kad_dht import _encode_key
+
+        limit = trio.CapacityLimiter(MAX_CONCURRENT_REPROVIDES)
+
+        async def one(h: bytes) -> None:
+            async with limit:
+                if await self._announce(h):
+                    self.traffic.reprovides += 1
+
+        async with trio.open_nursery() as n:
+            for h in list(self._providing):
+                if self.blobs.has(h):
+                    n.start_soon(one, h)
+                else:
+                    self._providing.discard(h)
+                    # and stop the library's own 22 h republishing of it
+                    self._dht.provider_store.providing_keys.discard(_encode_key(_dht_key(h)))
 
     async def fetch_blob(
         self, h: bytes, providers: Sequence[str] = (), *, max_size: int, timeout: float
@@ -474,7 +610,7 @@ class Network:
         with trio.move_on_after(1.0):
             with suppress(Exception):
                 await stream.close()
-        await trio.to_thread.run_sync(self.blobs.put, data)
+        await trio.to_thread.run_sync(lambda: self.blobs.put(data, known_hash=h))
         self.traffic.blobs_fetched += 1
         self.traffic.blob_bytes_in += len(data)
         self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=len(data))
@@ -485,20 +621,60 @@ class Network:
         try:
             h = await blob_protocol.read_request(stream)
             if self._serve_slots.value == 0:
-                await blob_protocol.respond(stream, None, busy=True)
+                await blob_protocol.refuse(stream, busy=True)
                 return
             async with self._serve_slots:
-                data = await trio.to_thread.run_sync(self.blobs.get, h)
-                await blob_protocol.respond(stream, data)
-            if data is not None:
+                reader = await trio.to_thread.run_sync(self.blobs.open_reader, h)
+                if reader is None:
+                    await blob_protocol.refuse(stream)
+                    size = None
+                else:
+                    try:
+                        await self._send_blob(stream, reader)
+                    finally:
+                        reader.close()
+                    size = reader.size
+            if size is not None:
                 self.traffic.blobs_served += 1
-                self.traffic.blob_bytes_out += len(data)
-                self._emit("blob_served", hash=h.hex(), peer_id=pid, size=len(data))
+                self.traffic.blob_bytes_out += size
+                self._emit("blob_served", hash=h.hex(), peer_id=pid, size=size)
             with trio.move_on_after(2.0):
                 await stream.close()
         except Exception as exc:
             logger.debug("serving a blob to %s failed: %s", pid, exc)
             await blob_protocol.abort(stream)
+
+    async def _send_blob(self, stream: Any, reader: BlobReader) -> None:
+        """Stream a stored blob: a worker thread reads (and hashes) the next pieces
+        while the current one is sent, so a serve holds a few MiB, not the whole blob,
+        and the first byte leaves before the file was read.
+
+        A failed read ends the pieces early instead of cancelling the send (a write
+        cancelled halfway would break the connection's framing); `respond` then
+        raises for the missing bytes and the stream is reset. The requester checks
+        the hash; we check it too, to delete a corrupt copy.
+        """
+        send, recv = trio.open_memory_channel[bytes](SERVE_READ_AHEAD)
+
+        async def read_pieces() -> None:
+            async with send:
+                left = reader.size
+                while left > 0:
+                    try:
+                        piece = await trio.to_thread.run_sync(reader.read, min(SERVE_PIECE, left))
+                    except OSError as exc:
+                        logger.warning("reading a stored blob failed: %s", exc)
+                        return
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    await send.send(piece)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(read_pieces)
+            await blob_protocol.respond(stream, reader.size, recv)
+        if not await trio.to_thread.run_sync(reader.intact):
+            raise BlobError("the stored copy is corrupt; it was deleted")
 
     # -------------------------------------------------------------- shutdown
 
@@ -546,11 +722,18 @@ async def open_network(
     blob_cap_bytes: int = 2 << 30,
     on_event: EventCallback | None = None,
     discover: bool = True,
+    max_peers: int = MAX_PEERS,
+    reprovide_interval: float = REPROVIDE_INTERVAL,
+    mdns_service: str = MDNS_SERVICE,
 ) -> AsyncIterator[Network]:
     """Start a libp2p host for ``identity`` and yield its `Network`; stops it cleanly on exit.
 
     ``discover=False`` keeps to the bootstrap peers and explicit `Network.connect`
-    calls (no DHT peer lookups): for fixed topologies in tests.
+    calls (no DHT peer lookups): for fixed topologies in tests. ``mdns`` announces
+    and finds peers on the local network (under ``mdns_service``: a private
+    ``_p2p-NAME._udp.local.`` keeps separate networks apart). ``max_peers`` bounds
+    the connected peers that inbound connections may reach; ``reprovide_interval``
+    is how often held blobs are announced again in the DHT.
     """
     import tempfile
 
@@ -558,14 +741,14 @@ async def open_network(
     from libp2p import new_host
     from libp2p.custom_types import TProtocol
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-    from libp2p.network.config import ConnectionConfig
+    from libp2p.network.config import MAX_CONNECTIONS, ConnectionConfig
     from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
     from libp2p.tools.anyio_service import background_trio_service
 
-    if mdns:
-        # not built yet: py-libp2p's mDNS calls back on a zeroconf thread and
-        # must be bridged into trio (trio.from_thread) before it is safe here.
-        raise NetError("mDNS discovery is not available yet; use bootstrap peers")
+    if max_peers < 1:
+        raise NetError("max_peers must be at least 1")
+    if reprovide_interval <= 0:
+        raise NetError("reprovide_interval must be positive")
     try:
         maddrs = [multiaddr.Multiaddr(a) for a in listen]
     except Exception as exc:
@@ -581,8 +764,13 @@ async def open_network(
             key_pair=identity.libp2p_keypair(),
             listen_addrs=maddrs,
             muxer_preference="YAMUX",
-            # one connection per peer: with more, each dial waits a fixed 250 ms
-            connection_config=ConnectionConfig(max_connections_per_peer=1),
+            # one connection per peer: with more, each dial waits a fixed 250 ms;
+            # the library's total cap stays above ours (Network._gate_inbound)
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1,
+                max_connections=max(MAX_CONNECTIONS, 2 * max_peers),
+                high_watermark=max(MAX_CONNECTIONS, 2 * max_peers),
+            ),
         )
         gossipsub = GossipSub(
             protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
@@ -611,6 +799,8 @@ async def open_network(
         nursery = await stack.enter_async_context(trio.open_nursery())
         net = Network(identity, host, pubsub, dht, blobs, nursery, on_event)
         net._discover = discover
+        net._max_peers = max_peers
+        net._gate_inbound()
         pubsub.gfl_network = net
         host.get_network().register_notifee(patches.PeerNotifee(net))
         host.set_stream_handler(TProtocol(blob_protocol.PROTOCOL), net._serve_blob)
@@ -618,6 +808,14 @@ async def open_network(
             nursery.start_soon(net._keep_bootstrap, b)
         if discover:
             nursery.start_soon(net._discovery_loop)
+        nursery.start_soon(net._reprovide_loop, reprovide_interval)
+        if mdns:
+            found = await stack.enter_async_context(
+                open_mdns(
+                    net.peer_id, net.listen_addrs(), service_type=mdns_service, task_group=nursery
+                )
+            )
+            nursery.start_soon(net._mdns_loop, found)
         try:
             yield net
         finally:

@@ -20,12 +20,42 @@ Besides these, `GflPubsub` (a subclass, not a patch) counts messages with bad
 signatures, survives any exception in ``push_msg``, and hands valid messages
 straight to `gfl.net.network.Network` instead of the library's 32-deep
 per-subscription queue that drops silently.
+
+**Transport tuning** (`tune_transport`, installed with the fixes when `gfl.net`
+is imported; measured in bench/transfer.py, figures in bench/RESULTS.md). The
+library has no settings for these:
+
+3. **Yamux frame size.** ``yamux.MAX_MESSAGE_SIZE`` (64 KiB) caps the payload
+   of each DATA frame, and every frame costs a pass through Yamux's Python
+   receive loop, its locks and its eagerly formatted debug logs on both ends.
+   A 64 KiB frame plus its 12-byte header is also 17 bytes over Noise's
+   65,519-byte plaintext limit, so each frame went out as two Noise messages.
+   We send frames of exactly four Noise messages (`YAMUX_FRAME_BYTES`, ~256 KiB),
+   which any Yamux peer accepts: a frame only has to fit the receive window
+   (256 KiB at the start, by the spec).
+4. **Window updates on every read.** With ``PY_YAMUX_RELEASE_ON_READ`` at its
+   default the receiver answers each read with a WINDOW_UPDATE frame; we turn
+   it off (go-yamux's behaviour: credit is returned once half the window has
+   been consumed). An explicit ``PY_YAMUX_RELEASE_ON_READ`` in the environment
+   still wins. The window size itself is left alone: the library auto-tunes it
+   up to 16 MiB, and a 50 MiB transfer never waited on it (measured).
+5. **Noise reads of two bytes.** ``NoisePacketReadWriter.read_msg`` reads each
+   message's 2-byte length and then its body with separate socket reads.
+   `_read_noise_msg` reads ahead up to `NOISE_READ_AHEAD` bytes into a buffer
+   kept on the raw connection itself (the handshake's and the transport's
+   readers are two objects over one connection, so bytes read ahead during the
+   handshake are not lost) and cuts messages out of it.
+6. **One send per Noise message.** ``BaseNoiseMsgReadWriter.write_msg`` splits a
+   write larger than one Noise message and sends each piece with its own
+   socket write; `_write_noise_msg` encrypts the pieces in order and sends them
+   with one write. The bytes on the wire are the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from typing import Any
 
@@ -35,14 +65,27 @@ with warnings.catch_warnings():
     import libp2p  # noqa: F401
     import libp2p.pubsub.pubsub as _pubsub_mod
     from libp2p.abc import INotifee
+    from libp2p.io.exceptions import IncompleteReadError
     from libp2p.pubsub import validators as _validators
     from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.security.noise import io as _noise_io
+    from libp2p.stream_muxer.yamux import yamux as _yamux
 
 logger = logging.getLogger(__name__)
 
 _original_signature_validator = _validators.signature_validator
 _original_stream_handler = Pubsub.stream_handler
+_original_yamux_frame = _yamux.MAX_MESSAGE_SIZE
+_original_release_on_read = _yamux._yamux_release_on_read
+_original_noise_read = _noise_io.NoisePacketReadWriter.read_msg
+_original_noise_write = _noise_io.BaseNoiseMsgReadWriter.write_msg
 _applied = False
+
+# A Yamux DATA frame (12-byte header + payload) that fills exactly four Noise messages.
+YAMUX_FRAME_BYTES = 4 * _noise_io.MAX_PLAINTEXT_LENGTH
+NOISE_READ_AHEAD = 256 * 1024
+_NOISE_LEN = _noise_io.SIZE_NOISE_MESSAGE_LEN
+_READ_AHEAD_ATTR = "_gfl_read_ahead"
 
 
 def _safe_signature_validator(msg: Any) -> bool:
@@ -65,6 +108,75 @@ async def _guarded_stream_handler(self: Pubsub, stream: Any) -> None:
         with contextlib.suppress(Exception):
             await stream.reset()
         self._handle_dead_peer(peer_id)
+
+
+def _no_release_on_read() -> bool:
+    if "PY_YAMUX_RELEASE_ON_READ" in os.environ:
+        return bool(_original_release_on_read())
+    return False
+
+
+async def _read_noise_msg(self: Any) -> bytes:
+    conn = self.read_write_closer
+    buf = getattr(conn, _READ_AHEAD_ATTR, None)
+    if buf is None:
+        buf = bytearray()
+        try:
+            setattr(conn, _READ_AHEAD_ATTR, buf)
+        except AttributeError:  # a connection type that takes no attributes
+            return await _original_noise_read(self)
+    while len(buf) < _NOISE_LEN:
+        await _read_ahead(conn, buf, _NOISE_LEN)
+    end = _NOISE_LEN + int.from_bytes(buf[:_NOISE_LEN], "big")
+    while len(buf) < end:
+        await _read_ahead(conn, buf, end)
+    with memoryview(buf) as view:
+        msg = bytes(view[_NOISE_LEN:end])
+    del buf[:end]
+    return msg
+
+
+async def _read_ahead(conn: Any, buf: bytearray, wanted: int) -> None:
+    chunk = await conn.read(max(NOISE_READ_AHEAD, wanted - len(buf)))
+    if not chunk:
+        raise IncompleteReadError(
+            f"connection closed with {len(buf)} of {wanted} bytes of a Noise message",
+            expected_bytes=wanted,
+            received_bytes=len(buf),
+        )
+    buf += chunk
+
+
+async def _write_noise_msg(self: Any, msg: bytes, prefix_encoded: bool = False) -> None:
+    step = _noise_io.MAX_PLAINTEXT_LENGTH
+    if len(msg) <= step or prefix_encoded:
+        return await _original_noise_write(self, msg, prefix_encoded)
+    parts = []
+    for off in range(0, len(msg), step):
+        sealed = self.encrypt(bytes(msg[off : off + step]))
+        parts.append(len(sealed).to_bytes(_NOISE_LEN, "big"))
+        parts.append(sealed)
+    await self.read_writer.read_write_closer.write(b"".join(parts))
+
+
+def tune_transport() -> None:
+    """Install the Yamux and Noise tuning (idempotent)."""
+    _yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
+    _yamux._yamux_release_on_read = _no_release_on_read
+    _noise_io.NoisePacketReadWriter.read_msg = _read_noise_msg  # type: ignore[method-assign]
+    _noise_io.BaseNoiseMsgReadWriter.write_msg = _write_noise_msg  # type: ignore[method-assign]
+
+
+def untune_transport() -> None:
+    """Restore the library's defaults (bench/transfer.py measures both).
+
+    Only for a process that has not opened a connection yet: a connection read
+    with the tuning keeps bytes in its read-ahead buffer.
+    """
+    _yamux.MAX_MESSAGE_SIZE = _original_yamux_frame
+    _yamux._yamux_release_on_read = _original_release_on_read
+    _noise_io.NoisePacketReadWriter.read_msg = _original_noise_read  # type: ignore[method-assign]
+    _noise_io.BaseNoiseMsgReadWriter.write_msg = _original_noise_write  # type: ignore[method-assign]
 
 
 def apply() -> None:

@@ -61,6 +61,22 @@ async def test_blob_whose_bytes_do_not_match_its_hash_is_refused(tmp_path):
 
 
 @pytest.mark.trio
+async def test_a_provider_whose_stored_copy_rotted_deletes_it_and_it_is_refused(tmp_path):
+    data = os.urandom(3 * MiB)
+    async with nodes(2, tmp_path) as (a, b):
+        await wait_for(lambda: a.peers() and b.peers())
+        h = a.blobs.put(data)
+        path = tmp_path / "n0" / h.hex()[:2] / h.hex()
+        path.write_bytes(os.urandom(len(data)))  # bit rot, same size
+        with pytest.raises(BlobError, match="do not match its hash"):
+            await b.fetch_blob(h, [a.peer_id], max_size=4 * MiB, timeout=20)
+        await wait_for(lambda: not a.blobs.has(h), timeout=5)
+        assert not path.exists() and a.stats()["blobs_served"] == 0
+        with pytest.raises(BlobError, match="does not have"):
+            await b.fetch_blob(h, [a.peer_id], max_size=4 * MiB, timeout=20)
+
+
+@pytest.mark.trio
 async def test_a_declared_100_gib_blob_is_refused_before_anything_is_allocated(tmp_path):
     async with nodes(2, tmp_path) as (a, b):
         await wait_for(lambda: a.peers() and b.peers())

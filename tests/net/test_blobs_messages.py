@@ -20,6 +20,22 @@ def test_blob_store_roundtrip_tags_and_corruption(tmp_path):
         s.get(b"short")
 
 
+def test_blob_reader_reads_in_pieces_and_catches_bit_rot(tmp_path):
+    s = BlobStore(tmp_path)
+    data = bytes(range(256)) * 40
+    h = s.put(data)
+    r = s.open_reader(h)
+    assert r.size == len(data)
+    assert b"".join(r.read(1000) for _ in range(11)) == data and r.intact()
+    r.close()
+    (tmp_path / h.hex()[:2] / h.hex()).write_bytes(b"y" * len(data))  # same size, rotten
+    r = s.open_reader(h)
+    assert r.read(len(data)) == b"y" * len(data)
+    assert not r.intact() and not s.has(h)  # deleted: not served again
+    r.close()
+    assert s.open_reader(h) is None and s.open_reader(blob_hash(b"never stored")) is None
+
+
 def test_blob_store_evicts_least_recently_used_past_its_cap(tmp_path):
     s = BlobStore(tmp_path, cap_bytes=250)
     import os
