@@ -34,7 +34,7 @@ def test_max_samples_caps_a_participant_claiming_a_huge_dataset():
     assert np.allclose(agg("fedavg", liar)["w"], [4.0, 2.0], atol=1e-6)
     # capped at 2 samples, the liar weighs what an honest 2-sample client does (as above)
     assert np.array_equal(agg("fedavg", liar, max_samples=2)["w"], agg("fedavg")["w"])
-    with pytest.raises(StrategyError, match="max_samples must be an integer >= 0"):
+    with pytest.raises(StrategyError, match="max_samples must be an integer >= 0: -1"):
         make_strategy("fedavg", {"max_samples": -1})
 
 

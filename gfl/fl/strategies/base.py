@@ -154,7 +154,7 @@ class Strategy(ABC):
         self.kwargs = dict(kwargs)
         cap = kwargs.get("max_samples", 0)
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise StrategyError(f"strategy setting max_samples must be an integer >= 0, got {cap!r}")
+            raise StrategyError(f"strategy setting max_samples must be an integer >= 0: {cap!r}")
         self.max_samples = cap
 
     def aggregate(
