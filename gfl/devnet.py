@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,11 @@ class DevnetNode:
     peer_id: str
     address: str
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"  # the IPv4 address its libp2p host listens on
 
     @property
     def multiaddr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
+        return f"/ip4/{self.host}/tcp/{self.p2p_port}/p2p/{self.peer_id}"
 
 
 @dataclass
@@ -127,8 +128,13 @@ def start_devnet(
     seed: int = 0,
     verbose: bool = False,
     data_limit: int | None = None,
+    host: str = "127.0.0.1",
 ) -> Devnet:
-    """Start a chain and `n` node processes; returns once every node's API answers."""
+    """Start a chain and `n` node processes; returns once every node's API answers.
+
+    ``host`` is the IPv4 address the nodes' libp2p hosts listen on (their APIs stay
+    on loopback).
+    """
     from gfl.chain import deploy_registry
     from gfl.chain.devchain import fund
     from gfl.config import Config
@@ -150,7 +156,7 @@ def start_devnet(
             api_port, p2p_port = _free_port(), _free_port()
             config = (
                 Config()
-                .replace("net", listen=[f"/ip4/127.0.0.1/tcp/{p2p_port}"])
+                .replace("net", listen=[f"/ip4/{host}/tcp/{p2p_port}"])
                 .replace("api", port=api_port, heartbeat_s=2.0)
                 .replace("chain", url=url)
                 .replace("jobs", auto_join=True)
@@ -165,7 +171,9 @@ def start_devnet(
             identity = DataDir(home).init(config, force=True)
             homes.append(home)
             net.nodes.append(
-                DevnetNode(i, home, api_port, p2p_port, identity.peer_id, identity.eth_address)
+                DevnetNode(
+                    i, home, api_port, p2p_port, identity.peer_id, identity.eth_address, host=host
+                )
             )
         deployer = DataDir(homes[0]).load_identity()
         fund(url, funder, [d.address for d in net.nodes], FUNDING_WEI)
@@ -190,11 +198,13 @@ def _set_chain_and_peers(node: DevnetNode, net: Devnet) -> None:
     update_config(cfg, "net", bootstrap=boot)
 
 
-def _spawn(node: DevnetNode, verbose: bool) -> subprocess.Popen[bytes]:
+def _spawn(node: DevnetNode, verbose: bool, prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """``gfl up --home node.home``, output to its logs/out.log; ``prefix`` wraps the command
+    (e.g. ``ip netns exec NS`` to run the node in a network namespace)."""
     (node.home / "logs").mkdir(parents=True, exist_ok=True)
     log = node.home / "logs" / "out.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "gfl", "up", "--home", str(node.home)]
+    cmd = [*prefix, sys.executable, "-m", "gfl", "up", "--home", str(node.home)]
     if verbose:
         cmd.append("-v")
     with open(log, "ab") as out:

@@ -33,11 +33,13 @@ from gfl.fl.runner import (
     STATUS_ACTIVE,
     STATUS_CANCELLED,
     STATUS_FINISHED,
+    WOKEN_POLL_S,
     Checkpoints,
     JobRunner,
     LedgerJob,
     LedgerRefused,
     LedgerRound,
+    LedgerUnavailable,
     NodeData,
 )
 from gfl.fl.spec import JobSpec, SpecError
@@ -142,12 +144,14 @@ class ChainLedger:
         self._joined_count = -1
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        from gfl.chain import ContractRevert
+        from gfl.chain import ChainUnavailable, ContractRevert
 
         try:
             return await self._run(fn, *args)
         except ContractRevert as exc:
             raise LedgerRefused(str(exc)) from None
+        except ChainUnavailable as exc:
+            raise LedgerUnavailable(str(exc)) from None
 
     async def job(self) -> LedgerJob:
         chain = self._chain
@@ -313,9 +317,10 @@ class JobService:
         self.node.events.publish(kind, data)
         jid = data.get("job_id")
         if kind == "job.divergence" and jid:
-            self.store.upsert_round(
-                jid, int(data["round"]), divergent=1, majority_hash=data.get("majority")
-            )
+            r = int(data["round"])
+            self.store.upsert_round(jid, r, divergent=1, majority_hash=data.get("majority"))
+            # who committed another model than the majority: shown in the round's detail
+            self.store.merge_round_metrics(jid, r, {"dissenters": data.get("dissenters", [])})
             self.store.bump("alarms.divergence")
 
     def _record(self, job_id: str) -> Callable[[int, dict[str, Any]], None]:
@@ -610,6 +615,8 @@ class JobService:
             for ev in events:
                 running = self.running.get(ev.job_id)
                 if running is not None:
+                    if ev.name == "ModelCommitted":
+                        running.runner.model_committed(int(ev.args.get("round", 0)))
                     running.runner.poke()
                 self._on_chain_event(ev)
 
@@ -651,6 +658,7 @@ class JobService:
             emit=self._emit,
             record=self._record(hx),
             device=self.node.config.train.device,
+            poll_s=WOKEN_POLL_S,  # `_poll_chain` wakes it on every event of its job
         )
         running = RunningJob(job_id, spec, runner)
         self.running[job_id] = running
@@ -841,13 +849,14 @@ def _announcement_key(msg: Any) -> tuple[bytes, bytes, str]:
 
 
 def _touch_training() -> None:
-    """One tiny step through model, loss and optimizer (torch's lazy set-up happens here)."""
-    import torch
+    """One tiny job through the real training path (torch's lazy set-up happens here)."""
+    import numpy as np
 
-    from gfl.fl.models import build_model
+    from gfl.fl.data import ArrayDataset
+    from gfl.fl.spec import JobSpec
+    from gfl.fl.trainer import initial_params, train_local
 
-    model = build_model("mlp", in_features=4, hidden=4, num_classes=2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss = torch.nn.functional.cross_entropy(model(torch.zeros(2, 4)), torch.tensor([0, 1]))
-    loss.backward()
-    opt.step()
+    kw = {"in_features": 4, "hidden": 4, "num_classes": 2}
+    spec = JobSpec(name="warm-up", model="mlp", model_kwargs=kw, dataset="digits", rounds=1)
+    data = ArrayDataset(np.zeros((4, 4), np.float32), np.array([0, 1, 0, 1]))
+    train_local(spec, initial_params(spec), data, eval_data=data)

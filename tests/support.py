@@ -175,3 +175,89 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     yield start
     for node in started:
         node.stop()
+
+
+# -- devnets (gfl.devnet): jobs on several node processes ------------------------------------
+
+
+def job_round(net: Any, i: int, job_id: str) -> int:
+    """The round node i of a devnet is at in a job; -1 while it has not heard of the job."""
+    from gfl.api.client import ApiRequestError
+
+    try:
+        return net.client(i).request("GET", f"/jobs/{job_id}")["round"]
+    except ApiRequestError as exc:
+        assert exc.status == 404, exc
+        return -1
+
+
+def wait_job_round(net: Any, i: int, job_id: str, r: int, timeout: float = 120) -> None:
+    """Wait until node i of a devnet is at round r (or later) of a job."""
+    deadline = time.monotonic() + timeout
+    while job_round(net, i, job_id) < r:
+        assert time.monotonic() < deadline, f"node{i} never reached round {r}"
+        time.sleep(0.1)
+
+
+def finished_alike(net: Any, job_id: str, rounds: int) -> str:
+    """Assert that every devnet node finished the job with the same model, each of its rounds
+    verified against the chain's majority; returns that model's hash."""
+    infos = [net.client(n.index).request("GET", f"/jobs/{job_id}") for n in net.nodes]
+    assert all(i["status"] == "finished" for i in infos), [i["status"] for i in infos]
+    finals = {i["model_hash"] for i in infos}
+    assert len(finals) == 1, f"nodes ended with different models: {finals}"
+    for n in net.nodes:
+        checks = net.client(n.index).request("GET", f"/jobs/{job_id}/verify")
+        assert [c["round"] for c in checks] == list(range(rounds)), checks
+        assert all(c["verified"] for c in checks), (n.index, checks)
+    return finals.pop()
+
+
+def act_on_event(
+    net: Any,
+    i: int,
+    matches: Callable[[dict[str, Any]], bool],
+    action: Callable[[], None],
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """Call ``action()`` the moment node i's event stream shows an event that `matches`
+    (a signal, a cut link: at a known phase of a round); returns that event."""
+    import threading
+
+    from gfl.errors import GflError
+
+    hit: dict[str, Any] = {}
+    seen: list[Any] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        try:
+            for ev in net.client(i).events(dead_after=timeout):
+                seen.append((ev.get("type"), (ev.get("data") or {}).get("round")))
+                if matches(ev):
+                    action()
+                    hit.update(ev)
+                    break
+        except GflError as exc:
+            seen.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    assert done.wait(timeout) and hit, f"node{i} never reached that phase: {seen[-12:]}"
+    return hit
+
+
+def job_events(net: Any, i: int, job_id: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """Node i's events for a job it finished, replayed from the start of its event buffer,
+    up to its ``job.finished``."""
+    found = []
+    deadline = time.monotonic() + timeout
+    for ev in net.client(i).events(since=0, dead_after=timeout):
+        data = ev.get("data") or {}
+        if data.get("job_id") == job_id:
+            found.append(ev)
+            if ev["type"] == "job.finished":
+                return found
+        assert time.monotonic() < deadline, f"node{i} never finished job {job_id}"
+    raise AssertionError(f"node{i}'s event stream ended before job {job_id} finished")

@@ -18,6 +18,11 @@ Everything a restart needs is on disk before the chain hears of it: the
 update blob before its commitment, the checkpoint of M_{r+1} (with the
 strategy's state) before the model commitment. A node killed at any point
 resumes from its last checkpoint and the chain.
+
+A chain that does not answer (an RPC outage, a network partition) pauses the
+job: the runner asks again until it answers, then catches up; it never gives
+the job up for that. Model commitments are compared with ours whenever they
+arrive, so a participant that commits a wrong model hash late is still named.
 """
 
 from __future__ import annotations
@@ -25,10 +30,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import trio
@@ -50,11 +55,14 @@ from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-POLL_S = 0.1  # ≤ 100 ms between looks at the chain while waiting
+POLL_S = 0.1  # between looks at the chain while waiting, for a runner that nothing wakes
+WOKEN_POLL_S = 1.0  # the same for a runner that chain events wake (a node's): a fallback
 SETTLE_EVERY_S = 2.0  # at most one settle transaction per job this often
 FETCH_TIMEOUT_S = 60.0
 CONSENSUS_GRACE_S = 10.0  # after the last round, how long to wait for the others' model hashes
+CHAIN_RETRY_S = 1.0  # while the chain does not answer, ask again this often
 MAX_UPDATE_BYTES = 1 << 30
 
 STATUS_ACTIVE, STATUS_FINISHED, STATUS_CANCELLED = "active", "finished", "cancelled"
@@ -66,6 +74,10 @@ class RunnerError(GflError):
 
 class LedgerRefused(GflError):
     """The chain refused a commitment (round closed, already committed, ...)."""
+
+
+class LedgerUnavailable(GflError):
+    """The chain did not answer in time; the runner waits for it and asks again."""
 
 
 # -- the interfaces the node provides ---------------------------------------------------
@@ -92,7 +104,9 @@ class LedgerRound:
 
 
 class Ledger(Protocol):
-    """The chain as one job sees it; every method may block on the network, never forever."""
+    """The chain as one job sees it; every method may block on the network, never forever:
+    it raises `LedgerUnavailable` when the chain does not answer, `LedgerRefused` when the
+    chain refuses a write."""
 
     address: str
 
@@ -212,6 +226,7 @@ class JobRunner:
         device: str = "cpu",
         participate: bool = True,
         wake: trio.Event | None = None,
+        poll_s: float = POLL_S,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
@@ -231,7 +246,13 @@ class JobRunner:
         self.model_hash = b""
         self.status = STATUS_ACTIVE
         self.divergent_rounds: list[int] = []
+        self._round_models: dict[int, bytes] = {}  # round r -> hash of the M_{r+1} we took
+        self._alarmed: dict[int, set[str]] = {}  # round -> dissenters already named
+        self._recheck: set[int] = set()  # rounds with model commitments not yet compared
+        self._refused_round = -1  # the round whose update the chain refused (do not retrain)
+        self._chain_down = False
         self._wake = wake or trio.Event()
+        self.poll_s = poll_s
         self._last_settle = -math.inf
         self._eval_limiter = trio.CapacityLimiter(1)
         # the sender's error feedback for lossy compression (top-k residuals carry over)
@@ -244,8 +265,14 @@ class JobRunner:
         """Something happened (chain event, gossip): look again now."""
         self._wake.set()
 
-    async def _nap(self, seconds: float = POLL_S) -> None:
-        with trio.move_on_after(seconds):
+    def model_committed(self, r: int) -> None:
+        """A model hash for round r reached the chain: once we hold our own M_{r+1}, compare
+        again, so that a dissenter is named even when it commits after our check."""
+        self._recheck.add(r)
+        self.poke()
+
+    async def _nap(self, seconds: float | None = None) -> None:
+        with trio.move_on_after(self.poll_s if seconds is None else seconds):
             await self._wake.wait()
         self._wake = trio.Event()
 
@@ -264,6 +291,8 @@ class JobRunner:
             self.model_hash = self.checkpoints.save(0, self.params, self.strategy.state_dict())
             return
         self.round, self.params, state, self.model_hash = cp
+        if self.round:
+            self._round_models[self.round - 1] = self.model_hash
         if state:
             self.strategy.load_state_dict(state)
         log.info("job %s: resuming at round %d from checkpoint", self.job_id[:10], self.round)
@@ -287,39 +316,89 @@ class JobRunner:
             self._event("resumed", round=self.round)
             # killed between checkpoint M_r and round r-1's record: write that record now
             self.record(self.round - 1, {"model_hash": self.model_hash.hex()})
-        job = await self.ledger.job()
+        job = await self._until_answered(self.ledger.job)
         if self.participate and job.status == STATUS_ACTIVE and self.me not in job.joined:
             try:
-                await self.ledger.join()
+                await self._until_answered(self.ledger.join)
                 self._event("joined")
             except LedgerRefused as exc:
                 log.info("job %s: cannot join (%s); following it only", self.job_id[:10], exc)
                 self.participate = False
         while True:
-            job = await self.ledger.job()
-            if job.status == STATUS_CANCELLED:
-                self.status = STATUS_CANCELLED
-                self._event("cancelled", round=self.round)
-                return self.status
-            if self.round >= job.rounds:
-                await self._finish(job)
-                return self.status
-            rec = await self.ledger.round(self.round)
-            if rec.closed:
-                await self._close_round(job, rec)
+            try:
+                status = await self._step()
+            except LedgerUnavailable as exc:  # a read failed: look again from the top
+                self._chain_lost(exc)
+                await self._nap(CHAIN_RETRY_S)
                 continue
-            if (
-                self.participate
-                and self.me in job.joined
-                and job.current_round == self.round
-                and all(a != self.me for a, _, _ in rec.updates)
-            ):
-                if self.round > 0:
-                    await self._check_previous(self.round - 1)
-                await self._train_round(rec)
+            if status is not None:
+                return status
+
+    async def _step(self) -> str | None:
+        """One look at the chain and what it asks of us; the final status once there is one."""
+        job = await self.ledger.job()
+        self._chain_answered()
+        await self._recheck_rounds()
+        if job.status == STATUS_CANCELLED:
+            self.status = STATUS_CANCELLED
+            self._event("cancelled", round=self.round)
+            return self.status
+        if self.round >= job.rounds:
+            await self._finish(job)
+            return self.status
+        rec = await self.ledger.round(self.round)
+        if rec.closed:
+            await self._close_round(job, rec)
+            return None
+        if (
+            self.participate
+            and self.me in job.joined
+            and job.current_round == self.round
+            and self._refused_round != self.round
+            and all(a != self.me for a, _, _ in rec.updates)
+        ):
+            await self._train_round(rec)
+            return None
+        await self._maybe_settle(job, rec)
+        await self._nap(self._until_timeout(job, rec))
+        return None
+
+    def _until_timeout(self, job: LedgerJob, rec: LedgerRound) -> float:
+        """How long to wait before looking again: a round also closes by time alone (its
+        timeout passes, no event says so), so never sleep past that moment."""
+        left = rec.opens_at + job.round_timeout - time.time()
+        return self.poll_s if left <= 0 else min(self.poll_s, left + 0.05)
+
+    # -- the chain going away and coming back -------------------------------------------------
+
+    async def _until_answered(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, asked again for as long as the chain does not answer.
+
+        Used for writes: the chain is the arbiter, so an outage, however long, pauses
+        the job instead of ending it, and work already done (a trained update, an
+        aggregated model) is committed once the chain is back, not redone.
+        """
+        while True:
+            try:
+                result = await call()
+            except LedgerUnavailable as exc:
+                self._chain_lost(exc)
+                await self._nap(CHAIN_RETRY_S)
                 continue
-            await self._maybe_settle(job, rec)
-            await self._nap()
+            self._chain_answered()
+            return result
+
+    def _chain_lost(self, exc: Exception) -> None:
+        if not self._chain_down:
+            self._chain_down = True
+            self._event("chain_unavailable", round=self.round, reason=str(exc))
+            log.warning("job %s: waiting for the chain: %s", self.job_id[:10], exc)
+
+    def _chain_answered(self) -> None:
+        if self._chain_down:
+            self._chain_down = False
+            self._event("chain_back", round=self.round)
+            log.info("job %s: the chain answers again", self.job_id[:10])
 
     async def _maybe_settle(self, job: LedgerJob, rec: LedgerRound) -> None:
         """Past the timeout with enough updates, ask the chain to close the round."""
@@ -364,10 +443,13 @@ class JobRunner:
         t0 = time.monotonic()
         update_hash = await self.exchange.publish("update", r, blob, result.num_samples)
         try:
-            await self.ledger.commit_update(r, update_hash, result.num_samples)
+            await self._until_answered(
+                lambda: self.ledger.commit_update(r, update_hash, result.num_samples)
+            )
         except LedgerRefused as exc:
-            self._event("update_refused", round=r, reason=str(exc))
-            log.info("job %s round %d: update refused: %s", self.job_id[:10], r, exc)
+            await self._update_refused(r, exc)
+            self.record(r, {f"train_{k}": v for k, v in result.metrics.items()})
+            return
         metrics.phase("commit", t0)
         metrics.values.update(
             {f"train_{k}": v for k, v in result.metrics.items()},
@@ -383,6 +465,19 @@ class JobRunner:
             samples=result.num_samples,
             bytes=len(blob),
         )
+
+    async def _update_refused(self, r: int, exc: LedgerRefused) -> None:
+        """The chain would not take our update for round r: the round closed meanwhile
+        (we were cut off, or the chain's next block passes the timeout that the last block
+        did not), or we are not a participant. Training r again would be refused again, so
+        we do not; a settle makes a pending closure visible to the views at once."""
+        self._refused_round = r
+        self._event("update_refused", round=r, reason=str(exc))
+        log.info("job %s round %d: update refused: %s", self.job_id[:10], r, exc)
+        try:
+            await self.ledger.settle()
+        except GflError as settle_exc:
+            log.debug("settle refused: %s", settle_exc)
 
     async def _close_round(self, job: LedgerJob, rec: LedgerRound) -> None:
         """Round r is closed on chain: produce M_{r+1} and commit its hash."""
@@ -421,7 +516,7 @@ class JobRunner:
         await self.exchange.publish("model", r, blob)
         if not mine_committed:
             try:
-                await self.ledger.commit_model(r, new_hash)
+                await self._until_answered(lambda: self.ledger.commit_model(r, new_hash))
             except LedgerRefused as exc:
                 log.info("job %s round %d: model refused: %s", self.job_id[:10], r, exc)
         metrics.phase("model_commit", t0)
@@ -434,6 +529,8 @@ class JobRunner:
         )
         self.params, self.model_hash = new_params, new_hash
         self.round = r + 1
+        self._round_models[r] = new_hash
+        self._recheck.add(r)
         self.record(r, metrics.values)
         self._evaluate_soon(r, new_params)
         self._event(
@@ -442,7 +539,6 @@ class JobRunner:
             model_hash=new_hash.hex(),
             updates=len(updates),
         )
-        await self._check_previous(r)
 
     def _behind(self, job: LedgerJob) -> bool:
         """More than one round behind the chain: catch up by adopting, not recomputing."""
@@ -474,6 +570,8 @@ class JobRunner:
             lambda: self.checkpoints.save(r + 1, params, self.strategy.state_dict())
         )
         self.params, self.model_hash, self.round = params, model_hash, r + 1
+        self._round_models[r] = model_hash
+        self._recheck.add(r)
         values = {
             "adopted": True,
             "model_hash": model_hash.hex(),
@@ -529,38 +627,62 @@ class JobRunner:
         self.record(r, values)
         self._event("round_evaluated", round=r, accuracy=out.get("accuracy"), loss=out.get("loss"))
 
-    async def _check_previous(self, r: int) -> None:
-        """Compare the model hashes committed for r: raise the alarm for any dissent.
+    async def _recheck_rounds(self) -> None:
+        """Compare the rounds with new model commitments (or none decided yet) with ours."""
+        for r in sorted(self._recheck):
+            if r >= self.round:
+                continue  # our M_{r+1} is not there yet; compared once it is
+            self._recheck.discard(r)
+            try:
+                decided = await self._check_round(r)
+            except BaseException:
+                self._recheck.add(r)
+                raise
+            if not decided and r == self.round - 1:
+                self._recheck.add(r)  # no majority yet: look again on the next pass
 
-        If we are the odd one out we adopt the majority's model; if others are,
-        we name them. Either way the job goes on from the majority model.
+    async def _check_round(self, r: int) -> bool:
+        """Compare the model hashes committed for round r with ours: raise the alarm for any
+        dissenter not named yet. False while no hash has a majority.
+
+        If we are the odd one out and still at round r + 1, we adopt the majority's
+        model; if others are, we name them. Either way the job goes on from the majority
+        model. A dissenter is named whenever its commitment arrives, early or late.
         """
+        mine = self._round_models.get(r)
+        if mine is None:  # a round this run neither computed nor adopted
+            return True
         rec = await self.ledger.round(r)
         verdict = consensus_of(dict(rec.models))
         majority = verdict.majority
-        if majority is None or r in self.divergent_rounds:
-            return
-        dissent = list(verdict.dissenters)
-        if majority == self.model_hash and not dissent:
-            return
-        self.divergent_rounds.append(r)
+        if majority is None:
+            return False
+        self_diverged = majority != mine
+        dissent = set(verdict.dissenters) | ({self.me} if self_diverged else set())
+        named = self._alarmed.setdefault(r, set())
+        if dissent <= named:
+            return True
+        named |= dissent
+        if r not in self.divergent_rounds:
+            self.divergent_rounds.append(r)
         self._event(
             "divergence",
             round=r,
-            mine=self.model_hash.hex(),
+            mine=mine.hex(),
             majority=majority.hex(),
-            dissenters=dissent,
-            self_diverged=majority != self.model_hash,
+            dissenters=list(verdict.dissenters),
+            self_diverged=self_diverged,
         )
         log.warning(
             "job %s round %d: model hashes disagree (majority %s, dissenters %s)",
             self.job_id[:10],
             r,
             majority.hex()[:12],
-            ", ".join(dissent),
+            ", ".join(verdict.dissenters) or "this node",
         )
-        if majority != self.model_hash:
+        if self_diverged and r == self.round - 1:
             await self._adopt(r, majority, rec)
+        return True
 
     async def _finish(self, job: LedgerJob) -> None:
         """Wait briefly for the last round's model commitments, then settle the verdict."""
@@ -572,7 +694,7 @@ class JobRunner:
                 if committers <= {a for a, _ in rec.models}:
                     break
                 await self._nap(0.2)
-        await self._check_previous(last)
+        await self._check_round(last)
         self.status = STATUS_FINISHED
         self._event(
             "finished",
@@ -602,6 +724,7 @@ __all__: Sequence[str] = (
     "LedgerJob",
     "LedgerRefused",
     "LedgerRound",
+    "LedgerUnavailable",
     "NodeData",
     "RunnerError",
 )

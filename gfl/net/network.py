@@ -113,6 +113,14 @@ class Network:
         logger.debug("dropped gossip (%s) %s", reason, data)
         self._emit("gossip_dropped", reason=reason, **data)
 
+    def _start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """A task in the network's nursery, for work a library callback asks for; once the
+        network is shutting down (its nursery closed) such work is moot and is dropped."""
+        try:
+            self._nursery.start_soon(fn, *args)
+        except RuntimeError as exc:  # trio: "Nursery is closed to new arrivals"
+            logger.debug("network closing, %s dropped: %s", getattr(fn, "__name__", fn), exc)
+
     def _peer_connected(self, peer: Any, direction: str) -> None:
         pid = peer.to_base58()
         if pid in self._peers:
@@ -121,7 +129,7 @@ class Network:
             # several handshakes can pass the gate in _gate_inbound at once: this is
             # the check that holds
             self._refuse_inbound(pid)
-            self._nursery.start_soon(self._close_refused, peer)
+            self._start_soon(self._close_refused, peer)
             return
         try:
             addr = address_from_peer_id(pid)
@@ -133,7 +141,7 @@ class Network:
             "connected_since": time.time(),
             "direction": direction,
         }
-        self._nursery.start_soon(self._add_to_routing_table, peer)
+        self._start_soon(self._add_to_routing_table, peer)
         self._emit("peer_connected", peer_id=pid, eth_address=addr, direction=direction)
 
     def _peer_disconnected(self, peer: Any) -> None:
@@ -340,7 +348,7 @@ class Network:
         if pid in self._peers or pid in self._dialing or len(self._peers) >= self._max_peers:
             return
         self._dialing.add(pid)
-        self._nursery.start_soon(self._dial_found, info)
+        self._start_soon(self._dial_found, info)
 
     async def _dial_found(self, info: Any) -> None:
         """Dial a peer found on the local network, with backoff, a bounded number of times."""

@@ -37,3 +37,21 @@ async def test_connect_to_nobody_fails_with_a_clear_error(tmp_path):
             await a.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{other}")
         with pytest.raises(NetError):
             await a.connect("/ip4/127.0.0.1/tcp/1")
+
+
+@pytest.mark.trio
+async def test_a_peer_connecting_while_the_network_closes_is_no_crash(tmp_path):
+    """py-libp2p reports connections from its own tasks, also during our shutdown: the work
+    they ask for (routing table, refusal) is dropped once the network's nursery is closed."""
+    from gfl.identity import NodeIdentity
+    from gfl.net import open_network
+
+    async with open_network(
+        NodeIdentity.generate(), blob_dir=tmp_path / "n", discover=False
+    ) as net:
+        pass
+    other = NodeIdentity.generate()
+    from libp2p.peer.id import ID
+
+    net._peer_connected(ID.from_base58(other.peer_id), "outbound")  # must not raise
+    assert other.peer_id in {p["peer_id"] for p in net.peers()}
