@@ -26,6 +26,7 @@ from typing import Any
 from gfl.errors import GflError
 
 START_TIMEOUT_S = 90.0
+START_PER_NODE_S = 4.0  # each node imports torch, web3 and libp2p: ~5 CPU-seconds on its own
 FUNDING_WEI = 100 * 10**18
 
 
@@ -216,7 +217,8 @@ def _spawn(node: DevnetNode, verbose: bool, prefix: Sequence[str] = ()) -> subpr
 def _wait_up(net: Devnet) -> None:
     from gfl.api.client import NodeClientError
 
-    deadline = time.monotonic() + START_TIMEOUT_S
+    limit = START_TIMEOUT_S + START_PER_NODE_S * len(net.nodes)  # they share the cores
+    deadline = time.monotonic() + limit
     pending = list(net.nodes)
     while pending:
         node = pending[0]
@@ -230,14 +232,14 @@ def _wait_up(net: Devnet) -> None:
         except (NodeClientError, GflError):
             pass
         if time.monotonic() > deadline:
-            raise DevnetError(f"node{node.index} did not start within {START_TIMEOUT_S:.0f}s")
+            raise DevnetError(f"node{node.index} did not start within {limit:.0f}s")
         time.sleep(0.2)
     # wait until each node has torch and its data loaded, so round 1 costs what round 2 does
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + limit
     for node in net.nodes:
         while not (net.client(node.index).status().get("jobs") or {}).get("ready"):
             if time.monotonic() > deadline:
-                raise DevnetError(f"node{node.index} did not warm up within {START_TIMEOUT_S:.0f}s")
+                raise DevnetError(f"node{node.index} did not warm up within {limit:.0f}s")
             time.sleep(0.2)
     # wait until each node sees at least one peer (gossip needs a mesh)
     deadline = time.monotonic() + 30

@@ -9,7 +9,8 @@ several at once, with a limit on concurrent training. It adapts the chain
 runner's `Ledger` and `Exchange` interfaces.
 
 Nothing waits on fixed sleeps in the critical path: the chain is polled for
-events every 100 ms and each event wakes the runner of its job; gossip about
+events every 100 ms while a job runs (every second otherwise) and each event
+wakes the runner of its job; gossip about
 an update starts fetching it at once, before its round closes.
 """
 
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAIN_POLL_S = 0.1
+CHAIN_POLL_S = 0.1  # chain event polling while this node runs a job (events wake its runners)
+CHAIN_IDLE_POLL_S = 1.0  # and while it runs none (announcements come by gossip, not events)
 REANNOUNCE_S = 5.0
 PREFETCH_LIMIT = 4
 MAX_REFUSED = 4096
@@ -605,7 +607,7 @@ class JobService:
         chain = self.node.chain
         cursor = await self.node.chain_call(chain.block_number)
         while True:
-            await trio.sleep(CHAIN_POLL_S)
+            await trio.sleep(CHAIN_POLL_S if self.running else CHAIN_IDLE_POLL_S)
             try:
                 events, cursor = await self.node.chain_call(chain.poll_events, cursor)
             except GflError as exc:

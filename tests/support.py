@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,10 +32,10 @@ NODE_STOP_TIMEOUT = 20.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now (below the ephemeral range)."""
+    from gfl.chain.devchain import free_port as dev_free_port
+
+    return dev_free_port()
 
 
 @pytest.fixture(name="free_port")

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -43,10 +44,33 @@ _MAX_BODY = 4 * 1024 * 1024
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server started later.
+
+    Taken below the kernel's ephemeral range when possible: a port from that range
+    (what binding port 0 gives) can be taken meanwhile as the source port of any
+    outgoing connection, which a devnet of many nodes dialling each other does often.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(64):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return max(2048, int(text.split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 # ---------------------------------------------------------------- serve_embedded

@@ -253,6 +253,7 @@ class JobRunner:
         self._chain_down = False
         self._wake = wake or trio.Event()
         self.poll_s = poll_s
+        self._last_look = -math.inf
         self._last_settle = -math.inf
         self._eval_limiter = trio.CapacityLimiter(1)
         # the sender's error feedback for lossy compression (top-k residuals carry over)
@@ -336,6 +337,7 @@ class JobRunner:
 
     async def _step(self) -> str | None:
         """One look at the chain and what it asks of us; the final status once there is one."""
+        self._last_look = trio.current_time()
         job = await self.ledger.job()
         self._chain_answered()
         await self._recheck_rounds()
@@ -361,7 +363,16 @@ class JobRunner:
             return None
         await self._maybe_settle(job, rec)
         await self._nap(self._until_timeout(job, rec))
+        await self._space_looks()
         return None
+
+    async def _space_looks(self) -> None:
+        """Commitments come in bursts (one chain event each, and every event wakes us), and
+        each look at the chain costs several RPC reads: while waiting on others, look at
+        most every poll_s / 5 (the first event after a quiet spell is seen at once)."""
+        wait = self._last_look + self.poll_s / 5 - trio.current_time()
+        if wait > 0:
+            await trio.sleep(wait)
 
     def _until_timeout(self, job: LedgerJob, rec: LedgerRound) -> float:
         """How long to wait before looking again: a round also closes by time alone (its
