@@ -47,6 +47,21 @@ def test_lossless_roundtrip_is_exact_and_deterministic():
     assert encode_params(be) == encode_params({"a": np.ascontiguousarray(p["fc.weight"][:, ::2])})
 
 
+def test_blob_bytes_do_not_depend_on_the_number_of_cores():
+    """encode_params compresses with zstd's multi-threaded mode on every core: two nodes
+    with different core counts must still produce the same blob (the same content address)."""
+    from gfl.fl.codec import encode_frame
+
+    rng = np.random.default_rng(1)
+    p = {"w": (rng.standard_normal(4_000_000) * 1e-3).astype(np.float32)}  # 16 MB: several jobs
+    frame = encode_frame(p)
+    blob = encode_params(p)
+    for workers in (1, 2, 7):
+        cctx = zstandard.ZstdCompressor(level=1, write_content_size=True, threads=workers)
+        assert cctx.compress(frame) == blob, workers
+    assert decode_params(blob)["w"].tobytes() == p["w"].tobytes()
+
+
 @pytest.mark.parametrize("scheme", ["fp16", "int8", "int8:64"])
 def test_lossy_within_stated_error(scheme):
     p = sample()
