@@ -260,3 +260,23 @@ def job_events(net: Any, i: int, job_id: str, timeout: float = 30) -> list[dict[
                 return found
         assert time.monotonic() < deadline, f"node{i} never finished job {job_id}"
     raise AssertionError(f"node{i}'s event stream ended before job {job_id} finished")
+
+
+def registered_job(tmp_path: Path, spec: Any, salt: bytes) -> tuple[Any, bytes, Any]:
+    """An embedded chain (state in tmp_path/chain) with `spec` registered on it, for runner
+    tests: (the owner's registry, the job id, ``call(fn, *args)`` running chain calls in a
+    worker thread, one at a time, as a node does)."""
+    import trio
+
+    from gfl.chain import open_chain
+    from gfl.identity import NodeIdentity
+
+    owner = open_chain("embedded", NodeIdentity.generate(), state_dir=tmp_path / "chain")
+    limiter = trio.CapacityLimiter(1)
+
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    job_id = owner.make_job_id(spec.spec_hash, salt * 32)
+    owner.register_job(job_id, spec.spec_hash, spec.rounds, spec.min_updates, spec.round_timeout)
+    return owner, job_id, call

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import trio
+from support import registered_job
 
-from gfl.chain import open_chain
 from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.runner import Checkpoints, JobRunner, NodeData
 from gfl.fl.spec import JobSpec
@@ -60,14 +60,7 @@ def _spec(rounds: int = 3, n: int = 3, **kw) -> JobSpec:
 
 
 async def _run_job(tmp_path, spec: JobSpec, n: int, tamper: int | None = None):
-    owner = open_chain("embedded", NodeIdentity.generate(), state_dir=tmp_path / "chain")
-    limiter = trio.CapacityLimiter(1)
-
-    async def call(fn, *args):
-        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-
-    job_id = owner.make_job_id(spec.spec_hash, b"\x01" * 32)
-    owner.register_job(job_id, spec.spec_hash, spec.rounds, spec.min_updates, spec.round_timeout)
+    owner, job_id, call = registered_job(tmp_path, spec, b"\x01")
     table: dict[bytes, bytes] = {}
     test = load_dataset("digits", train=False)
     events: list[tuple[int, str, dict]] = []

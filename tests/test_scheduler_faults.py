@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 import trio
+from support import registered_job
 
-from gfl.chain import open_chain
 from gfl.fl.data import load_partition
 from gfl.fl.runner import (
     Checkpoints,
@@ -118,14 +118,7 @@ Hook = Callable[[FaultyLedger, int, str, dict], None]
 async def _run(tmp_path, spec: JobSpec, hook: Hook) -> tuple[list[JobRunner], FaultyLedger, list]:
     """Run the job on N participants; `hook(faulty ledger, participant, kind, data)` sees
     every event as it is emitted."""
-    owner = open_chain("embedded", NodeIdentity.generate(), state_dir=tmp_path / "chain")
-    limiter = trio.CapacityLimiter(1)
-
-    async def call(fn, *args):
-        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-
-    job_id = owner.make_job_id(spec.spec_hash, b"\x02" * 32)
-    owner.register_job(job_id, spec.spec_hash, spec.rounds, spec.min_updates, spec.round_timeout)
+    owner, job_id, call = registered_job(tmp_path, spec, b"\x02")
     blobs, events, runners = Blobs(), [], []
     ledgers = [
         ChainLedger(owner.for_identity(NodeIdentity.generate()), job_id, call) for _ in range(N)
