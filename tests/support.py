@@ -280,3 +280,28 @@ def registered_job(tmp_path: Path, spec: Any, salt: bytes) -> tuple[Any, bytes, 
     job_id = owner.make_job_id(spec.spec_hash, salt * 32)
     owner.register_job(job_id, spec.spec_hash, spec.rounds, spec.min_updates, spec.round_timeout)
     return owner, job_id, call
+
+
+class MemoryExchange:
+    """Blobs shared by the participants of one runner test (a stand-in for the blob protocol)."""
+
+    def __init__(self, table: dict[bytes, bytes] | None = None) -> None:
+        self.table = {} if table is None else table
+
+    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes:
+        import hashlib
+
+        h = hashlib.sha256(data).digest()
+        self.table[h] = bytes(data)
+        return h
+
+    async def fetch(self, blob: bytes, owner: Any, max_size: int, timeout: float) -> bytes:
+        import trio
+
+        with trio.fail_after(timeout):
+            while blob not in self.table:
+                await trio.sleep(0.01)
+        return self.table[blob]
+
+    async def load_local(self, blob: bytes) -> bytes | None:
+        return None

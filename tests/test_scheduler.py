@@ -8,13 +8,11 @@ protocol's decisions are checked quickly: agreement, chain order, divergence.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import torch
 import trio
-from support import registered_job
+from support import MemoryExchange, registered_job
 
 from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.runner import Checkpoints, JobRunner, NodeData
@@ -23,27 +21,6 @@ from gfl.identity import NodeIdentity
 from gfl.jobs import ChainLedger
 
 torch.set_num_threads(1)
-
-
-class MemoryExchange:
-    """Blobs shared by the participants of one test (a stand-in for the blob protocol)."""
-
-    def __init__(self, table: dict[bytes, bytes]) -> None:
-        self.table = table
-
-    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes:
-        h = hashlib.sha256(data).digest()
-        self.table[h] = bytes(data)
-        return h
-
-    async def fetch(self, blob: bytes, owner, max_size: int, timeout: float) -> bytes:
-        with trio.fail_after(timeout):
-            while blob not in self.table:
-                await trio.sleep(0.01)
-        return self.table[blob]
-
-    async def load_local(self, blob: bytes) -> bytes | None:
-        return None
 
 
 def _spec(rounds: int = 3, n: int = 3, **kw) -> JobSpec:

@@ -7,14 +7,13 @@ participant's ledger is wrapped to fail the way the node's chain adapter does.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import trio
-from support import registered_job
+from support import MemoryExchange, registered_job
 
 from gfl.fl.data import load_partition
 from gfl.fl.runner import (
@@ -32,27 +31,6 @@ torch.set_num_threads(1)
 
 N = 3
 FAULTY = 2
-
-
-class Blobs:
-    """Blobs shared by the participants (a stand-in for the blob protocol)."""
-
-    def __init__(self) -> None:
-        self.table: dict[bytes, bytes] = {}
-
-    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes:
-        h = hashlib.sha256(data).digest()
-        self.table[h] = bytes(data)
-        return h
-
-    async def fetch(self, blob: bytes, owner: Any, max_size: int, timeout: float) -> bytes:
-        with trio.fail_after(timeout):
-            while blob not in self.table:
-                await trio.sleep(0.01)
-        return self.table[blob]
-
-    async def load_local(self, blob: bytes) -> bytes | None:
-        return None
 
 
 class FaultyLedger:
@@ -119,7 +97,7 @@ async def _run(tmp_path, spec: JobSpec, hook: Hook) -> tuple[list[JobRunner], Fa
     """Run the job on N participants; `hook(faulty ledger, participant, kind, data)` sees
     every event as it is emitted."""
     owner, job_id, call = registered_job(tmp_path, spec, b"\x02")
-    blobs, events, runners = Blobs(), [], []
+    blobs, events, runners = MemoryExchange(), [], []
     ledgers = [
         ChainLedger(owner.for_identity(NodeIdentity.generate()), job_id, call) for _ in range(N)
     ]
