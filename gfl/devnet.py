@@ -3,7 +3,8 @@
 It starts anvil when it is installed (else the embedded chain, served over
 JSON-RPC from this process), deploys the JobRegistry, funds every node's
 account, starts N ``gfl up`` processes on 127.0.0.1 (each with its own datadir
-and its own partition of the data), publishes a demo job through node 0's
+and its own partition of the data; forked from a zygote that imported torch, web3
+and py-libp2p once, see gfl/zygote.py), publishes a demo job through node 0's
 control API, shows progress, checks every round's model hash on chain and
 prints a summary. Without ``--keep`` it then stops everything it started.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
@@ -24,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from gfl.errors import GflError
+from gfl.zygote import NODE_MODULES, ForkedProcess, Zygote, ZygoteError
 
 START_TIMEOUT_S = 90.0
 START_PER_NODE_S = 4.0  # each node imports torch, web3 and libp2p: ~5 CPU-seconds on its own
 FUNDING_WEI = 100 * 10**18
+
+log = logging.getLogger(__name__)
 
 
 class DevnetError(GflError):
@@ -42,7 +47,7 @@ class DevnetNode:
     p2p_port: int
     peer_id: str
     address: str
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
     host: str = "127.0.0.1"  # the IPv4 address its libp2p host listens on
 
     @property
@@ -60,6 +65,7 @@ class Devnet:
     chain_kind: str
     nodes: list[DevnetNode] = field(default_factory=list)
     _chain: Any = None
+    _zygote: Zygote | None = None
     _cleanup_root: bool = False
 
     _clients: dict[int, Any] = field(default_factory=dict, repr=False)
@@ -89,6 +95,9 @@ class Devnet:
         for c in self._clients.values():
             c.close()
         self._clients.clear()
+        if self._zygote is not None:  # after the nodes: it reports their exit status
+            self._zygote.close()
+            self._zygote = None
         if self._chain is not None:
             (self._chain.stop if hasattr(self._chain, "stop") else self._chain.close)()
             self._chain = None
@@ -130,11 +139,13 @@ def start_devnet(
     verbose: bool = False,
     data_limit: int | None = None,
     host: str = "127.0.0.1",
+    fork: bool = True,
 ) -> Devnet:
     """Start a chain and `n` node processes; returns once every node's API answers.
 
     ``host`` is the IPv4 address the nodes' libp2p hosts listen on (their APIs stay
-    on loopback).
+    on loopback). With ``fork`` the nodes are forked from a zygote (one import of torch,
+    web3 and py-libp2p for all, shared memory); else each is a fresh ``gfl up`` process.
     """
     from gfl.chain import deploy_registry
     from gfl.chain.devchain import fund
@@ -146,9 +157,22 @@ def start_devnet(
     cleanup = root is None
     root = Path(tempfile.mkdtemp(prefix="gfl-devnet-")) if root is None else root
     root.mkdir(parents=True, exist_ok=True)
-    chain, url, kind, funder = start_chain(prefer_anvil)
+    # the zygote imports while the chain starts and the contract is deployed
+    zygote = _start_zygote(root, data) if fork else None
+    try:
+        chain, url, kind, funder = start_chain(prefer_anvil)
+    except BaseException:
+        if zygote is not None:
+            zygote.close()
+        raise
     net = Devnet(
-        root=root, chain_url=url, registry="", chain_kind=kind, _chain=chain, _cleanup_root=cleanup
+        root=root,
+        chain_url=url,
+        registry="",
+        chain_kind=kind,
+        _chain=chain,
+        _zygote=zygote,
+        _cleanup_root=cleanup,
     )
     try:
         homes = []
@@ -182,7 +206,7 @@ def start_devnet(
         for node in net.nodes:
             _set_chain_and_peers(node, net)
         for node in net.nodes:
-            node.process = _spawn(node, verbose)
+            node.process = _spawn(node, verbose, zygote=net._zygote)
         _wait_up(net)
         return net
     except BaseException:
@@ -199,18 +223,44 @@ def _set_chain_and_peers(node: DevnetNode, net: Devnet) -> None:
     update_config(cfg, "net", bootstrap=boot)
 
 
-def _spawn(node: DevnetNode, verbose: bool, prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-    """``gfl up --home node.home``, output to its logs/out.log; ``prefix`` wraps the command
-    (e.g. ``ip netns exec NS`` to run the node in a network namespace)."""
+def _start_zygote(root: Path, data: str) -> Zygote | None:
+    preload = (*NODE_MODULES, "sklearn.datasets") if data == "digits" else NODE_MODULES
+    try:
+        return Zygote.start(preload, env=_node_env(), stderr=root / "zygote.log")
+    except OSError as exc:
+        log.warning("devnet: no zygote (%s); starting each node as its own process", exc)
+        return None
+
+
+def _node_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _spawn(
+    node: DevnetNode,
+    verbose: bool,
+    prefix: Sequence[str] = (),
+    zygote: Zygote | None = None,
+) -> subprocess.Popen[bytes] | ForkedProcess:
+    """``gfl up --home node.home``, output to its logs/out.log: forked from ``zygote``
+    when given, else a new process; ``prefix`` wraps the command (e.g. ``ip netns exec
+    NS`` to run the node in a network namespace)."""
     (node.home / "logs").mkdir(parents=True, exist_ok=True)
-    log = node.home / "logs" / "out.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [*prefix, sys.executable, "-m", "gfl", "up", "--home", str(node.home)]
-    if verbose:
-        cmd.append("-v")
-    with open(log, "ab") as out:
+    log_path = node.home / "logs" / "out.log"
+    argv = ["-m", "gfl", "up", "--home", str(node.home), *(["-v"] if verbose else [])]
+    if zygote is not None and not prefix:
+        try:
+            return zygote.spawn(argv, log_path=log_path, env=_node_env())
+        except ZygoteError as exc:
+            log.warning("devnet: %s; starting node%d as its own process", exc, node.index)
+    with open(log_path, "ab") as out:
         return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True
+            [*prefix, sys.executable, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=_node_env(),
+            start_new_session=True,
         )
 
 
