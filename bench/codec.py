@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gfl.fl import codec
 from gfl.fl.codec import decode_params, encode_params
 
 # ../shared/data/mnist beside the checkout (see its README)
@@ -124,6 +125,16 @@ def main() -> int:
         t_e, blob = best(lambda s=scheme, lv=level: encode_params(params, s, level=lv), args.repeat)
         t_d, _ = best(lambda b=blob: decode_params(b), args.repeat)
         rows.append((f"gfl {scheme} zstd-{level}", len(blob), t_e, t_d))
+    # int8 as it was before the low-rank prediction (same values, no factors): the codec's
+    # size threshold raised past every tensor
+    plain_int8 = codec._LOWRANK_MIN
+    codec._LOWRANK_MIN = 1 << 62
+    try:
+        t_e, blob = best(lambda: encode_params(params, "int8"), args.repeat)
+        t_d, _ = best(lambda b=blob: decode_params(b), args.repeat)
+        rows.append(("gfl int8, no prediction, zstd-1", len(blob), t_e, t_d))
+    finally:
+        codec._LOWRANK_MIN = plain_int8
 
     print(
         f"{'encoding':34} {'bytes':>12} {'vs np.save':>10} {'enc GB/s':>9} {'dec GB/s':>9}"

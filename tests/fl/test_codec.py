@@ -106,6 +106,93 @@ def test_parse_compression():
             parse_compression(bad)
 
 
+def low_rank_update(rows=384, cols=512, rank=6, noise=0.05, seed=1):
+    """Like a trained layer's update: a few outer products plus a little noise."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((rows, rank)) * np.linspace(1, 0.2, rank)
+    w = u @ rng.standard_normal((rank, cols)) + noise * rng.standard_normal((rows, cols))
+    return (w * 1e-3).astype(np.float32)
+
+
+def header_kinds(blob):
+    raw = zstandard.ZstdDecompressor().decompress(blob)
+    (hlen,) = struct.unpack_from("<I", raw, 5)
+    return {e[1]: e[0] for e in msgpack.unpackb(raw[9 : 9 + hlen])}
+
+
+def test_int8_low_rank_coding_sends_fewer_bytes_for_the_same_values():
+    from gfl.fl.codec import _int8_dequantize, _int8_quantize
+
+    update = {"fc.weight": low_rank_update(), "noise": sample()["fc.weight"]}
+    blob = encode_params(update, "int8")
+    assert header_kinds(blob) == {"fc.weight": "q", "noise": "i"}
+    scales, q = _int8_quantize(update["fc.weight"], 4096)
+    plain_bytes = len(zstandard.ZstdCompressor(level=1).compress(q.tobytes()))
+    assert len(blob) < 0.7 * plain_bytes  # the int8 values alone, coded without a prediction
+    out = decode_params(blob)
+    expected = _int8_dequantize(scales, q, 4096, q.size).reshape(384, 512)
+    assert np.array_equal(out["fc.weight"], expected)  # exactly plain int8's values
+
+
+def test_unstructured_updates_stay_plain_int8():
+    rng = np.random.default_rng(2)
+    blob = encode_params({"w": rng.standard_normal((300, 400)).astype(np.float32)}, "int8")
+    assert header_kinds(blob) == {"w": "i"}
+
+
+def test_low_rank_prediction_is_an_exact_integer_product():
+    """Extreme factors still give the integer product that int64 arithmetic gives: the
+    float64 matrix product can never round, whatever the BLAS does."""
+    from gfl.fl.codec import _LOWRANK_MAX_EXP, _LOWRANK_MAX_RANK, _lowrank_predict
+
+    rng = np.random.default_rng(3)
+    m, n, r = 40, 70, _LOWRANK_MAX_RANK
+    a = rng.choice(np.array([-128, 127, -127], np.int8), (m, r))
+    b = rng.choice(np.array([-128, 127], np.int8), (r, n))
+    e = rng.integers(0, _LOWRANK_MAX_EXP + 1, r).astype(np.uint8)
+    e[0] = 0
+    top = int(e.max())
+    exact = (a.astype(np.int64) << (top - e.astype(np.int64))) @ b.astype(np.int64)
+    assert int(np.abs(exact).max()) < 2**53
+    g, block = 3.0, 64
+    scales = np.full(-(-m * n // block), g * 2.0**-top * 2**40, np.float32)
+    got = _lowrank_predict(g, e, a, b, scales, block).view(np.int8).reshape(m, n)
+    want = np.clip(np.rint(exact.astype(np.float64) * (g * 2.0**-top) / scales[0]), -127, 127)
+    assert np.array_equal(got, want.astype(np.int8))
+
+
+def test_bad_low_rank_factors_are_one_codec_error():
+    blob = encode_params({"w": low_rank_update()}, "int8")
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(blob))
+    (hlen,) = struct.unpack_from("<I", raw, 5)
+    (entry,) = msgpack.unpackb(raw[9 : 9 + hlen])
+    kind, name, dstr, shape, block, lens = entry
+    payload = bytes(raw[9 + hlen :])
+    scales, factors, values = (
+        payload[: lens[0]],
+        payload[lens[0] : lens[0] + lens[1]],
+        payload[lens[0] + lens[1] :],
+    )
+    m, n = shape
+    r = (len(factors) - 8) // (1 + m + n)
+
+    def with_factors(f):
+        lens2 = [len(scales), len(f), len(values)]
+        return frame([[kind, name, dstr, shape, block, lens2]], payload=scales + f + values)
+
+    assert np.array_equal(decode_params(with_factors(factors))["w"], decode_params(blob)["w"])
+    bad = {
+        "segment": factors[:-1],
+        "segment ": factors[:8],
+        "scale": struct.pack("<d", float("nan")) + factors[8:],
+        "scale ": struct.pack("<d", 0.0) + factors[8:],
+        "exponents": factors[:8] + bytes([25]) * r + factors[8 + r :],
+    }
+    for what, f in bad.items():
+        with pytest.raises(CodecError, match=what.strip()):
+            decode_params(with_factors(f))
+
+
 def frame(entries, v=1, payload=b""):
     header = msgpack.packb(entries, use_bin_type=True)
     raw = b"GFLP" + struct.pack("<BI", v, len(header)) + header + payload
@@ -182,7 +269,7 @@ def test_corrupted_blobs_never_crash(pos, flip):
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["n", "h", "i", "t"]),
+            st.sampled_from(["n", "h", "i", "t", "q"]),
             st.text(max_size=4),
             st.sampled_from(["<f4", "<f2", "<i8", "x"]),
             st.lists(st.integers(-2, 1 << 33), max_size=3),
