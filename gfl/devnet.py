@@ -147,19 +147,19 @@ def start_devnet(
     on loopback). With ``fork`` the nodes are forked from a zygote (one import of torch,
     web3 and py-libp2p for all, shared memory); else each is a fresh ``gfl up`` process.
     """
-    from gfl.chain import deploy_registry
-    from gfl.chain.devchain import fund
-    from gfl.config import Config
-    from gfl.datadir import DataDir
-
     if not 1 <= n <= 64:
         raise DevnetError("--nodes must be between 1 and 64")
     cleanup = root is None
     root = Path(tempfile.mkdtemp(prefix="gfl-devnet-")) if root is None else root
     root.mkdir(parents=True, exist_ok=True)
-    # the zygote imports while the chain starts and the contract is deployed
+    # the zygote imports while this process imports web3, starts the chain and deploys
     zygote = _start_zygote(root, data) if fork else None
     try:
+        from gfl.chain import deploy_registry
+        from gfl.chain.devchain import fund
+        from gfl.config import Config
+        from gfl.datadir import DataDir
+
         chain, url, kind, funder = start_chain(prefer_anvil)
     except BaseException:
         if zygote is not None:

@@ -19,6 +19,7 @@ import gzip
 import logging
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,8 +141,15 @@ def _idx_dataset(name: str, base: Path, train: bool, download: bool) -> ArrayDat
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DataError(f"{name}: images and labels do not match")
     mean, std = _NORM[name]
-    x = ((images.astype(np.float32) / 255.0 - mean) / std)[:, None, :, :]
+    x = _normalize(images, lambda v: (v / 255.0 - mean) / std)[:, None, :, :]
     return ArrayDataset(x, labels)
+
+
+def _normalize(images: np.ndarray, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``f(images.astype(float32))`` bit for bit, as one lookup of each byte in ``f``'s
+    table of 256 values: ~10x faster than four passes over 47M floats (MNIST)."""
+    table = f(np.arange(256, dtype=np.uint8).astype(np.float32)).astype(np.float32)
+    return table[images]
 
 
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then 32x32 red, green, blue planes
@@ -162,8 +170,11 @@ def _cifar10(base: Path, train: bool, download: bool) -> ArrayDataset:
         except Exception as e:  # missing files raise RuntimeError, network errors vary
             raise DataError(f"cifar10 not available under {base}: {e}") from None
         images, labels = ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)
-    x = images.astype(np.float32) / 255.0
-    return ArrayDataset((x - _CIFAR_MEAN) / _CIFAR_STD, labels)
+    x = np.empty(images.shape, np.float32)
+    for c in range(3):  # one table per channel: each has its own mean and deviation
+        mean, std = _CIFAR_MEAN[0, c, 0, 0], _CIFAR_STD[0, c, 0, 0]
+        x[:, c] = _normalize(images[:, c], lambda v, m=mean, s=std: (v / 255.0 - m) / s)
+    return ArrayDataset(x, labels)
 
 
 def _cifar10_bin(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:

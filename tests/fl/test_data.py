@@ -72,6 +72,28 @@ def test_mnist_offline_from_gzipped_idx():
     assert abs(float(te.x.mean())) < 0.1  # normalized
 
 
+def test_byte_images_are_normalized_exactly_as_the_float_formula(tmp_path):
+    """The lookup-table normalization gives the very floats of the four-pass formula (the
+    models nodes train must not depend on how the data was converted)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    header = b"\0\0\x08\x03" + (50).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    labels = rng.integers(0, 10, 50, dtype=np.uint8)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(
+        b"\0\0\x08\x01" + (50).to_bytes(4, "big") + labels.tobytes()
+    )
+    x = load_dataset("mnist", root=tmp_path).x
+    assert np.array_equal(x[:, 0], (images.astype(np.float32) / 255.0 - 0.1307) / 0.3081)
+
+    first = _cifar_bin(tmp_path)
+    planes = first[:, 1:].reshape(-1, 3, 32, 32)
+    mean = np.array([0.4914, 0.4822, 0.4465], np.float32)[None, :, None, None]
+    std = np.array([0.2470, 0.2435, 0.2616], np.float32)[None, :, None, None]
+    want = (planes.astype(np.float32) / 255.0 - mean) / std
+    assert np.array_equal(load_dataset("cifar10", root=tmp_path).x[:8], want)
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_dataset("mnist", root=tmp_path)
