@@ -15,8 +15,10 @@ client process pair:
   worktree of an older commit), for before/after figures in the same run.
 
 Ratio = plain TCP seconds / row seconds within the same run; the table gives the
-median and the range over the runs. Usage:
-python bench/transfer.py [--mib 50] [--runs 3] [--before-root DIR]
+median and the range over the runs, and the median CPU seconds (`time.process_time`,
+all threads) of the receiving client around the transfer and of the sending server
+inside its stream handler. Usage:
+python bench/transfer.py [--mib 50] [--runs 3] [--transfers N] [--before-root DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -41,6 +44,7 @@ async def tcp_server(size: int) -> None:
     data = os.urandom(size)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     print(listeners[0].socket.getsockname()[1], "-", flush=True)
+    spent: list[float] = []
 
     async def handle(stream: trio.SocketStream) -> None:
         await stream.receive_some(1)
@@ -50,38 +54,80 @@ async def tcp_server(size: int) -> None:
         await stream.aclose()
 
     async with trio.open_nursery() as n:
-        n.start_soon(trio.serve_listeners, handle, listeners)
+        n.start_soon(trio.serve_listeners, cpu_timed(handle, spent), listeners)
         await trio.to_thread.run_sync(sys.stdin.readline)
         n.cancel_scope.cancel()
+    print(per_transfer(spent), flush=True)
 
 
-async def tcp_client(port: str, _: str, size: int, *, store: bool) -> float:
+def cpu_timed(handler: Any, spent: list[float]) -> Any:
+    """``handler`` that adds the process's CPU seconds while it ran to ``spent``."""
+
+    async def timed(stream: Any) -> None:
+        start = time.process_time()
+        try:
+            await handler(stream)
+        finally:
+            spent.append(time.process_time() - start)
+
+    return timed
+
+
+async def tcp_client(port: str, _: str, size: int, *, store: bool, transfers: int) -> Timing:
     from gfl.net.blobs import BlobStore
 
-    stream = await trio.open_tcp_stream("127.0.0.1", int(port))
     with tempfile.TemporaryDirectory() as d:
         blobs = BlobStore(Path(d))
-        t = time.perf_counter()
-        await stream.send_all(b"g")
-        buf = bytearray()
-        while len(buf) < size:
-            chunk = await stream.receive_some(MiB)
-            if not chunk:
-                break
-            buf += chunk
-        if store:  # what fetch_blob does besides the transfer
-            await trio.to_thread.run_sync(lambda: blobs.put(bytes(buf)))
-        dt = time.perf_counter() - t
-    assert len(buf) == size
-    return dt
+
+        async def connect() -> trio.SocketStream:
+            return await trio.open_tcp_stream("127.0.0.1", int(port))
+
+        async def one(stream: trio.SocketStream) -> None:
+            await stream.send_all(b"g")
+            buf = bytearray()
+            while len(buf) < size:
+                chunk = await stream.receive_some(MiB)
+                if not chunk:
+                    break
+                buf += chunk
+            assert len(buf) == size
+            if store:  # what fetch_blob does besides the transfer
+                h = await trio.to_thread.run_sync(lambda: blobs.put(bytes(buf)))
+                blobs._remove(h.hex())  # the next transfer stores it again
+
+        return await timed_transfers(one, transfers, prepare=connect)
+
+
+Timing = tuple[float, float]  # seconds, CPU seconds
+
+
+async def timed_transfers(one: Any, transfers: int, prepare: Any = None) -> Timing:
+    """Wall and CPU seconds of ``one(await prepare())`` (``prepare`` untimed): of the only
+    transfer, or the median of the transfers after the first (a warm process)."""
+    walls, cpus = [], []
+    for _ in range(transfers):
+        ready = await prepare() if prepare is not None else None
+        t, cpu = time.perf_counter(), time.process_time()
+        await one(ready)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - cpu)
+    if transfers > 1:
+        walls, cpus = walls[1:], cpus[1:]
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def per_transfer(spent: list[float]) -> float:
+    """The server's side of `timed_transfers`."""
+    return statistics.median(spent[1:] if len(spent) > 1 else spent)
 
 
 async def p2p_server(size: int) -> None:
     from libp2p.custom_types import TProtocol
 
     from gfl.identity import NodeIdentity
-    from gfl.net import open_network
+    from gfl.net import blob_protocol, open_network
 
+    spent: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         async with open_network(NodeIdentity.generate(), blob_dir=Path(d), discover=False) as net:
             data = os.urandom(size)
@@ -94,39 +140,50 @@ async def p2p_server(size: int) -> None:
                     await stream.write(view[off : off + MiB])  # type: ignore[attr-defined]
                 await stream.close()  # type: ignore[attr-defined]
 
-            net._host.set_stream_handler(TProtocol(RAW_PROTOCOL), raw)
+            net._host.set_stream_handler(TProtocol(RAW_PROTOCOL), cpu_timed(raw, spent))
+            net._host.set_stream_handler(
+                TProtocol(blob_protocol.PROTOCOL), cpu_timed(net._serve_blob, spent)
+            )
             print(net.listen_addrs()[0], h.hex(), flush=True)
             await trio.to_thread.run_sync(sys.stdin.readline)
+    print(per_transfer(spent), flush=True)
 
 
-async def p2p_client(addr: str, hx: str, size: int, *, raw: bool) -> float:
+async def p2p_client(addr: str, hx: str, size: int, *, how: str, transfers: int) -> Timing:
     from libp2p.custom_types import TProtocol
     from libp2p.peer.id import ID
 
     from gfl.identity import NodeIdentity
     from gfl.net import open_network
 
+    h = bytes.fromhex(hx)
     with tempfile.TemporaryDirectory() as d:
         async with open_network(NodeIdentity.generate(), blob_dir=Path(d), discover=False) as net:
             pid = await net.connect(addr)
-            t = time.perf_counter()
-            if raw:
-                stream = await net._host.new_stream(ID.from_base58(pid), [TProtocol(RAW_PROTOCOL)])
-                await stream.write(b"g")
-                got = 0
-                while got < size:
-                    got += len(await stream.read(MiB))
-            else:
-                got = len(
-                    await net.fetch_blob(bytes.fromhex(hx), [pid], max_size=size, timeout=120)
-                )
-            dt = time.perf_counter() - t
-            assert got == size
-            return dt
+
+            async def one(_: None) -> None:
+                if how == "raw":
+                    stream = await net._host.new_stream(
+                        ID.from_base58(pid), [TProtocol(RAW_PROTOCOL)]
+                    )
+                    await stream.write(b"g")
+                    got = 0
+                    while got < size:
+                        got += len(await stream.read(MiB))
+                else:
+                    got = len(await net.fetch_blob(h, [pid], max_size=size, timeout=120))
+                assert got == size
+                net.blobs._remove(h.hex())  # the next transfer fetches it again
+
+            return await timed_transfers(one, transfers)
 
 
-def run_pair(kind: str, size: int, root: Path, stock: bool = False) -> float:
+def run_pair(
+    kind: str, size: int, root: Path, stock: bool = False, transfers: int = 1
+) -> tuple[float, float, float]:
+    """Transfers in a fresh server/client pair: (seconds, client CPU s, server CPU s)."""
     me = [sys.executable, __file__, "--root", str(root), *(["--stock"] if stock else [])]
+    me += ["--transfers", str(transfers)]
     server = "tcp-server" if kind.startswith("tcp") else "p2p-server"
     srv = subprocess.Popen(
         [*me, "--role", server, "--bytes", str(size)],
@@ -143,11 +200,12 @@ def run_pair(kind: str, size: int, root: Path, stock: bool = False) -> float:
             timeout=300,
             check=True,
         )
-        return float(out.stdout.strip().splitlines()[-1])
+        dt, cpu = map(float, out.stdout.strip().splitlines()[-1].split())
     finally:
         srv.stdin.write("\n")  # type: ignore[union-attr]
         srv.stdin.flush()  # type: ignore[union-attr]
         srv.wait(timeout=30)
+    return dt, cpu, float(srv.stdout.read().split()[-1])  # type: ignore[union-attr]
 
 
 def role(a: argparse.Namespace) -> None:
@@ -164,10 +222,10 @@ def role(a: argparse.Namespace) -> None:
         return
     if a.role in ("tcp-client", "tcpstore-client"):
         store = a.role == "tcpstore-client"
-        print(trio.run(lambda: tcp_client(*a.args, a.bytes, store=store)))
+        print(*trio.run(lambda: tcp_client(*a.args, a.bytes, store=store, transfers=a.transfers)))
     else:
-        raw = a.role == "raw-client"
-        print(trio.run(lambda: p2p_client(*a.args, a.bytes, raw=raw)))
+        how = a.role.removesuffix("-client")
+        print(*trio.run(lambda: p2p_client(*a.args, a.bytes, how=how, transfers=a.transfers)))
 
 
 def main() -> None:
@@ -175,6 +233,12 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=50)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--before-root", type=Path, help="another checkout to measure beside this one")
+    ap.add_argument(
+        "--transfers",
+        type=int,
+        default=1,
+        help="transfers per process pair; above 1 the first is untimed (warm processes)",
+    )
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--stock", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--role", help=argparse.SUPPRESS)
@@ -194,20 +258,26 @@ def main() -> None:
     }
     if a.before_root:
         rows["blob, --before-root"] = ("blob", a.before_root.resolve(), False)
-    times: dict[str, list[float]] = {name: [] for name in rows}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in rows}
     for _ in range(a.runs):
         for name, (kind, root, stock) in rows.items():
-            times[name].append(run_pair(kind, size, root, stock))
-    tcp = times["plain trio TCP"]
-    print(f"{a.mib} MiB, {a.runs} runs; ratio = plain TCP time / row time in the same run")
-    print(f"{'transport':<22} {'median s':>9} {'MB/s':>7} {'ratio':>6} {'range':>12}")
-    for name, ts in times.items():
+            results[name].append(run_pair(kind, size, root, stock, a.transfers))
+    tcp = [r[0] for r in results["plain trio TCP"]]
+    warm = f", warm: median of {a.transfers - 1} transfers after one" if a.transfers > 1 else ""
+    print(f"{a.mib} MiB, {a.runs} runs{warm}; ratio = plain TCP time / row time in the same run")
+    print(
+        f"{'transport':<24} {'median s':>9} {'MB/s':>7} {'ratio':>6} {'range':>12}"
+        f" {'CPU s recv':>10} {'CPU s send':>10}"
+    )
+    for name, rs in results.items():
+        ts, recv_cpu, send_cpu = zip(*rs, strict=True)
         ratios = [t0 / t for t0, t in zip(tcp, ts, strict=True)]
         med = statistics.median(ts)
         span = f"{min(ratios):.2f}-{max(ratios):.2f}"
         print(
-            f"{name:<22} {med:>9.3f} {size / med / 1e6:>7.1f} "
+            f"{name:<24} {med:>9.3f} {size / med / 1e6:>7.1f} "
             f"{statistics.median(ratios):>6.2f} {span:>12}"
+            f" {statistics.median(recv_cpu):>10.3f} {statistics.median(send_cpu):>10.3f}"
         )
 
 
