@@ -2,13 +2,23 @@
 
 Node 0 is the bootstrap peer and the publisher; the others find each other
 through it. Latency = receive time - publish time (one machine, one clock).
-Usage: python bench/gossip.py [--nodes 16] [--msgs 50]
+
+On a machine with fewer cores than nodes the latency is set by the CPU that all
+processes together spend per message, so that is measured too: the CPU time of
+all node processes during the publish phase, less what they spend idle (measured
+over ``--idle`` seconds before it), divided by the messages published. Copies
+received per delivered message show the mesh's duplicate traffic.
+
+Usage: python bench/gossip.py [--nodes 16] [--msgs 50] [--profile relay.txt]
+(``--profile`` records node 1, a relay, with ``py-spy record --gil -f raw``: the
+publish phase to relay.txt, the idle window before it to relay.txt.idle.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -16,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +44,7 @@ async def node(index: int, boot: str | None, n_nodes: int) -> None:
         ) as net:
             ch = await net.subscribe(JOBS_TOPIC)
             print(net.listen_addrs()[0], flush=True)
+            copies = _count_copies(net, JOBS_TOPIC)
 
             async def collect() -> None:
                 async for m in ch:
@@ -65,13 +77,59 @@ async def node(index: int, boot: str | None, n_nodes: int) -> None:
                         print("done", flush=True)
                 await trio.sleep(0.5)
                 n.cancel_scope.cancel()
-            print(json.dumps({"lat": lat, "drops": net.stats()["drops"]}), flush=True)
+            stats = net.stats()
+            out = {
+                "lat": lat,
+                "drops": stats["drops"],
+                "copies": copies[0],
+                "mesh": stats["mesh"][JOBS_TOPIC],
+            }
+            print(json.dumps(out), flush=True)
+
+
+def _count_copies(net: object, topic: str) -> list[int]:
+    """Count the copies of ``topic`` messages that peers send us (first and duplicates)."""
+    pubsub = net._pubsub  # type: ignore[attr-defined]
+    push = pubsub.push_msg
+    count = [0]
+
+    async def counting(forwarder: object, msg: object) -> None:
+        if forwarder != pubsub.my_id and topic in msg.topicIDs:  # type: ignore[attr-defined]
+            count[0] += 1
+        await push(forwarder, msg)
+
+    pubsub.push_msg = counting
+    return count
+
+
+def _spy(out: str | None, seconds: float, pid: int) -> subprocess.Popen | None:
+    """py-spy recording ``pid`` for ``seconds`` into ``out`` (None: no profile)."""
+    if not out:
+        return None
+    spy = Path(sys.executable).parent / "py-spy"
+    args = ["record", "--gil", "-f", "raw", "-o", out, "-d", str(round(seconds) + 1)]
+    p = subprocess.Popen(
+        [str(spy), *args, "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(0.5)  # attached
+    return p
+
+
+def _cpu(procs: list[subprocess.Popen]) -> float:
+    """User + system CPU seconds used so far by all the node processes."""
+    total = 0.0
+    for p in procs:
+        t = psutil.Process(p.pid).cpu_times()
+        total += t.user + t.system
+    return total
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--msgs", type=int, default=50)
+    ap.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured")
+    ap.add_argument("--profile", help="py-spy raw profile of node 1 during the publish phase")
     ap.add_argument("--role")
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--boot")
@@ -99,17 +157,37 @@ def main() -> None:
         p.stdout.readline()
     peers = [int(p.stdout.readline().split()[1]) for p in procs]
     setup = time.time() - t0
+    load = os.getloadavg()[0]
+    spy = _spy(a.profile and f"{a.profile}.idle", a.idle, procs[1].pid)
+    cpu0, w0 = _cpu(procs), time.monotonic()
+    time.sleep(a.idle)
+    cpu1, w1 = _cpu(procs), time.monotonic()
+    idle_rate = (cpu1 - cpu0) / (w1 - w0)
+    if spy is not None:
+        spy.wait(timeout=60)
+    spy = _spy(a.profile, a.msgs * 0.1 + 1, procs[1].pid)
+    cpu2, w2 = _cpu(procs), time.monotonic()
     procs[0].stdin.write(f"publish {a.msgs}\n")
     procs[0].stdin.flush()
     procs[0].stdout.readline()
+    time.sleep(1.0)  # the last message's relaying
+    cpu3, w3 = _cpu(procs), time.monotonic()
+    pub_cpu = cpu3 - cpu2
+    per_msg = (pub_cpu - idle_rate * (w3 - w2)) / a.msgs
+    if spy is not None:
+        spy.wait(timeout=60)
     lat: list[float] = []
     drops: dict[str, int] = {}
+    copies = 0
+    mesh: list[int] = []
     for p in procs:
         p.stdin.write(f"quit {a.msgs}\n")
         p.stdin.flush()
     for p in procs:
         r = json.loads(p.stdout.readline())
         lat += r["lat"]
+        copies += r["copies"]
+        mesh.append(r["mesh"])
         for k, v in r["drops"].items():
             drops[k] = drops.get(k, 0) + v
         p.wait(timeout=30)
@@ -118,7 +196,15 @@ def main() -> None:
     p50 = statistics.median(lat) * 1000
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
     print(f"{a.nodes} processes, {a.msgs} announcements at 10/s, setup {setup:.1f}s")
-    print(f"peers per node min/max: {min(peers)}/{max(peers)}")
+    print(f"load average (1 min) at start: {load:.2f}")
+    print(
+        f"CPU, all nodes: idle {idle_rate * 1000:.0f} ms/s; publish phase {pub_cpu:.2f} s "
+        f"over {w3 - w2:.1f} s; per message {per_msg * 1000:.1f} ms "
+        f"(net of idle); copies received per delivery {copies / max(1, len(lat)):.2f}"
+    )
+    print(
+        f"peers per node min/max: {min(peers)}/{max(peers)}; mesh min/max: {min(mesh)}/{max(mesh)}"
+    )
     print(f"{'delivered':>10} {'expected':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  drops")
     print(f"{len(lat):>10} {expected:>9} {p50:>8.1f} {p99:>8.1f} {lat[-1] * 1000:>8.1f}  {drops}")
 

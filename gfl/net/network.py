@@ -21,6 +21,7 @@ are announced again, and the ones evicted are forgotten.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import random
@@ -90,6 +91,8 @@ class Network:
         self._peer_msgs: Counter[str] = Counter()
         self._subs: dict[str, trio.MemorySendChannel[GossipMessage]] = {}
         self._validators: dict[str, Validator | None] = {}
+        # the message a validator just accepted and its decoded form, for _deliver
+        self._accepted: tuple[Any, GossipMessage] | None = None
         self._limiter = RateLimiter()
         self._serve_slots = trio.Semaphore(MAX_CONCURRENT_SERVES)
         self._providing: set[bytes] = set()
@@ -412,9 +415,11 @@ class Network:
         self.traffic.bytes_out += len(data)
 
     def _check(self, topic: str, forwarder: Any, msg: Any) -> GossipMessage | None:
-        """Envelope checks shared by the sync and async validators; None means drop."""
-        if forwarder == self._my_id:
-            return _to_gossip(topic, msg, decode_message(msg.data))
+        """Envelope checks shared by the sync and async validators; None means drop.
+
+        Runs once per message (the library checks its seen-cache first), never for
+        our own: `publish` encoded those with the same checks.
+        """
         fwd = forwarder.to_base58()
         if not self._limiter.allow((fwd, topic)):
             self._drop("rate_limited", topic=topic, peer_id=fwd)
@@ -435,52 +440,65 @@ class Network:
 
     def _make_sync_validator(self, topic: str) -> Callable[[Any, Any], bool]:
         def validate(forwarder: Any, msg: Any) -> bool:
+            if forwarder == self._my_id:
+                return True
             gm = self._check(topic, forwarder, msg)
             if gm is None:
                 return False
             user = self._validators.get(topic)
-            if user is None or forwarder == self._my_id:
-                return True
-            try:
-                ok = bool(user(gm))
-            except Exception as exc:
-                logger.warning("validator for %s raised: %s", topic, exc)
-                ok = False
-            if not ok:
-                self._drop("rejected", topic=topic, peer_id=gm.sender_peer_id)
-            return ok
+            ok = True
+            if user is not None:
+                try:
+                    ok = bool(user(gm))
+                except Exception as exc:
+                    logger.warning("validator for %s raised: %s", topic, exc)
+                    ok = False
+            return self._verdict(msg, gm, ok)
 
         return validate
 
     def _make_async_validator(self, topic: str) -> Callable[[Any, Any], Awaitable[bool]]:
         async def validate(forwarder: Any, msg: Any) -> bool:
+            if forwarder == self._my_id:
+                return True
             gm = self._check(topic, forwarder, msg)
             if gm is None:
                 return False
             user = self._validators.get(topic)
-            if user is None or forwarder == self._my_id:
-                return True
-            try:
-                ok = bool(await user(gm))  # type: ignore[misc]
-            except Exception as exc:
-                logger.warning("validator for %s raised: %s", topic, exc)
-                ok = False
-            if not ok:
-                self._drop("rejected", topic=topic, peer_id=gm.sender_peer_id)
-            return ok
+            ok = True
+            if user is not None:
+                try:
+                    ok = bool(await user(gm))  # type: ignore[misc]
+                except Exception as exc:
+                    logger.warning("validator for %s raised: %s", topic, exc)
+                    ok = False
+            return self._verdict(msg, gm, ok)
 
         return validate
 
+    def _verdict(self, msg: Any, gm: GossipMessage, ok: bool) -> bool:
+        """Count a rejection, or hand the accepted message's decoded form to `_deliver`
+        (the library delivers the same message object right after validating it)."""
+        if not ok:
+            self._drop("rejected", topic=gm.topic, peer_id=gm.sender_peer_id)
+            return False
+        self._accepted = (msg, gm)
+        return True
+
     def _deliver(self, msg: Any) -> None:
         """Called by pubsub for each new valid message (replaces its 32-deep queue)."""
+        accepted, self._accepted = self._accepted, None
         for topic in msg.topicIDs:
             send = self._subs.get(topic)
             if send is None or msg.from_id == self._my_id.to_bytes():
                 continue
-            try:
-                gm = _to_gossip(topic, msg, decode_message(msg.data))
-            except Exception:
-                continue
+            if accepted is not None and accepted[0] is msg and accepted[1].topic == topic:
+                gm = accepted[1]
+            else:  # validated concurrently with another message (async validators)
+                try:
+                    gm = _to_gossip(topic, msg, decode_message(msg.data))
+                except Exception:
+                    continue
             self.traffic.msgs_in += 1
             self.traffic.bytes_in += len(msg.data)
             self._peer_msgs[gm.sender_peer_id] += 1
@@ -707,16 +725,25 @@ def _dht_key(h: bytes) -> str:
 
 
 def _to_gossip(topic: str, msg: Any, payload: dict) -> GossipMessage:
-    from libp2p.peer.id import ID
-
-    sender = ID(msg.from_id).to_base58()
+    sender, address = _sender(bytes(msg.from_id))
     return GossipMessage(
         topic=topic,
         sender_peer_id=sender,
-        sender_address=address_from_peer_id(sender),
+        sender_address=address,
         payload=payload,
         seqno=int.from_bytes(msg.seqno[:8], "big") if msg.seqno else 0,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _sender(from_id: bytes) -> tuple[str, str]:
+    """Peer id (base58) and eth address of a message's origin. Deriving them costs
+    ~0.1 ms (base58, secp256k1 point decompression, keccak) on every message, while
+    few peers originate messages; raises for ids without a secp256k1 key."""
+    from libp2p.peer.id import ID
+
+    sender = ID(from_id).to_base58()
+    return sender, address_from_peer_id(sender)
 
 
 @asynccontextmanager

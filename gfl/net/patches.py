@@ -37,8 +37,9 @@ library has no settings for these:
    default the receiver answers each read with a WINDOW_UPDATE frame; we turn
    it off (go-yamux's behaviour: credit is returned once half the window has
    been consumed). An explicit ``PY_YAMUX_RELEASE_ON_READ`` in the environment
-   still wins. The window size itself is left alone: the library auto-tunes it
-   up to 16 MiB, and a 50 MiB transfer never waited on it (measured).
+   still wins (read once, when the tuning is installed). The window size
+   itself is left alone: the library auto-tunes it up to 16 MiB, and a 50 MiB
+   transfer never waited on it (measured).
 5. **Noise reads of two bytes.** ``NoisePacketReadWriter.read_msg`` reads each
    message's 2-byte length and then its body with separate socket reads.
    `_read_noise_msg` reads ahead up to `NOISE_READ_AHEAD` bytes into a buffer
@@ -56,13 +57,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import warnings
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 with warnings.catch_warnings():
     # `import libp2p` imports websockets.legacy, which warns on import.
     warnings.simplefilter("ignore", DeprecationWarning)
     import libp2p  # noqa: F401
+    import libp2p.pubsub.gossipsub as _gossipsub_mod
     import libp2p.pubsub.pubsub as _pubsub_mod
     from libp2p.abc import INotifee
     from libp2p.io.exceptions import IncompleteReadError
@@ -110,10 +115,11 @@ async def _guarded_stream_handler(self: Pubsub, stream: Any) -> None:
         self._handle_dead_peer(peer_id)
 
 
+_release_on_read = False  # set by `tune_transport` from the environment
+
+
 def _no_release_on_read() -> bool:
-    if "PY_YAMUX_RELEASE_ON_READ" in os.environ:
-        return bool(_original_release_on_read())
-    return False
+    return _release_on_read
 
 
 async def _read_noise_msg(self: Any) -> bytes:
@@ -161,6 +167,8 @@ async def _write_noise_msg(self: Any, msg: bytes, prefix_encoded: bool = False) 
 
 def tune_transport() -> None:
     """Install the Yamux and Noise tuning (idempotent)."""
+    global _release_on_read
+    _release_on_read = "PY_YAMUX_RELEASE_ON_READ" in os.environ and _original_release_on_read()
     _yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
     _yamux._yamux_release_on_read = _no_release_on_read
     _noise_io.NoisePacketReadWriter.read_msg = _read_noise_msg  # type: ignore[method-assign]
@@ -186,12 +194,14 @@ def apply() -> None:
         return
     _pubsub_mod.signature_validator = _safe_signature_validator
     Pubsub.stream_handler = _guarded_stream_handler  # type: ignore[method-assign]
+    verify_once()
     _applied = True
 
 
 def unapply() -> None:
     """Restore the library's behaviour (tests use it to show the crashes are real)."""
     global _applied
+    unverify_once()
     _pubsub_mod.signature_validator = _original_signature_validator
     Pubsub.stream_handler = _original_stream_handler  # type: ignore[method-assign]
     _applied = False
@@ -205,15 +215,14 @@ class GflPubsub(Pubsub):
     async def push_msg(self, msg_forwarder: Any, msg: Any) -> None:
         net = self.gfl_network
         try:
-            if (
-                self.strict_signing
-                and msg_forwarder != self.my_id
-                and not self._is_msg_seen(msg)
-                and not _safe_signature_validator(msg)
-            ):
-                if net is not None:
-                    net._bad_signature(msg_forwarder, msg)
-                return
+            if self.strict_signing and msg_forwarder != self.my_id and not self._is_msg_seen(msg):
+                if not _safe_signature_validator(msg):
+                    if net is not None:
+                        net._bad_signature(msg_forwarder, msg)
+                    return
+                _signature_verified(msg)  # the library checks it again next: skip that
+            elif msg_forwarder == self.my_id:
+                _signature_verified(msg)  # signed by `Pubsub.publish` an instant ago
             await super().push_msg(msg_forwarder, msg)
         except Exception as exc:
             logger.warning("error handling a pubsub message from %s: %s", msg_forwarder, exc)
@@ -252,3 +261,108 @@ class PeerNotifee(INotifee):
 
     async def listen_close(self, network: Any, multiaddr: Any) -> None:
         pass
+
+
+# ------------------------------------------------------------------------------------
+# Per-message crypto done once (gossip CPU; bench/gossip.py, bench/RESULTS.md)
+#
+# With 16 nodes on few cores, gossip latency is set by the CPU all nodes spend per
+# message. py-libp2p 0.8.1 repeats three checks whose inputs have not changed:
+#
+# 7. **The message signature, twice.** `GflPubsub.push_msg` verifies a new message's
+#    signature (to count bad ones) and ``Pubsub.push_msg`` verifies it again at once.
+#    It also verifies the signature of each message we publish, right after signing
+#    it. `_signature_verified` marks the message object just verified (or signed);
+#    the library's check (`_signature_validator_once`) passes that one object and
+#    checks any other.
+# 8. **The sender's signed peer record on every RPC.** Each pubsub RPC carries the
+#    sender's signed peer record, and ``maybe_consume_signed_record`` verifies its
+#    signature and stores it for every RPC received (twice for control RPCs): with
+#    ~7 copies of each message arriving, that is ~7 ECDSA verifications per message
+#    and node. `_consume_record_once` skips bytes identical to those this peer sent
+#    last and that were accepted within `RECORD_RECHECK` seconds; any other record
+#    takes the library's full path.
+# 9. **Our own signed peer record on every RPC sent.** ``env_to_send_in_RPC`` rebuilds
+#    the host's addresses (``get_addrs``, ~0.2 ms of multiaddr parsing) for each RPC to
+#    see whether the record needs reissuing. `_own_record_reused` reuses its bytes
+#    for `OWN_RECORD_REUSE` seconds.
+# ------------------------------------------------------------------------------------
+
+RECORD_RECHECK = 60.0
+OWN_RECORD_REUSE = 1.0
+MAX_RECORD_PEERS = 4096
+
+_original_consume_record = _pubsub_mod.maybe_consume_signed_record
+_original_own_record = _pubsub_mod.env_to_send_in_RPC
+_verified_msg: Any = None
+_peer_records: weakref.WeakKeyDictionary[Any, OrderedDict[Any, tuple[bytes, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+_own_records: weakref.WeakKeyDictionary[Any, tuple[float, bytes]] = weakref.WeakKeyDictionary()
+
+
+def _signature_verified(msg: Any) -> None:
+    global _verified_msg
+    _verified_msg = msg
+
+
+def _signature_validator_once(msg: Any) -> bool:
+    """The library's signature check, except for the message object `GflPubsub.push_msg`
+    verified just before (no await runs between the two checks)."""
+    global _verified_msg
+    if msg is _verified_msg:
+        _verified_msg = None
+        return True
+    return _safe_signature_validator(msg)
+
+
+def _consume_record_once(msg: Any, host: Any, peer_id: Any) -> bool:
+    """``maybe_consume_signed_record`` that skips a record identical to one this peer
+    sent and had accepted within `RECORD_RECHECK` seconds."""
+    if peer_id is None or not msg.HasField("senderRecord"):
+        return bool(_original_consume_record(msg, host, peer_id))
+    record = msg.senderRecord
+    now = time.monotonic()
+    known = _peer_records.setdefault(host, OrderedDict())
+    hit = known.get(peer_id)
+    if hit is not None and hit[0] == record and hit[1] > now:
+        return True
+    ok = bool(_original_consume_record(msg, host, peer_id))
+    if ok:
+        known[peer_id] = (record, now + RECORD_RECHECK)
+        known.move_to_end(peer_id)
+        while len(known) > MAX_RECORD_PEERS:
+            known.popitem(last=False)
+    else:
+        known.pop(peer_id, None)
+    return ok
+
+
+def _own_record_reused(host: Any) -> tuple[bytes, bool]:
+    """``env_to_send_in_RPC`` whose result is reused for `OWN_RECORD_REUSE` seconds."""
+    now = time.monotonic()
+    hit = _own_records.get(host)
+    if hit is not None and hit[0] > now:
+        return hit[1], False
+    envelope, created = _original_own_record(host)
+    _own_records[host] = (now + OWN_RECORD_REUSE, envelope)
+    return envelope, created
+
+
+def verify_once() -> None:
+    """Install 7-9: each signature and signed record on the gossip path is checked once
+    (idempotent; `unverify_once` restores the library's functions)."""
+    _pubsub_mod.signature_validator = _signature_validator_once
+    for mod in (_pubsub_mod, _gossipsub_mod):
+        mod.maybe_consume_signed_record = _consume_record_once  # type: ignore[attr-defined]
+        mod.env_to_send_in_RPC = _own_record_reused  # type: ignore[attr-defined]
+
+
+def unverify_once() -> None:
+    """Restore the library's per-RPC checks (the signature check stays the safe one)."""
+    _pubsub_mod.signature_validator = _safe_signature_validator
+    for mod in (_pubsub_mod, _gossipsub_mod):
+        mod.maybe_consume_signed_record = _original_consume_record  # type: ignore[attr-defined]
+        mod.env_to_send_in_RPC = _original_own_record  # type: ignore[attr-defined]
+    _peer_records.clear()
+    _own_records.clear()
