@@ -106,24 +106,25 @@ class DataSource:
 
     def load(self, eval_limit: int = 0) -> NodeData:
         """The training data and (up to `eval_limit` examples of) the test split."""
+        # only the examples kept are converted to floats (the limits apply before that)
         if self.partition:
             train = load_partition(
-                self.dataset, self.index, self.of, self.partition, self.seed, root=self.root
+                self.dataset,
+                self.index,
+                self.of,
+                self.partition,
+                self.seed,
+                root=self.root,
+                limit=self.limit,
             )
         else:
-            train = load_dataset(self.dataset, root=self.root, train=True)
-        if self.limit is not None and self.limit < len(train):
-            import numpy as np
-
-            train = train.subset(np.arange(self.limit))
+            train = load_dataset(self.dataset, root=self.root, train=True, limit=self.limit)
         try:
-            test: ArrayDataset | None = load_dataset(self.dataset, root=self.root, train=False)
+            test: ArrayDataset | None = load_dataset(
+                self.dataset, root=self.root, train=False, limit=eval_limit
+            )
         except DataError:
             test = None
-        if test is not None and 0 < eval_limit < len(test):
-            import numpy as np
-
-            test = test.subset(np.arange(eval_limit))
         return NodeData(train=train, test=test)
 
 

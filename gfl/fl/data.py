@@ -63,20 +63,51 @@ def default_root() -> Path:
 
 
 def load_dataset(
-    name: str, *, root: str | Path | None = None, train: bool = True, download: bool = False
+    name: str,
+    *,
+    root: str | Path | None = None,
+    train: bool = True,
+    download: bool = False,
+    limit: int | None = None,
 ) -> ArrayDataset:
-    """Load a named dataset's train or test split from `root` (downloading only if allowed)."""
+    """Load a named dataset's train or test split from `root` (downloading only if allowed);
+    with `limit`, only its first `limit` examples."""
+    _check_limit(limit)
+    src = _load_source(name, root, train, download)
+    return src.take(None if not limit or limit >= len(src.y) else np.arange(limit))
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise DataError(f"a data limit must be a whole number >= 0 (0: no limit), not {limit!r}")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A split as stored: its labels, and its features still as bytes where they came as
+    bytes — converted to floats only for the examples taken (a node keeps ~1/N of them)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    convert: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def take(self, idx: np.ndarray | None) -> ArrayDataset:
+        x, y = (self.x, self.y) if idx is None else (self.x[idx], self.y[idx])
+        return ArrayDataset(self.convert(x) if self.convert else np.ascontiguousarray(x), y)
+
+
+def _load_source(name: str, root: str | Path | None, train: bool, download: bool) -> _Source:
     if name == "digits":
-        return _digits(train)
+        return _Source(*_digits(train))
     base = Path(root) if root is not None else default_root()
     if name in _TV_DIR:
-        return _idx_dataset(name, base, train, download)
+        return _idx_source(name, base, train, download)
     if name == "cifar10":
         return _cifar10(base, train, download)
     raise DataError(f"dataset {name!r} is unknown; known: {', '.join(DATASETS)}")
 
 
-def _digits(train: bool) -> ArrayDataset:
+def _digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -85,7 +116,7 @@ def _digits(train: bool) -> ArrayDataset:
     perm = np.random.default_rng(0).permutation(len(y))
     cut = int(len(y) * 0.8)
     idx = perm[:cut] if train else perm[cut:]
-    return ArrayDataset(np.ascontiguousarray(x[idx]), y[idx])
+    return x[idx], y[idx]
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -117,7 +148,7 @@ def _find_idx(base: Path, tv_dir: str, stem: str) -> Path | None:
     return None
 
 
-def _idx_dataset(name: str, base: Path, train: bool, download: bool) -> ArrayDataset:
+def _idx_source(name: str, base: Path, train: bool, download: bool) -> _Source:
     prefix = "train" if train else "t10k"
     tv_dir = _TV_DIR[name]
     img = _find_idx(base, tv_dir, f"{prefix}-images-idx3-ubyte")
@@ -135,14 +166,17 @@ def _idx_dataset(name: str, base: Path, train: bool, download: bool) -> ArrayDat
             cls(str(base), train=train, download=True)
         except Exception as e:  # network errors come in many types
             raise DataError(f"could not download {name}: {e}") from None
-        return _idx_dataset(name, base, train, download=False)
+        return _idx_source(name, base, train, download=False)
     images = _read_idx(img)
     labels = _read_idx(lab).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DataError(f"{name}: images and labels do not match")
     mean, std = _NORM[name]
-    x = _normalize(images, lambda v: (v / 255.0 - mean) / std)[:, None, :, :]
-    return ArrayDataset(x, labels)
+
+    def convert(b: np.ndarray) -> np.ndarray:
+        return _normalize(b, lambda v: (v / 255.0 - mean) / std)[:, None, :, :]
+
+    return _Source(images, labels, convert)
 
 
 def _normalize(images: np.ndarray, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -157,7 +191,7 @@ _CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)[None, :, None, None
 _CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)[None, :, None, None]
 
 
-def _cifar10(base: Path, train: bool, download: bool) -> ArrayDataset:
+def _cifar10(base: Path, train: bool, download: bool) -> _Source:
     binary = base / "cifar-10-batches-bin"
     if binary.is_dir():
         names = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
@@ -170,11 +204,15 @@ def _cifar10(base: Path, train: bool, download: bool) -> ArrayDataset:
         except Exception as e:  # missing files raise RuntimeError, network errors vary
             raise DataError(f"cifar10 not available under {base}: {e}") from None
         images, labels = ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)
+    return _Source(images, labels, _cifar_normalize)
+
+
+def _cifar_normalize(images: np.ndarray) -> np.ndarray:
     x = np.empty(images.shape, np.float32)
     for c in range(3):  # one table per channel: each has its own mean and deviation
         mean, std = _CIFAR_MEAN[0, c, 0, 0], _CIFAR_STD[0, c, 0, 0]
         x[:, c] = _normalize(images[:, c], lambda v, m=mean, s=std: (v / 255.0 - m) / s)
-    return ArrayDataset(x, labels)
+    return x
 
 
 def _cifar10_bin(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -290,12 +328,16 @@ def load_partition(
     *,
     root: str | Path | None = None,
     download: bool = False,
+    limit: int | None = None,
 ) -> ArrayDataset:
-    """Partition `index` of `num_clients` of a dataset's training split."""
+    """Partition `index` of `num_clients` of a dataset's training split (its first `limit`
+    examples with `limit`)."""
     if not 0 <= index < num_clients:
         raise DataError(f"partition index {index} is outside 0..{num_clients - 1}")
-    ds = load_dataset(name, root=root, train=True, download=download)
-    return ds.subset(partition(ds.y, scheme, num_clients, seed)[index])
+    _check_limit(limit)
+    src = _load_source(name, root, True, download)
+    idx = partition(src.y, scheme, num_clients, seed)[index]
+    return src.take(idx[:limit] if limit else idx)
 
 
 def split_holdout(

@@ -72,17 +72,23 @@ def test_mnist_offline_from_gzipped_idx():
     assert abs(float(te.x.mean())) < 0.1  # normalized
 
 
+def _mnist_idx(root: Path, n: int = 50) -> np.ndarray:
+    """A tiny MNIST training split as IDX files; returns its images."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    header = b"\0\0\x08\x03" + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (root / "train-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    (root / "train-labels-idx1-ubyte").write_bytes(
+        b"\0\0\x08\x01" + n.to_bytes(4, "big") + labels.tobytes()
+    )
+    return images
+
+
 def test_byte_images_are_normalized_exactly_as_the_float_formula(tmp_path):
     """The lookup-table normalization gives the very floats of the four-pass formula (the
     models nodes train must not depend on how the data was converted)."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
-    header = b"\0\0\x08\x03" + (50).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(header + images.tobytes())
-    labels = rng.integers(0, 10, 50, dtype=np.uint8)
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(
-        b"\0\0\x08\x01" + (50).to_bytes(4, "big") + labels.tobytes()
-    )
+    images = _mnist_idx(tmp_path)
     x = load_dataset("mnist", root=tmp_path).x
     assert np.array_equal(x[:, 0], (images.astype(np.float32) / 255.0 - 0.1307) / 0.3081)
 
@@ -92,6 +98,18 @@ def test_byte_images_are_normalized_exactly_as_the_float_formula(tmp_path):
     std = np.array([0.2470, 0.2435, 0.2616], np.float32)[None, :, None, None]
     want = (planes.astype(np.float32) / 255.0 - mean) / std
     assert np.array_equal(load_dataset("cifar10", root=tmp_path).x[:8], want)
+
+
+def test_limits_take_the_first_examples_of_the_split_or_partition(tmp_path):
+    _mnist_idx(tmp_path, 60)
+    whole = load_partition("mnist", 1, 3, "iid", 0, root=tmp_path)
+    first = load_partition("mnist", 1, 3, "iid", 0, root=tmp_path, limit=5)
+    assert np.array_equal(first.x, whole.x[:5]) and np.array_equal(first.y, whole.y[:5])
+    split = load_dataset("mnist", root=tmp_path)
+    assert np.array_equal(load_dataset("mnist", root=tmp_path, limit=7).x, split.x[:7])
+    assert len(load_dataset("mnist", root=tmp_path, limit=0)) == 60  # 0: no limit
+    with pytest.raises(DataError, match="limit"):
+        load_dataset("digits", limit=-1)
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
