@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import time
 
 import pytest
@@ -56,3 +57,39 @@ def test_a_full_node_refuses_further_inbound_peers(init_home, start_node):
         time.sleep(0.3)
     assert net["max_peers"] == 1 and peer_ids(a) == {b.peer_id}
     assert c.peer_id not in peer_ids(a)
+
+
+ARENA_PROBE = """
+import ctypes, sys, threading
+from gfl.node import limit_malloc_arenas
+if sys.argv[1] == "limit":
+    limit_malloc_arenas(1)
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+start = threading.Barrier(4)
+def allocate():
+    start.wait()
+    for _ in range(1000):
+        libc.malloc(64)
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc.malloc_stats()
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_a_node_process_keeps_few_malloc_arenas():
+    """Threads that allocate at once each get a glibc arena of their own unless limited
+    (a node's worker threads each kept tens of MB that way)."""
+    import subprocess
+    import sys
+
+    def arenas(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, timeout=60
+        )
+        return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+
+    assert arenas("free") > 1
+    assert arenas("limit") == 1

@@ -25,7 +25,7 @@ from gfl.fl.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 1024
+EVAL_BATCH = 128
 
 
 class TrainError(GflError):
