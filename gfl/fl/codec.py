@@ -27,6 +27,7 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -255,6 +256,22 @@ def _lowrank_prediction(
     m, n = _matrix_shape(x.shape)
     if x.size < _LOWRANK_MIN or min(m, n) < 2 * _LOWRANK_RANKS[0]:
         return None
+    with _one_blas_thread():
+        return _choose_lowrank(x, scales, q, block, m, n)
+
+
+def _one_blas_thread() -> Any:
+    """BLAS on one thread for the factor products: OpenBLAS's threads spin while they wait,
+    and on cores busy with training they made a 10M-parameter int8 encode ~10x slower
+    (bench/codec.py beside a training job)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _choose_lowrank(
+    x: np.ndarray, scales: np.ndarray, q: np.ndarray, block: int, m: int, n: int
+) -> tuple[bytes, np.ndarray] | None:
     ranks = [r for r in _LOWRANK_RANKS if 2 * r <= min(m, n)]
     factors = _lowrank_factors(x.reshape(m, n).astype(np.float32, copy=False), ranks[-1])
     if factors is None:
@@ -556,7 +573,8 @@ def _decode_prediction(
     _need(int(e.max()) <= _LOWRANK_MAX_EXP, f"tensor {name!r}: bad factor exponents")
     a = np.frombuffer(factors, np.int8, m * r, 8 + r).reshape(m, r)
     b = np.frombuffer(factors, np.int8, r * n, 8 + r + m * r).reshape(r, n)
-    return _lowrank_predict(g, e, a, b, scales, block)
+    with _one_blas_thread():
+        return _lowrank_predict(g, e, a, b, scales, block)
 
 
 def decode_frame(frame: bytes, *, max_bytes: int = DEFAULT_MAX) -> dict[str, np.ndarray]:
