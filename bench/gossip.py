@@ -9,9 +9,11 @@ all node processes during the publish phase, less what they spend idle (measured
 over ``--idle`` seconds before it), divided by the messages published. Copies
 received per delivered message show the mesh's duplicate traffic.
 
-Usage: python bench/gossip.py [--nodes 16] [--msgs 50] [--profile relay.txt]
-(``--profile`` records node 1, a relay, with ``py-spy record --gil -f raw``: the
-publish phase to relay.txt, the idle window before it to relay.txt.idle.)
+Usage: python bench/gossip.py [--nodes 16] [--msgs 50] [--settle 0] [--profile relay.txt]
+(``--settle`` waits that long after set-up before measuring, so that the start-up's
+discovery and mesh building are over; ``--profile`` records node 1, a relay, with
+``py-spy record --gil -f raw``: the publish phase to relay.txt, the idle window before
+it to relay.txt.idle.)
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--msgs", type=int, default=50)
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured")
+    ap.add_argument(
+        "--settle", type=float, default=0.0, help="seconds to wait after set-up before measuring"
+    )
     ap.add_argument("--profile", help="py-spy raw profile of node 1 during the publish phase")
     ap.add_argument("--role")
     ap.add_argument("--index", type=int, default=0)
@@ -157,6 +162,7 @@ def main() -> None:
         p.stdout.readline()
     peers = [int(p.stdout.readline().split()[1]) for p in procs]
     setup = time.time() - t0
+    time.sleep(a.settle)
     load = os.getloadavg()[0]
     spy = _spy(a.profile and f"{a.profile}.idle", a.idle, procs[1].pid)
     cpu0, w0 = _cpu(procs), time.monotonic()
@@ -180,6 +186,7 @@ def main() -> None:
     drops: dict[str, int] = {}
     copies = 0
     mesh: list[int] = []
+    per_node: list[tuple[float, int, int]] = []  # (p99 ms, index, mesh)
     for p in procs:
         p.stdin.write(f"quit {a.msgs}\n")
         p.stdin.flush()
@@ -188,6 +195,10 @@ def main() -> None:
         lat += r["lat"]
         copies += r["copies"]
         mesh.append(r["mesh"])
+        if r["lat"]:
+            mine = sorted(r["lat"])
+            p99_mine = mine[min(len(mine) - 1, int(0.99 * len(mine)))] * 1000
+            per_node.append((p99_mine, len(mesh) - 1, r["mesh"]))
         for k, v in r["drops"].items():
             drops[k] = drops.get(k, 0) + v
         p.wait(timeout=30)
@@ -207,6 +218,8 @@ def main() -> None:
     )
     print(f"{'delivered':>10} {'expected':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  drops")
     print(f"{len(lat):>10} {expected:>9} {p50:>8.1f} {p99:>8.1f} {lat[-1] * 1000:>8.1f}  {drops}")
+    worst = ", ".join(f"node {i} {ms:.0f} ms (mesh {m})" for ms, i, m in sorted(per_node)[-3:])
+    print(f"slowest nodes by their own p99: {worst}")
 
 
 if __name__ == "__main__":

@@ -809,9 +809,12 @@ async def open_network(
         )
         gossipsub = GossipSub(
             protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
+            # D_high 8 (the library's 12): each node receives about as many copies
+            # of a message as it has mesh peers; 16 processes on 2 cores need
+            # about a quarter less CPU per message (bench/gossip.py, bench/RESULTS.md)
             degree=6,
             degree_low=4,
-            degree_high=12,
+            degree_high=8,
             heartbeat_interval=1,
             # GFL rate-limits and counts itself (gossip.RateLimiter) instead of
             # the library's silent 10 msg/s drop; all test peers share 127.0.0.1,

@@ -17,9 +17,11 @@ manager then stops the whole service (and, through it, the host):
    and forgets the peer, as the library does for its own parse errors.
 
 Besides these, `GflPubsub` (a subclass, not a patch) counts messages with bad
-signatures, survives any exception in ``push_msg``, and hands valid messages
+signatures, survives any exception in ``push_msg``, hands valid messages
 straight to `gfl.net.network.Network` instead of the library's 32-deep
-per-subscription queue that drops silently.
+per-subscription queue that drops silently, and (10) tells a new peer the topics
+we joined or left while its pubsub stream was being set up, which the library
+loses (the peer never learns them, so no mesh with us forms on those topics).
 
 **Transport tuning** (`tune_transport`, installed with the fixes when `gfl.net`
 is imported; measured in bench/transfer.py, figures in bench/RESULTS.md). The
@@ -33,13 +35,18 @@ library has no settings for these:
    We send frames of exactly four Noise messages (`YAMUX_FRAME_BYTES`, ~256 KiB),
    which any Yamux peer accepts: a frame only has to fit the receive window
    (256 KiB at the start, by the spec).
-4. **Window updates on every read.** With ``PY_YAMUX_RELEASE_ON_READ`` at its
-   default the receiver answers each read with a WINDOW_UPDATE frame; we turn
-   it off (go-yamux's behaviour: credit is returned once half the window has
-   been consumed). An explicit ``PY_YAMUX_RELEASE_ON_READ`` in the environment
-   still wins (read once, when the tuning is installed). The window size
-   itself is left alone: the library auto-tunes it up to 16 MiB, and a 50 MiB
-   transfer never waited on it (measured).
+4. **Window updates on every read.** The receiver answers each read with a
+   WINDOW_UPDATE frame: with ``PY_YAMUX_RELEASE_ON_READ`` at its default for
+   every read, and without it still for most small reads (its "partial slack"
+   branch), so each small gossip message costs a second frame back, on both
+   ends. `_window_update` returns credit once `YAMUX_CREDIT_BATCH` (16 KiB) has
+   been read: dozens of gossip messages, or each read of a bulk transfer. Not
+   go-yamux's half window: the library's sender polls every 10 ms once its
+   window is empty, and its window auto-tuning grows only on frequent updates,
+   so with credit that late a 50 MiB transfer took 2-4x longer (measured). An
+   explicit ``PY_YAMUX_RELEASE_ON_READ`` in the environment still returns credit
+   on every read (read once, when the tuning is installed). The window size
+   itself is left alone: the library auto-tunes it up to 16 MiB.
 5. **Noise reads of two bytes.** ``NoisePacketReadWriter.read_msg`` reads each
    message's 2-byte length and then its body with separate socket reads.
    `_read_noise_msg` reads ahead up to `NOISE_READ_AHEAD` bytes into a buffer
@@ -55,6 +62,7 @@ library has no settings for these:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -72,6 +80,7 @@ with warnings.catch_warnings():
     from libp2p.abc import INotifee
     from libp2p.io.exceptions import IncompleteReadError
     from libp2p.pubsub import validators as _validators
+    from libp2p.pubsub.pb import rpc_pb2
     from libp2p.pubsub.pubsub import Pubsub
     from libp2p.security.noise import io as _noise_io
     from libp2p.stream_muxer.yamux import yamux as _yamux
@@ -82,6 +91,7 @@ _original_signature_validator = _validators.signature_validator
 _original_stream_handler = Pubsub.stream_handler
 _original_yamux_frame = _yamux.MAX_MESSAGE_SIZE
 _original_release_on_read = _yamux._yamux_release_on_read
+_original_window_update = _yamux.YamuxStream._auto_tune_and_send_window_update
 _original_noise_read = _noise_io.NoisePacketReadWriter.read_msg
 _original_noise_write = _noise_io.BaseNoiseMsgReadWriter.write_msg
 _applied = False
@@ -89,6 +99,8 @@ _applied = False
 # A Yamux DATA frame (12-byte header + payload) that fills exactly four Noise messages.
 YAMUX_FRAME_BYTES = 4 * _noise_io.MAX_PLAINTEXT_LENGTH
 NOISE_READ_AHEAD = 256 * 1024
+# Yamux credit is returned once this much has been read (or half the window, if less).
+YAMUX_CREDIT_BATCH = 16 * 1024
 _NOISE_LEN = _noise_io.SIZE_NOISE_MESSAGE_LEN
 _READ_AHEAD_ATTR = "_gfl_read_ahead"
 
@@ -118,8 +130,16 @@ async def _guarded_stream_handler(self: Pubsub, stream: Any) -> None:
 _release_on_read = False  # set by `tune_transport` from the environment
 
 
-def _no_release_on_read() -> bool:
-    return _release_on_read
+async def _window_update(self: Any, *, bytes_read: int = 0) -> None:
+    """``YamuxStream._auto_tune_and_send_window_update`` returning credit in bulk (4)."""
+    increment = 0
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        due = self.target_recv_window - (self.recv_window + buffered)
+        if due > 0 and (due >= min(self._grow_threshold(), YAMUX_CREDIT_BATCH) or _release_on_read):
+            increment = self._grow_to_delta(buffered) + self._apply_autotune_epoch(buffered)
+    if increment > 0:
+        await self.send_window_update(increment, skip_lock=True)
 
 
 async def _read_noise_msg(self: Any) -> bytes:
@@ -170,7 +190,7 @@ def tune_transport() -> None:
     global _release_on_read
     _release_on_read = "PY_YAMUX_RELEASE_ON_READ" in os.environ and _original_release_on_read()
     _yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
-    _yamux._yamux_release_on_read = _no_release_on_read
+    _yamux.YamuxStream._auto_tune_and_send_window_update = _window_update  # type: ignore[method-assign]
     _noise_io.NoisePacketReadWriter.read_msg = _read_noise_msg  # type: ignore[method-assign]
     _noise_io.BaseNoiseMsgReadWriter.write_msg = _write_noise_msg  # type: ignore[method-assign]
 
@@ -182,7 +202,7 @@ def untune_transport() -> None:
     with the tuning keeps bytes in its read-ahead buffer.
     """
     _yamux.MAX_MESSAGE_SIZE = _original_yamux_frame
-    _yamux._yamux_release_on_read = _original_release_on_read
+    _yamux.YamuxStream._auto_tune_and_send_window_update = _original_window_update  # type: ignore[method-assign]
     _noise_io.NoisePacketReadWriter.read_msg = _original_noise_read  # type: ignore[method-assign]
     _noise_io.BaseNoiseMsgReadWriter.write_msg = _original_noise_write  # type: ignore[method-assign]
 
@@ -207,10 +227,50 @@ def unapply() -> None:
     _applied = False
 
 
+# The topics in the hello that `Pubsub._handle_new_peer` (one task per new peer) built.
+_hello_topics: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "gfl_hello_topics", default=None
+)
+
+
 class GflPubsub(Pubsub):
-    """Pubsub that counts bad signatures and delivers to `Network` without silent drops."""
+    """Pubsub that counts bad signatures and delivers to `Network` without silent drops.
+
+    It also closes a race in ``Pubsub._handle_new_peer`` (10): the hello packet
+    listing our topics is built, then written, and only then is the peer added to
+    ``peers``. A topic we subscribe to (or leave) while that write is pending goes
+    neither into the hello nor into the broadcast, which skips peers not yet in
+    ``peers``: that peer never learns it, and no mesh with us forms on the topic.
+    After the peer is added we send it whatever changed since the hello.
+    """
 
     gfl_network: Any = None
+
+    def get_hello_packet(self) -> Any:
+        _hello_topics.set(frozenset(self.topic_ids))
+        return super().get_hello_packet()
+
+    async def _handle_new_peer(self, peer_id: Any) -> None:
+        _hello_topics.set(None)
+        await super()._handle_new_peer(peer_id)
+        told = _hello_topics.get()
+        queue = self.peer_queues.get(peer_id)
+        if told is None or queue is None:
+            return
+        now = frozenset(self.topic_ids)
+        changes = [(t, True) for t in sorted(now - told)] + [(t, False) for t in sorted(told - now)]
+        if not changes:
+            return
+        packet = rpc_pb2.RPC()
+        packet.subscriptions.extend(
+            rpc_pb2.RPC.SubOpts(subscribe=on, topicid=topic) for topic, on in changes
+        )
+        packet.senderRecord, _ = _pubsub_mod.env_to_send_in_RPC(self.host)
+        if not queue.push(packet):
+            for topic, on in changes:
+                self._schedule_announce_retry(
+                    peer_id, rpc_pb2.RPC.SubOpts(subscribe=on, topicid=topic)
+                )
 
     async def push_msg(self, msg_forwarder: Any, msg: Any) -> None:
         net = self.gfl_network
