@@ -414,64 +414,57 @@ class Network:
         self.traffic.msgs_out += 1
         self.traffic.bytes_out += len(data)
 
-    def _check(self, topic: str, forwarder: Any, msg: Any) -> GossipMessage | None:
-        """Envelope checks shared by the sync and async validators; None means drop.
+    def _check(self, topic: str, forwarder: Any, msg: Any) -> GossipMessage | bool:
+        """Envelope checks shared by the sync and async validators: False means drop,
+        True is our own message (`publish` encoded it with the same checks), else the
+        decoded message for the topic's own validator.
 
-        Runs once per message (the library checks its seen-cache first), never for
-        our own: `publish` encoded those with the same checks.
+        Runs once per message (the library checks its seen-cache first).
         """
+        if forwarder == self._my_id:
+            return True
         fwd = forwarder.to_base58()
         if not self._limiter.allow((fwd, topic)):
             self._drop("rate_limited", topic=topic, peer_id=fwd)
-            return None
+            return False
         if len(msg.data) > MAX_MESSAGE_BYTES:
             self._drop("oversize", topic=topic, peer_id=fwd, size=len(msg.data))
-            return None
+            return False
         if len(msg.topicIDs) != 1:
             self._drop("malformed", topic=topic, peer_id=fwd, error="several topics")
-            return None
+            return False
         try:
             payload = decode_message(msg.data)
             gm = _to_gossip(topic, msg, payload)
         except (MessageError, Exception) as exc:
             self._drop("malformed", topic=topic, peer_id=fwd, error=str(exc))
-            return None
+            return False
         return gm
 
     def _make_sync_validator(self, topic: str) -> Callable[[Any, Any], bool]:
         def validate(forwarder: Any, msg: Any) -> bool:
-            if forwarder == self._my_id:
-                return True
             gm = self._check(topic, forwarder, msg)
-            if gm is None:
-                return False
+            if not isinstance(gm, GossipMessage):
+                return gm
             user = self._validators.get(topic)
-            ok = True
-            if user is not None:
-                try:
-                    ok = bool(user(gm))
-                except Exception as exc:
-                    logger.warning("validator for %s raised: %s", topic, exc)
-                    ok = False
+            try:
+                ok = user is None or bool(user(gm))
+            except Exception as exc:
+                ok = _validator_raised(topic, exc)
             return self._verdict(msg, gm, ok)
 
         return validate
 
     def _make_async_validator(self, topic: str) -> Callable[[Any, Any], Awaitable[bool]]:
         async def validate(forwarder: Any, msg: Any) -> bool:
-            if forwarder == self._my_id:
-                return True
             gm = self._check(topic, forwarder, msg)
-            if gm is None:
-                return False
+            if not isinstance(gm, GossipMessage):
+                return gm
             user = self._validators.get(topic)
-            ok = True
-            if user is not None:
-                try:
-                    ok = bool(await user(gm))  # type: ignore[misc]
-                except Exception as exc:
-                    logger.warning("validator for %s raised: %s", topic, exc)
-                    ok = False
+            try:
+                ok = user is None or bool(await user(gm))  # type: ignore[misc]
+            except Exception as exc:
+                ok = _validator_raised(topic, exc)
             return self._verdict(msg, gm, ok)
 
         return validate
@@ -722,6 +715,12 @@ def _to_id(pid: str) -> Any:
 def _dht_key(h: bytes) -> str:
     # a sha256 multihash in hex, the form KadDHT.provide/find_providers accept
     return "1220" + bytes(h).hex()
+
+
+def _validator_raised(topic: str, exc: Exception) -> bool:
+    """A topic validator that raises rejects the message."""
+    logger.warning("validator for %s raised: %s", topic, exc)
+    return False
 
 
 def _to_gossip(topic: str, msg: Any, payload: dict) -> GossipMessage:

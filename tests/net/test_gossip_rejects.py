@@ -81,6 +81,44 @@ async def test_bad_gossip_is_rejected_and_not_forwarded(tmp_path):
         unregister_schema("test.job")
 
 
+def _refuse(gm):
+    return gm.payload["n"] != 1
+
+
+def _raise(gm):
+    if gm.payload["n"] == 1:
+        raise ValueError("validator bug")
+    return True
+
+
+async def _refuse_async(gm):
+    await trio.sleep(0)
+    return gm.payload["n"] != 1
+
+
+async def _raise_async(gm):
+    await trio.sleep(0)
+    return _raise(gm)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("validator", [_refuse, _raise, _refuse_async, _raise_async])
+async def test_a_topic_validator_refusing_or_raising_drops_the_message(tmp_path, validator):
+    async with AsyncExitStack() as stack:
+        x, a, b = await _line(stack, tmp_path)
+        ra = await a.subscribe(JOBS_TOPIC, validator)
+        rb = await b.subscribe(JOBS_TOPIC)
+        await wait_for(lambda: a.stats()["mesh"][JOBS_TOPIC] >= 1)
+        await wait_for(lambda: JOBS_TOPIC in x._pubsub.peer_topics)
+        for n in (1, 2):
+            await x.publish(JOBS_TOPIC, {"v": 1, "type": "test.validated", "n": n})
+        with trio.fail_after(5):
+            assert (await ra.receive()).payload["n"] == 2  # n=1 was dropped at a
+        with trio.fail_after(5):
+            assert (await rb.receive()).payload["n"] == 2  # ... and not forwarded to b
+        assert a.stats()["drops"] == {"rejected": 1}
+
+
 @pytest.mark.trio
 async def test_publish_refuses_oversize_and_badly_formed_messages(tmp_path):
     from gfl.net import MessageError
