@@ -63,8 +63,10 @@ async def node(index: int, boot: str | None, n_nodes: int) -> None:
                     ):
                         await trio.sleep(0.2)
                 print("ready", len(net.peers()), flush=True)
+                mesh = net.stats()["mesh"][JOBS_TOPIC]
                 while True:
                     cmd = (await trio.to_thread.run_sync(sys.stdin.readline)).split()
+                    mesh = net.stats()["mesh"][JOBS_TOPIC]  # before any node leaves
                     if not cmd or cmd[0] == "quit":
                         want = int(cmd[1]) if len(cmd) > 1 and index else 0
                         with trio.move_on_after(20):
@@ -84,7 +86,7 @@ async def node(index: int, boot: str | None, n_nodes: int) -> None:
                 "lat": lat,
                 "drops": stats["drops"],
                 "copies": copies[0],
-                "mesh": stats["mesh"][JOBS_TOPIC],
+                "mesh": mesh,
             }
             print(json.dumps(out), flush=True)
 
