@@ -334,13 +334,13 @@ class Network:
     async def _discovery_loop(self) -> None:
         """DHT lookups: after 1, 3, 7 and 15 s, then every `DISCOVERY_INTERVAL` s while
         they find peers we lack, pausing twice as long after each that finds nobody new
-        (up to `DISCOVERY_IDLE` s). Losing a peer sets the pause back to the interval."""
+        (up to `DISCOVERY_IDLE` s). Losing a peer cuts the pause back to the interval."""
         delay = 1.0
         while True:
             with trio.move_on_after(delay):
                 await self._peer_lost.wait()
                 self._peer_lost = trio.Event()
-                delay = DISCOVERY_INTERVAL
+                delay = min(delay, DISCOVERY_INTERVAL)
                 continue
             if not self._peers:  # the bootstrap loop reconnects us
                 delay = min(delay * 2, DISCOVERY_INTERVAL)

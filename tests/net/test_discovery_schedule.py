@@ -59,6 +59,13 @@ async def test_a_lost_peer_brings_the_next_lookup_forward(autojump_clock):
 
 
 @pytest.mark.trio
+async def test_a_peer_lost_while_starting_keeps_the_quick_lookups(autojump_clock):
+    s = _Schedule(fruitful_until=1000)
+    await s.run_for(40, lose_peer_at=2)
+    assert s.lookups == [1, 4, 8, 16, 31]  # the 2 s pause begun at 1 s starts again at 2 s
+
+
+@pytest.mark.trio
 async def test_no_lookups_at_the_peer_limit_or_without_peers(autojump_clock):
     full = _Schedule(fruitful_until=1000, peers=4, max_peers=4)
     await full.run_for(300)
