@@ -9,6 +9,7 @@ registry would refuse fails before it costs a nonce, with its custom error.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -176,7 +177,7 @@ class TxSender:
                 raise
             except Exception as exc:
                 message = str(exc).lower()
-                if "nonce" in message and "low" in message:
+                if _nonce_too_low(message):
                     if self._known(signed.hash):
                         break  # an earlier attempt got through after all
                     log.info("nonce %s too low for %s, re-reading it", self._nonce, self.address)
@@ -224,3 +225,18 @@ class TxSender:
                 raise as_chain_error(exc, what) from None
             raise ChainError(f"{what}: transaction 0x{tx_hash.hex()} reverted")
         return Tx(bytes(tx_hash), receipt["blockNumber"], receipt["gasUsed"])
+
+
+_EXPECTED_NONCE = re.compile(r"expected (\d+), but got (\d+)")
+
+
+def _nonce_too_low(message: str) -> bool:
+    """Whether a lower-cased send error says our nonce is already used: geth and anvil
+    say "nonce too low", py-evm (the embedded chain) "invalid transaction nonce:
+    expected 6, but got 5"."""
+    if "nonce" not in message:
+        return False
+    if "low" in message:
+        return True
+    m = _EXPECTED_NONCE.search(message)
+    return m is not None and int(m.group(2)) < int(m.group(1))

@@ -16,6 +16,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import (
@@ -133,7 +134,10 @@ class ConsoleApp(App[int]):
     def on_console_app_link_changed(self, message: LinkChanged) -> None:
         status, previous = message.status, self.link_status
         self.link_status = status
-        bar = self.query_one("#link", Static)
+        try:
+            bar = self.query_one("#link", Static)
+        except NoMatches:  # the link outlives the widgets while the console closes
+            return
         icon = {
             LinkState.CONNECTED: "●",
             LinkState.CONNECTING: "…",
@@ -169,7 +173,10 @@ class ConsoleApp(App[int]):
 
     def on_console_app_node_event(self, message: NodeEvent) -> None:
         event = message.event
-        self.query_one(EventLog).add(event)
+        try:
+            self.query_one(EventLog).add(event)
+        except NoMatches:  # the console is closing
+            return
         kind = str(event.get("type", ""))
         if kind in PEER_EVENTS or kind.startswith("chain."):
             self.reload_status()

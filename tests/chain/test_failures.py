@@ -94,6 +94,22 @@ def test_chain_going_down_mid_job_loses_nothing(tmp_path):
         server.close()
 
 
+def test_a_stale_nonce_is_read_again_on_the_embedded_chain():
+    """py-evm words "nonce too low" as "Expected 6, but got 5" (seen after a chain restart)."""
+    with serve_embedded() as server:
+        owner = NodeIdentity.generate()
+        fund(server.url, EMBEDDED_DEV_KEY, [owner.eth_address], 10**20)
+        a = open_chain(server.url, owner, registry_address=server.registry_address, timeout=2)
+        try:
+            job_id = os.urandom(32)
+            a.register_job(job_id, b"\x01" * 32, 1, 1, 600)
+            a._sender._nonce = 0  # as if the last transaction's answer had been lost
+            a.join_job(job_id)
+            assert a.get_job(job_id).joined_count == 1
+        finally:
+            a.close()
+
+
 def test_no_registry_at_the_address():
     with serve_embedded() as server:
         identity = NodeIdentity.generate()

@@ -97,6 +97,21 @@ async def test_node_down_then_retrying(free_port, wait_until) -> None:
         assert "gfl up" in text_of(app, "#overview-body")
 
 
+async def test_link_news_after_the_widgets_are_gone_is_no_crash(free_port) -> None:
+    """While the console closes its link task can still report: seen as a crash in CI."""
+    from gfl.tui.link import LinkStatus
+
+    app = ConsoleApp("127.0.0.1", free_port(), "whatever")
+    async with app.run_test(size=SIZE) as pilot:
+        await app.query_one("#link").remove()
+        await app.query_one(EventLog).remove()
+        app.post_message(app.LinkChanged(LinkStatus(LinkState.DOWN, "gone")))
+        app.post_message(app.NodeEvent({"type": "peer.connected"}))
+        await pilot.pause()
+        assert app.link_status.message == "gone"
+    assert app.return_code in (0, None)
+
+
 async def test_reconnects_when_the_node_restarts(
     init_home, start_node, free_port, wait_until
 ) -> None:
