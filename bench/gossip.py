@@ -63,7 +63,6 @@ async def node(index: int, boot: str | None, n_nodes: int) -> None:
                     ):
                         await trio.sleep(0.2)
                 print("ready", len(net.peers()), flush=True)
-                mesh = net.stats()["mesh"][JOBS_TOPIC]
                 while True:
                     cmd = (await trio.to_thread.run_sync(sys.stdin.readline)).split()
                     mesh = net.stats()["mesh"][JOBS_TOPIC]  # before any node leaves
@@ -117,6 +116,10 @@ def _spy(out: str | None, seconds: float, pid: int) -> subprocess.Popen | None:
     )
     time.sleep(0.5)  # attached
     return p
+
+
+def _p99(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 def _cpu(procs: list[subprocess.Popen]) -> float:
@@ -198,16 +201,14 @@ def main() -> None:
         copies += r["copies"]
         mesh.append(r["mesh"])
         if r["lat"]:
-            mine = sorted(r["lat"])
-            p99_mine = mine[min(len(mine) - 1, int(0.99 * len(mine)))] * 1000
-            per_node.append((p99_mine, len(mesh) - 1, r["mesh"]))
+            per_node.append((_p99(sorted(r["lat"])) * 1000, len(mesh) - 1, r["mesh"]))
         for k, v in r["drops"].items():
             drops[k] = drops.get(k, 0) + v
         p.wait(timeout=30)
     expected = a.msgs * (a.nodes - 1)
     lat.sort()
     p50 = statistics.median(lat) * 1000
-    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
+    p99 = _p99(lat) * 1000
     print(f"{a.nodes} processes, {a.msgs} announcements at 10/s, setup {setup:.1f}s")
     print(f"load average (1 min) at start: {load:.2f}")
     print(

@@ -12,13 +12,15 @@ client process pair:
 - blob: `Network.fetch_blob` (request, sha256 check, fsync'd store), stock
   and tuned;
 - with ``--before-root DIR``: the blob protocol of another checkout (e.g. a git
-  worktree of an older commit), for before/after figures in the same run.
+  worktree of an older commit), for before/after figures in the same run;
+- with ``--parts``: only the two costs no transport can avoid, each alone on one
+  core (best of 5): ChaCha20-Poly1305 decryption in Noise-sized messages and sha256.
 
 Ratio = plain TCP seconds / row seconds within the same run; the table gives the
 median and the range over the runs, and the median CPU seconds (`time.process_time`,
 all threads) of the receiving client around the transfer and of the sending server
 inside its stream handler. Usage:
-python bench/transfer.py [--mib 50] [--runs 3] [--transfers N] [--before-root DIR]
+python bench/transfer.py [--mib 50] [--runs 3] [--transfers N] [--before-root DIR] [--parts]
 """
 
 from __future__ import annotations
@@ -228,6 +230,33 @@ def role(a: argparse.Namespace) -> None:
         print(*trio.run(lambda: p2p_client(*a.args, a.bytes, how=how, transfers=a.transfers)))
 
 
+def parts(size: int) -> None:
+    """Seconds to decrypt ``size`` bytes of Noise messages and to sha256 them, one core."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    key, plain = ChaCha20Poly1305(os.urandom(32)), os.urandom(65_519)  # Noise's largest
+    sealed = [key.encrypt(i.to_bytes(12, "little"), plain, None) for i in range(size // 65_519)]
+    data = os.urandom(size)
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def decrypt() -> None:
+        for i, c in enumerate(sealed):
+            key.decrypt(i.to_bytes(12, "little"), c, None)
+
+    print(f"{size / MiB:.0f} MiB, one core, best of 5")
+    print(f"ChaCha20-Poly1305 decrypt (Noise messages): {best(decrypt):.3f} s")
+    print(f"sha256: {best(lambda: hashlib.sha256(data).digest()):.3f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=50)
@@ -239,6 +268,7 @@ def main() -> None:
         default=1,
         help="transfers per process pair; above 1 the first is untimed (warm processes)",
     )
+    ap.add_argument("--parts", action="store_true", help="time decryption and sha256 alone")
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--stock", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--role", help=argparse.SUPPRESS)
@@ -248,6 +278,8 @@ def main() -> None:
     if a.role:
         return role(a)
     size = a.mib * MiB
+    if a.parts:
+        return parts(size)
     rows: dict[str, tuple[str, Path, bool]] = {
         "plain trio TCP": ("tcp", ROOT, False),
         "TCP + sha256 + store": ("tcpstore", ROOT, False),

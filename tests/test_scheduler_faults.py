@@ -134,13 +134,16 @@ async def test_a_chain_outage_longer_than_a_call_pauses_the_job_instead_of_endin
     first and comes back once the others finished a round without it (every call of its ledger fails
     meanwhile, as the node's does once a call's retry budget is spent). It must wait,
     commit what it can, catch up and finish with the others' model."""
-    state = {"cut": False, "back": False}
+    state: dict = {"cut": None, "back": False}  # cut: the round the outage began in
 
     def hook(faulty: FaultyLedger, i: int, kind: str, data: dict) -> None:
-        if i == FAULTY and kind == "job.training" and data["round"] >= 1 and not state["cut"]:
-            state["cut"] = faulty.down = True
-        done = kind in ("job.round_finished", "job.finished")
-        if i != FAULTY and done and state["cut"] and not state["back"]:
+        if i == FAULTY and kind == "job.training" and data["round"] >= 1 and state["cut"] is None:
+            state["cut"], faulty.down = data["round"], True
+        cut = state["cut"]
+        if i == FAULTY or cut is None or state["back"]:
+            return
+        # another node's news of an earlier round (late, on a loaded machine) does not count
+        if kind == "job.finished" or (kind == "job.round_finished" and data["round"] >= cut):
             state["back"] = True
             faulty.down = False
 

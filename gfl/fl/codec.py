@@ -22,6 +22,7 @@ anything is allocated, and every failure is one `CodecError`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -264,9 +265,15 @@ def _one_blas_thread() -> Any:
     """BLAS on one thread for the factor products: OpenBLAS's threads spin while they wait,
     and on cores busy with training they made a 10M-parameter int8 encode ~10x slower
     (bench/codec.py beside a training job)."""
-    from threadpoolctl import threadpool_limits
+    return _blas_controller().limit(limits=1, user_api="blas")
 
-    return threadpool_limits(limits=1, user_api="blas")
+
+@functools.cache
+def _blas_controller() -> Any:
+    """The loaded thread pools, found once (finding them costs ~1 ms a tensor otherwise)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _choose_lowrank(

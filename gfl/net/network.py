@@ -337,8 +337,9 @@ class Network:
         (up to `DISCOVERY_IDLE` s). Losing a peer cuts the pause back to the interval."""
         delay = 1.0
         while True:
-            with trio.move_on_after(delay):
+            with trio.move_on_after(delay) as pause:
                 await self._peer_lost.wait()
+            if not pause.cancelled_caught:  # a peer was lost: start a shorter pause
                 self._peer_lost = trio.Event()
                 delay = min(delay, DISCOVERY_INTERVAL)
                 continue

@@ -90,7 +90,6 @@ logger = logging.getLogger(__name__)
 _original_signature_validator = _validators.signature_validator
 _original_stream_handler = Pubsub.stream_handler
 _original_yamux_frame = _yamux.MAX_MESSAGE_SIZE
-_original_release_on_read = _yamux._yamux_release_on_read
 _original_window_update = _yamux.YamuxStream._auto_tune_and_send_window_update
 _original_noise_read = _noise_io.NoisePacketReadWriter.read_msg
 _original_noise_write = _noise_io.BaseNoiseMsgReadWriter.write_msg
@@ -188,7 +187,7 @@ async def _write_noise_msg(self: Any, msg: bytes, prefix_encoded: bool = False) 
 def tune_transport() -> None:
     """Install the Yamux and Noise tuning (idempotent)."""
     global _release_on_read
-    _release_on_read = "PY_YAMUX_RELEASE_ON_READ" in os.environ and _original_release_on_read()
+    _release_on_read = "PY_YAMUX_RELEASE_ON_READ" in os.environ and _yamux._yamux_release_on_read()
     _yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
     _yamux.YamuxStream._auto_tune_and_send_window_update = _window_update  # type: ignore[method-assign]
     _noise_io.NoisePacketReadWriter.read_msg = _read_noise_msg  # type: ignore[method-assign]
