@@ -75,8 +75,16 @@ def _device(device: str) -> torch.device:
         d = torch.device(device)
     except RuntimeError as e:
         raise TrainError(f"bad device {device!r}: {e}") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError("device cuda requested but no GPU is available")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError(f"device {device!r} requested but no CUDA GPU is available")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise TrainError(f"device {device!r}: this machine has {n} CUDA GPU(s), 0..{n - 1}")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainError(f"device {device!r} requested but Apple's MPS is not available here")
+    elif d.type != "cpu":
+        raise TrainError(f"device {device!r}: use cpu, cuda, cuda:N or mps")
     return d
 
 

@@ -82,6 +82,43 @@ def test_trainer_errors():
         train_local(SPEC, initial_params(SPEC), load_dataset("digits").subset(np.array([], int)))
 
 
+def test_a_device_this_machine_lacks_is_one_clear_error():
+    g, data = initial_params(SPEC), load_dataset("digits")
+    # cuda:N one past the last GPU: "no GPU" here, "has N GPU(s)" on a GPU machine
+    bad = ["gpu0", "meta", f"cuda:{torch.cuda.device_count()}"]
+    if not torch.backends.mps.is_available():
+        bad.append("mps")
+    for device in bad:
+        with pytest.raises(TrainError, match=repr(device)):
+            train_local(SPEC, g, data, device=device)
+        with pytest.raises(TrainError, match=repr(device)):
+            evaluate(SPEC, g, data, device=device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_training_on_cuda_gives_the_cpu_result(model):
+    """The update comes back as CPU numpy arrays of the global dtypes, equal to the CPU's
+    up to the GPU's float rounding (cuDNN convolutions use TF32), FedProx's anchor too."""
+    kwargs = {"in_features": 64, "hidden": 32} if model == "mlp" else {"image_size": 8}
+    spec = SPEC.replace(model=model, model_kwargs=kwargs, local_epochs=2)
+    spec = spec.replace(strategy="fedprox", strategy_kwargs={"mu": 0.1})
+    data, held = split_holdout(load_dataset("digits"), 0.2, 0)
+    g = initial_params(spec)
+    cpu = train_local(spec, g, data, eval_data=held)
+    gpu = train_local(spec, g, data, device="cuda", eval_data=held)
+    for k, v in cpu.update.items():
+        u = gpu.update[k]
+        assert isinstance(u, np.ndarray) and u.dtype == v.dtype and u.shape == v.shape
+        assert np.linalg.norm(u - v) <= 0.05 * np.linalg.norm(v) + 1e-6, k
+    assert gpu.metrics["accuracy"] == pytest.approx(cpu.metrics["accuracy"], abs=0.03)
+    assert gpu.metrics["accuracy"] > evaluate(spec, g, held)["accuracy"] + 0.2  # it learned
+    local = {k: g[k] + gpu.update[k] for k in g}
+    on_gpu, on_cpu = evaluate(spec, local, held, device="cuda"), evaluate(spec, local, held)
+    assert on_gpu["accuracy"] == pytest.approx(on_cpu["accuracy"], abs=0.01)
+    assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=0.01)
+
+
 def test_get_set_params_roundtrip():
     m = build_model("cnn", image_size=8)
     p = get_params(m)

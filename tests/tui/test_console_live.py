@@ -108,8 +108,9 @@ async def test_link_news_after_the_widgets_are_gone_is_no_crash(free_port) -> No
         app.post_message(app.LinkChanged(LinkStatus(LinkState.DOWN, "gone")))
         app.post_message(app.NodeEvent({"type": "peer.connected"}))
         await pilot.pause()
-        assert app.link_status.message == "gone"
-    assert app.return_code in (0, None)
+        # a handler's exception would have set 1 and closed the app (the link task's own
+        # news may follow ours, so link_status need not be ours any more)
+        assert app.return_code is None and app.is_running
 
 
 async def test_reconnects_when_the_node_restarts(
