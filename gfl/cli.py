@@ -196,6 +196,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ) from None
     config = _apply_overrides(datadir.load_config(), args)
     validate_config(config)
+    _check_train_device(config.train.device, datadir.config_path)
     identity = datadir.load_identity(_read_passphrase(args))
 
     from gfl.node import create_node
@@ -203,6 +204,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     node = create_node(datadir, config, identity)
     trio.run(_run_until_signal, node)
     return 0
+
+
+def _check_train_device(device: str, config_path: Path) -> None:
+    """Refuse at start a training device this machine lacks, not at each job's first round
+    (torch is only imported here for a device other than the default cpu)."""
+    if device == "cpu":
+        return
+    from gfl.errors import ConfigError
+    from gfl.fl.trainer import TrainError, check_device
+
+    try:
+        check_device(device)
+    except TrainError as exc:
+        raise ConfigError(f"{config_path}: train.device: {exc}") from None
 
 
 async def _run_until_signal(node: Any) -> None:

@@ -156,7 +156,7 @@ allow_owners = {jobs_allow_owners}
 max_concurrent = {jobs_max_concurrent}
 
 [train]
-# torch device: "cpu", "cuda", "cuda:1", "mps".
+# torch device: "cpu", "cuda", "cuda:1", "mps" (`gfl up` refuses one this machine lacks).
 device = {train_device}
 # CPU threads for torch (0 = torch's default).
 threads = {train_threads}

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from eth_account import Account
 
 from gfl.cli import build_parser, main
@@ -245,6 +246,8 @@ def test_corrupt_config_is_one_line(init_home, run_gfl):
         ("[chain]\nurl = 'ftp://x'\n", "chain.url"),
         ("[data]\nmnist = 1\n", "data.mnist must be a string (a path) or a table"),
         ("[data]\nmnist = {root = []}\n", "data.mnist.root must be a string or a number"),
+        ("[train]\ndevice = 'meta'\n", "train.device: device 'meta': use cpu, cuda"),
+        (f"[train]\ndevice = 'cuda:{torch.cuda.device_count()}'\n", "train.device: device 'cuda:"),
     ],
 )
 def test_invalid_config_names_the_key(init_home, capsys, text, expected):

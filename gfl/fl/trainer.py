@@ -70,7 +70,8 @@ def _optimizer(spec: JobSpec, params: Any) -> LocalOptimizer:
         raise TrainError(str(e)) from None
 
 
-def _device(device: str) -> torch.device:
+def check_device(device: str) -> torch.device:
+    """The torch device for ``device``; `TrainError` if it is malformed or this machine lacks it."""
     try:
         d = torch.device(device)
     except RuntimeError as e:
@@ -119,7 +120,7 @@ def train_local(
     n = len(train_data)
     if n == 0:
         raise TrainError("no local training data")
-    dev = _device(device)
+    dev = check_device(device)
     model = build_model(spec.model, **spec.model_kwargs)
     set_params(model, global_params)
     model.to(dev)
@@ -190,7 +191,7 @@ def evaluate(
     spec: JobSpec, params: Mapping[str, np.ndarray], data: ArrayDataset, *, device: str = "cpu"
 ) -> dict[str, float]:
     """Loss and accuracy of `params` on `data`."""
-    dev = _device(device)
+    dev = check_device(device)
     model = build_model(spec.model, **spec.model_kwargs)
     set_params(model, params)
     return _evaluate_model(model.to(dev), data, dev)
