@@ -174,8 +174,9 @@ def simulate(
     from gfl.fl.data import load_dataset
     from gfl.fl.rounds import Aggregate, JobRounds
     from gfl.fl.strategies import ClientUpdate, make_strategy
-    from gfl.fl.trainer import evaluate, initial_params
+    from gfl.fl.trainer import check_device, evaluate, initial_params
 
+    check_device(device)  # before any data is loaded or worker started
     if num_clients < 1 or not 0 < fraction <= 1:
         raise GflError("simulate needs at least one client and 0 < fraction <= 1")
     if not 0 <= malicious < 1:

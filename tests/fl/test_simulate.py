@@ -66,6 +66,9 @@ def test_cli_with_fraction_compression_and_robust_strategy(tmp_path, capsys):
     bad = parser.parse_args(["simulate", "--strategy", "nope"])
     assert bad.func(bad) == 2
     assert "strategy 'nope' is unknown" in capsys.readouterr().err
+    bad = parser.parse_args(["simulate", "--device", "meta", "--workers", "2"])
+    assert bad.func(bad) == 2
+    assert "device 'meta': use cpu, cuda" in capsys.readouterr().err
 
 
 def test_worker_processes_train_the_same_models_as_one_process():
