@@ -4,6 +4,9 @@ Every run measures, one after the other on 127.0.0.1, each a fresh server and
 client process pair:
 
 - plain trio TCP: the bytes into memory (the baseline every ratio is against);
+- Noise framing alone: the same socket, the bytes sealed as Noise transport messages
+  (ChaCha20-Poly1305, 65,519-byte plaintexts, four per send) by a minimal Python loop and
+  opened on the other side, no libp2p: the floor for any Python Noise data path;
 - TCP + sha256 + store: the same, then `BlobStore.put` (sha256, fsync'd file),
   i.e. what a blob fetch does besides the transfer;
 - stream: the same bytes over a bare libp2p stream (the transport alone), with
@@ -40,6 +43,12 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 RAW_PROTOCOL = "/gfl/bench-raw/1"
+NOISE_PLAIN = 65_519  # Noise's largest transport-message plaintext
+NOISE_KEY = bytes(32)  # a benchmark's fixed key: this row measures the cost, not secrecy
+
+
+def _nonce(n: int) -> bytes:
+    return b"\0\0\0\0" + n.to_bytes(8, "little")  # Noise's ChaCha20-Poly1305 nonce
 
 
 async def tcp_server(size: int) -> None:
@@ -49,10 +58,13 @@ async def tcp_server(size: int) -> None:
     spent: list[float] = []
 
     async def handle(stream: trio.SocketStream) -> None:
-        await stream.receive_some(1)
+        how = await stream.receive_some(1)
         view = memoryview(data)
-        for off in range(0, size, MiB):
-            await stream.send_all(view[off : off + MiB])
+        if how == b"n":
+            await send_sealed(stream, view)
+        else:
+            for off in range(0, size, MiB):
+                await stream.send_all(view[off : off + MiB])
         await stream.aclose()
 
     async with trio.open_nursery() as n:
@@ -75,7 +87,46 @@ def cpu_timed(handler: Any, spent: list[float]) -> Any:
     return timed
 
 
-async def tcp_client(port: str, _: str, size: int, *, store: bool, transfers: int) -> Timing:
+async def send_sealed(stream: trio.SocketStream, view: memoryview) -> None:
+    """``view`` as length-prefixed Noise transport messages, four per send."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    aead, batch = ChaCha20Poly1305(NOISE_KEY), []
+    for n, off in enumerate(range(0, len(view), NOISE_PLAIN)):
+        sealed = aead.encrypt(_nonce(n), view[off : off + NOISE_PLAIN], None)
+        batch += [len(sealed).to_bytes(2, "big"), sealed]
+        if len(batch) == 8:
+            await stream.send_all(b"".join(batch))
+            batch = []
+    if batch:
+        await stream.send_all(b"".join(batch))
+
+
+async def receive_sealed(stream: trio.SocketStream, size: int) -> bytearray:
+    """``size`` bytes of plaintext from `send_sealed`'s messages."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    aead, got, buf, n = ChaCha20Poly1305(NOISE_KEY), bytearray(), bytearray(), 0
+    while len(got) < size:
+        chunk = await stream.receive_some(MiB)
+        if not chunk:
+            break
+        buf += chunk
+        pos = 0
+        with memoryview(buf) as view:
+            while len(buf) - pos >= 2:
+                end = pos + 2 + int.from_bytes(view[pos : pos + 2], "big")
+                if end > len(buf):
+                    break
+                got += aead.decrypt(_nonce(n), view[pos + 2 : end], None)
+                n, pos = n + 1, end
+        del buf[:pos]
+    return got
+
+
+async def tcp_client(
+    port: str, _: str, size: int, *, store: bool, transfers: int, noise: bool = False
+) -> Timing:
     from gfl.net.blobs import BlobStore
 
     with tempfile.TemporaryDirectory() as d:
@@ -85,13 +136,16 @@ async def tcp_client(port: str, _: str, size: int, *, store: bool, transfers: in
             return await trio.open_tcp_stream("127.0.0.1", int(port))
 
         async def one(stream: trio.SocketStream) -> None:
-            await stream.send_all(b"g")
-            buf = bytearray()
-            while len(buf) < size:
-                chunk = await stream.receive_some(MiB)
-                if not chunk:
-                    break
-                buf += chunk
+            await stream.send_all(b"n" if noise else b"g")
+            if noise:
+                buf = await receive_sealed(stream, size)
+            else:
+                buf = bytearray()
+                while len(buf) < size:
+                    chunk = await stream.receive_some(MiB)
+                    if not chunk:
+                        break
+                    buf += chunk
             assert len(buf) == size
             if store:  # what fetch_blob does besides the transfer
                 h = await trio.to_thread.run_sync(lambda: blobs.put(bytes(buf)))
@@ -222,9 +276,15 @@ def role(a: argparse.Namespace) -> None:
     if a.role in servers:
         trio.run(servers[a.role], a.bytes)
         return
-    if a.role in ("tcp-client", "tcpstore-client"):
-        store = a.role == "tcpstore-client"
-        print(*trio.run(lambda: tcp_client(*a.args, a.bytes, store=store, transfers=a.transfers)))
+    if a.role in ("tcp-client", "tcpstore-client", "tcpnoise-client"):
+        store, noise = a.role == "tcpstore-client", a.role == "tcpnoise-client"
+        print(
+            *trio.run(
+                lambda: tcp_client(
+                    *a.args, a.bytes, store=store, transfers=a.transfers, noise=noise
+                )
+            )
+        )
     else:
         how = a.role.removesuffix("-client")
         print(*trio.run(lambda: p2p_client(*a.args, a.bytes, how=how, transfers=a.transfers)))
@@ -283,6 +343,7 @@ def main() -> None:
     rows: dict[str, tuple[str, Path, bool]] = {
         "plain trio TCP": ("tcp", ROOT, False),
         "TCP + sha256 + store": ("tcpstore", ROOT, False),
+        "Noise framing alone": ("tcpnoise", ROOT, False),
         "stream, stock libp2p": ("raw", ROOT, True),
         "stream, tuned": ("raw", ROOT, False),
         "blob, stock libp2p": ("blob", ROOT, True),
