@@ -4,11 +4,11 @@ Every run measures, one after the other on 127.0.0.1, each a fresh server and
 client process pair:
 
 - plain trio TCP: the bytes into memory (the baseline every ratio is against);
-- Noise framing alone: the same socket, the bytes sealed as Noise transport messages
-  (ChaCha20-Poly1305, 65,519-byte plaintexts, four per send) by a minimal Python loop and
-  opened on the other side, no libp2p: the floor for any Python Noise data path;
 - TCP + sha256 + store: the same, then `BlobStore.put` (sha256, fsync'd file),
   i.e. what a blob fetch does besides the transfer;
+- Noise framing alone: the TCP row's socket, the bytes sealed as Noise transport messages
+  (ChaCha20-Poly1305, 65,519-byte plaintexts, four per send) by a minimal Python loop and
+  opened on the other side, no libp2p: the floor for any Python Noise data path;
 - stream: the same bytes over a bare libp2p stream (the transport alone), with
   py-libp2p's own Noise/Yamux code ("stock", `patches.untune_transport`) and
   with GFL's tuning (`patches.tune_transport`, what a node runs);
