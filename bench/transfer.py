@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -89,8 +90,6 @@ def cpu_timed(handler: Any, spent: list[float]) -> Any:
 
 async def send_sealed(stream: trio.SocketStream, view: memoryview) -> None:
     """``view`` as length-prefixed Noise transport messages, four per send."""
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
     aead, batch = ChaCha20Poly1305(NOISE_KEY), []
     for n, off in enumerate(range(0, len(view), NOISE_PLAIN)):
         sealed = aead.encrypt(_nonce(n), view[off : off + NOISE_PLAIN], None)
@@ -104,8 +103,6 @@ async def send_sealed(stream: trio.SocketStream, view: memoryview) -> None:
 
 async def receive_sealed(stream: trio.SocketStream, size: int) -> bytearray:
     """``size`` bytes of plaintext from `send_sealed`'s messages."""
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
     aead, got, buf, n = ChaCha20Poly1305(NOISE_KEY), bytearray(), bytearray(), 0
     while len(got) < size:
         chunk = await stream.receive_some(MiB)
@@ -124,9 +121,8 @@ async def receive_sealed(stream: trio.SocketStream, size: int) -> bytearray:
     return got
 
 
-async def tcp_client(
-    port: str, _: str, size: int, *, store: bool, transfers: int, noise: bool = False
-) -> Timing:
+async def tcp_client(port: str, _: str, size: int, *, how: str, transfers: int) -> Timing:
+    """``how``: "tcp" (the bytes), "tcpstore" (then `BlobStore.put`), "tcpnoise" (sealed)."""
     from gfl.net.blobs import BlobStore
 
     with tempfile.TemporaryDirectory() as d:
@@ -136,8 +132,8 @@ async def tcp_client(
             return await trio.open_tcp_stream("127.0.0.1", int(port))
 
         async def one(stream: trio.SocketStream) -> None:
-            await stream.send_all(b"n" if noise else b"g")
-            if noise:
+            await stream.send_all(b"n" if how == "tcpnoise" else b"g")
+            if how == "tcpnoise":
                 buf = await receive_sealed(stream, size)
             else:
                 buf = bytearray()
@@ -147,7 +143,7 @@ async def tcp_client(
                         break
                     buf += chunk
             assert len(buf) == size
-            if store:  # what fetch_blob does besides the transfer
+            if how == "tcpstore":  # what fetch_blob does besides the transfer
                 h = await trio.to_thread.run_sync(lambda: blobs.put(bytes(buf)))
                 blobs._remove(h.hex())  # the next transfer stores it again
 
@@ -276,28 +272,17 @@ def role(a: argparse.Namespace) -> None:
     if a.role in servers:
         trio.run(servers[a.role], a.bytes)
         return
-    if a.role in ("tcp-client", "tcpstore-client", "tcpnoise-client"):
-        store, noise = a.role == "tcpstore-client", a.role == "tcpnoise-client"
-        print(
-            *trio.run(
-                lambda: tcp_client(
-                    *a.args, a.bytes, store=store, transfers=a.transfers, noise=noise
-                )
-            )
-        )
-    else:
-        how = a.role.removesuffix("-client")
-        print(*trio.run(lambda: p2p_client(*a.args, a.bytes, how=how, transfers=a.transfers)))
+    how = a.role.removesuffix("-client")
+    client = tcp_client if how.startswith("tcp") else p2p_client
+    print(*trio.run(lambda: client(*a.args, a.bytes, how=how, transfers=a.transfers)))
 
 
 def parts(size: int) -> None:
     """Seconds to decrypt ``size`` bytes of Noise messages and to sha256 them, one core."""
     import hashlib
 
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
-    key, plain = ChaCha20Poly1305(os.urandom(32)), os.urandom(65_519)  # Noise's largest
-    sealed = [key.encrypt(i.to_bytes(12, "little"), plain, None) for i in range(size // 65_519)]
+    key, plain = ChaCha20Poly1305(os.urandom(32)), os.urandom(NOISE_PLAIN)
+    sealed = [key.encrypt(_nonce(i), plain, None) for i in range(size // NOISE_PLAIN)]
     data = os.urandom(size)
 
     def best(fn: Any) -> float:
@@ -310,7 +295,7 @@ def parts(size: int) -> None:
 
     def decrypt() -> None:
         for i, c in enumerate(sealed):
-            key.decrypt(i.to_bytes(12, "little"), c, None)
+            key.decrypt(_nonce(i), c, None)
 
     print(f"{size / MiB:.0f} MiB, one core, best of 5")
     print(f"ChaCha20-Poly1305 decrypt (Noise messages): {best(decrypt):.3f} s")

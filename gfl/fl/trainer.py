@@ -79,8 +79,8 @@ def check_device(device: str) -> torch.device:
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainError(f"device {device!r} requested but no CUDA GPU is available")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            n = torch.cuda.device_count()
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
             raise TrainError(f"device {device!r}: this machine has {n} CUDA GPU(s), 0..{n - 1}")
     elif d.type == "mps" and not torch.backends.mps.is_available():
         raise TrainError(f"device {device!r} requested but Apple's MPS is not available here")
