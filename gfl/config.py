@@ -42,6 +42,7 @@ class NetSection:
     blob_cap_mb: int = 1024
     max_peers: int = 64
     reprovide_s: float = 600.0
+    blob_keep_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ blob_cap_mb = {net_blob_cap_mb}
 max_peers = {net_max_peers}
 # Seconds between DHT announcements of the blobs this node holds (provider records expire).
 reprovide_s = {net_reprovide_s}
+# Seconds a finished (or cancelled) job's blobs stay for peers still finishing its last round;
+# then they are evicted, all but its final model (kept while blob_cap_mb allows).
+blob_keep_s = {net_blob_keep_s}
 
 [api]
 # The control API (used by the CLI, `gfl attach` and the Python client).
@@ -270,6 +274,8 @@ def validate_config(config: Config) -> None:
         raise ConfigError("config: net.max_peers must be at least 1")
     if config.net.reprovide_s < 10:
         raise ConfigError("config: net.reprovide_s must be at least 10 (seconds)")
+    if not 0 <= config.net.blob_keep_s < float("inf"):
+        raise ConfigError("config: net.blob_keep_s must be 0 or more (seconds)")
     url = config.chain.url
     if url != "embedded" and not url.startswith(("http://", "https://")):
         raise ConfigError(f'config: chain.url must be "embedded" or an http(s) URL, not {url!r}')

@@ -222,7 +222,9 @@ class NetExchange:
     async def fetch(self, blob: bytes, owner: str | None, max_size: int, timeout: float) -> bytes:
         providers = self._service.providers(blob, owner)
         net = self._service.node.network
-        data = await net.fetch_blob(blob, providers, max_size=max_size, timeout=timeout)
+        data = await net.fetch_blob(
+            blob, providers, max_size=max_size, timeout=timeout, tag=self._tag
+        )
         self._service.traffic_in[self._tag] = self._service.traffic_in.get(self._tag, 0) + len(data)
         return data
 
@@ -366,9 +368,12 @@ class JobService:
                 nursery.start_soon(self._reannounce)
                 nursery.start_soon(self._warm_up)
                 nursery.start_soon(self._record_peers)
+                held = set(node.network.blobs.tags())
                 for row in self.store.jobs():
                     if row.status == STATUS_ACTIVE and row.role == "participant":
                         self._start(bytes.fromhex(row.job_id), JobSpec.from_bytes(row.spec))
+                    elif row.status != STATUS_ACTIVE and row.job_id in held:
+                        nursery.start_soon(self._evict_blobs, row.job_id)
                 task_status.started()
         finally:
             self.store.close()
@@ -590,15 +595,17 @@ class JobService:
                 if running is not None:
                     running.runner.poke()
                     if p["type"] == "update" and self._nursery is not None:
-                        self._nursery.start_soon(self._prefetch_one, p["hash"], p["size"])
+                        self._nursery.start_soon(self._prefetch_one, job_id, p["hash"], p["size"])
 
-    async def _prefetch_one(self, h: bytes, size: int) -> None:
+    async def _prefetch_one(self, job_id: bytes, h: bytes, size: int) -> None:
         net = self.node.network
         if net.blobs.has(h) or size > protocol.MAX_BLOB_BYTES:
             return
         async with self._prefetch:
             try:
-                await net.fetch_blob(h, self.providers(h, None), max_size=size, timeout=60)
+                await net.fetch_blob(
+                    h, self.providers(h, None), max_size=size, timeout=60, tag=job_id.hex()
+                )
             except GflError as exc:
                 log.debug("prefetch of %s failed: %s", h.hex()[:12], exc)
 
@@ -692,6 +699,7 @@ class JobService:
                 nursery.cancel_scope.cancel()
         finally:
             self.running.pop(running.job_id, None)
+            self._nursery.start_soon(self._evict_blobs, hx)  # if it ended (not on shutdown)
             if running.job_id in self._subscribed:
                 self._subscribed.discard(running.job_id)
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -699,6 +707,22 @@ class JobService:
                         await self.node.network.unsubscribe(topic)
                     except Exception as exc:  # the network may be closing
                         log.debug("unsubscribe %s: %s", topic, exc)
+
+    async def _evict_blobs(self, hx: str) -> None:
+        """A job that ended here (finished, cancelled or failed): its blobs stay
+        ``net.blob_keep_s`` after that for peers still finishing its last round, then
+        they are evicted, all but its final model (which stays under the store's cap)."""
+        keep_s = self.node.config.net.blob_keep_s
+        row = self.store.job(hx)
+        if row is None or row.status == STATUS_ACTIVE:
+            return
+        await trio.sleep(min(keep_s, max(0.0, row.updated_at + keep_s - time.time())))
+        row = self.store.job(hx)
+        final = [bytes.fromhex(row.model_hash)] if row is not None and row.model_hash else []
+        blobs = self.node.network.blobs
+        n = await trio.to_thread.run_sync(lambda: blobs.evict(hx, keep=final))
+        log.info("job %s ended: %d of its blobs evicted", hx[:10], n)
+        self.node.events.publish("job.blobs_evicted", {"job_id": hx, "blobs": n})
 
     # -- API operations
 

@@ -17,11 +17,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from gfl.config import Config
 from gfl.datadir import DataDir
@@ -29,6 +31,7 @@ from gfl.datadir import DataDir
 LOCAL_LISTEN = "/ip4/127.0.0.1/tcp/0"
 NODE_START_TIMEOUT = 60.0
 NODE_STOP_TIMEOUT = 20.0
+IN_PROCESS_TIMEOUT = 30.0
 
 
 def free_port() -> int:
@@ -81,6 +84,25 @@ def local_config(**net: Any) -> Config:
     config = Config().replace("net", listen=[LOCAL_LISTEN], mdns=False, **net)
     config = config.replace("api", port=0, heartbeat_s=1.0)
     return config.replace("chain", url="embedded")
+
+
+@asynccontextmanager
+async def running_node(
+    home: Path, endpoints: Any = (), *, full: bool = False, timeout: float = IN_PROCESS_TIMEOUT
+) -> AsyncIterator[Any]:
+    """A node in this trio loop; ``full``: as `gfl up` assembles it (job service too)."""
+    from gfl.node import Node, create_node
+
+    datadir = DataDir(home)
+    config, identity = datadir.load_config(), datadir.load_identity()
+    node = create_node(datadir, config, identity) if full else Node(datadir, config, identity)
+    node.add_endpoints(endpoints)
+    with trio.fail_after(timeout):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            with trio.CancelScope(deadline=trio.current_time() + timeout):
+                yield node
+            node.request_shutdown()
 
 
 @pytest.fixture

@@ -46,6 +46,8 @@ def test_update_config_changes_one_key(tmp_path):
         ({"net": {"listen": ["/ip4/1.2.3.4/tcp/1", 5]}}, r"net.listen\[1\] must be a string"),
         ({"net": {"listen": ["ip4"]}}, "is not a multiaddr"),
         ({"jobs": {"max_concurrent": 0}}, "jobs.max_concurrent must be at least 1"),
+        ({"net": {"blob_keep_s": -1}}, "net.blob_keep_s must be 0 or more"),
+        ({"net": {"blob_keep_s": float("nan")}}, "net.blob_keep_s must be 0 or more"),
         ({"api": 3}, r"\[api\] must be a table"),
         ({"train": {"gpu": 1}}, "unknown key train.gpu"),
     ],

@@ -87,6 +87,14 @@ def test_two_jobs_at_once_both_finish(tmp_path):
         watch_job(net, b["job_id"], timeout=300, out=io.StringIO())
         _check_finished_and_verified(net, a["job_id"], 3)
         _check_finished_and_verified(net, b["job_id"], 3)
+        # each node holds every update of each job, its own and the fetched ones, under the
+        # job's tag: what `blob_keep_s` after the job's end evicts
+        for n in net.nodes:
+            for jid in (a["job_id"], b["job_id"]):
+                detail = net.client(n.index).request("GET", f"/jobs/{jid}")
+                updates = {c["hash"] for c in detail["commitments"] if c["kind"] == "update"}
+                tags = n.home / "blobs" / "tags" / jid.removeprefix("0x")
+                assert len(updates) == 6 and updates <= {f.name for f in tags.iterdir()}
 
 
 def test_sigkilled_node_restarts_resumes_and_ends_with_the_same_model(tmp_path):

@@ -2,11 +2,12 @@
 
 Layout under the store's directory: ``<hh>/<hash hex>`` for data (``hh`` the
 first byte of the hash), ``tags/<tag>/<hash hex>`` as empty marker files that
-say which job a blob belongs to, and ``tmp/`` for writes in progress. Writes
+say which jobs a blob belongs to, and ``tmp/`` for writes in progress. Writes
 are atomic (temp file, fsync, rename), so a crash leaves either the whole blob
 or nothing; reads verify the hash, so a corrupted file is deleted and reported
 missing instead of being served. When the store grows past its cap the least
-recently used blobs are evicted.
+recently used blobs are evicted; a finished job's blobs are evicted by its tag, except
+those another job's tag also holds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +39,11 @@ def _hex(h: bytes) -> str:
     if not isinstance(h, bytes | bytearray) or len(h) != HASH_LEN:
         raise BlobError("a blob hash is 32 bytes (sha256)")
     return bytes(h).hex()
+
+
+def _check_tag(tag: str) -> None:
+    if not isinstance(tag, str) or not _TAG_RE.match(tag):
+        raise BlobError("a blob tag is 1-128 chars of letters, digits, '.', '_' or '-'")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -97,8 +104,8 @@ class BlobStore:
         ``known_hash``: the caller has just checked that it is sha256(data) (a fetched
         blob), so it is not computed again; `get` still verifies what it reads back.
         """
-        if tag is not None and not _TAG_RE.match(tag):
-            raise BlobError("a blob tag is 1-128 chars of letters, digits, '.', '_' or '-'")
+        if tag is not None:
+            _check_tag(tag)
         if len(data) > self.cap_bytes:
             raise BlobError(
                 f"blob of {len(data)} bytes is larger than the store's cap ({self.cap_bytes})"
@@ -127,10 +134,23 @@ class BlobStore:
             else:
                 os.utime(self._path(hx))
             if tag is not None:
-                tdir = self.root / "tags" / tag
-                tdir.mkdir(exist_ok=True)
-                (tdir / hx).touch()
+                self._mark(hx, tag)
         return h
+
+    def tag(self, h: bytes, tag: str) -> bool:
+        """Add ``tag`` to a blob already held (another job uses it too); False if absent."""
+        _check_tag(tag)
+        hx = _hex(h)
+        with self._lock:
+            if hx not in self._sizes:
+                return False
+            self._mark(hx, tag)
+        return True
+
+    def _mark(self, hx: str, tag: str) -> None:
+        tdir = self.root / "tags" / tag
+        tdir.mkdir(exist_ok=True)
+        (tdir / hx).touch()
 
     def get(self, h: bytes) -> bytes | None:
         """The blob's bytes, or None if absent; a blob whose bytes fail the hash is deleted."""
@@ -170,20 +190,24 @@ class BlobStore:
     def tags(self) -> list[str]:
         return sorted(p.name for p in (self.root / "tags").iterdir())
 
-    def evict(self, tag: str) -> int:
-        """Delete the blobs tagged ``tag`` (a finished job's); returns how many."""
-        if not _TAG_RE.match(tag):
-            raise BlobError("invalid blob tag")
+    def evict(self, tag: str, keep: Collection[bytes] = ()) -> int:
+        """Drop tag ``tag`` (a finished job's) and delete its blobs, except those in ``keep``
+        and those another tag still holds (they stay, under the cap); returns how many."""
+        _check_tag(tag)
         tdir = self.root / "tags" / tag
         if not tdir.is_dir():
             return 0
+        kept = {_hex(h) for h in keep}
         n = 0
         with self._lock:
+            others = [t for t in (self.root / "tags").iterdir() if t.name != tag]
             for marker in tdir.iterdir():
-                if marker.name in self._sizes:
-                    self._remove(marker.name)
-                    n += 1
+                hx = marker.name
                 marker.unlink(missing_ok=True)
+                shared = any((t / hx).exists() for t in others)
+                if hx in self._sizes and hx not in kept and not shared:
+                    self._remove(hx)
+                    n += 1
             tdir.rmdir()
         return n
 

@@ -62,6 +62,14 @@ FOUND_DIAL_DEFER = 2.0
 MAX_REMEMBERED_FOUND = 4096
 
 
+class _Flight:
+    """A blob fetch in progress; `data` is set once it succeeded."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+
+
 class Network:
     """A running libp2p host; get one from `open_network`."""
 
@@ -97,6 +105,7 @@ class Network:
         self._limiter = RateLimiter()
         self._serve_slots = trio.Semaphore(MAX_CONCURRENT_SERVES)
         self._providing: set[bytes] = set()
+        self._fetching: dict[bytes, _Flight] = {}  # blob hash -> the fetch in progress
         self._discover = True
         self._max_peers = MAX_PEERS
         self._found: set[str] = set()  # peers seen on mDNS
@@ -567,40 +576,73 @@ class Network:
                     self._dht.provider_store.providing_keys.discard(_encode_key(_dht_key(h)))
 
     async def fetch_blob(
-        self, h: bytes, providers: Sequence[str] = (), *, max_size: int, timeout: float
+        self,
+        h: bytes,
+        providers: Sequence[str] = (),
+        *,
+        max_size: int,
+        timeout: float,
+        tag: str | None = None,
     ) -> bytes:
         """Get blob ``h`` locally or from a provider; stores it and returns its bytes.
 
         Tries ``providers`` in order, then the DHT's providers. Raises `BlobError`
         when no provider delivered the right bytes within ``timeout`` seconds.
+        ``tag`` (a job's) is added to the stored blob, for `BlobStore.evict`. A fetch
+        of a blob that another task is fetching waits for that one instead of
+        transferring the bytes twice.
         """
+        h = bytes(h)
+        errors: list[str] = []
+        with trio.move_on_after(timeout):
+            while (flight := self._fetching.get(h)) is not None:
+                await flight.done.wait()
+                if flight.data is not None:
+                    if len(flight.data) > max_size:
+                        raise BlobError(f"blob {h.hex()[:16]}… is over the {max_size}-byte limit")
+                    if tag is not None:
+                        await trio.to_thread.run_sync(self.blobs.tag, h, tag)
+                    return flight.data
+            flight = self._fetching[h] = _Flight()
+            try:
+                flight.data = await self._fetch(h, providers, max_size, tag, errors)
+            finally:
+                del self._fetching[h]
+                flight.done.set()
+            return flight.data
+        why = "; ".join(errors) or "no provider answered"
+        hx = h.hex()[:16]
+        raise BlobError(f"could not fetch blob {hx}…: timed out after {timeout:.0f}s ({why})")
+
+    async def _fetch(
+        self, h: bytes, providers: Sequence[str], max_size: int, tag: str | None, errors: list[str]
+    ) -> bytes:
+        """`fetch_blob`'s one transfer (the caller owns the timeout); notes why each
+        provider failed in ``errors``."""
         local = await trio.to_thread.run_sync(self.blobs.get, h)
         if local is not None:
+            if tag is not None:
+                await trio.to_thread.run_sync(self.blobs.tag, h, tag)
             return local
-        errors: list[str] = []
         tried: set[str] = set()
-        hx = bytes(h).hex()[:16]
-        with trio.move_on_after(timeout) as scope:
-            for pid in providers:
-                if pid in tried or pid == self.peer_id:
-                    continue
-                tried.add(pid)
-                data = await self._fetch_from(pid, h, max_size, errors)
-                if data is not None:
-                    return data
-            for info in await self._dht_providers(h):
-                pid = info.peer_id.to_base58()
-                if pid in tried or pid == self.peer_id:
-                    continue
-                tried.add(pid)
-                self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
-                data = await self._fetch_from(pid, h, max_size, errors)
-                if data is not None:
-                    return data
+        for pid in providers:
+            if pid in tried or pid == self.peer_id:
+                continue
+            tried.add(pid)
+            data = await self._fetch_from(pid, h, max_size, tag, errors)
+            if data is not None:
+                return data
+        for info in await self._dht_providers(h):
+            pid = info.peer_id.to_base58()
+            if pid in tried or pid == self.peer_id:
+                continue
+            tried.add(pid)
+            self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
+            data = await self._fetch_from(pid, h, max_size, tag, errors)
+            if data is not None:
+                return data
         why = "; ".join(errors) or "no provider known"
-        if scope.cancelled_caught:
-            why = f"timed out after {timeout:.0f}s ({why})"
-        raise BlobError(f"could not fetch blob {hx}…: {why}")
+        raise BlobError(f"could not fetch blob {h.hex()[:16]}…: {why}")
 
     async def _dht_providers(self, h: bytes) -> list[Any]:
         try:
@@ -611,7 +653,7 @@ class Network:
         return []
 
     async def _fetch_from(
-        self, pid: str, h: bytes, max_size: int, errors: list[str]
+        self, pid: str, h: bytes, max_size: int, tag: str | None, errors: list[str]
     ) -> bytes | None:
         from libp2p.custom_types import TProtocol
 
@@ -646,7 +688,7 @@ class Network:
         with trio.move_on_after(1.0):
             with suppress(Exception):
                 await stream.close()
-        await trio.to_thread.run_sync(lambda: self.blobs.put(data, known_hash=h))
+        await trio.to_thread.run_sync(lambda: self.blobs.put(data, tag=tag, known_hash=h))
         self.traffic.blobs_fetched += 1
         self.traffic.blob_bytes_in += len(data)
         self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=len(data))

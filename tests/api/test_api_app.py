@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import httpx
 import jsonschema_rs
 import pytest
 import trio
+from support import running_node
 
 from gfl.api.app import Endpoint, read_json
 from gfl.api.client import (
@@ -19,26 +17,10 @@ from gfl.api.client import (
     Unauthorized,
 )
 from gfl.api.server import is_loopback
-from gfl.datadir import DataDir
 from gfl.errors import GflError
-from gfl.node import Node, create_node
+from gfl.node import Node
 
 TIMEOUT = 30
-
-
-@asynccontextmanager
-async def running_node(home, endpoints=(), *, full=False) -> AsyncIterator[Node]:
-    """A node in this trio loop; ``full``: as `gfl up` assembles it (job service too)."""
-    datadir = DataDir(home)
-    config, identity = datadir.load_config(), datadir.load_identity()
-    node = create_node(datadir, config, identity) if full else Node(datadir, config, identity)
-    node.add_endpoints(endpoints)
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            with trio.CancelScope(deadline=trio.current_time() + TIMEOUT):
-                yield node
-            node.request_shutdown()
 
 
 def base_url(node: Node) -> str:

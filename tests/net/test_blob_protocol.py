@@ -105,3 +105,48 @@ async def test_fetch_without_any_provider_times_out_with_a_clear_error(tmp_path)
     async with nodes(2, tmp_path) as (_a, b):
         with pytest.raises(BlobError, match="could not fetch blob"):
             await b.fetch_blob(blob_hash(b"nobody"), [], max_size=MiB, timeout=3)
+
+
+@pytest.mark.trio
+async def test_concurrent_fetches_of_one_blob_transfer_it_once_and_tag_it_for_each_job(tmp_path):
+    data = os.urandom(8 * MiB)
+    h = blob_hash(data)
+    async with nodes(2, tmp_path) as (a, b):
+        await wait_for(lambda: a.peers() and b.peers())
+        a.blobs.put(data)
+        got: dict[str, bytes] = {}
+
+        async def fetch(tag: str, max_size: int) -> None:
+            got[tag] = await b.fetch_blob(h, [a.peer_id], max_size=max_size, timeout=30, tag=tag)
+
+        async with trio.open_nursery() as n:
+            for tag in ("job1", "job2", "job3"):
+                n.start_soon(fetch, tag, 16 * MiB)
+        assert got == {"job1": data, "job2": data, "job3": data}
+        assert a.stats()["blobs_served"] == 1 and b.stats()["blobs_fetched"] == 1
+        assert b.blobs.tags() == ["job1", "job2", "job3"]
+        # a fetch that waits for another one still applies its own size limit
+        for tag in b.blobs.tags():
+            b.blobs.evict(tag)
+        release = trio.Event()
+
+        async def serve_when_released(stream):
+            await read_request(stream)
+            await stream.write(struct.pack(">BQ", 0, len(data)) + data[:MiB])
+            await release.wait()
+            await stream.write(data[MiB:])
+            await stream.close()
+
+        _serve_with(a, serve_when_released)
+
+        async def fetch_small() -> None:
+            with pytest.raises(BlobError, match="over the"):
+                await b.fetch_blob(h, [a.peer_id], max_size=MiB, timeout=30, tag="small")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(fetch, "big", 16 * MiB)
+            await wait_for(lambda: h in b._fetching, timeout=5)
+            n.start_soon(fetch_small)
+            await wait_for(lambda: b._fetching[h].done.statistics().tasks_waiting == 1, 5)
+            release.set()
+        assert got["big"] == data and b.blobs.tags() == ["big"]

@@ -20,6 +20,19 @@ def test_blob_store_roundtrip_tags_and_corruption(tmp_path):
         s.get(b"short")
 
 
+def test_evicting_a_jobs_tag_keeps_what_it_is_told_to_and_what_another_job_holds(tmp_path):
+    s = BlobStore(tmp_path)
+    final, update, shared = (s.put(b, tag="job1") for b in (b"final", b"update", b"init"))
+    assert s.tag(shared, "job2") and not s.tag(blob_hash(b"absent"), "job2")
+    assert s.evict("job1", keep=[final]) == 1
+    assert s.has(final) and not s.has(update) and s.has(shared) and s.tags() == ["job2"]
+    assert s.evict("job2") == 1 and not s.has(shared) and s.tags() == []
+    assert s.has(final) and s.evict("job1") == 0  # kept, untagged: only the cap evicts it
+    for bad in ("", "../x", "a" * 129):
+        with pytest.raises(BlobError, match="tag"):
+            s.tag(final, bad)
+
+
 def test_blob_reader_reads_in_pieces_and_catches_bit_rot(tmp_path):
     s = BlobStore(tmp_path)
     data = bytes(range(256)) * 40
