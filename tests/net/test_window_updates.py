@@ -1,5 +1,6 @@
 """Yamux credit for small reads goes back in bulk, not one WINDOW_UPDATE frame per read
-(gfl.net.patches, tuning 4), and bulk streams still flow."""
+(gfl.net.patches, tuning 4), bulk streams still flow, and a writer out of window waits
+for the credit itself, not for a 10 ms poll (tuning 7)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,68 @@ async def test_the_library_alone_answers_most_small_reads(tmp_path, updates, mon
         yamux.YamuxStream, "_auto_tune_and_send_window_update", patches._original_window_update
     )
     assert await _gossip(tmp_path, updates, 30) >= 30
+
+
+RAW = "/gfl/test-raw/1"
+
+
+async def _raw_stream(a, b, reader):
+    """A stream from a to b, served on b by ``reader``."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    b._host.set_stream_handler(TProtocol(RAW), reader)
+    stream = await a._host.new_stream(ID.from_base58(b.peer_id), [TProtocol(RAW)])
+    return stream
+
+
+@pytest.mark.trio
+async def test_a_writer_out_of_window_is_woken_by_the_window_update(tmp_path):
+    data = bytes(range(256)) * 4096  # 1 MiB: four frames against a 256 KiB window
+    go, got = trio.Event(), bytearray()
+
+    async def reader(stream):
+        await go.wait()
+        while len(got) < len(data):
+            got.extend(await stream.read(len(data)))
+
+    async with nodes(2, tmp_path) as (a, b):
+        await wait_for(lambda: a.peers() and b.peers())
+        stream = await _raw_stream(a, b, reader)
+        async with trio.open_nursery() as n:
+            n.start_soon(stream.write, data)
+            yamux_stream = stream.muxed_stream
+            await wait_for(lambda: patches._WAITER_ATTR in yamux_stream.__dict__, timeout=5)
+            waiter = yamux_stream.__dict__[patches._WAITER_ATTR]
+            go.set()
+        await wait_for(lambda: len(got) == len(data), timeout=10)
+        assert got == data and waiter.is_set()
+
+
+@pytest.mark.trio
+async def test_a_writer_out_of_window_learns_that_the_reader_reset_the_stream(tmp_path):
+    from libp2p.network.stream.exceptions import StreamReset
+
+    reset = trio.Event()
+
+    async def reader(stream):
+        await reset.wait()
+        await stream.reset()
+
+    async with nodes(2, tmp_path) as (a, b):
+        await wait_for(lambda: a.peers() and b.peers())
+        stream = await _raw_stream(a, b, reader)
+        failed: list[str] = []
+
+        async def write():
+            try:
+                await stream.write(b"x" * (1 << 20))
+            except StreamReset as exc:  # the muxer's error, as the host's stream reports it
+                failed.append(str(exc.__cause__))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(write)
+            await wait_for(lambda: patches._WAITER_ATTR in stream.muxed_stream.__dict__, 5)
+            reset.set()
+        # not the 5 s zero-window timeout: the reset itself ends the wait
+        assert failed and "closed" in failed[0] and "Timed out" not in failed[0]
