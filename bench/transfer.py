@@ -129,6 +129,7 @@ async def tcp_client(port: str, _: str, size: int, *, how: str, transfers: int) 
         blobs = BlobStore(Path(d))
 
         async def connect() -> trio.SocketStream:
+            _forget_all(blobs)  # the last transfer's blob: stored again, untimed removal
             return await trio.open_tcp_stream("127.0.0.1", int(port))
 
         async def one(stream: trio.SocketStream) -> None:
@@ -144,10 +145,15 @@ async def tcp_client(port: str, _: str, size: int, *, how: str, transfers: int) 
                     buf += chunk
             assert len(buf) == size
             if how == "tcpstore":  # what fetch_blob does besides the transfer
-                h = await trio.to_thread.run_sync(lambda: blobs.put(bytes(buf)))
-                blobs._remove(h.hex())  # the next transfer stores it again
+                await trio.to_thread.run_sync(lambda: blobs.put(bytes(buf)))
 
         return await timed_transfers(one, transfers, prepare=connect)
+
+
+def _forget_all(blobs: Any) -> None:
+    """Delete every stored blob, so that the next transfer fetches and stores it again."""
+    for hx in list(blobs._sizes):
+        blobs._remove(hx)
 
 
 Timing = tuple[float, float]  # seconds, CPU seconds
@@ -225,9 +231,11 @@ async def p2p_client(addr: str, hx: str, size: int, *, how: str, transfers: int)
                 else:
                     got = len(await net.fetch_blob(h, [pid], max_size=size, timeout=120))
                 assert got == size
-                net.blobs._remove(h.hex())  # the next transfer fetches it again
 
-            return await timed_transfers(one, transfers)
+            async def forget() -> None:
+                _forget_all(net.blobs)  # untimed
+
+            return await timed_transfers(one, transfers, prepare=forget)
 
 
 def run_pair(

@@ -28,6 +28,7 @@ VERSION = 1
 FOUND, NOT_FOUND, BUSY = 0, 1, 2
 _HEADER = struct.Struct(">BQ")
 READ_CHUNK = 1 << 20
+MIN_PIECE = 64 << 10  # smaller reads are gathered before they are kept
 WRITE_CHUNK = 1 << 20
 STALL_TIMEOUT = 10.0  # no byte for this long: the provider is gone
 
@@ -69,29 +70,44 @@ async def request_blob(stream: Any, h: bytes, *, max_size: int) -> bytes:
         raise BlobError(f"the peer answered with unknown status {status}")
     if size > max_size:
         raise BlobError(f"the peer declares a blob of {size} bytes, over the {max_size}-byte limit")
-    # Bytes are only appended here (glibc grows a large buffer in place); the copy
-    # to immutable bytes and the sha256 run in a worker thread, off the event loop.
-    data = bytearray()
+    # Each piece is kept as it arrives (no buffer grown, then copied) and hashed while it
+    # is still in the cache, right after its decryption on this thread: a piece is at most
+    # READ_CHUNK bytes, so well under a millisecond of hashing, like its decryption. Small
+    # reads are gathered into one piece: a list of tiny ones costs many times their bytes.
+    pieces: list[bytes] = []
+    small = bytearray()
+    hasher = hashlib.sha256()
+    got = 0
     # one scope whose deadline moves with each chunk: cheaper than a fail_after per read
     with trio.move_on_after(STALL_TIMEOUT) as stall:
-        while len(data) < size:
-            chunk = await stream.read(min(READ_CHUNK, size - len(data)))
+        while got < size:
+            chunk = await stream.read(min(READ_CHUNK, size - got))
             if not chunk:
                 raise BlobError("the peer closed the stream before sending the whole blob")
-            if len(chunk) > size - len(data):
+            if len(chunk) > size - got:
                 raise BlobError("the peer sent more bytes than it declared")
-            data += chunk
+            hasher.update(chunk)
+            got += len(chunk)
             stall.deadline = trio.current_time() + STALL_TIMEOUT
+            if len(chunk) < MIN_PIECE:
+                small += chunk
+                if len(small) < MIN_PIECE:
+                    continue
+                chunk = bytes(small)
+                small.clear()
+            elif small:
+                pieces.append(bytes(small))
+                small.clear()
+            pieces.append(chunk)
     if stall.cancelled_caught:
         raise trio.TooSlowError
-    blob, digest = await trio.to_thread.run_sync(_freeze_and_hash, data)
-    if digest != bytes(h):
+    if hasher.digest() != bytes(h):
         raise BlobError("the blob's bytes do not match its hash; refused")
-    return blob
-
-
-def _freeze_and_hash(data: bytearray) -> tuple[bytes, bytes]:
-    return bytes(data), hashlib.sha256(data).digest()
+    if small:
+        pieces.append(bytes(small))
+    if len(pieces) <= 1:
+        return bytes(pieces[0]) if pieces else b""
+    return await trio.to_thread.run_sync(b"".join, pieces)
 
 
 async def refuse(stream: Any, *, busy: bool = False) -> None:
