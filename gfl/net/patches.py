@@ -195,8 +195,9 @@ async def _yamux_write(self: Any, data: bytes) -> None:
                             _yamux.YAMUX_HEADER_FORMAT, 0, _yamux.TYPE_DATA, 0, self.stream_id, n
                         )
                         frame = head + data[sent : sent + n]
-                    else:
-                        waiter = self.__dict__[_WAITER_ATTR] = trio.Event()
+                    else:  # one event for every writer waiting on this stream
+                        waiter = self.__dict__.get(_WAITER_ATTR) or trio.Event()
+                        self.__dict__[_WAITER_ATTR] = waiter
             if frame is None:
                 await _window_opened(self, waiter)
         await self.conn._write_frame(frame)
