@@ -82,7 +82,6 @@ async def test_on_restart_ended_jobs_blobs_go_once_their_keep_time_is_over(init_
     async with running_node(home, full=True) as node:
         with trio.fail_after(10):
             assert (await _evicted(node, "aa" * 32))["blobs"] == 1
-        await trio.sleep(0.5)
         held = node.network.blobs
         assert held.has(final) and not held.has(old_update) and held.has(recent_update)
         assert held.tags() == ["bb" * 32]
