@@ -124,8 +124,9 @@ blob_cap_mb = {net_blob_cap_mb}
 max_peers = {net_max_peers}
 # Seconds between DHT announcements of the blobs this node holds (provider records expire).
 reprovide_s = {net_reprovide_s}
-# Seconds a finished (or cancelled) job's blobs stay for peers still finishing its last round;
-# then they are evicted, all but its final model (kept while blob_cap_mb allows).
+# Seconds the blobs of a job that ended here (finished, cancelled or failed) stay for peers
+# still finishing its last round; then they are evicted, all but its final model (kept while
+# blob_cap_mb allows).
 blob_keep_s = {net_blob_keep_s}
 
 [api]
