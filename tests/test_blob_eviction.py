@@ -51,6 +51,7 @@ async def test_a_finished_jobs_blobs_are_evicted_all_but_its_final_model(init_ho
         assert evicted["blobs"] == 3
         assert blobs.has(bytes.fromhex(row.model_hash)) and len(blobs) == 1
         assert hx not in blobs.tags()
+        assert node.network.stats()["blobs"]["evicted"] == 3  # in `gfl status`
 
 
 @pytest.mark.trio

@@ -209,6 +209,7 @@ class BlobStore:
                     self._remove(hx)
                     n += 1
             tdir.rmdir()
+            self.evictions += n
         return n
 
     def _remove(self, hx: str) -> None:

@@ -241,7 +241,12 @@ class Network:
             "providing": len(self._providing),
             "topics": sorted(self._subs),
             "mesh": {t: len(self._mesh_peers(t)) for t in self._subs},
-            "blobs": {"count": len(self.blobs), "bytes": self.blobs.total_bytes},
+            "blobs": {
+                "count": len(self.blobs),
+                "bytes": self.blobs.total_bytes,
+                "cap_bytes": self.blobs.cap_bytes,
+                "evicted": self.blobs.evictions,  # past the cap, and ended jobs'
+            },
             "dht_routing_table": self._dht.get_routing_table_size(),
             **self.traffic.as_dict(),
         }
