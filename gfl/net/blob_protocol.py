@@ -29,7 +29,6 @@ FOUND, NOT_FOUND, BUSY = 0, 1, 2
 _HEADER = struct.Struct(">BQ")
 READ_CHUNK = 1 << 20
 MIN_PIECE = 64 << 10  # smaller reads are gathered before they are kept
-WRITE_CHUNK = 1 << 20
 STALL_TIMEOUT = 10.0  # no byte for this long: the provider is gone
 
 
@@ -89,14 +88,11 @@ async def request_blob(stream: Any, h: bytes, *, max_size: int) -> bytes:
             hasher.update(chunk)
             got += len(chunk)
             stall.deadline = trio.current_time() + STALL_TIMEOUT
-            if len(chunk) < MIN_PIECE:
+            if small or len(chunk) < MIN_PIECE:
                 small += chunk
                 if len(small) < MIN_PIECE:
                     continue
                 chunk = bytes(small)
-                small.clear()
-            elif small:
-                pieces.append(bytes(small))
                 small.clear()
             pieces.append(chunk)
     if stall.cancelled_caught:

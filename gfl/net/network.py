@@ -598,43 +598,42 @@ class Network:
         transferring the bytes twice.
         """
         h = bytes(h)
+        hx = h.hex()[:16]
         errors: list[str] = []
         with trio.move_on_after(timeout):
             while (flight := self._fetching.get(h)) is not None:
                 await flight.done.wait()
-                if flight.data is not None:
+                if flight.data is not None:  # that fetch succeeded: its bytes are ours
                     if len(flight.data) > max_size:
-                        raise BlobError(f"blob {h.hex()[:16]}… is over the {max_size}-byte limit")
-                    if tag is not None:
-                        await trio.to_thread.run_sync(self.blobs.tag, h, tag)
-                    return flight.data
-            flight = self._fetching[h] = _Flight()
-            try:
-                flight.data = await self._fetch(h, providers, max_size, tag, errors)
-            finally:
-                del self._fetching[h]
-                flight.done.set()
+                        raise BlobError(f"blob {hx}… is over the {max_size}-byte limit")
+                    break
+            else:  # none in progress (or the one we waited for failed): fetch it ourselves
+                flight = self._fetching[h] = _Flight()
+                try:
+                    flight.data = await self._fetch(h, providers, max_size, errors)
+                finally:
+                    del self._fetching[h]
+                    flight.done.set()
+            if tag is not None:
+                await trio.to_thread.run_sync(self.blobs.tag, h, tag)
             return flight.data
         why = "; ".join(errors) or "no provider answered"
-        hx = h.hex()[:16]
         raise BlobError(f"could not fetch blob {hx}…: timed out after {timeout:.0f}s ({why})")
 
     async def _fetch(
-        self, h: bytes, providers: Sequence[str], max_size: int, tag: str | None, errors: list[str]
+        self, h: bytes, providers: Sequence[str], max_size: int, errors: list[str]
     ) -> bytes:
         """`fetch_blob`'s one transfer (the caller owns the timeout); notes why each
         provider failed in ``errors``."""
         local = await trio.to_thread.run_sync(self.blobs.get, h)
         if local is not None:
-            if tag is not None:
-                await trio.to_thread.run_sync(self.blobs.tag, h, tag)
             return local
         tried: set[str] = set()
         for pid in providers:
             if pid in tried or pid == self.peer_id:
                 continue
             tried.add(pid)
-            data = await self._fetch_from(pid, h, max_size, tag, errors)
+            data = await self._fetch_from(pid, h, max_size, errors)
             if data is not None:
                 return data
         for info in await self._dht_providers(h):
@@ -643,7 +642,7 @@ class Network:
                 continue
             tried.add(pid)
             self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
-            data = await self._fetch_from(pid, h, max_size, tag, errors)
+            data = await self._fetch_from(pid, h, max_size, errors)
             if data is not None:
                 return data
         why = "; ".join(errors) or "no provider known"
@@ -658,7 +657,7 @@ class Network:
         return []
 
     async def _fetch_from(
-        self, pid: str, h: bytes, max_size: int, tag: str | None, errors: list[str]
+        self, pid: str, h: bytes, max_size: int, errors: list[str]
     ) -> bytes | None:
         from libp2p.custom_types import TProtocol
 
@@ -693,7 +692,7 @@ class Network:
         with trio.move_on_after(1.0):
             with suppress(Exception):
                 await stream.close()
-        await trio.to_thread.run_sync(lambda: self.blobs.put(data, tag=tag, known_hash=h))
+        await trio.to_thread.run_sync(lambda: self.blobs.put(data, known_hash=h))
         self.traffic.blobs_fetched += 1
         self.traffic.blob_bytes_in += len(data)
         self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=len(data))
