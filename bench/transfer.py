@@ -12,8 +12,10 @@ client process pair:
 - stream: the same bytes over a bare libp2p stream (the transport alone), with
   py-libp2p's own Noise/Yamux code ("stock", `patches.untune_transport`) and
   with GFL's tuning (`patches.tune_transport`, what a node runs);
-- blob: `Network.fetch_blob` (request, sha256 check, fsync'd store), stock
-  and tuned;
+- blob: `Network.fetch_blob` (request, sha256 check, fsync'd store, the bytes
+  returned in one object), stock and tuned;
+- blob into the store: `Network.store_blob`, what a node does with each update it
+  prefetches (the same, without joining the pieces into one object);
 - with ``--before-root DIR``: the blob protocol of another checkout (e.g. a git
   worktree of an older commit), for before/after figures in the same run;
 - with ``--parts``: only the two costs no transport can avoid, each alone on one
@@ -228,6 +230,8 @@ async def p2p_client(addr: str, hx: str, size: int, *, how: str, transfers: int)
                     got = 0
                     while got < size:
                         got += len(await stream.read(MiB))
+                elif how == "store":
+                    got = await net.store_blob(h, [pid], max_size=size, timeout=120)
                 else:
                     got = len(await net.fetch_blob(h, [pid], max_size=size, timeout=120))
                 assert got == size
@@ -341,6 +345,7 @@ def main() -> None:
         "stream, tuned": ("raw", ROOT, False),
         "blob, stock libp2p": ("blob", ROOT, True),
         "blob protocol": ("blob", ROOT, False),
+        "blob into the store": ("store", ROOT, False),
     }
     if a.before_root:
         rows["blob, --before-root"] = ("blob", a.before_root.resolve(), False)

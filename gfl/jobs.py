@@ -603,7 +603,7 @@ class JobService:
             return
         async with self._prefetch:
             try:
-                await net.fetch_blob(
+                await net.store_blob(
                     h, self.providers(h, None), max_size=size, timeout=60, tag=job_id.hex()
                 )
             except GflError as exc:

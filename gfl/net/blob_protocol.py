@@ -51,8 +51,10 @@ async def abort(stream: Any) -> None:
             await stream.reset()
 
 
-async def request_blob(stream: Any, h: bytes, *, max_size: int) -> bytes:
-    """Ask for ``h`` on an open stream; returns bytes whose sha256 is ``h``.
+async def request_blob(stream: Any, h: bytes, *, max_size: int) -> list[bytes]:
+    """Ask for ``h`` on an open stream; returns the blob in pieces, as they arrived:
+    their concatenation's sha256 is ``h`` (checked). Joining them costs a copy of the
+    whole blob, which a caller that only stores it does not need.
 
     Raises `BlobError` for not found, busy, oversize, a short read or a hash
     mismatch, and ``trio.TooSlowError`` when the provider stalls. The caller owns
@@ -101,9 +103,7 @@ async def request_blob(stream: Any, h: bytes, *, max_size: int) -> bytes:
         raise BlobError("the blob's bytes do not match its hash; refused")
     if small:
         pieces.append(bytes(small))
-    if len(pieces) <= 1:
-        return bytes(pieces[0]) if pieces else b""
-    return await trio.to_thread.run_sync(b"".join, pieces)
+    return pieces
 
 
 async def refuse(stream: Any, *, busy: bool = False) -> None:

@@ -4,10 +4,15 @@ Layout under the store's directory: ``<hh>/<hash hex>`` for data (``hh`` the
 first byte of the hash), ``tags/<tag>/<hash hex>`` as empty marker files that
 say which jobs a blob belongs to, and ``tmp/`` for writes in progress. Writes
 are atomic (temp file, fsync, rename), so a crash leaves either the whole blob
-or nothing; reads verify the hash, so a corrupted file is deleted and reported
-missing instead of being served. When the store grows past its cap the least
-recently used blobs are evicted; a finished job's blobs are evicted by its tag, except
-those another job's tag also holds.
+or nothing. Reads for use (`get`) verify the hash, so a corrupted file is deleted
+and reported missing instead of used. A blob is served (`open_reader`) without
+hashing it again once this process wrote it from verified bytes or read it back
+intact: the receiver verifies every byte anyway (IPFS's Kubo, likewise, does not
+hash blocks it reads unless ``Datastore.HashOnRead`` is set); the first serve
+after a restart still checks it, so a copy that rotted while the node was down
+is deleted, not served twice. When the store grows past its cap the least
+recently used blobs are evicted; a finished job's blobs are evicted by its tag,
+except those another job's tag also holds.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -81,6 +86,7 @@ class BlobStore:
                     if len(f.name) == 2 * HASH_LEN:
                         self._sizes[f.name] = f.stat().st_size
         self.evictions = 0
+        self._verified: set[str] = set()  # stored bytes known to match their hash
 
     def _path(self, hx: str) -> Path:
         return self.root / hx[:2] / hx
@@ -98,44 +104,48 @@ class BlobStore:
     def size_of(self, h: bytes) -> int | None:
         return self._sizes.get(_hex(h))
 
-    def put(self, data: bytes, *, tag: str | None = None, known_hash: bytes | None = None) -> bytes:
-        """Store ``data``; returns its sha256. Idempotent; ``tag`` groups blobs for `evict`.
+    def put(self, data: bytes, *, tag: str | None = None) -> bytes:
+        """Store ``data``; returns its sha256. Idempotent; ``tag`` groups blobs for `evict`."""
+        h = blob_hash(data)
+        self.put_verified([data], h, tag=tag)
+        return h
 
-        ``known_hash``: the caller has just checked that it is sha256(data) (a fetched
-        blob), so it is not computed again; `get` still verifies what it reads back.
-        """
+    def put_verified(self, pieces: Sequence[bytes], h: bytes, *, tag: str | None = None) -> None:
+        """Store a blob whose bytes are the concatenation of ``pieces`` and whose sha256
+        the caller has just checked to be ``h`` (a fetched blob: it is not hashed again,
+        nor joined into one object). Idempotent, like `put`."""
         if tag is not None:
             _check_tag(tag)
-        if len(data) > self.cap_bytes:
-            raise BlobError(
-                f"blob of {len(data)} bytes is larger than the store's cap ({self.cap_bytes})"
-            )
-        h = blob_hash(data) if known_hash is None else bytes(known_hash)
         hx = _hex(h)
+        size = sum(len(p) for p in pieces)
+        if size > self.cap_bytes:
+            raise BlobError(
+                f"blob of {size} bytes is larger than the store's cap ({self.cap_bytes})"
+            )
         with self._lock:
             if hx not in self._sizes:
-                self._make_room(len(data))
+                self._make_room(size)
                 path = self._path(hx)
                 path.parent.mkdir(exist_ok=True)
                 tmp = self.root / "tmp" / f"{hx}.{threading.get_ident()}"
                 try:
                     with open(tmp, "wb") as f:
-                        f.write(data)
+                        f.writelines(pieces)
                         f.flush()
                         os.fsync(f.fileno())
                 except OSError as exc:  # disk full, read-only: no partial file left behind
                     tmp.unlink(missing_ok=True)
                     raise BlobError(
-                        f"cannot store a {len(data)}-byte blob in {self.root}: {exc.strerror}"
+                        f"cannot store a {size}-byte blob in {self.root}: {exc.strerror}"
                     ) from None
                 os.replace(tmp, path)
                 _fsync_dir(path.parent)
-                self._sizes[hx] = len(data)
+                self._sizes[hx] = size
+                self._verified.add(hx)
             else:
                 os.utime(self._path(hx))
             if tag is not None:
                 self._mark(hx, tag)
-        return h
 
     def tag(self, h: bytes, tag: str) -> bool:
         """Add ``tag`` to a blob already held (another job uses it too); False if absent."""
@@ -165,12 +175,16 @@ class BlobStore:
         if blob_hash(data) != bytes(h):
             self._corrupt(hx)
             return None
+        self._verified.add(hx)
         with contextlib.suppress(OSError):
             os.utime(path)
         return data
 
     def open_reader(self, h: bytes) -> BlobReader | None:
-        """A reader of the blob in pieces (to serve it without holding all of it), or None."""
+        """A reader of the blob in pieces (to serve it without holding all of it), or None.
+
+        It hashes what it reads unless this process already knows the stored bytes are
+        intact (module docstring)."""
         hx = _hex(h)
         path = self._path(hx)
         try:
@@ -181,7 +195,7 @@ class BlobStore:
             return None
         with contextlib.suppress(OSError):
             os.utime(path)
-        return BlobReader(self, bytes(h), f)
+        return BlobReader(self, bytes(h), f, verify=hx not in self._verified)
 
     def _corrupt(self, hx: str) -> None:
         logger.warning("blob %s is corrupt on disk; deleting it", hx[:16])
@@ -216,6 +230,7 @@ class BlobStore:
         with self._lock:
             self._path(hx).unlink(missing_ok=True)
             self._sizes.pop(hx, None)
+            self._verified.discard(hx)
 
     def _make_room(self, incoming: int) -> None:
         excess = self.total_bytes + incoming - self.cap_bytes
@@ -232,26 +247,32 @@ class BlobStore:
 
 
 class BlobReader:
-    """One stored blob read in pieces; `intact` says whether the bytes read match its hash.
+    """One stored blob read in pieces; `intact` says whether the bytes read match its hash
+    (hashed as they are read, unless ``verify`` is False: the store knows them intact).
 
     Blocking file I/O, like `BlobStore`: call it from a worker thread.
     """
 
-    def __init__(self, store: BlobStore, h: bytes, f: BinaryIO) -> None:
+    def __init__(self, store: BlobStore, h: bytes, f: BinaryIO, *, verify: bool = True) -> None:
         self._store, self._h, self._f = store, h, f
         self.size = os.fstat(f.fileno()).st_size
-        self._hasher = hashlib.sha256()
+        self._hasher = hashlib.sha256() if verify else None
 
     def read(self, n: int) -> bytes:
         chunk = self._f.read(n)
-        self._hasher.update(chunk)
+        if self._hasher is not None:
+            self._hasher.update(chunk)
         return chunk
 
     def intact(self) -> bool:
         """After the whole blob was read: True if it hashes right; deletes it if not."""
-        if self._hasher.digest() == self._h:
+        if self._hasher is None:
             return True
-        self._store._corrupt(self._h.hex())
+        hx = self._h.hex()
+        if self._hasher.digest() == self._h:
+            self._store._verified.add(hx)
+            return True
+        self._store._corrupt(hx)
         return False
 
     def close(self) -> None:

@@ -53,7 +53,7 @@ MAX_PEERS = 64
 DISCOVERY_INTERVAL = 15.0  # between DHT lookups while they find peers we lack
 DISCOVERY_IDLE = 120.0  # the longest pause once lookups keep finding nobody new
 MAX_CONCURRENT_SERVES = 8
-SERVE_PIECE = 8 << 20  # a served blob is read from disk in pieces this big...
+SERVE_PIECE = 2 << 20  # a served blob is read from disk in pieces this big (8 MiB: slower)...
 SERVE_READ_AHEAD = 2  # ...this many ahead of the send (a thread hop per piece costs ms)
 REPROVIDE_INTERVAL = 600.0
 MAX_CONCURRENT_REPROVIDES = 8
@@ -63,11 +63,11 @@ MAX_REMEMBERED_FOUND = 4096
 
 
 class _Flight:
-    """A blob fetch in progress; `data` is set once it succeeded."""
+    """A blob fetch in progress; `pieces` is set once it succeeded."""
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.data: bytes | None = None
+        self.pieces: list[bytes] | None = None
 
 
 class Network:
@@ -597,54 +597,86 @@ class Network:
         of a blob that another task is fetching waits for that one instead of
         transferring the bytes twice.
         """
-        h = bytes(h)
-        hx = h.hex()[:16]
+        pieces = await self._obtain(bytes(h), providers, max_size, timeout)
+        await self._tag(h, tag)
+        if len(pieces) <= 1:
+            return pieces[0] if pieces else b""
+        return await trio.to_thread.run_sync(b"".join, pieces)
+
+    async def store_blob(
+        self,
+        h: bytes,
+        providers: Sequence[str] = (),
+        *,
+        max_size: int,
+        timeout: float,
+        tag: str | None = None,
+    ) -> int:
+        """`fetch_blob` for a blob wanted in the store, not in memory (a prefetch); returns
+        its size. A copy already stored is not read, and a fetched one is written as its
+        pieces arrived, never joined into one object (a copy of the whole blob)."""
+        size = self.blobs.size_of(h)
+        if size is None:
+            pieces = await self._obtain(bytes(h), providers, max_size, timeout)
+            size = sum(len(p) for p in pieces)
+        await self._tag(h, tag)
+        return size
+
+    async def _tag(self, h: bytes, tag: str | None) -> None:
+        if tag is not None:
+            await trio.to_thread.run_sync(self.blobs.tag, h, tag)
+
+    async def _obtain(
+        self, h: bytes, providers: Sequence[str], max_size: int, timeout: float
+    ) -> list[bytes]:
+        """The blob's pieces, from the store or one transfer (`_fetch`), or from the
+        transfer of it already in progress."""
         errors: list[str] = []
         with trio.move_on_after(timeout):
             while (flight := self._fetching.get(h)) is not None:
                 await flight.done.wait()
-                if flight.data is not None:  # that fetch succeeded: its bytes are ours
-                    if len(flight.data) > max_size:
-                        raise BlobError(f"blob {hx}… is over the {max_size}-byte limit")
-                    break
-            else:  # none in progress (or the one we waited for failed): fetch it ourselves
-                flight = self._fetching[h] = _Flight()
-                try:
-                    flight.data = await self._fetch(h, providers, max_size, errors)
-                finally:
-                    del self._fetching[h]
-                    flight.done.set()
-            if tag is not None:
-                await trio.to_thread.run_sync(self.blobs.tag, h, tag)
-            return flight.data
+                if flight.pieces is not None:  # that fetch succeeded: its bytes are ours
+                    if sum(len(p) for p in flight.pieces) > max_size:
+                        raise BlobError(f"blob {h.hex()[:16]}… is over the {max_size}-byte limit")
+                    return flight.pieces
+            # none in progress (or the one we waited for failed): fetch it ourselves
+            flight = self._fetching[h] = _Flight()
+            try:
+                flight.pieces = await self._fetch(h, providers, max_size, errors)
+            finally:
+                del self._fetching[h]
+                flight.done.set()
+            return flight.pieces
         why = "; ".join(errors) or "no provider answered"
-        raise BlobError(f"could not fetch blob {hx}…: timed out after {timeout:.0f}s ({why})")
+        raise BlobError(
+            f"could not fetch blob {h.hex()[:16]}…: timed out after {timeout:.0f}s ({why})"
+        )
 
     async def _fetch(
         self, h: bytes, providers: Sequence[str], max_size: int, errors: list[str]
-    ) -> bytes:
-        """`fetch_blob`'s one transfer (the caller owns the timeout); notes why each
+    ) -> list[bytes]:
+        """`_obtain`'s one transfer (the caller owns the timeout); notes why each
         provider failed in ``errors``."""
         local = await trio.to_thread.run_sync(self.blobs.get, h)
         if local is not None:
-            return local
+            return [local]
         tried: set[str] = set()
         for pid in providers:
             if pid in tried or pid == self.peer_id:
                 continue
             tried.add(pid)
-            data = await self._fetch_from(pid, h, max_size, errors)
-            if data is not None:
-                return data
+            pieces = await self._fetch_from(pid, h, max_size, errors)
+            if pieces is not None:
+                return pieces
         for info in await self._dht_providers(h):
             pid = info.peer_id.to_base58()
             if pid in tried or pid == self.peer_id:
                 continue
             tried.add(pid)
             self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
-            data = await self._fetch_from(pid, h, max_size, errors)
-            if data is not None:
-                return data
+            pieces = await self._fetch_from(pid, h, max_size, errors)
+            if pieces is not None:
+                return pieces
         why = "; ".join(errors) or "no provider known"
         raise BlobError(f"could not fetch blob {h.hex()[:16]}…: {why}")
 
@@ -658,7 +690,7 @@ class Network:
 
     async def _fetch_from(
         self, pid: str, h: bytes, max_size: int, errors: list[str]
-    ) -> bytes | None:
+    ) -> list[bytes] | None:
         from libp2p.custom_types import TProtocol
 
         peer = _to_id(pid)
@@ -669,7 +701,7 @@ class Network:
 
                 await self._dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
             stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
-            data = await blob_protocol.request_blob(stream, h, max_size=max_size)
+            pieces = await blob_protocol.request_blob(stream, h, max_size=max_size)
         except (BlobError, NetError) as exc:
             errors.append(f"{pid[-8:]}: {exc}")
             if "hash" in str(exc):
@@ -692,11 +724,12 @@ class Network:
         with trio.move_on_after(1.0):
             with suppress(Exception):
                 await stream.close()
-        await trio.to_thread.run_sync(lambda: self.blobs.put(data, known_hash=h))
+        await trio.to_thread.run_sync(self.blobs.put_verified, pieces, h)
+        size = sum(len(p) for p in pieces)
         self.traffic.blobs_fetched += 1
-        self.traffic.blob_bytes_in += len(data)
-        self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=len(data))
-        return data
+        self.traffic.blob_bytes_in += size
+        self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=size)
+        return pieces
 
     async def _serve_blob(self, stream: Any) -> None:
         pid = stream.muxed_conn.peer_id.to_base58()
@@ -727,14 +760,15 @@ class Network:
             await blob_protocol.abort(stream)
 
     async def _send_blob(self, stream: Any, reader: BlobReader) -> None:
-        """Stream a stored blob: a worker thread reads (and hashes) the next pieces
-        while the current one is sent, so a serve holds a few MiB, not the whole blob,
-        and the first byte leaves before the file was read.
+        """Stream a stored blob: a worker thread reads the next pieces while the current
+        one is sent, so a serve holds a few MiB, not the whole blob, and the first byte
+        leaves before the file was read.
 
         A failed read ends the pieces early instead of cancelling the send (a write
         cancelled halfway would break the connection's framing); `respond` then
         raises for the missing bytes and the stream is reset. The requester checks
-        the hash; we check it too, to delete a corrupt copy.
+        the hash; the reader checks it too, the first time this process serves a copy
+        it did not write itself, to delete a corrupt one (`BlobStore`).
         """
         send, recv = trio.open_memory_channel[bytes](SERVE_READ_AHEAD)
 

@@ -33,15 +33,23 @@ def test_evicting_a_jobs_tag_keeps_what_it_is_told_to_and_what_another_job_holds
             s.tag(final, bad)
 
 
-def test_blob_reader_reads_in_pieces_and_catches_bit_rot(tmp_path):
-    s = BlobStore(tmp_path)
+def test_blob_reader_reads_in_pieces_and_catches_bit_rot_once_per_process(tmp_path):
     data = bytes(range(256)) * 40
-    h = s.put(data)
+    h = BlobStore(tmp_path).put(data)
+    path = tmp_path / h.hex()[:2] / h.hex()
+    s = BlobStore(tmp_path)  # a restart: the copy on disk is not known intact yet
     r = s.open_reader(h)
     assert r.size == len(data)
     assert b"".join(r.read(1000) for _ in range(11)) == data and r.intact()
     r.close()
-    (tmp_path / h.hex()[:2] / h.hex()).write_bytes(b"y" * len(data))  # same size, rotten
+    path.write_bytes(b"x" * len(data))  # rots after this process read it back intact
+    r = s.open_reader(h)  # served as it is: the receiver checks every byte (module doc)
+    assert r.read(len(data)) == b"x" * len(data) and r.intact()
+    r.close()
+    assert s.get(h) is None and not s.has(h)  # a read for use still checks, and deletes it
+    h = s.put(data)
+    path.write_bytes(b"y" * len(data))
+    s = BlobStore(tmp_path)  # the next restart's first serve checks again
     r = s.open_reader(h)
     assert r.read(len(data)) == b"y" * len(data)
     assert not r.intact() and not s.has(h)  # deleted: not served again
