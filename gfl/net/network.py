@@ -657,9 +657,10 @@ class Network:
     ) -> list[bytes]:
         """`_obtain`'s one transfer (the caller owns the timeout); notes why each
         provider failed in ``errors``."""
-        local = await trio.to_thread.run_sync(self.blobs.get, h)
-        if local is not None:
-            return [local]
+        if self.blobs.has(h):  # (a thread hop is not free: only when it is there to read)
+            local = await trio.to_thread.run_sync(self.blobs.get, h)
+            if local is not None:
+                return [local]
         tried: set[str] = set()
         for pid in providers:
             if pid in tried or pid == self.peer_id:
