@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import logging
 import struct
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 import trio
@@ -51,10 +51,14 @@ async def abort(stream: Any) -> None:
             await stream.reset()
 
 
-async def request_blob(stream: Any, h: bytes, *, max_size: int) -> list[bytes]:
+async def request_blob(
+    stream: Any, h: bytes, *, max_size: int, on_piece: Callable[[bytes], None] | None = None
+) -> list[bytes]:
     """Ask for ``h`` on an open stream; returns the blob in pieces, as they arrived:
     their concatenation's sha256 is ``h`` (checked). Joining them costs a copy of the
-    whole blob, which a caller that only stores it does not need.
+    whole blob, which a caller that only stores it does not need. ``on_piece`` gets
+    each piece as it is kept (to store it while the rest arrives; its bytes are not
+    checked yet); an exception from it ends the request.
 
     Raises `BlobError` for not found, busy, oversize, a short read or a hash
     mismatch, and ``trio.TooSlowError`` when the provider stalls. The caller owns
@@ -97,12 +101,16 @@ async def request_blob(stream: Any, h: bytes, *, max_size: int) -> list[bytes]:
                 chunk = bytes(small)
                 small.clear()
             pieces.append(chunk)
+            if on_piece is not None:
+                on_piece(chunk)
     if stall.cancelled_caught:
         raise trio.TooSlowError
     if hasher.digest() != bytes(h):
         raise BlobError("the blob's bytes do not match its hash; refused")
     if small:
         pieces.append(bytes(small))
+        if on_piece is not None:
+            on_piece(pieces[-1])
     return pieces
 
 

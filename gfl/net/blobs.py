@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
+import queue
 import re
 import threading
 from collections.abc import Collection, Sequence
@@ -32,6 +34,8 @@ from gfl.net.errors import BlobError
 logger = logging.getLogger(__name__)
 
 HASH_LEN = 32
+SYNC_EVERY = 8 << 20  # a `BlobWriter` syncs what it wrote each time this much more arrived
+_writer_ids = itertools.count()
 _TAG_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -112,40 +116,54 @@ class BlobStore:
 
     def put_verified(self, pieces: Sequence[bytes], h: bytes, *, tag: str | None = None) -> None:
         """Store a blob whose bytes are the concatenation of ``pieces`` and whose sha256
-        the caller has just checked to be ``h`` (a fetched blob: it is not hashed again,
-        nor joined into one object). Idempotent, like `put`."""
+        the caller has just checked to be ``h`` (it is not hashed again, nor joined into
+        one object). Idempotent, like `put`."""
         if tag is not None:
             _check_tag(tag)
-        hx = _hex(h)
+        if _hex(h) in self._sizes and self._place(None, h, tag):
+            return
         size = sum(len(p) for p in pieces)
-        if size > self.cap_bytes:
+        if size > self.cap_bytes:  # before writing any of it
             raise BlobError(
                 f"blob of {size} bytes is larger than the store's cap ({self.cap_bytes})"
             )
+        writer = self.writer(h)
+        try:
+            for piece in pieces:
+                writer.write(piece)
+            writer.commit(tag)
+        finally:
+            writer.discard()
+
+    def writer(self, h: bytes) -> BlobWriter:
+        """A `BlobWriter` for blob ``h``: to store it while it arrives."""
+        return BlobWriter(self, h)
+
+    def _place(self, writer: BlobWriter | None, h: bytes, tag: str | None) -> bool:
+        """Put a written, synced temp file in place under ``h`` (or only touch and tag
+        the stored copy, when there is one); False if there is neither."""
+        hx = _hex(h)
         with self._lock:
-            if hx not in self._sizes:
-                self._make_room(size)
+            if hx not in self._sizes and writer is not None:
+                if writer.size > self.cap_bytes:
+                    raise BlobError(
+                        f"blob of {writer.size} bytes is larger than the store's cap"
+                        f" ({self.cap_bytes})"
+                    )
+                self._make_room(writer.size)
                 path = self._path(hx)
                 path.parent.mkdir(exist_ok=True)
-                tmp = self.root / "tmp" / f"{hx}.{threading.get_ident()}"
-                try:
-                    with open(tmp, "wb") as f:
-                        f.writelines(pieces)
-                        f.flush()
-                        os.fsync(f.fileno())
-                except OSError as exc:  # disk full, read-only: no partial file left behind
-                    tmp.unlink(missing_ok=True)
-                    raise BlobError(
-                        f"cannot store a {size}-byte blob in {self.root}: {exc.strerror}"
-                    ) from None
-                os.replace(tmp, path)
+                os.replace(writer.tmp, path)
                 _fsync_dir(path.parent)
-                self._sizes[hx] = size
+                self._sizes[hx] = writer.size
                 self._verified.add(hx)
-            else:
+            elif hx in self._sizes:
                 os.utime(self._path(hx))
+            if hx not in self._sizes:
+                return False
             if tag is not None:
                 self._mark(hx, tag)
+        return True
 
     def tag(self, h: bytes, tag: str) -> bool:
         """Add ``tag`` to a blob already held (another job uses it too); False if absent."""
@@ -277,3 +295,92 @@ class BlobReader:
 
     def close(self) -> None:
         self._f.close()
+
+
+class BlobWriter:
+    """A blob written to the store as it arrives: `write` each piece, then `commit` once
+    its sha256 was checked; `discard` at the end, whatever happened, removes the temp
+    file if it is still there (not committed, or another copy was stored first).
+
+    Blocking file I/O, like `BlobStore`: call it from a worker thread. The temp file is
+    synced every `SYNC_EVERY` bytes, so the disk writes back while more bytes arrive and
+    the fsync before the rename has little left to wait for (bench/RESULTS.md). From an
+    event loop, `feed` it pieces while a worker thread runs `drain`, then `end` it.
+    """
+
+    def __init__(self, store: BlobStore, h: bytes) -> None:
+        self._store, self._h = store, bytes(h)
+        hx = _hex(h)
+        self.tmp = store.root / "tmp" / f"{hx}.{next(_writer_ids)}"
+        self.size = 0
+        self.error: BlobError | None = None  # what stopped the writing, if anything did
+        self._unsynced = 0
+        self._fed: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._f: BinaryIO | None = None
+        try:
+            self._f = open(self.tmp, "wb")  # noqa: SIM115 - commit and discard close it
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> BlobError:
+        self.discard()  # disk full, read-only: no partial file left behind
+        self.error = BlobError(
+            f"cannot store blob {self._h.hex()[:16]}… in {self._store.root}: {exc.strerror}"
+        )
+        return self.error
+
+    def feed(self, piece: bytes) -> None:
+        """Queue ``piece`` for `drain`; never blocks. Raises the error that stopped the
+        writing, if one did (the caller can stop receiving)."""
+        if self.error is not None:
+            raise self.error
+        self._fed.put(piece)
+
+    def end(self) -> None:
+        """No more pieces: `drain` returns once it wrote those queued."""
+        self._fed.put(None)
+
+    def drain(self) -> None:
+        """Write the pieces fed, until `end` (in a worker thread). An error is kept in
+        `error` and the pieces after it are dropped; it does not raise."""
+        while (piece := self._fed.get()) is not None:
+            if self.error is None:
+                with contextlib.suppress(BlobError):
+                    self.write(piece)
+
+    def write(self, piece: bytes) -> None:
+        """Append ``piece`` (blocking); raises `BlobError` when the disk refuses it."""
+        if self._f is None:
+            raise BlobError("this blob writer was committed or discarded")
+        try:
+            self._f.write(piece)
+            self.size += len(piece)
+            self._unsynced += len(piece)
+            if self._unsynced >= SYNC_EVERY:
+                self._f.flush()
+                os.fdatasync(self._f.fileno())
+                self._unsynced = 0
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def commit(self, tag: str | None = None) -> None:
+        """Sync the file and put it in place under the blob's hash (the caller checked
+        that the bytes written hash to it), with ``tag``."""
+        if self._f is None:
+            raise BlobError("this blob writer was committed or discarded")
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        except OSError as exc:
+            raise self._error(exc) from None
+        self._f = None
+        self._store._place(self, self._h, tag)
+
+    def discard(self) -> None:
+        if self._f is not None:
+            with contextlib.suppress(OSError):
+                self._f.close()
+            self._f = None
+        with contextlib.suppress(OSError):  # gone already, or a directory we cannot write
+            self.tmp.unlink()

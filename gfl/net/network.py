@@ -36,7 +36,7 @@ import trio
 
 from gfl.identity import NodeIdentity, address_from_peer_id
 from gfl.net import blob_protocol, patches
-from gfl.net.blobs import BlobReader, BlobStore
+from gfl.net.blobs import BlobReader, BlobStore, BlobWriter
 from gfl.net.errors import BlobError, MessageError, NetError
 from gfl.net.gossip import SUBSCRIBER_QUEUE, GossipMessage, RateLimiter, Traffic
 from gfl.net.mdns import SERVICE_TYPE as MDNS_SERVICE
@@ -692,6 +692,31 @@ class Network:
     async def _fetch_from(
         self, pid: str, h: bytes, max_size: int, errors: list[str]
     ) -> list[bytes] | None:
+        """One provider's transfer, stored as it arrives; None (and why in ``errors``)
+        when the provider failed. A failure to store it here raises."""
+        writer = await trio.to_thread.run_sync(self.blobs.writer, h)
+        try:
+            pieces = await self._transfer(pid, h, max_size, errors, writer)
+            if writer.error is not None:  # our disk, not the provider: no point in another
+                raise writer.error
+            if pieces is not None:
+                await trio.to_thread.run_sync(writer.commit)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(writer.discard)
+        if pieces is None:
+            return None
+        size = sum(len(p) for p in pieces)
+        self.traffic.blobs_fetched += 1
+        self.traffic.blob_bytes_in += size
+        self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=size)
+        return pieces
+
+    async def _transfer(
+        self, pid: str, h: bytes, max_size: int, errors: list[str], writer: BlobWriter
+    ) -> list[bytes] | None:
+        """Request ``h`` from ``pid``; its pieces go to ``writer`` (written by a worker
+        thread) while the rest arrives."""
         from libp2p.custom_types import TProtocol
 
         peer = _to_id(pid)
@@ -702,7 +727,19 @@ class Network:
 
                 await self._dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
             stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
-            pieces = await blob_protocol.request_blob(stream, h, max_size=max_size)
+            failure: Exception | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, writer.drain)
+                try:
+                    pieces = await blob_protocol.request_blob(
+                        stream, h, max_size=max_size, on_piece=writer.feed
+                    )
+                except Exception as exc:  # raised below, outside the nursery's group
+                    failure = exc
+                finally:
+                    writer.end()
+            if failure is not None:
+                raise failure
         except (BlobError, NetError) as exc:
             errors.append(f"{pid[-8:]}: {exc}")
             if "hash" in str(exc):
@@ -725,11 +762,6 @@ class Network:
         with trio.move_on_after(1.0):
             with suppress(Exception):
                 await stream.close()
-        await trio.to_thread.run_sync(self.blobs.put_verified, pieces, h)
-        size = sum(len(p) for p in pieces)
-        self.traffic.blobs_fetched += 1
-        self.traffic.blob_bytes_in += size
-        self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=size)
         return pieces
 
     async def _serve_blob(self, stream: Any) -> None:

@@ -103,6 +103,28 @@ def test_disk_full_gives_clear_errors_and_leaves_nothing_corrupt(small_fs):
     store.close()
 
 
+@pytest.mark.trio
+async def test_a_fetch_onto_a_full_disk_fails_here_and_asks_no_other_provider(small_fs, tmp_path):
+    from gfl.identity import NodeIdentity
+    from gfl.net import BlobError, blob_hash, open_network
+
+    data = os.urandom(3 << 20)  # more than the 2 MiB file system holds
+    h = blob_hash(data)
+
+    def node(where: Path):
+        return open_network(NodeIdentity.generate(), blob_dir=where, discover=False)
+
+    async with node(tmp_path / "a") as a, node(tmp_path / "c") as c, node(small_fs / "b") as b:
+        a.blobs.put(data)
+        c.blobs.put(data)
+        await b.connect(a.listen_addrs()[0])
+        await b.connect(c.listen_addrs()[0])
+        with pytest.raises(BlobError, match="No space left"):
+            await b.fetch_blob(h, [a.peer_id, c.peer_id], max_size=4 << 20, timeout=30)
+        assert not b.blobs.has(h) and not list((small_fs / "b" / "tmp").iterdir())
+        assert c.stats()["blobs_served"] == 0  # our disk failed, not a's copy
+
+
 def test_up_on_a_read_only_datadir_exits_with_a_clear_message(small_fs, tmp_path):
     home = small_fs / "home"
     from gfl.config import Config

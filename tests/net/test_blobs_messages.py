@@ -1,5 +1,7 @@
 """Pure parts: the blob store on disk and the message envelope."""
 
+import os
+
 import msgpack
 import pytest
 
@@ -55,6 +57,40 @@ def test_blob_reader_reads_in_pieces_and_catches_bit_rot_once_per_process(tmp_pa
     assert not r.intact() and not s.has(h)  # deleted: not served again
     r.close()
     assert s.open_reader(h) is None and s.open_reader(blob_hash(b"never stored")) is None
+
+
+def test_blob_writer_stores_pieces_fed_while_they_arrive_syncing_as_it_goes(tmp_path, monkeypatch):
+    import threading
+
+    from gfl.net import blobs as blobs_module
+
+    syncs: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def counted(fd: int) -> None:
+        syncs.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(blobs_module.os, "fdatasync", counted)
+    s = BlobStore(tmp_path)
+    data = os.urandom(20 << 20)
+    h = blob_hash(data)
+    w = s.writer(h)
+    drain = threading.Thread(target=w.drain)
+    drain.start()
+    for off in range(0, len(data), 1 << 20):
+        w.feed(data[off : off + (1 << 20)])
+    w.end()
+    drain.join()
+    assert len(syncs) == 2  # at 8 and 16 MiB, while the rest arrived; the last 4 at commit
+    assert not s.has(h)  # nothing in place before the commit
+    w.commit("job")
+    w.discard()  # after a commit: nothing left to remove
+    assert s.get(h) == data and s.tags() == ["job"]
+    unfinished = s.writer(blob_hash(b"never finished"))
+    unfinished.write(b"partial")
+    unfinished.discard()
+    assert not list((tmp_path / "tmp").iterdir())
 
 
 def test_blob_store_evicts_least_recently_used_past_its_cap(tmp_path):
