@@ -316,6 +316,7 @@ class BlobWriter:
         self.error: BlobError | None = None  # what stopped the writing, if anything did
         self._unsynced = 0
         self._fed: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._dropping = False
         self._f: BinaryIO | None = None
         try:
             self._f = open(self.tmp, "wb")  # noqa: SIM115 - commit and discard close it
@@ -336,17 +337,29 @@ class BlobWriter:
             raise self.error
         self._fed.put(piece)
 
-    def end(self) -> None:
-        """No more pieces: `drain` returns once it wrote those queued."""
+    def end(self, *, complete: bool = True) -> None:
+        """No more pieces: `drain` returns once it wrote those queued, or, when the blob
+        is not ``complete`` (the transfer failed or was cancelled), as soon as it can,
+        dropping them: a fetch's timeout does not wait for a slow disk."""
+        if not complete:
+            self._dropping = True
         self._fed.put(None)
 
     def drain(self) -> None:
         """Write the pieces fed, until `end` (in a worker thread). An error is kept in
         `error` and the pieces after it are dropped; it does not raise."""
         while (piece := self._fed.get()) is not None:
-            if self.error is None:
-                with contextlib.suppress(BlobError):
-                    self.write(piece)
+            if self.error is not None or self._dropping:
+                continue
+            try:
+                self.write(piece)
+            except BlobError:
+                pass  # kept in `error` by `write`
+            except Exception as exc:  # not the disk's doing, but the blob is not stored
+                self.discard()
+                self.error = BlobError(
+                    f"storing blob {self._h.hex()[:16]}… failed: {type(exc).__name__}: {exc}"
+                )
 
     def write(self, piece: bytes) -> None:
         """Append ``piece`` (blocking); raises `BlobError` when the disk refuses it."""
@@ -358,7 +371,7 @@ class BlobWriter:
             self._unsynced += len(piece)
             if self._unsynced >= SYNC_EVERY:
                 self._f.flush()
-                os.fdatasync(self._f.fileno())
+                getattr(os, "fdatasync", os.fsync)(self._f.fileno())  # fdatasync: not on macOS
                 self._unsynced = 0
         except OSError as exc:
             raise self._error(exc) from None
@@ -366,6 +379,8 @@ class BlobWriter:
     def commit(self, tag: str | None = None) -> None:
         """Sync the file and put it in place under the blob's hash (the caller checked
         that the bytes written hash to it), with ``tag``."""
+        if tag is not None:
+            _check_tag(tag)
         if self._f is None:
             raise BlobError("this blob writer was committed or discarded")
         try:

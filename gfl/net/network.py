@@ -728,16 +728,18 @@ class Network:
                 await self._dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
             stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
             failure: Exception | None = None
+            complete = False
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.to_thread.run_sync, writer.drain)
                 try:
                     pieces = await blob_protocol.request_blob(
                         stream, h, max_size=max_size, on_piece=writer.feed
                     )
+                    complete = True
                 except Exception as exc:  # raised below, outside the nursery's group
                     failure = exc
-                finally:
-                    writer.end()
+                finally:  # also when cancelled: the nursery waits for the drain thread
+                    writer.end(complete=complete)
             if failure is not None:
                 raise failure
         except (BlobError, NetError) as exc:

@@ -2,6 +2,7 @@
 
 import os
 import struct
+import time
 import tracemalloc
 
 import pytest
@@ -177,6 +178,40 @@ async def test_store_blob_stores_without_joining_and_does_not_fetch_a_stored_blo
             n.start_soon(run, b.fetch_blob)
         assert len(got) == 2 and len(data) in got and data in got
         assert a.stats()["blobs_served"] == 2 and b.stats()["blobs_fetched"] == 2
+
+
+@pytest.mark.trio
+async def test_a_fetch_that_times_out_drops_what_the_slow_disk_has_not_written(
+    tmp_path, monkeypatch
+):
+    from gfl.net.blobs import BlobWriter
+
+    data = os.urandom(30 * MiB)
+    h = blob_hash(data)
+    written: list[int] = []
+    real_write = BlobWriter.write
+
+    def slow_write(self, piece: bytes) -> None:  # a disk far slower than the network
+        time.sleep(0.3)
+        written.append(len(piece))
+        real_write(self, piece)
+
+    monkeypatch.setattr(BlobWriter, "write", slow_write)
+    async with nodes(2, tmp_path) as (a, b):
+        await wait_for(lambda: a.peers() and b.peers())
+
+        async def send_most_then_stall(stream):
+            await read_request(stream)
+            await stream.write(struct.pack(">BQ", 0, 2 * len(data)) + data)
+            await trio.sleep(30)
+
+        _serve_with(a, send_most_then_stall)
+        with pytest.raises(BlobError, match="timed out"):
+            await b.fetch_blob(h, [a.peer_id], max_size=64 * MiB, timeout=3)
+        # ~10 pieces written in the 3 s; the rest of the 30 received were dropped, not
+        # written while the caller waited past its timeout
+        assert 0 < len(written) < 20
+        assert not list((tmp_path / "n1" / "tmp").iterdir())
 
 
 class _TrickleStream:

@@ -93,6 +93,16 @@ def test_blob_writer_stores_pieces_fed_while_they_arrive_syncing_as_it_goes(tmp_
     assert not list((tmp_path / "tmp").iterdir())
 
 
+def test_blob_writer_syncs_with_fsync_where_there_is_no_fdatasync(tmp_path, monkeypatch):
+    from gfl.net import blobs as blobs_module
+
+    monkeypatch.delattr(blobs_module.os, "fdatasync")  # macOS has none
+    s = BlobStore(tmp_path)
+    data = os.urandom(10 << 20)
+    s.put_verified([data[: 9 << 20], data[9 << 20 :]], blob_hash(data), tag="job")
+    assert s.get(blob_hash(data)) == data
+
+
 def test_blob_store_evicts_least_recently_used_past_its_cap(tmp_path):
     s = BlobStore(tmp_path, cap_bytes=250)
     import os
