@@ -50,6 +50,7 @@ MiB = 1 << 20
 RAW_PROTOCOL = "/gfl/bench-raw/1"
 NOISE_PLAIN = 65_519  # Noise's largest transport-message plaintext
 TLS_RECORD = 16_384  # TLS's largest record plaintext
+ENCRYPT, DECRYPT = "sender: encrypt (Noise messages)", "receiver: decrypt (Noise messages)"
 NOISE_KEY = bytes(32)  # a benchmark's fixed key: this row measures the cost, not secrecy
 
 
@@ -333,8 +334,8 @@ def parts(size: int, transfers: int) -> None:
 
         cpu = {
             "sender: read the stored file": _best(read),
-            "sender: encrypt (Noise messages)": encrypt,
-            "receiver: decrypt (Noise messages)": decrypt,
+            ENCRYPT: encrypt,
+            DECRYPT: decrypt,
             "receiver: sha256": _best(lambda: hashlib.sha256(data).digest()),
             "receiver: write the file (page cache)": _best(write),
         }
@@ -347,21 +348,23 @@ def parts(size: int, transfers: int) -> None:
     for name, s in cpu.items():
         print(f"  {name:<40} {s:.3f} s")
     print(f"  {'receiver: fsync (waits on the disk)':<40} {sync:.3f} s (not counted)")
-    total = sum(cpu.values())
     print(f"plain trio TCP: {tcp:.3f} s; a 0.6x fetch must take at most {tcp / 0.6:.3f} s")
     for n in (cores, 10**6):
-        floor = max(total / n, max(cpu.values()))
+        floor = _floor(cpu, n)
         label = f"{n} cores" if n == cores else "unlimited cores"
         print(f"floor on {label}: {floor:.3f} s, so at best {tcp / floor:.2f}x plain TCP")
     # libp2p's other secure channel, TLS 1.3, would seal 16 KiB records with AES-128-GCM
     tls_enc, tls_dec = _cipher_seconds(AESGCM(os.urandom(16)), TLS_RECORD, data)
-    cpu["sender: encrypt (Noise messages)"] = tls_enc
-    cpu["receiver: decrypt (Noise messages)"] = tls_dec
-    floor = max(sum(cpu.values()) / cores, max(cpu.values()))
+    floor = _floor(cpu | {ENCRYPT: tls_enc, DECRYPT: tls_dec}, cores)
     print(
         f"with TLS 1.3's AES-128-GCM instead (encrypt {tls_enc:.3f} s, decrypt {tls_dec:.3f} s):"
         f" floor on {cores} cores {floor:.3f} s, at best {tcp / floor:.2f}x"
     )
+
+
+def _floor(cpu: dict[str, float], cores: int) -> float:
+    """Seconds for parts taking ``cpu`` seconds each, perfectly spread over ``cores``."""
+    return max(sum(cpu.values()) / cores, max(cpu.values()))
 
 
 def _best(fn: Any) -> float:

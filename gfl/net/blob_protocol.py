@@ -80,6 +80,12 @@ async def request_blob(
     # READ_CHUNK bytes, so well under a millisecond of hashing, like its decryption. Small
     # reads are gathered into one piece: a list of tiny ones costs many times their bytes.
     pieces: list[bytes] = []
+
+    def keep(piece: bytes) -> None:
+        pieces.append(piece)
+        if on_piece is not None:
+            on_piece(piece)
+
     small = bytearray()
     hasher = hashlib.sha256()
     got = 0
@@ -100,17 +106,13 @@ async def request_blob(
                     continue
                 chunk = bytes(small)
                 small.clear()
-            pieces.append(chunk)
-            if on_piece is not None:
-                on_piece(chunk)
+            keep(chunk)
     if stall.cancelled_caught:
         raise trio.TooSlowError
     if hasher.digest() != bytes(h):
         raise BlobError("the blob's bytes do not match its hash; refused")
     if small:
-        pieces.append(bytes(small))
-        if on_piece is not None:
-            on_piece(pieces[-1])
+        keep(bytes(small))
     return pieces
 
 

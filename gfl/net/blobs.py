@@ -120,13 +120,9 @@ class BlobStore:
         one object). Idempotent, like `put`."""
         if tag is not None:
             _check_tag(tag)
-        if _hex(h) in self._sizes and self._place(None, h, tag):
+        if self._touch(_hex(h), tag):
             return
-        size = sum(len(p) for p in pieces)
-        if size > self.cap_bytes:  # before writing any of it
-            raise BlobError(
-                f"blob of {size} bytes is larger than the store's cap ({self.cap_bytes})"
-            )
+        self._check_fits(sum(len(p) for p in pieces))  # before writing any of it
         writer = self.writer(h)
         try:
             for piece in pieces:
@@ -139,31 +135,39 @@ class BlobStore:
         """A `BlobWriter` for blob ``h``: to store it while it arrives."""
         return BlobWriter(self, h)
 
-    def _place(self, writer: BlobWriter | None, h: bytes, tag: str | None) -> bool:
-        """Put a written, synced temp file in place under ``h`` (or only touch and tag
-        the stored copy, when there is one); False if there is neither."""
-        hx = _hex(h)
+    def _check_fits(self, size: int) -> None:
+        if size > self.cap_bytes:
+            raise BlobError(
+                f"blob of {size} bytes is larger than the store's cap ({self.cap_bytes})"
+            )
+
+    def _touch(self, hx: str, tag: str | None) -> bool:
+        """Mark a held blob as just used (for the cap's eviction order), with ``tag``;
+        False if it is not held."""
         with self._lock:
-            if hx not in self._sizes and writer is not None:
-                if writer.size > self.cap_bytes:
-                    raise BlobError(
-                        f"blob of {writer.size} bytes is larger than the store's cap"
-                        f" ({self.cap_bytes})"
-                    )
-                self._make_room(writer.size)
-                path = self._path(hx)
-                path.parent.mkdir(exist_ok=True)
-                os.replace(writer.tmp, path)
-                _fsync_dir(path.parent)
-                self._sizes[hx] = writer.size
-                self._verified.add(hx)
-            elif hx in self._sizes:
-                os.utime(self._path(hx))
             if hx not in self._sizes:
                 return False
+            os.utime(self._path(hx))
             if tag is not None:
                 self._mark(hx, tag)
         return True
+
+    def _place(self, writer: BlobWriter, tag: str | None) -> None:
+        """Put a written, synced temp file in place under its hash, with ``tag`` (if a
+        copy was stored first, that one is kept and the temp file left to `discard`)."""
+        with self._lock:
+            if self._touch(writer.hx, tag):
+                return
+            self._check_fits(writer.size)
+            self._make_room(writer.size)
+            path = self._path(writer.hx)
+            path.parent.mkdir(exist_ok=True)
+            os.replace(writer.tmp, path)
+            _fsync_dir(path.parent)
+            self._sizes[writer.hx] = writer.size
+            self._verified.add(writer.hx)
+            if tag is not None:
+                self._mark(writer.hx, tag)
 
     def tag(self, h: bytes, tag: str) -> bool:
         """Add ``tag`` to a blob already held (another job uses it too); False if absent."""
@@ -309,9 +313,8 @@ class BlobWriter:
     """
 
     def __init__(self, store: BlobStore, h: bytes) -> None:
-        self._store, self._h = store, bytes(h)
-        hx = _hex(h)
-        self.tmp = store.root / "tmp" / f"{hx}.{next(_writer_ids)}"
+        self._store, self.hx = store, _hex(h)
+        self.tmp = store.root / "tmp" / f"{self.hx}.{next(_writer_ids)}"
         self.size = 0
         self.error: BlobError | None = None  # what stopped the writing, if anything did
         self._unsynced = 0
@@ -321,13 +324,12 @@ class BlobWriter:
         try:
             self._f = open(self.tmp, "wb")  # noqa: SIM115 - commit and discard close it
         except OSError as exc:
-            raise self._error(exc) from None
+            raise self._fail(exc.strerror) from None
 
-    def _error(self, exc: OSError) -> BlobError:
-        self.discard()  # disk full, read-only: no partial file left behind
-        self.error = BlobError(
-            f"cannot store blob {self._h.hex()[:16]}… in {self._store.root}: {exc.strerror}"
-        )
+    def _fail(self, why: str) -> BlobError:
+        """Give up: no partial file left behind (disk full, read-only); the error kept."""
+        self.discard()
+        self.error = BlobError(f"cannot store blob {self.hx[:16]}… in {self._store.root}: {why}")
         return self.error
 
     def feed(self, piece: bytes) -> None:
@@ -356,10 +358,7 @@ class BlobWriter:
             except BlobError:
                 pass  # kept in `error` by `write`
             except Exception as exc:  # not the disk's doing, but the blob is not stored
-                self.discard()
-                self.error = BlobError(
-                    f"storing blob {self._h.hex()[:16]}… failed: {type(exc).__name__}: {exc}"
-                )
+                self._fail(f"{type(exc).__name__}: {exc}")
 
     def write(self, piece: bytes) -> None:
         """Append ``piece`` (blocking); raises `BlobError` when the disk refuses it."""
@@ -374,7 +373,7 @@ class BlobWriter:
                 getattr(os, "fdatasync", os.fsync)(self._f.fileno())  # fdatasync: not on macOS
                 self._unsynced = 0
         except OSError as exc:
-            raise self._error(exc) from None
+            raise self._fail(exc.strerror) from None
 
     def commit(self, tag: str | None = None) -> None:
         """Sync the file and put it in place under the blob's hash (the caller checked
@@ -388,9 +387,9 @@ class BlobWriter:
             os.fsync(self._f.fileno())
             self._f.close()
         except OSError as exc:
-            raise self._error(exc) from None
+            raise self._fail(exc.strerror) from None
         self._f = None
-        self._store._place(self, self._h, tag)
+        self._store._place(self, tag)
 
     def discard(self) -> None:
         if self._f is not None:

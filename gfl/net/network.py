@@ -661,33 +661,45 @@ class Network:
             local = await trio.to_thread.run_sync(self.blobs.get, h)
             if local is not None:
                 return [local]
-        tried: set[str] = set()
-        for pid in providers:
-            if pid in tried or pid == self.peer_id:
-                continue
-            tried.add(pid)
-            pieces = await self._fetch_from(pid, h, max_size, errors)
-            if pieces is not None:
-                return pieces
-        for info in await self._dht_providers(h):
-            pid = info.peer_id.to_base58()
-            if pid in tried or pid == self.peer_id:
-                continue
-            tried.add(pid)
-            self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
-            pieces = await self._fetch_from(pid, h, max_size, errors)
-            if pieces is not None:
-                return pieces
-        why = "; ".join(errors) or "no provider known"
-        raise BlobError(f"could not fetch blob {h.hex()[:16]}…: {why}")
+        tried = {self.peer_id}
+        pieces = await self._fetch_from_first(providers, h, max_size, errors, tried)
+        if pieces is None:
+            pids = await self._dht_provider_ids(h)
+            pieces = await self._fetch_from_first(pids, h, max_size, errors, tried)
+        if pieces is None:
+            why = "; ".join(errors) or "no provider known"
+            raise BlobError(f"could not fetch blob {h.hex()[:16]}…: {why}")
+        return pieces
 
-    async def _dht_providers(self, h: bytes) -> list[Any]:
+    async def _fetch_from_first(
+        self, pids: Sequence[str], h: bytes, max_size: int, errors: list[str], tried: set[str]
+    ) -> list[bytes] | None:
+        """The first of ``pids`` not ``tried`` yet that delivers the blob (each is
+        added to ``tried``); None if none did."""
+        for pid in pids:
+            if pid in tried:
+                continue
+            tried.add(pid)
+            pieces = await self._fetch_from(pid, h, max_size, errors)
+            if pieces is not None:
+                return pieces
+        return None
+
+    async def _dht_provider_ids(self, h: bytes) -> list[str]:
+        """The DHT's providers of ``h``, their addresses added to the peerstore."""
+        infos: list[Any] = []
         try:
             with trio.move_on_after(DIAL_TIMEOUT):
-                return list(await self._dht.find_providers(_dht_key(h)))
+                infos = list(await self._dht.find_providers(_dht_key(h)))
         except Exception as exc:
             logger.debug("DHT provider lookup failed: %s", exc)
-        return []
+        pids = []
+        for info in infos:
+            pid = info.peer_id.to_base58()
+            if pid != self.peer_id:
+                self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
+                pids.append(pid)
+        return pids
 
     async def _fetch_from(
         self, pid: str, h: bytes, max_size: int, errors: list[str]
@@ -706,10 +718,9 @@ class Network:
                 await trio.to_thread.run_sync(writer.discard)
         if pieces is None:
             return None
-        size = sum(len(p) for p in pieces)
         self.traffic.blobs_fetched += 1
-        self.traffic.blob_bytes_in += size
-        self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=size)
+        self.traffic.blob_bytes_in += writer.size
+        self._emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=writer.size)
         return pieces
 
     async def _transfer(

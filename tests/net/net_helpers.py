@@ -39,6 +39,14 @@ async def nodes(
         yield out
 
 
+@asynccontextmanager
+async def connected_pair(tmp_path: Path) -> AsyncIterator[list[Network]]:
+    """Two `nodes`, once each sees the other."""
+    async with nodes(2, tmp_path) as (a, b):
+        await wait_for(lambda: bool(a.peers() and b.peers()))
+        yield [a, b]
+
+
 def _rec(events: list | None, i: int) -> Callable[[str, dict], None] | None:
     if events is None:
         return None

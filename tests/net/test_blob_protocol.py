@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 import trio
 from libp2p.custom_types import TProtocol
-from net_helpers import nodes, wait_for
+from net_helpers import connected_pair, nodes, wait_for
 
 from gfl.net import BlobError, BlobStore, blob_hash
 from gfl.net.blob_protocol import PROTOCOL, read_request
@@ -45,8 +45,7 @@ async def test_fetch_switches_provider_when_the_first_disconnects_mid_transfer(t
 
 @pytest.mark.trio
 async def test_blob_whose_bytes_do_not_match_its_hash_is_refused(tmp_path):
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
         wanted = blob_hash(b"the real model")
 
         async def serve_wrong_bytes(stream):
@@ -67,8 +66,7 @@ async def test_a_provider_whose_stored_copy_rotted_deletes_it_and_it_is_refused(
     h = BlobStore(tmp_path / "n0").put(data)  # stored by an earlier run of the node...
     path = tmp_path / "n0" / h.hex()[:2] / h.hex()
     path.write_bytes(os.urandom(len(data)))  # ...and rotted while it was down, same size
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
         with pytest.raises(BlobError, match="do not match its hash"):
             await b.fetch_blob(h, [a.peer_id], max_size=4 * MiB, timeout=20)
         await wait_for(lambda: not a.blobs.has(h), timeout=5)
@@ -79,8 +77,7 @@ async def test_a_provider_whose_stored_copy_rotted_deletes_it_and_it_is_refused(
 
 @pytest.mark.trio
 async def test_a_declared_100_gib_blob_is_refused_before_anything_is_allocated(tmp_path):
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
         sent = trio.Event()
 
         async def declare_huge(stream):
@@ -112,8 +109,7 @@ async def test_fetch_without_any_provider_times_out_with_a_clear_error(tmp_path)
 async def test_concurrent_fetches_of_one_blob_transfer_it_once_and_tag_it_for_each_job(tmp_path):
     data = os.urandom(8 * MiB)
     h = blob_hash(data)
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
         a.blobs.put(data)
         got: dict[str, bytes] = {}
 
@@ -157,8 +153,7 @@ async def test_concurrent_fetches_of_one_blob_transfer_it_once_and_tag_it_for_ea
 async def test_store_blob_stores_without_joining_and_does_not_fetch_a_stored_blob(tmp_path):
     data = os.urandom(5 * MiB)
     h = blob_hash(data)
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
         a.blobs.put(data)
         size = await b.store_blob(h, [a.peer_id], max_size=8 * MiB, timeout=30, tag="job1")
         assert size == len(data) and b.blobs.get(h) == data and b.blobs.tags() == ["job1"]
@@ -197,8 +192,7 @@ async def test_a_fetch_that_times_out_drops_what_the_slow_disk_has_not_written(
         real_write(self, piece)
 
     monkeypatch.setattr(BlobWriter, "write", slow_write)
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
 
         async def send_most_then_stall(stream):
             await read_request(stream)

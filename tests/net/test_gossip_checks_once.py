@@ -13,7 +13,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
-from net_helpers import nodes, wait_for
+from net_helpers import connected_pair, wait_for
 
 from gfl.identity import NodeIdentity
 from gfl.net import JOBS_TOPIC, network, patches
@@ -136,8 +136,7 @@ async def test_a_relayed_message_is_verified_and_decoded_once_per_node(
         validated.append(gm)
         return True
 
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
         ra = await a.subscribe(JOBS_TOPIC, validator)
         await b.subscribe(JOBS_TOPIC)
         await wait_for(lambda: a.stats()["mesh"][JOBS_TOPIC] >= 1)

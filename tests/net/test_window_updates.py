@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import trio
 from libp2p.stream_muxer.yamux import yamux
-from net_helpers import nodes, wait_for
+from net_helpers import connected_pair, nodes, wait_for
 
 from gfl.net import JOBS_TOPIC, patches
 
@@ -80,8 +80,7 @@ async def test_a_writer_out_of_window_is_woken_by_the_window_update(tmp_path):
         while len(got) < len(data):
             got.extend(await stream.read(len(data)))
 
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
         stream = await _raw_stream(a, b, reader)
         async with trio.open_nursery() as n:
             n.start_soon(stream.write, data)
@@ -103,8 +102,7 @@ async def test_a_writer_out_of_window_learns_that_the_reader_reset_the_stream(tm
         await reset.wait()
         await stream.reset()
 
-    async with nodes(2, tmp_path) as (a, b):
-        await wait_for(lambda: a.peers() and b.peers())
+    async with connected_pair(tmp_path) as (a, b):
         stream = await _raw_stream(a, b, reader)
         failed: list[str] = []
 
