@@ -26,11 +26,11 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml tui/pyproject.toml
 	@$(MAKE) --no-print-directory check-system
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e ./tui -e '.[dev]'
 	@touch $(STAMP)
 
 # System packages pip cannot provide, checked before anything is installed.

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gfl.fl.simulate import progress_line, simulate
 from gfl.fl.spec import JobSpec
+from gfl.simulate.engine import progress_line, simulate
 
 # ../shared/data/mnist beside the checkout (see its README)
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

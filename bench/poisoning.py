@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from gfl.fl.simulate import simulate
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import StrategyError
+from gfl.simulate.engine import simulate
 
 
 def digits_spec(strategy: str, kwargs: dict[str, Any], rounds: int, seed: int = 0) -> JobSpec:

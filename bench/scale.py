@@ -75,7 +75,7 @@ def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes
 def run_devnet(n: int, rounds: int, timeout: float, profile: Path | None = None) -> dict[str, Any]:
     import psutil
 
-    from gfl.devnet import demo_spec, start_devnet
+    from gfl.node.devnet import demo_spec, start_devnet
 
     out: dict[str, Any] = {"nodes": n}
     t0 = time.time()

@@ -152,9 +152,9 @@ def summarize(
 
 
 def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[str, Any]:
-    from gfl.devnet import start_devnet
     from gfl.fl.spec import JobSpec
-    from gfl.report import PHASES
+    from gfl.node.devnet import start_devnet
+    from gfl.scheduler.report import PHASES
 
     os.environ["GFL_DATA_DIR"] = DATA
     with MemSampler() as mem:
@@ -195,8 +195,8 @@ def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[s
             # nodes test on `[train] eval_limit` examples; the final model is scored here on
             # the whole test set, as the baseline and Flower are
             from gfl.fl.data import load_dataset
-            from gfl.fl.runner import Checkpoints
             from gfl.fl.trainer import evaluate
+            from gfl.scheduler.runner import Checkpoints
 
             final = Checkpoints(net.nodes[0].home / "models" / jid).latest()
             full_acc = evaluate(spec, final[1], load_dataset("mnist", root=DATA, train=False))[
@@ -388,7 +388,7 @@ def _worker(index: int, limit: int, conn: Any) -> None:
 
     torch.set_num_threads(1)
     from gfl.fl.trainer import train_local
-    from gfl.jobs import DataSource
+    from gfl.scheduler.service import DataSource
 
     data = DataSource(
         "mnist", root=DATA, partition="iid", index=index, of=4, seed=0, limit=limit

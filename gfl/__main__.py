@@ -1,5 +1,5 @@
 """`python -m gfl` runs the CLI."""
 
-from gfl.cli import main
+from gfl.cli.main import main
 
 raise SystemExit(main())

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import trio
 
-from gfl.config import Config
-from gfl.datadir import DataDir
+from gfl.node.config import Config
+from gfl.node.datadir import DataDir
 
 LOCAL_LISTEN = "/ip4/127.0.0.1/tcp/0"
 NODE_START_TIMEOUT = 60.0
@@ -91,7 +91,7 @@ async def running_node(
     home: Path, endpoints: Any = (), *, full: bool = False, timeout: float = IN_PROCESS_TIMEOUT
 ) -> AsyncIterator[Any]:
     """A node in this trio loop; ``full``: as `gfl up` assembles it (job service too)."""
-    from gfl.node import Node, create_node
+    from gfl.node.node import Node, create_node
 
     datadir = DataDir(home)
     config, identity = datadir.load_config(), datadir.load_identity()
@@ -135,7 +135,7 @@ class NodeProcess:
         return self.status["listen_addrs"]
 
     def client(self, **kw: Any) -> Any:
-        from gfl.api.client import NodeClient
+        from gfl_console.client import NodeClient
 
         return NodeClient.from_home(self.home, **kw)
 
@@ -143,7 +143,7 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_ready(self, timeout: float = NODE_START_TIMEOUT) -> None:
-        from gfl.api.client import NodeNotRunning
+        from gfl_console.client import NodeNotRunning
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -198,12 +198,12 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
         node.stop()
 
 
-# -- devnets (gfl.devnet): jobs on several node processes ------------------------------------
+# -- devnets (gfl.node.devnet): jobs on several node processes ------------------------------------
 
 
 def job_round(net: Any, i: int, job_id: str) -> int:
     """The round node i of a devnet is at in a job; -1 while it has not heard of the job."""
-    from gfl.api.client import ApiRequestError
+    from gfl_console.client import ApiRequestError
 
     try:
         return net.client(i).request("GET", f"/jobs/{job_id}")["round"]

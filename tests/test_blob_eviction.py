@@ -11,10 +11,10 @@ import pytest
 import trio
 from support import local_config, running_node
 
-from gfl.datadir import DataDir
 from gfl.fl.spec import JobSpec
 from gfl.net import BlobStore
-from gfl.store import Store
+from gfl.node.datadir import DataDir
+from gfl.node.store import Store
 
 
 def _spec(rounds: int = 2) -> JobSpec:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from eth_account import Account
 
-from gfl.cli import build_parser, main
-from gfl.datadir import DataDir
+from gfl.cli.main import build_parser, main
+from gfl.node.datadir import DataDir
 
 LOCAL_LISTEN = "/ip4/127.0.0.1/tcp/0"
 

@@ -6,8 +6,15 @@ import tomllib
 
 import pytest
 
-from gfl.config import Config, load_config, parse_config, render_config, update_config, write_config
 from gfl.errors import ConfigError
+from gfl.node.config import (
+    Config,
+    load_config,
+    parse_config,
+    render_config,
+    update_config,
+    write_config,
+)
 
 
 def test_rendered_config_parses_back_to_the_same_values(tmp_path):

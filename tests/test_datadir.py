@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from gfl.config import Config
-from gfl.datadir import ApiInfo, DataDir, NodeAlreadyRunning, resolve_home
 from gfl.errors import ConfigError
+from gfl.node.config import Config
+from gfl.node.datadir import ApiInfo, DataDir, NodeAlreadyRunning, resolve_home
 
 
 def test_resolve_home(tmp_path, monkeypatch):
@@ -44,7 +44,7 @@ def test_the_lock_admits_one_node_and_dies_with_the_process(tmp_path):
     assert not d.is_locked()
     # a process killed while holding the lock leaves nothing stale behind
     code = (
-        "import os, sys; from gfl.datadir import DataDir\n"
+        "import os, sys; from gfl.node.datadir import DataDir\n"
         f"with DataDir({str(d.root)!r}).lock(): os._exit(9)\n"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 9

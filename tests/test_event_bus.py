@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from gfl.events import EventBus
+from gfl.node.events import EventBus
 
 
 @pytest.mark.trio

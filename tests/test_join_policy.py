@@ -6,10 +6,10 @@ import dataclasses
 
 from support import local_config
 
-from gfl.datadir import DataDir
 from gfl.fl.spec import JobSpec
-from gfl.jobs import JobService
-from gfl.node import Node
+from gfl.node.datadir import DataDir
+from gfl.node.node import Node
+from gfl.scheduler.service import JobService
 
 OWNER = "0x1111111111111111111111111111111111111111"
 OTHER = "0x2222222222222222222222222222222222222222"

@@ -1,6 +1,6 @@
 """End to end: real node processes, a real chain, real training — no server.
 
-These start `gfl up` processes through `gfl.devnet`, publish jobs through the
+These start `gfl up` processes through `gfl.node.devnet`, publish jobs through the
 control API and check the outcome against the chain.
 """
 
@@ -14,8 +14,8 @@ import time
 import pytest
 
 from gfl.chain.devchain import find_anvil
-from gfl.devnet import demo_spec, running_devnet, watch_job
 from gfl.errors import GflError
+from gfl.node.devnet import demo_spec, running_devnet, watch_job
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def _chains() -> list:
 
 
 def _round_of(net, i: int, job_id: str) -> int:
-    from gfl.api.client import ApiRequestError
+    from gfl_console.client import ApiRequestError
 
     try:
         return net.client(i).request("GET", f"/jobs/{job_id}")["round"]
@@ -98,7 +98,7 @@ def test_two_jobs_at_once_both_finish(tmp_path):
 
 
 def test_sigkilled_node_restarts_resumes_and_ends_with_the_same_model(tmp_path):
-    from gfl.devnet import _spawn
+    from gfl.node.devnet import _spawn
 
     with running_devnet(4, root=tmp_path / "net", prefer_anvil=False) as net:
         spec = demo_spec(4, data="digits", rounds=5).replace(min_updates=2, round_timeout=8)
@@ -131,10 +131,10 @@ def test_a_job_announced_by_someone_who_did_not_register_it_is_ignored(tmp_path)
     """A rogue peer (a plain GFL network host, not a node) announces jobs it does not own."""
     import trio
 
-    from gfl import protocol
     from gfl.chain import open_chain
     from gfl.identity import NodeIdentity
     from gfl.net import JOBS_TOPIC, open_network
+    from gfl.scheduler import messages as protocol
 
     with running_devnet(2, root=tmp_path / "net", prefer_anvil=False) as net:
         spec = demo_spec(2, data="digits", rounds=2)

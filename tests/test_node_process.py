@@ -61,7 +61,7 @@ def test_a_full_node_refuses_further_inbound_peers(init_home, start_node):
 
 ARENA_PROBE = """
 import ctypes, sys, threading
-from gfl.node import limit_malloc_arenas
+from gfl.node.node import limit_malloc_arenas
 if sys.argv[1] == "limit":
     limit_malloc_arenas(1)
 libc = ctypes.CDLL(None)

@@ -15,10 +15,10 @@ import trio
 from support import MemoryExchange, registered_job
 
 from gfl.fl.data import load_dataset, load_partition
-from gfl.fl.runner import Checkpoints, JobRunner, NodeData
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
-from gfl.jobs import ChainLedger
+from gfl.scheduler.runner import Checkpoints, JobRunner, NodeData
+from gfl.scheduler.service import ChainLedger
 
 torch.set_num_threads(1)
 

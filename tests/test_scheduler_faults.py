@@ -16,16 +16,16 @@ import trio
 from support import MemoryExchange, registered_job
 
 from gfl.fl.data import load_partition
-from gfl.fl.runner import (
+from gfl.fl.spec import JobSpec
+from gfl.identity import NodeIdentity
+from gfl.scheduler.runner import (
     Checkpoints,
     JobRunner,
     LedgerRefused,
     LedgerUnavailable,
     NodeData,
 )
-from gfl.fl.spec import JobSpec
-from gfl.identity import NodeIdentity
-from gfl.jobs import ChainLedger
+from gfl.scheduler.service import ChainLedger
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gfl.zygote import Zygote, ZygoteError
+from gfl.node.zygote import Zygote, ZygoteError
 
 # what the children print: proof they reuse the zygote's modules and got their own env
 PROBE = (

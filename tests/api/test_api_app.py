@@ -6,19 +6,19 @@ import httpx
 import jsonschema_rs
 import pytest
 import trio
-from support import running_node
-
-from gfl.api.app import Endpoint, read_json
-from gfl.api.client import (
+from gfl_console.client import (
     ApiRequestError,
     AsyncNodeClient,
     NodeClient,
     NodeNotRunning,
     Unauthorized,
 )
-from gfl.api.server import is_loopback
+from support import running_node
+
 from gfl.errors import GflError
-from gfl.node import Node
+from gfl.node.api.app import Endpoint, read_json
+from gfl.node.api.server import is_loopback
+from gfl.node.node import Node
 
 TIMEOUT = 30
 

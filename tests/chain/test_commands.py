@@ -10,8 +10,8 @@ import tomllib
 import pytest
 
 from gfl.chain import open_chain
-from gfl.chain.commands import register
 from gfl.chain.devchain import free_port, serve_embedded
+from gfl.cli.chain import register
 from gfl.identity import NodeIdentity, save_identity
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from gfl.errors import GflError
-from gfl.fl.runner import Checkpoints
 from gfl.net.blobs import BlobStore
-from gfl.store import Store
+from gfl.node.store import Store
+from gfl.scheduler.runner import Checkpoints
 
 
 def _mount(where: Path, size: str) -> None:
@@ -127,8 +127,8 @@ async def test_a_fetch_onto_a_full_disk_fails_here_and_asks_no_other_provider(sm
 
 def test_up_on_a_read_only_datadir_exits_with_a_clear_message(small_fs, tmp_path):
     home = small_fs / "home"
-    from gfl.config import Config
-    from gfl.datadir import DataDir
+    from gfl.node.config import Config
+    from gfl.node.datadir import DataDir
 
     DataDir(home).init(Config().replace("chain", url="embedded"), force=True)
     res = subprocess.run(

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from support import act_on_event, finished_alike, wait_job_round
 
-from gfl.devnet import Devnet, _spawn, demo_spec, running_devnet, watch_job
 from gfl.errors import GflError
+from gfl.node.devnet import Devnet, _spawn, demo_spec, running_devnet, watch_job
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_sigkill_at_each_round_phase_then_restart_and_finish_alike(tmp_path):
 def test_chain_rpc_killed_and_restarted_mid_job(tmp_path, monkeypatch):
     """The served embedded chain (journaled state) goes away for a few seconds, comes back
     on the same port with the same state; the nodes wait, retry and finish the job."""
-    import gfl.devnet
+    import gfl.node.devnet
     from gfl.chain.devchain import EMBEDDED_DEV_KEY, free_port, serve_embedded
 
     port, state = free_port(), tmp_path / "chain-state"
@@ -124,7 +124,7 @@ def test_chain_rpc_killed_and_restarted_mid_job(tmp_path, monkeypatch):
         server = serve_embedded("127.0.0.1", port, state_dir=state)
         return server, server.url, "embedded", EMBEDDED_DEV_KEY
 
-    monkeypatch.setattr(gfl.devnet, "start_chain", start_chain)
+    monkeypatch.setattr(gfl.node.devnet, "start_chain", start_chain)
     rounds = 4
     with running_devnet(NODES, root=tmp_path / "net", prefer_anvil=False) as net:
         spec = demo_spec(NODES, data="digits", rounds=rounds).replace(

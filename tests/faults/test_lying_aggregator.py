@@ -20,7 +20,7 @@ import time
 import pytest
 from support import finished_alike, job_events
 
-from gfl.devnet import FUNDING_WEI, Devnet, demo_spec, running_devnet, watch_job
+from gfl.node.devnet import FUNDING_WEI, Devnet, demo_spec, running_devnet, watch_job
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from support import act_on_event, finished_alike, wait_job_round
 
-from gfl.devnet import Devnet, _spawn, demo_spec, running_devnet, watch_job
 from gfl.errors import GflError
+from gfl.node.devnet import Devnet, _spawn, demo_spec, running_devnet, watch_job
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,7 @@ def namespace() -> Iterator[Namespace]:
 @pytest.fixture(scope="module")
 def devnet(namespace: Namespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     """3 nodes: 0 and 1 in the root namespace, 2 in `namespace`; the chain on the mgmt link."""
-    import gfl.devnet
+    import gfl.node.devnet
     from gfl.chain.devchain import EMBEDDED_DEV_KEY, serve_embedded
 
     def start_chain(prefer_anvil: bool = True) -> tuple[Any, str, str, bytes]:
@@ -135,7 +135,7 @@ def devnet(namespace: Namespace, tmp_path_factory: pytest.TempPathFactory) -> It
 
     root = tmp_path_factory.mktemp("partition")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gfl.devnet, "start_chain", start_chain)
+        mp.setattr(gfl.node.devnet, "start_chain", start_chain)
         with running_devnet(
             NODES, root=root / "net", prefer_anvil=False, host=namespace.p2p.outside_ip
         ) as net:
@@ -148,7 +148,7 @@ def devnet(namespace: Namespace, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def _move_into(net: Devnet, i: int, ns: Namespace, timeout: float = 90) -> None:
     """Stop node i, point its config at the namespace's addresses, start it there."""
-    from gfl.config import update_config
+    from gfl.node.config import update_config
 
     node = net.nodes[i]
     net.client(i).shutdown()

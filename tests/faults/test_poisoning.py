@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gfl.errors import GflError
-from gfl.fl.simulate import parse_attack, poison, simulate
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import StrategyError
+from gfl.simulate.engine import parse_attack, poison, simulate
 
 torch.set_num_threads(1)
 

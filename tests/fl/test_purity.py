@@ -7,7 +7,7 @@ def test_fl_layer_imports_no_network_or_chain_stack():
     code = (
         "import sys\n"
         "import gfl.fl.spec, gfl.fl.codec, gfl.fl.models, gfl.fl.data, gfl.fl.trainer\n"
-        "import gfl.fl.strategies, gfl.fl.rounds, gfl.fl.simulate\n"
+        "import gfl.fl.strategies, gfl.fl.rounds, gfl.simulate.engine\n"
         "bad = [m for m in ('libp2p', 'web3', 'trio') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

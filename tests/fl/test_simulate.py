@@ -3,8 +3,8 @@ import json
 
 import torch
 
-from gfl.fl.simulate import register, simulate
 from gfl.fl.spec import JobSpec
+from gfl.simulate.engine import register, simulate
 
 torch.set_num_threads(1)
 

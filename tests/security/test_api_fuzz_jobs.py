@@ -21,7 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gfl.datadir import DataDir
+from gfl.node.datadir import DataDir
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def _config():
 def test_fuzzed_requests_with_a_job_present_never_5xx_and_always_need_the_token(
     tmp_path: Path, start_node
 ) -> None:
-    from gfl.devnet import demo_spec
+    from gfl.node.devnet import demo_spec
 
     home = tmp_path / "node"
     DataDir(home).init(_config())

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gfl.datadir import DataDir
 from gfl.identity import KEY_FILE, KEYSTORE_FILE, NodeIdentity
+from gfl.node.datadir import DataDir
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_wrong_passphrase_is_one_clear_line(tmp_path: Path, run_gfl) -> None:
 
 def test_keystore_node_runs_a_job_and_never_logs_its_key(tmp_path: Path, start_node) -> None:
     """The encrypted keystore in use, -vvv, a job signed on chain: the key is in no output."""
-    from gfl.devnet import demo_spec
+    from gfl.node.devnet import demo_spec
 
     home = tmp_path / "node"
     passphrase = "correct horse battery"
@@ -136,14 +136,14 @@ def test_exposed_api_is_warned_about(tmp_path: Path) -> None:
 
     from support import gfl_env
 
-    from gfl.api.server import is_loopback
+    from gfl.node.api.server import is_loopback
 
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
     home = tmp_path / "node"
     DataDir(home).init(_config())
     code = (
-        "import sys, gfl.api.server as s; s.is_loopback = lambda host: False; "
-        "from gfl.cli import main; sys.exit(main(sys.argv[1:]))"
+        "import sys, gfl.node.api.server as s; s.is_loopback = lambda host: False; "
+        "from gfl.cli.main import main; sys.exit(main(sys.argv[1:]))"
     )
     err = tmp_path / "stderr.txt"
     with open(err, "w") as f:

@@ -35,8 +35,8 @@ from malicious_peer import MaliciousPeer, fuzz_message, open_malicious_peer
 
 from gfl.chain import open_chain
 from gfl.chain.devchain import EMBEDDED_DEV_KEY, fund
-from gfl.devnet import Devnet, demo_spec, start_devnet
 from gfl.identity import NodeIdentity
+from gfl.node.devnet import Devnet, demo_spec, start_devnet
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ class ApiWatcher(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from gfl.api.client import NodeClient
+        from gfl_console.client import NodeClient
 
         clients = [NodeClient.from_home(n.home, timeout=API_BOUND_S) for n in self.net.nodes]
         while not self._stop_event.is_set():
@@ -266,7 +266,7 @@ async def _round_attacks(attack: Attack, liar: MaliciousPeer) -> None:
 
 async def _track_job(attack: Attack) -> None:
     """Which nodes run the honest job right now, and how long each took to join it."""
-    from gfl.api.client import NodeClientError
+    from gfl_console.client import NodeClientError
 
     t0 = trio.current_time()
     while attack.honest_job is None:
@@ -292,7 +292,7 @@ def _publish_honest(net: Devnet) -> str:
 
 
 def _job_states(net: Devnet, job_id: str) -> list[str]:
-    from gfl.api.client import ApiRequestError
+    from gfl_console.client import ApiRequestError
 
     out = []
     for n in net.nodes:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from gfl.config import Config, load_config, write_config
-from gfl.datadir import DataDir
+from gfl.node.config import Config, load_config, write_config
+from gfl.node.datadir import DataDir
 
 
 @pytest.fixture
@@ -256,7 +256,7 @@ class CannedClient:
         return CANNED_PEERS
 
     async def request(self, method: str, path: str, **kw: Any) -> Any:
-        from gfl.api.client import ApiRequestError
+        from gfl_console.client import ApiRequestError
 
         if self.refuse:
             raise self.refuse
@@ -282,7 +282,7 @@ class CannedClient:
 @pytest.fixture
 def canned_app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     """``canned_app(refuse=None)`` → a `ConsoleApp` on canned data, log times in UTC."""
-    from gfl.tui.app import ConsoleApp
+    from gfl_console.app import ConsoleApp
 
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gfl_console.app import ConsoleApp
+from gfl_console.detail import JobDetailScreen
+from gfl_console.publish import TEMPLATE
 from support import NodeProcess, gfl_command, gfl_env, local_config
 
-from gfl.datadir import DataDir
-from gfl.tui.app import ConsoleApp
-from gfl.tui.detail import JobDetailScreen
-from gfl.tui.publish import TEMPLATE
+from gfl.node.datadir import DataDir
 
 SIZE = (110, 44)
 

@@ -6,18 +6,18 @@ import io
 from typing import Any
 
 import pytest
+from gfl_console.app import ConsoleApp
+from gfl_console.detail import JobDetailScreen
+from gfl_console.help import HelpScreen
+from gfl_console.jobs import JobsTable
+from gfl_console.link import LinkState
+from gfl_console.log import EventLog
+from gfl_console.publish import PublishPane
 from rich.console import Console
 from textual.widgets import ProgressBar, Static, TabbedContent
 
-from gfl.config import update_config
-from gfl.datadir import DataDir
-from gfl.tui.app import ConsoleApp
-from gfl.tui.detail import JobDetailScreen
-from gfl.tui.help import HelpScreen
-from gfl.tui.jobs import JobsTable
-from gfl.tui.link import LinkState
-from gfl.tui.log import EventLog
-from gfl.tui.publish import PublishPane
+from gfl.node.config import update_config
+from gfl.node.datadir import DataDir
 
 pytestmark = pytest.mark.anyio
 
@@ -99,7 +99,7 @@ async def test_node_down_then_retrying(free_port, wait_until) -> None:
 
 async def test_link_news_after_the_widgets_are_gone_is_no_crash(free_port) -> None:
     """While the console closes its link task can still report: seen as a crash in CI."""
-    from gfl.tui.link import LinkStatus
+    from gfl_console.link import LinkStatus
 
     app = ConsoleApp("127.0.0.1", free_port(), "whatever")
     async with app.run_test(size=SIZE) as pilot:

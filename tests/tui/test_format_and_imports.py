@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-
-from gfl.tui.format import (
+from gfl_console.format import (
     backoff,
     counts,
     event_level,
@@ -23,9 +22,9 @@ from gfl.tui.format import (
 
 def test_the_console_imports_no_node_layers() -> None:
     code = (
-        "import sys, gfl.tui, gfl.tui.app\n"
+        "import sys, gfl_console, gfl_console.app\n"
         "heavy = ('libp2p', 'web3', 'torch', 'trio',\n"
-        "         'gfl.net', 'gfl.chain', 'gfl.fl', 'gfl.node')\n"
+        "         'gfl.net', 'gfl.chain', 'gfl.fl', 'gfl.node.node')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n"
     )
     out = subprocess.run(

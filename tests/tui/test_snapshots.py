@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gfl.api.client import Unauthorized
-from gfl.tui.detail import JobDetailScreen
+from gfl_console.client import Unauthorized
+from gfl_console.detail import JobDetailScreen
 
 SMALL = (80, 24)
 LARGE = (130, 42)

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from gfl.tui.format import DASH, counts, human_duration
+from gfl_console.format import DASH, counts, human_duration
 
 
 def _grid() -> Table:

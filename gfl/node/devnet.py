@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gfl.errors import GflError
-from gfl.zygote import NODE_MODULES, ForkedProcess, Zygote, ZygoteError
+from gfl.node.zygote import NODE_MODULES, ForkedProcess, Zygote, ZygoteError
 
 START_TIMEOUT_S = 90.0
 START_PER_NODE_S = 4.0  # each node imports torch, web3 and libp2p: ~5 CPU-seconds on its own
@@ -73,7 +73,7 @@ class Devnet:
     def client(self, i: int) -> Any:
         """Node i's API client, made once and reused (the progress loops poll often)."""
         if i not in self._clients:
-            from gfl.api.client import NodeClient
+            from gfl_console.client import NodeClient
 
             self._clients[i] = NodeClient.from_home(self.nodes[i].home, timeout=30)
         return self._clients[i]
@@ -157,8 +157,8 @@ def start_devnet(
     try:
         from gfl.chain import deploy_registry
         from gfl.chain.devchain import fund
-        from gfl.config import Config
-        from gfl.datadir import DataDir
+        from gfl.node.config import Config
+        from gfl.node.datadir import DataDir
 
         chain, url, kind, funder = start_chain(prefer_anvil)
     except BaseException:
@@ -215,7 +215,7 @@ def start_devnet(
 
 
 def _set_chain_and_peers(node: DevnetNode, net: Devnet) -> None:
-    from gfl.config import update_config
+    from gfl.node.config import update_config
 
     boot = [net.nodes[0].multiaddr] if node.index else []
     cfg = node.home / "config.toml"
@@ -265,7 +265,7 @@ def _spawn(
 
 
 def _wait_up(net: Devnet) -> None:
-    from gfl.api.client import NodeClientError
+    from gfl_console.client import NodeClientError
 
     limit = START_TIMEOUT_S + START_PER_NODE_S * len(net.nodes)  # they share the cores
     deadline = time.monotonic() + limit
@@ -320,7 +320,7 @@ def demo_spec(nodes: int, *, data: str, rounds: int, model: str | None = None) -
 
 def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout) -> dict:
     """Follow the job until every node finished it; print a line per evaluated round."""
-    from gfl.api.client import ApiRequestError
+    from gfl_console.client import ApiRequestError
 
     t0 = time.monotonic()
     printed = 0

@@ -75,7 +75,7 @@ def write_chain_config(home: Path, url: str, registry: str) -> Path:
     """Set ``url`` and ``registry`` in the [chain] table of DATADIR/config.toml."""
     path = home / CONFIG_FILE
     try:
-        from gfl.config import update_config
+        from gfl.node.config import update_config
     except ImportError:  # the node's config module is optional for this command
         update_config = None
     if update_config is not None and path.exists():

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gfl.api.client import NodeClientError, Unauthorized
-from gfl.tui.format import backoff
+from gfl_console.client import NodeClientError, Unauthorized
+from gfl_console.format import backoff
 
 log = logging.getLogger(__name__)
 

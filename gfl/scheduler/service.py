@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gfl import protocol
 from gfl.errors import GflError
 from gfl.fl.data import ArrayDataset, DataError, load_dataset, load_partition
 from gfl.fl.rounds import consensus_of
-from gfl.fl.runner import (
+from gfl.fl.spec import JobSpec, SpecError
+from gfl.node.store import Store
+from gfl.scheduler import messages as protocol
+from gfl.scheduler.runner import (
     STATUS_ACTIVE,
     STATUS_CANCELLED,
     STATUS_FINISHED,
@@ -43,11 +45,9 @@ from gfl.fl.runner import (
     LedgerUnavailable,
     NodeData,
 )
-from gfl.fl.spec import JobSpec, SpecError
-from gfl.store import Store
 
 if TYPE_CHECKING:
-    from gfl.node import Node
+    from gfl.node.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ class JobService:
 
     async def serve(self, node: Node, task_status: trio.TaskStatus[None]) -> None:
         """Node service: runs until the node stops."""
-        import gfl.protocol  # noqa: F401  (registers the message schemas)
+        import gfl.scheduler.messages  # noqa: F401  (registers the message schemas)
         from gfl.net import JOBS_TOPIC
 
         try:

@@ -89,11 +89,12 @@ def _read_passphrase(args: argparse.Namespace) -> str | None:
 def _client(args: argparse.Namespace) -> Any:
     """A NodeClient for -H/-P (with a token) or for the node running with --home.
 
-    Other command modules (gfl.job_commands) call this too; their parsers may lack -H/-P.
+    Other command modules (gfl.cli.jobs) call this too; their parsers may lack -H/-P.
     """
-    from gfl.api.client import NodeClient, token_from_file
-    from gfl.config import DEFAULT_API_PORT
-    from gfl.datadir import DataDir
+    from gfl_console.client import NodeClient, token_from_file
+
+    from gfl.node.config import DEFAULT_API_PORT
+    from gfl.node.datadir import DataDir
 
     host = getattr(args, "host", None)
     port = getattr(args, "port", None)
@@ -143,8 +144,8 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from gfl.config import Config, validate_config
-    from gfl.datadir import DataDir
+    from gfl.node.config import Config, validate_config
+    from gfl.node.datadir import DataDir
 
     datadir = DataDir(_home(args))
     config = _apply_overrides(Config(), args)
@@ -180,10 +181,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _up_with_console(args)
     import trio
 
-    from gfl.config import validate_config
-    from gfl.datadir import DataDir
     from gfl.errors import ConfigError
-    from gfl.logs import setup_logging
+    from gfl.node.config import validate_config
+    from gfl.node.datadir import DataDir
+    from gfl.node.logs import setup_logging
 
     datadir = DataDir(_home(args))
     datadir.require_initialised()
@@ -199,7 +200,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _check_train_device(config.train.device, datadir.config_path)
     identity = datadir.load_identity(_read_passphrase(args))
 
-    from gfl.node import create_node
+    from gfl.node.node import create_node
 
     node = create_node(datadir, config, identity)
     trio.run(_run_until_signal, node)
@@ -248,7 +249,7 @@ async def _run_until_signal(node: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gfl.api.client import NodeNotRunning
+    from gfl_console.client import NodeNotRunning
 
     deadline = time.monotonic() + max(0.0, args.wait)
     while True:
@@ -270,9 +271,10 @@ def _console_target(args: argparse.Namespace) -> tuple[str, int, str]:
     Unlike the other commands this does not need the node to be running: the
     console says so and connects when it comes up.
     """
-    from gfl.api.client import token_from_file
-    from gfl.config import DEFAULT_API_PORT
-    from gfl.datadir import DataDir
+    from gfl_console.client import token_from_file
+
+    from gfl.node.config import DEFAULT_API_PORT
+    from gfl.node.datadir import DataDir
 
     host, port = getattr(args, "host", None), getattr(args, "port", None)
     token_file = getattr(args, "token_file", None)
@@ -294,7 +296,7 @@ def _console_target(args: argparse.Namespace) -> tuple[str, int, str]:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from gfl.tui import run_console
+    from gfl_console import run_console
 
     host, port, token = _console_target(args)
     if getattr(args, "plain", False) or not sys.stdout.isatty():
@@ -311,9 +313,10 @@ def _up_with_console(args: argparse.Namespace) -> int:
     quitting the console stops the node."""
     import subprocess
 
-    from gfl.api.client import NodeClient, NodeClientError
-    from gfl.datadir import DataDir
-    from gfl.tui import run_console
+    from gfl_console import run_console
+    from gfl_console.client import NodeClient, NodeClientError
+
+    from gfl.node.datadir import DataDir
 
     datadir = DataDir(_home(args))
     datadir.require_initialised()
@@ -349,7 +352,7 @@ def _up_with_console(args: argparse.Namespace) -> int:
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
-    from gfl.devnet import run
+    from gfl.node.devnet import run
 
     if not 1 <= args.nodes <= 64:
         raise GflError("--nodes must be between 1 and 64")
@@ -359,8 +362,9 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from gfl.api.client import NodeNotRunning
-    from gfl.datadir import DataDir
+    from gfl_console.client import NodeNotRunning
+
+    from gfl.node.datadir import DataDir
 
     with _client(args) as client:
         client.shutdown()
@@ -555,9 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="job_command", metavar="COMMAND", parser_class=GflArgumentParser
     )
     try:
-        from gfl import job_commands
+        from gfl.cli import jobs as job_commands
     except ModuleNotFoundError as exc:  # the job layer is not in this checkout yet
-        if exc.name != "gfl.job_commands":
+        if exc.name != "gfl.cli.jobs":
             raise
         job_commands = None
     if job_commands is not None:
@@ -576,11 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
             jp.set_defaults(func=_not_available(f"`gfl job {name}`"))
 
     _register_external(
-        sub, "gfl.fl.simulate", "simulate", "simulate federated training in one process"
+        sub, "gfl.simulate.engine", "simulate", "simulate federated training in one process"
     )
-    _register_external(
-        sub, "gfl.chain.commands", "chain", "Ethereum job registry: deploy, serve, fund"
-    )
+    _register_external(sub, "gfl.cli.chain", "chain", "Ethereum job registry: deploy, serve, fund")
     return parser
 
 
@@ -603,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbosity = getattr(args, "verbose", 0)
     if args.func is not cmd_up:
-        from gfl.logs import setup_logging
+        from gfl.node.logs import setup_logging
 
         setup_logging(verbosity)
     try:

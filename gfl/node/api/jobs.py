@@ -7,8 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gfl.api.app import ApiError, Endpoint, Param, read_json
 from gfl.fl.spec import JobSpec
+from gfl.node.api.app import ApiError, Endpoint, Param, read_json
 
 JOB_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -96,7 +96,7 @@ async def verify_job(request: Request) -> list[dict[str, Any]]:
 
 
 async def job_report(request: Request) -> Response:
-    from gfl.report import render_report
+    from gfl.scheduler.report import render_report
 
     fmt = request.query_params.get("format", "json")
     if fmt not in ("json", "csv"):

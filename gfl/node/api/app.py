@@ -3,7 +3,7 @@
 An `Endpoint` is a route plus its documentation; the OpenAPI schema is built
 from the same list the router is, so the schema cannot drift from the routes.
 A later layer adds its routes by passing its own endpoints to `build_app`
-(see `gfl.api.core` for the node's own):
+(see `gfl.node.api.core` for the node's own):
 
     JOB_ENDPOINTS = [Endpoint("GET", "/jobs", list_jobs, "List jobs", {...})]
     app = build_app(node, [*core_endpoints(), *JOB_ENDPOINTS], token=token)
@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import gfl
 from gfl.errors import GflError
-from gfl.events import EventBus
+from gfl.node.events import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 
 class NodeService(Protocol):
-    """What the API needs from the running node (`gfl.node.Node` implements it)."""
+    """What the API needs from the running node (`gfl.node.node.Node` implements it)."""
 
     events: EventBus
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from textual.widgets import DataTable
 
-from gfl.tui.format import DASH, short
+from gfl_console.format import DASH, short
 
 
 class PeersTable(DataTable):

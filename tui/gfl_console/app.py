@@ -3,7 +3,7 @@
 It is a client of the node's control API and nothing else: no libp2p, web3 or
 torch is imported here, so the console starts in a moment and can watch a node
 on another machine through a tunnel. Data comes from two places: the event
-stream (`gfl.tui.link.NodeLink`), which drives the log and triggers reloads,
+stream (`gfl_console.link.NodeLink`), which drives the log and triggers reloads,
 and a slow poll of ``/status`` for what has no event (uptime, chain block).
 """
 
@@ -32,16 +32,16 @@ from textual.widgets import (
 )
 from textual.worker import Worker
 
-from gfl.api.client import AsyncNodeClient, NodeClientError, NodeNotRunning, Unauthorized
-from gfl.tui.detail import JobDetailScreen
-from gfl.tui.format import short
-from gfl.tui.help import HelpScreen
-from gfl.tui.jobs import JobsTable
-from gfl.tui.link import LinkState, LinkStatus, NodeLink
-from gfl.tui.log import EventLog
-from gfl.tui.overview import OverviewPane
-from gfl.tui.peers import PeersTable
-from gfl.tui.publish import PublishPane
+from gfl_console.client import AsyncNodeClient, NodeClientError, NodeNotRunning, Unauthorized
+from gfl_console.detail import JobDetailScreen
+from gfl_console.format import short
+from gfl_console.help import HelpScreen
+from gfl_console.jobs import JobsTable
+from gfl_console.link import LinkState, LinkStatus, NodeLink
+from gfl_console.log import EventLog
+from gfl_console.overview import OverviewPane
+from gfl_console.peers import PeersTable
+from gfl_console.publish import PublishPane
 
 STATUS_POLL_S = 2.0
 JOBS_POLL_S = 10.0

@@ -48,13 +48,13 @@ log = logging.getLogger(__name__)
 NODE_MODULES = (
     "torch",
     "numpy",
-    "gfl.cli",
-    "gfl.node",
-    "gfl.jobs",
-    "gfl.api.jobs",
+    "gfl.cli.main",
+    "gfl.node.node",
+    "gfl.scheduler.service",
+    "gfl.node.api.jobs",
     "gfl.chain.registry",
     "gfl.net.network",
-    "gfl.fl.runner",
+    "gfl.scheduler.runner",
     "gfl.fl.trainer",
     "gfl.fl.strategies",
 )
@@ -91,7 +91,7 @@ class Zygote:
         stderr: Path | None = None,
     ) -> Zygote:
         """Start a zygote that imports ``preload``; returns at once (see `wait_ready`)."""
-        cmd = [sys.executable, "-m", "gfl.zygote", *preload]
+        cmd = [sys.executable, "-m", "gfl.node.zygote", *preload]
         err = open(stderr, "ab") if stderr is not None else subprocess.DEVNULL  # noqa: SIM115
         try:
             process = subprocess.Popen(
@@ -242,7 +242,7 @@ def _alive(pid: int) -> bool:
 
 
 def serve(preload: Sequence[str]) -> int:
-    """The zygote's main loop (``python -m gfl.zygote MODULE...``)."""
+    """The zygote's main loop (``python -m gfl.node.zygote MODULE...``)."""
     # the protocol gets its own descriptors; fd 0/1 become /dev/null and stderr, so
     # neither a stray print here nor a child can write into (or read from) the pipes
     proto_in, proto_out = os.dup(0), os.dup(1)

@@ -18,8 +18,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from gfl.api.client import NodeClientError
-from gfl.tui.format import DASH, human_bytes, number, percent, short
+from gfl_console.client import NodeClientError
+from gfl_console.format import DASH, human_bytes, number, percent, short
 
 POLL_S = 5.0
 

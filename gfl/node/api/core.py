@@ -10,8 +10,8 @@ import trio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from gfl.api.app import ApiError, Endpoint, Param, query_int
-from gfl.events import EventBus
+from gfl.node.api.app import ApiError, Endpoint, Param, query_int
+from gfl.node.events import EventBus
 
 PEER_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -8,7 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
-from gfl.tui.format import percent, round_progress, short
+from gfl_console.format import percent, round_progress, short
 
 STATUS_STYLE = {
     "active": "bold green",

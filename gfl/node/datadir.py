@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gfl.config import Config, load_config, write_config
 from gfl.errors import ConfigError, GflError
+from gfl.node.config import Config, load_config, write_config
 
 if TYPE_CHECKING:
     from gfl.identity import NodeIdentity

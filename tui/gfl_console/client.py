@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from gfl.config import DEFAULT_API_PORT
-from gfl.datadir import DataDir
 from gfl.errors import GflError
+from gfl.node.config import DEFAULT_API_PORT
+from gfl.node.datadir import DataDir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 10.0

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, RichLog
 
-from gfl.tui.format import clock, event_level, event_text, matches
+from gfl_console.format import clock, event_level, event_text, matches
 
 LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "info": "", "console": "bold cyan"}
 KEEP = 2000

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 import gfl
-from gfl.api.app import Endpoint, build_app
-from gfl.api.core import core_endpoints
-from gfl.api.server import bind_socket, serve_api
-from gfl.config import Config
-from gfl.datadir import ApiInfo, DataDir
 from gfl.errors import GflError
-from gfl.events import EventBus
+from gfl.node.api.app import Endpoint, build_app
+from gfl.node.api.core import core_endpoints
+from gfl.node.api.server import bind_socket, serve_api
+from gfl.node.config import Config
+from gfl.node.datadir import ApiInfo, DataDir
+from gfl.node.events import EventBus
 
 if TYPE_CHECKING:
     from gfl.identity import NodeIdentity
@@ -53,7 +53,7 @@ class Node:
         self.events = EventBus(config.api.event_buffer)
         self.network: Any = None  # gfl.net.Network once running
         self.chain: Any = None  # gfl.chain Registry once running
-        self.jobs: Any = None  # the job service, when one is installed (gfl.api.jobs uses it)
+        self.jobs: Any = None  # the job service, when one is installed (gfl.node.api.jobs uses it)
         self.nursery: trio.Nursery | None = None
         self.api_address: tuple[str, int] | None = None
         self.started_at: float | None = None
@@ -173,8 +173,8 @@ class Node:
         )
 
     async def _open_network(self, stack: AsyncExitStack) -> None:
-        from gfl.logs import adopt_library_loggers
         from gfl.net import open_network
+        from gfl.node.logs import adopt_library_loggers
 
         adopt_library_loggers()
         net_cfg = self.config.net
@@ -245,7 +245,7 @@ class Node:
 
 async def job_service(node: Node, task_status: trio.TaskStatus[None]) -> None:
     """The job service as a node service; built inside the node's run, after the datadir lock."""
-    from gfl.jobs import JobService
+    from gfl.scheduler.service import JobService
 
     node.jobs = JobService(node)
     try:
@@ -273,7 +273,7 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
 
 def create_node(datadir: DataDir, config: Config, identity: NodeIdentity) -> Node:
     """The node as `gfl up` runs it: network, chain, control API and the job service."""
-    from gfl.api.jobs import job_endpoints
+    from gfl.node.api.jobs import job_endpoints
 
     limit_malloc_arenas()
 

@@ -13,7 +13,7 @@ from gfl.errors import GflError
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from gfl.cli import _client as cli_client
+    from gfl.cli.main import _client as cli_client
 
     return cli_client(args)
 
@@ -114,7 +114,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gfl.report import plot_report, render_report
+    from gfl.scheduler.report import plot_report, render_report
 
     with _client(args) as client:
         job = client.request("GET", f"/jobs/{args.job_id}")
