@@ -196,7 +196,7 @@ def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[s
             # the whole test set, as the baseline and Flower are
             from gfl.fl.data import load_dataset
             from gfl.fl.trainer import evaluate
-            from gfl.scheduler.runner import Checkpoints
+            from gfl.scheduler.checkpoints import Checkpoints
 
             final = Checkpoints(net.nodes[0].home / "models" / jid).latest()
             full_acc = evaluate(spec, final[1], load_dataset("mnist", root=DATA, train=False))[

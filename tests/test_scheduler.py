@@ -17,7 +17,8 @@ from support import MemoryExchange, registered_job
 from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
-from gfl.scheduler.runner import Checkpoints, JobRunner, NodeData
+from gfl.scheduler.checkpoints import Checkpoints
+from gfl.scheduler.runner import JobRunner, NodeData
 from gfl.scheduler.service import ChainLedger
 
 torch.set_num_threads(1)

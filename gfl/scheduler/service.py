@@ -32,12 +32,12 @@ from gfl.fl.rounds import consensus_of
 from gfl.fl.spec import JobSpec, SpecError
 from gfl.node.store import Store
 from gfl.scheduler import messages as protocol
+from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.runner import (
     STATUS_ACTIVE,
     STATUS_CANCELLED,
     STATUS_FINISHED,
     WOKEN_POLL_S,
-    Checkpoints,
     JobRunner,
     LedgerJob,
     LedgerRefused,

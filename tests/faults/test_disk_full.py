@@ -17,7 +17,7 @@ import pytest
 from gfl.errors import GflError
 from gfl.net.blobs import BlobStore
 from gfl.node.store import Store
-from gfl.scheduler.runner import Checkpoints
+from gfl.scheduler.checkpoints import Checkpoints
 
 
 def _mount(where: Path, size: str) -> None:
