@@ -388,7 +388,7 @@ def _worker(index: int, limit: int, conn: Any) -> None:
 
     torch.set_num_threads(1)
     from gfl.fl.trainer import train_local
-    from gfl.scheduler.service import DataSource
+    from gfl.scheduler.sources import DataSource
 
     data = DataSource(
         "mnist", root=DATA, partition="iid", index=index, of=4, seed=0, limit=limit

@@ -18,8 +18,12 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gfl.errors import IdentityError
+
+if TYPE_CHECKING:
+    from libp2p.crypto.keys import KeyPair
 
 KEY_FILE = "node.key"
 KEYSTORE_FILE = "node.keystore.json"
@@ -50,17 +54,19 @@ class NodeIdentity:
     @property
     def eth_address(self) -> str:
         """The checksummed Ethereum address of the key."""
-        from eth_keys import keys as eth_keys
+        from eth_keys.datatypes import PrivateKey
 
-        return eth_keys.PrivateKey(self.private_key).public_key.to_checksum_address()
+        address: str = PrivateKey(self.private_key).public_key.to_checksum_address()
+        return address
 
     @property
     def public_key_compressed(self) -> bytes:
-        from eth_keys import keys as eth_keys
+        from eth_keys.datatypes import PrivateKey
 
-        return eth_keys.PrivateKey(self.private_key).public_key.to_compressed_bytes()
+        key: bytes = PrivateKey(self.private_key).public_key.to_compressed_bytes()
+        return key
 
-    def libp2p_keypair(self):  # -> libp2p.crypto.keys.KeyPair
+    def libp2p_keypair(self) -> KeyPair:
         """The libp2p key pair (imported lazily: `import libp2p` is slow and noisy)."""
         from libp2p.crypto.secp256k1 import create_new_key_pair
 
@@ -76,14 +82,14 @@ class NodeIdentity:
 
 def address_from_public_key(public_key: bytes) -> str:
     """Ethereum address of a secp256k1 public key (compressed or not)."""
-    from eth_keys import keys as eth_keys
+    from eth_keys.datatypes import PublicKey
 
     if len(public_key) == 33:
-        pub = eth_keys.PublicKey.from_compressed_bytes(public_key)
+        pub = PublicKey.from_compressed_bytes(public_key)
     elif len(public_key) == 65 and public_key[0] == 4:
-        pub = eth_keys.PublicKey(public_key[1:])
+        pub = PublicKey(public_key[1:])
     elif len(public_key) == 64:
-        pub = eth_keys.PublicKey(public_key)
+        pub = PublicKey(public_key)
     else:
         raise IdentityError("not a secp256k1 public key")
     return pub.to_checksum_address()

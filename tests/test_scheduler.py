@@ -18,8 +18,9 @@ from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
 from gfl.scheduler.checkpoints import Checkpoints
-from gfl.scheduler.runner import JobRunner, NodeData
-from gfl.scheduler.service import ChainLedger
+from gfl.scheduler.ledger import ChainLedger
+from gfl.scheduler.ports import NodeData
+from gfl.scheduler.runner import JobRunner
 
 torch.set_num_threads(1)
 

@@ -18,14 +18,10 @@ from support import MemoryExchange, registered_job
 from gfl.fl.data import load_partition
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
-from gfl.scheduler.runner import (
-    Checkpoints,
-    JobRunner,
-    LedgerRefused,
-    LedgerUnavailable,
-    NodeData,
-)
-from gfl.scheduler.service import ChainLedger
+from gfl.scheduler.checkpoints import Checkpoints
+from gfl.scheduler.ledger import ChainLedger
+from gfl.scheduler.ports import LedgerRefused, LedgerUnavailable, NodeData
+from gfl.scheduler.runner import JobRunner
 
 torch.set_num_threads(1)
 

@@ -136,7 +136,8 @@ def _int8_dequantize(scales: np.ndarray, q: np.ndarray, block: int, n: int) -> n
     qf = q.astype(np.float32)
     if pad:
         qf = np.concatenate([qf, np.zeros(pad, np.float32)])
-    return (qf.reshape(nblocks, block) * scales[:, None]).reshape(-1)[:n]
+    out: np.ndarray = (qf.reshape(nblocks, block) * scales[:, None]).reshape(-1)[:n]
+    return out
 
 
 # -- 8-bit values coded against a low-rank prediction --------------------------------------
@@ -326,12 +327,12 @@ def _le(a: np.ndarray) -> np.ndarray:
 
 def _raw(a: np.ndarray) -> memoryview:
     """Zero-copy byte view of a contiguous array (also for 0-d and empty arrays)."""
-    return memoryview(a.reshape(-1).view(np.uint8))
+    return a.reshape(-1).view(np.uint8).data
 
 
 def _encode_entry(
     name: str, arr: np.ndarray, comp: Compression, feedback: ErrorFeedback | None
-) -> tuple[list, list[memoryview | bytes]]:
+) -> tuple[list[Any], list[memoryview | bytes]]:
     """(header entry, payload segments) for one tensor."""
     a = _le(np.asarray(arr))
     shape = list(a.shape)
@@ -487,9 +488,9 @@ def _parse_frame(frame: bytes, max_bytes: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     total = 0
     prev = None
-    for e in entries:
-        _need(isinstance(e, list) and len(e) == 6, "tensor entry has the wrong layout")
-        kind, name, dstr, shape, block, lens = e
+    for entry in entries:
+        _need(isinstance(entry, list) and len(entry) == 6, "tensor entry has the wrong layout")
+        kind, name, dstr, shape, block, lens = entry
         _need(isinstance(name, str) and 0 < len(name) <= _MAX_NAME, "bad tensor name")
         _need(prev is None or name > prev, "tensor names must be unique and sorted")
         prev = name
@@ -514,16 +515,27 @@ def _parse_frame(frame: bytes, max_bytes: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _seg(segs: list, i: int, n: int, what: str) -> memoryview:
+def _seg(segs: list[memoryview], i: int, n: int, what: str) -> memoryview:
     _need(len(segs) > i and len(segs[i]) == n, f"{what}: expected {n} bytes")
     return segs[i]
 
 
+_SEGMENTS = {"n": 1, "h": 1, "i": 2, "t": 2, "q": 3}
+
+
 def _decode_entry(
-    kind: object, name: str, dt: np.dtype, shape: list, count: int, block: object, segs: list
+    kind: object,
+    name: str,
+    dt: np.dtype[Any],
+    shape: list[int],
+    count: int,
+    block: object,
+    segs: list[memoryview],
 ) -> np.ndarray:
-    wanted = {"n": 1, "h": 1, "i": 2, "t": 2, "q": 3}.get(kind, len(segs))  # type: ignore[arg-type]
-    _need(len(segs) == wanted, f"tensor {name!r}: wrong segments")
+    _need(
+        isinstance(kind, str) and _SEGMENTS.get(kind) == len(segs),
+        f"tensor {name!r}: wrong segments",
+    )
     if kind == "n":
         raw = _seg(segs, 0, count * dt.itemsize, f"tensor {name!r}")
         return np.frombuffer(raw, dtype=dt, count=count).reshape(shape)
@@ -532,7 +544,8 @@ def _decode_entry(
         raw = _seg(segs, 0, count * 2, f"tensor {name!r}")
         return np.frombuffer(raw, dtype="<f2", count=count).astype(dt).reshape(shape)
     if kind in ("i", "q"):
-        _need(isinstance(block, int) and 16 <= block <= 1 << 20, f"tensor {name!r}: bad block")
+        if not (isinstance(block, int) and 16 <= block <= 1 << 20):
+            raise CodecError(f"tensor {name!r}: bad block")
         nblocks = -(-count // block)
         scales = np.frombuffer(_seg(segs, 0, nblocks * 4, f"tensor {name!r} scales"), "<f4")
         _need(
@@ -564,7 +577,7 @@ def _decode_entry(
 
 
 def _decode_prediction(
-    name: str, shape: list, count: int, factors: memoryview, scales: np.ndarray, block: int
+    name: str, shape: list[int], count: int, factors: memoryview, scales: np.ndarray, block: int
 ) -> np.ndarray:
     """The predicted int8 values of a ``q`` entry, after checking its factor segment."""
     m, n = _matrix_shape(shape)

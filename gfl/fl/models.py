@@ -69,7 +69,7 @@ def resnet(num_classes: int = 10, in_channels: int = 3, depth: int = 18, **_: An
     builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}
     if depth not in builders:
         raise ModelError("resnet depth must be 18 or 34")
-    m = builders[depth](weights=None, num_classes=num_classes)
+    m: nn.Module = builders[depth](weights=None, num_classes=num_classes)
     m.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     m.maxpool = nn.Identity()
     return m
@@ -81,7 +81,8 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "resnet"
 def _plugin(name: str) -> Callable[..., nn.Module] | None:
     for ep in entry_points(group="gfl.models"):
         if ep.name == name:
-            return ep.load()
+            builder: Callable[..., nn.Module] = ep.load()
+            return builder
     return None
 
 

@@ -171,7 +171,10 @@ class JobSpec:
 
     def to_bytes(self) -> bytes:
         """The canonical bytes: msgpack, sorted keys, floats as float64."""
-        return msgpack.packb(_sorted(self.to_dict()), use_bin_type=True, use_single_float=False)
+        out: bytes = msgpack.packb(
+            _sorted(self.to_dict()), use_bin_type=True, use_single_float=False
+        )
+        return out
 
     @property
     def spec_hash(self) -> bytes:

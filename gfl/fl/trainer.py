@@ -108,7 +108,7 @@ def train_local(
 ) -> LocalResult:
     """Train locally per the spec and return the update; FedProx's term applies when mu > 0."""
     if spec.trainer != "default":
-        return _custom_trainer(spec.trainer)(
+        result: LocalResult = _custom_trainer(spec.trainer)(
             spec,
             global_params,
             train_data,
@@ -117,6 +117,7 @@ def train_local(
             eval_data=eval_data,
             seed=seed,
         )
+        return result
     n = len(train_data)
     if n == 0:
         raise TrainError("no local training data")

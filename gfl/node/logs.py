@@ -79,6 +79,6 @@ def adopt_library_loggers() -> None:
         logger.propagate = True
     # libraries set levels on their own child loggers too (libp2p's auto-connector logs
     # at INFO every 10 s): let those inherit ours
-    for name, logger in list(logging.Logger.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and "." in name and name.split(".")[0] in _NOISY:
-            logger.setLevel(logging.NOTSET)
+    for name, child in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(child, logging.Logger) and "." in name and name.split(".")[0] in _NOISY:
+            child.setLevel(logging.NOTSET)

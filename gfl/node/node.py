@@ -244,14 +244,36 @@ class Node:
 
 
 async def job_service(node: Node, task_status: trio.TaskStatus[None]) -> None:
-    """The job service as a node service; built inside the node's run, after the datadir lock."""
-    from gfl.scheduler.service import JobService
+    """The job service as a node service, built from the node's parts once they run."""
+    from gfl.node.store import Store
+    from gfl.scheduler.policy import JoinPolicy
+    from gfl.scheduler.service import JobService, ServiceSettings
+    from gfl.scheduler.sources import DataSources
 
-    node.jobs = JobService(node)
+    assert node.network is not None
+    cfg = node.config
+    store = Store(node.datadir.db_path)
     try:
-        await node.jobs.serve(node, task_status)
+        node.jobs = JobService(
+            store=store,
+            network=node.network,
+            registry=node.chain,
+            chain_call=node.chain_call,
+            events=node.events,
+            sources=DataSources(cfg.data, eval_limit=cfg.train.eval_limit),
+            settings=ServiceSettings(
+                policy=JoinPolicy.from_config(
+                    cfg.jobs.auto_join, cfg.jobs.allow_owners, cfg.jobs.max_concurrent
+                ),
+                device=cfg.train.device,
+                models_dir=node.datadir.models_dir,
+                blob_keep_s=cfg.net.blob_keep_s,
+            ),
+        )
+        await node.jobs.serve(task_status=task_status)
     finally:
         node.jobs = None
+        store.close()
 
 
 MALLOC_ARENAS = 2

@@ -17,7 +17,18 @@ from __future__ import annotations
 from typing import Any
 
 from gfl.fl.spec import MAX_SPEC_BYTES
+from gfl.net.gossip import JOBS_TOPIC, round_topic
 from gfl.net.messages import register_schema
+
+__all__ = [
+    "JOBS_TOPIC",
+    "blob_announcement",
+    "check_job",
+    "check_model",
+    "check_update",
+    "job_announcement",
+    "round_topic",
+]
 
 VERSION = 1
 MAX_BLOB_BYTES = 1 << 30

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import trio
@@ -51,6 +51,17 @@ from gfl.fl.rounds import consensus_of
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
 from gfl.scheduler.checkpoints import Checkpoints
+from gfl.scheduler.divergence import ModelWatch
+from gfl.scheduler.ports import (
+    Exchange,
+    JobStatus,
+    Ledger,
+    LedgerJob,
+    LedgerRefused,
+    LedgerRound,
+    LedgerUnavailable,
+    NodeData,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,82 +74,9 @@ CONSENSUS_GRACE_S = 10.0  # after the last round, how long to wait for the other
 CHAIN_RETRY_S = 1.0  # while the chain does not answer, ask again this often
 MAX_UPDATE_BYTES = 1 << 30
 
-STATUS_ACTIVE, STATUS_FINISHED, STATUS_CANCELLED = "active", "finished", "cancelled"
-
 
 class RunnerError(GflError):
     """A job cannot go on on this node (its data, model or state is unusable)."""
-
-
-class LedgerRefused(GflError):
-    """The chain refused a commitment (round closed, already committed, ...)."""
-
-
-class LedgerUnavailable(GflError):
-    """The chain did not answer in time; the runner waits for it and asks again."""
-
-
-# -- the interfaces the node provides ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LedgerJob:
-    status: str  # active | finished | cancelled
-    rounds: int
-    min_updates: int
-    round_timeout: int
-    current_round: int
-    joined: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class LedgerRound:
-    round: int
-    opens_at: float
-    closed_at: float | None
-    closed: bool
-    updates: tuple[tuple[str, bytes, int], ...]  # (participant, hash, samples), chain order
-    models: tuple[tuple[str, bytes], ...]  # (participant, model hash), chain order
-
-
-class Ledger(Protocol):
-    """The chain as one job sees it; every method may block on the network, never forever:
-    it raises `LedgerUnavailable` when the chain does not answer, `LedgerRefused` when the
-    chain refuses a write."""
-
-    address: str
-
-    async def job(self) -> LedgerJob: ...
-
-    async def round(self, r: int) -> LedgerRound: ...
-
-    async def join(self) -> None: ...
-
-    async def commit_update(self, r: int, update_hash: bytes, samples: int) -> None: ...
-
-    async def commit_model(self, r: int, model_hash: bytes) -> None: ...
-
-    async def settle(self) -> None: ...
-
-
-class Exchange(Protocol):
-    """Blob storage and transfer for one job."""
-
-    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes: ...
-
-    async def fetch(
-        self, blob: bytes, owner: str | None, max_size: int, timeout: float
-    ) -> bytes: ...
-
-    async def load_local(self, blob: bytes) -> bytes | None: ...
-
-
-@dataclass
-class NodeData:
-    """What this node trains and evaluates on for a job."""
-
-    train: ArrayDataset
-    test: ArrayDataset | None
 
 
 @dataclass
@@ -193,11 +131,8 @@ class JobRunner:
         self.round = 0
         self.params: dict[str, np.ndarray] = {}
         self.model_hash = b""
-        self.status = STATUS_ACTIVE
-        self.divergent_rounds: list[int] = []
-        self._round_models: dict[int, bytes] = {}  # round r -> hash of the M_{r+1} we took
-        self._alarmed: dict[int, set[str]] = {}  # round -> dissenters already named
-        self._recheck: set[int] = set()  # rounds with model commitments not yet compared
+        self.status = JobStatus.ACTIVE
+        self.models = ModelWatch(job_id, self.me, self._event)
         self._refused_round = -1  # the round whose update the chain refused (do not retrain)
         self._chain_down = False
         self._wake = wake or trio.Event()
@@ -218,7 +153,7 @@ class JobRunner:
     def model_committed(self, r: int) -> None:
         """A model hash for round r reached the chain: once we hold our own M_{r+1}, compare
         again, so that a dissenter is named even when it commits after our check."""
-        self._recheck.add(r)
+        self.models.committed(r)
         self.poke()
 
     async def _nap(self, seconds: float | None = None) -> None:
@@ -242,14 +177,14 @@ class JobRunner:
             return
         self.round, self.params, state, self.model_hash = cp
         if self.round:
-            self._round_models[self.round - 1] = self.model_hash
+            self.models.took(self.round - 1, self.model_hash)
         if state:
             self.strategy.load_state_dict(state)
         log.info("job %s: resuming at round %d from checkpoint", self.job_id[:10], self.round)
 
     # -- main loop --------------------------------------------------------------------------
 
-    async def run(self) -> str:
+    async def run(self) -> JobStatus:
         """Run to the end; returns the final status (finished or cancelled).
 
         Evaluating each new global model on the node's test data is off the
@@ -260,14 +195,14 @@ class JobRunner:
             self._background = background
             return await self._run()
 
-    async def _run(self) -> str:
+    async def _run(self) -> JobStatus:
         await trio.to_thread.run_sync(self._restore)
         if self.round:
             self._event("resumed", round=self.round)
             # killed between checkpoint M_r and round r-1's record: write that record now
             self.record(self.round - 1, {"model_hash": self.model_hash.hex()})
         job = await self._until_answered(self.ledger.job)
-        if self.participate and job.status == STATUS_ACTIVE and self.me not in job.joined:
+        if self.participate and job.status == JobStatus.ACTIVE and self.me not in job.joined:
             try:
                 await self._until_answered(self.ledger.join)
                 self._event("joined")
@@ -284,14 +219,14 @@ class JobRunner:
             if status is not None:
                 return status
 
-    async def _step(self) -> str | None:
+    async def _step(self) -> JobStatus | None:
         """One look at the chain and what it asks of us; the final status once there is one."""
         self._last_look = trio.current_time()
         job = await self.ledger.job()
         self._chain_answered()
         await self._recheck_rounds()
-        if job.status == STATUS_CANCELLED:
-            self.status = STATUS_CANCELLED
+        if job.status == JobStatus.CANCELLED:
+            self.status = JobStatus.CANCELLED
             self._event("cancelled", round=self.round)
             return self.status
         if self.round >= job.rounds:
@@ -489,8 +424,7 @@ class JobRunner:
         )
         self.params, self.model_hash = new_params, new_hash
         self.round = r + 1
-        self._round_models[r] = new_hash
-        self._recheck.add(r)
+        self.models.took(r, new_hash)
         self.record(r, metrics.values)
         self._evaluate_soon(r, new_params)
         self._event(
@@ -503,7 +437,7 @@ class JobRunner:
     def _behind(self, job: LedgerJob) -> bool:
         """More than one round behind the chain: catch up by adopting, not recomputing."""
         return job.current_round > self.round + 1 or (
-            job.status == STATUS_FINISHED and (job.rounds > self.round + 1)
+            job.status == JobStatus.FINISHED and (job.rounds > self.round + 1)
         )
 
     @staticmethod
@@ -530,8 +464,7 @@ class JobRunner:
             lambda: self.checkpoints.save(r + 1, params, self.strategy.state_dict())
         )
         self.params, self.model_hash, self.round = params, model_hash, r + 1
-        self._round_models[r] = model_hash
-        self._recheck.add(r)
+        self.models.took(r, model_hash)
         values = {
             "adopted": True,
             "model_hash": model_hash.hex(),
@@ -572,16 +505,16 @@ class JobRunner:
 
     def _evaluate_soon(self, r: int, params: Mapping[str, np.ndarray]) -> None:
         if self.data.test is not None:
-            self._background.start_soon(self._evaluate, r, params)
+            self._background.start_soon(self._evaluate, r, params, self.data.test)
 
-    async def _evaluate(self, r: int, params: Mapping[str, np.ndarray]) -> None:
+    async def _evaluate(self, r: int, params: Mapping[str, np.ndarray], test: ArrayDataset) -> None:
         """Test loss and accuracy of M_{r+1}, recorded as round r's figures."""
         from gfl.fl.trainer import evaluate
 
         async with self._eval_limiter:
             t0 = time.monotonic()
             out = await trio.to_thread.run_sync(
-                lambda: evaluate(self.spec, params, self.data.test, device=self.device)
+                lambda: evaluate(self.spec, params, test, device=self.device)
             )
         values = {**out, "t_eval_s": round(time.monotonic() - t0, 4)}
         self.record(r, values)
@@ -589,59 +522,27 @@ class JobRunner:
 
     async def _recheck_rounds(self) -> None:
         """Compare the rounds with new model commitments (or none decided yet) with ours."""
-        for r in sorted(self._recheck):
-            if r >= self.round:
-                continue  # our M_{r+1} is not there yet; compared once it is
-            self._recheck.discard(r)
+        for r in self.models.due(self.round):
             try:
                 decided = await self._check_round(r)
             except BaseException:
-                self._recheck.add(r)
+                self.models.again(r)
                 raise
             if not decided and r == self.round - 1:
-                self._recheck.add(r)  # no majority yet: look again on the next pass
+                self.models.again(r)  # no majority yet: look again on the next pass
 
     async def _check_round(self, r: int) -> bool:
-        """Compare the model hashes committed for round r with ours: raise the alarm for any
-        dissenter not named yet. False while no hash has a majority.
-
-        If we are the odd one out and still at round r + 1, we adopt the majority's
-        model; if others are, we name them. Either way the job goes on from the majority
-        model. A dissenter is named whenever its commitment arrives, early or late.
-        """
-        mine = self._round_models.get(r)
-        if mine is None:  # a round this run neither computed nor adopted
+        """Compare round r's model commitments with ours (False while no hash has a
+        majority). If we are the odd one out and still at round r + 1, we adopt the
+        majority's model; either way the job goes on from the majority model."""
+        if r not in self.models.mine:  # a round this run neither computed nor adopted
             return True
         rec = await self.ledger.round(r)
-        verdict = consensus_of(dict(rec.models))
-        majority = verdict.majority
-        if majority is None:
+        verdict = self.models.judge(r, rec.models)
+        if verdict.majority is None:
             return False
-        self_diverged = majority != mine
-        dissent = set(verdict.dissenters) | ({self.me} if self_diverged else set())
-        named = self._alarmed.setdefault(r, set())
-        if dissent <= named:
-            return True
-        named |= dissent
-        if r not in self.divergent_rounds:
-            self.divergent_rounds.append(r)
-        self._event(
-            "divergence",
-            round=r,
-            mine=mine.hex(),
-            majority=majority.hex(),
-            dissenters=list(verdict.dissenters),
-            self_diverged=self_diverged,
-        )
-        log.warning(
-            "job %s round %d: model hashes disagree (majority %s, dissenters %s)",
-            self.job_id[:10],
-            r,
-            majority.hex()[:12],
-            ", ".join(verdict.dissenters) or "this node",
-        )
-        if self_diverged and r == self.round - 1:
-            await self._adopt(r, majority, rec)
+        if verdict.self_diverged and r == self.round - 1:
+            await self._adopt(r, verdict.majority, rec)
         return True
 
     async def _finish(self, job: LedgerJob) -> None:
@@ -655,12 +556,12 @@ class JobRunner:
                     break
                 await self._nap(0.2)
         await self._check_round(last)
-        self.status = STATUS_FINISHED
+        self.status = JobStatus.FINISHED
         self._event(
             "finished",
             round=last,
             model_hash=self.model_hash.hex(),
-            divergent_rounds=self.divergent_rounds,
+            divergent_rounds=self.models.divergent_rounds,
         )
 
 
@@ -676,15 +577,4 @@ def _check_shapes(
             )
 
 
-__all__: Sequence[str] = (
-    "Checkpoints",
-    "Exchange",
-    "JobRunner",
-    "Ledger",
-    "LedgerJob",
-    "LedgerRefused",
-    "LedgerRound",
-    "LedgerUnavailable",
-    "NodeData",
-    "RunnerError",
-)
+__all__: Sequence[str] = ("JobRunner", "RoundMetrics", "RunnerError")

@@ -28,7 +28,7 @@ def spec(cfg: Any) -> Any:
 
 def node_data(cfg: Any, index: int, of: int) -> Any:
     """Partition `index` of `of` (iid, seed 0, first `limit`), read by gfl's own DataSource."""
-    from gfl.scheduler.service import DataSource
+    from gfl.scheduler.sources import DataSource
 
     src = DataSource(
         dataset="mnist",

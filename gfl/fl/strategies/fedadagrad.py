@@ -15,4 +15,5 @@ class FedAdagrad(FedOpt):
     default_beta1 = 0.0
 
     def second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
-        return v + d2
+        out: np.ndarray = v + d2
+        return out

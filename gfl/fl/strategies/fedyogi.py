@@ -13,4 +13,5 @@ class FedYogi(FedOpt):
     name = "fedyogi"
 
     def second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
-        return v - d2 * (1.0 - self.beta2) * np.sign(v - d2)
+        out: np.ndarray = v - d2 * (1.0 - self.beta2) * np.sign(v - d2)
+        return out

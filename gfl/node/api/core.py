@@ -10,7 +10,7 @@ import trio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from gfl.node.api.app import ApiError, Endpoint, Param, query_int
+from gfl.node.api.app import ApiError, Endpoint, NodeService, Param, query_int
 from gfl.node.events import EventBus
 
 PEER_SCHEMA: dict[str, Any] = {
@@ -93,12 +93,17 @@ EVENT_SCHEMA: dict[str, Any] = {
 }
 
 
+def _node(request: Request) -> NodeService:
+    node: NodeService = request.app.state.node
+    return node
+
+
 async def get_status(request: Request) -> dict[str, Any]:
-    return await request.app.state.node.status()
+    return await _node(request).status()
 
 
 async def get_peers(request: Request) -> list[dict[str, Any]]:
-    return await request.app.state.node.peers()
+    return await _node(request).peers()
 
 
 async def post_shutdown(request: Request) -> dict[str, Any]:

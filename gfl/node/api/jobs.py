@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gfl.fl.spec import JobSpec
 from gfl.node.api.app import ApiError, Endpoint, Param, read_json
+
+if TYPE_CHECKING:
+    from gfl.scheduler.service import JobService
 
 JOB_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -46,15 +49,15 @@ _JOB_ID = Param(
 )
 
 
-def _service(request: Request) -> Any:
-    service = getattr(request.app.state.node, "jobs", None)
+def _service(request: Request) -> JobService:
+    service: JobService | None = getattr(request.app.state.node, "jobs", None)
     if service is None:
         raise ApiError("this node runs no job service", 503)
     return service
 
 
 def _job_id(request: Request) -> str:
-    raw = request.path_params.get("job_id", "")
+    raw = str(request.path_params.get("job_id", ""))
     hx = raw.lower().removeprefix("0x")
     if not 4 <= len(hx) <= 64 or any(c not in "0123456789abcdef" for c in hx):
         raise ApiError("a job id is 4 to 64 hex digits", 404)
@@ -164,7 +167,17 @@ def job_endpoints() -> list[Endpoint]:
             "/jobs/{job_id}/report",
             job_report,
             "Per-round metrics as JSON or CSV",
-            {"type": "string"},
+            {
+                "type": "object",
+                "description": "with format=csv: the same rows as text/csv, a header first",
+                "required": ["job_id", "rounds"],
+                "properties": {
+                    "job_id": {"type": "string"},
+                    "name": {"type": ["string", "null"]},
+                    "status": {"type": ["string", "null"]},
+                    "rounds": {"type": "array", "items": {"type": "object"}},
+                },
+            },
             tag="jobs",
             errors=(404,),
             path_params=(_JOB_ID,),

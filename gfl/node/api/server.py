@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -81,8 +82,11 @@ async def serve_api(
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
 
-    async def _serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+    async def stop() -> None:
+        await shutdown_trigger()
+
+    async def _serve(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(cast(Any, app), config, shutdown_trigger=stop, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(_serve)

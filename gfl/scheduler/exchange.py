@@ -1,0 +1,113 @@
+"""The network as one job's `Exchange`, and the book of who holds which blob."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gfl.errors import GflError
+from gfl.scheduler import messages
+
+if TYPE_CHECKING:
+    from gfl.net.network import Network
+
+log = logging.getLogger(__name__)
+
+MAX_HINTS = 4096  # blobs whose announcers we remember (oldest forgotten first)
+
+Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class PeerBook:
+    """Which peer is behind an Ethereum address, and which peers announced a blob: the
+    providers to ask first for a blob, before any other connected peer."""
+
+    def __init__(self, network: Network) -> None:
+        self._network = network
+        self._peer_of: dict[str, str] = {}  # eth address (lower case) -> peer id
+        self._hints: OrderedDict[bytes, list[str]] = OrderedDict()  # blob -> announcers
+
+    def saw(self, address: str | None, peer_id: str) -> None:
+        """``address``'s node speaks as ``peer_id``."""
+        if address:
+            self._peer_of[address.lower()] = peer_id
+
+    def announced(self, blob: bytes, peer_id: str) -> None:
+        """``peer_id`` said it holds ``blob``."""
+        peers = self._hints.setdefault(blob, [])
+        self._hints.move_to_end(blob)
+        if peer_id not in peers:
+            peers.append(peer_id)
+        while len(self._hints) > MAX_HINTS:
+            self._hints.popitem(last=False)
+
+    def providers(self, blob: bytes, owner: str | None) -> list[str]:
+        """Peers to ask for ``blob``: its owner's node, its announcers, then everyone else."""
+        out: list[str] = []
+        key = owner.lower() if owner else None
+        if key and key in self._peer_of:
+            out.append(self._peer_of[key])
+        out += [p for p in self._hints.get(blob, []) if p not in out]
+        for peer in self._network.peers():
+            pid = peer.get("peer_id")
+            if pid is None or pid in out:
+                continue
+            if key and (peer.get("eth_address") or "").lower() == key:
+                out.insert(0, pid)
+            else:
+                out.append(pid)
+        return out
+
+
+class NetExchange:
+    """One job's blobs over the network: published blobs are stored, tagged with the job,
+    announced on the job's topic and provided in the DHT (a task of the job's nursery, so
+    it ends with the job)."""
+
+    def __init__(
+        self,
+        network: Network,
+        book: PeerBook,
+        job_id: bytes,
+        publish: Publish,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._network = network
+        self._book = book
+        self._job_id = job_id
+        self._tag = job_id.hex()
+        self._publish = publish
+        self._nursery = nursery
+
+    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes:
+        blobs = self._network.blobs
+        h: bytes = await trio.to_thread.run_sync(lambda: blobs.put(data, tag=self._tag))
+        msg = messages.blob_announcement(kind, self._job_id, r, h, len(data), samples)
+        await self._publish(messages.round_topic(self._job_id), msg)
+        self._nursery.start_soon(self._provide, h)
+        return h
+
+    async def _provide(self, h: bytes) -> None:
+        try:
+            await self._network.provide(h)
+        except GflError as exc:
+            log.debug("DHT provide failed: %s", exc)
+
+    async def fetch(self, blob: bytes, owner: str | None, max_size: int, timeout: float) -> bytes:
+        data: bytes = await self._network.fetch_blob(
+            blob,
+            self._book.providers(blob, owner),
+            max_size=max_size,
+            timeout=timeout,
+            tag=self._tag,
+        )
+        return data
+
+    async def load_local(self, blob: bytes) -> bytes | None:
+        # a read plus a sha256 of a multi-MB file: not on the trio thread
+        data: bytes | None = await trio.to_thread.run_sync(self._network.blobs.get, blob)
+        return data
