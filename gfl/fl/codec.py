@@ -1,8 +1,10 @@
 """Parameters and updates to bytes and back: msgpack frame, zstd-compressed, content-addressed.
 
 Frame (the zstd frame's content): b"GFLP", version (u8), header length (u32 LE), a msgpack
-header, then the raw payload. The header lists tensors sorted by name, each as
-``[kind, name, dtype, shape, block, [segment lengths]]``; the segments follow in order:
+header, then the raw payload. The header is ``[meta, tensors]``: ``meta`` a map (empty for a
+model; for an update, who made it for which round of which job: `UpdateMeta`), ``tensors``
+the tensors sorted by name, each as ``[kind, name, dtype, shape, block, [segment lengths]]``;
+the segments follow in order:
 
 - ``n``  lossless: the raw little-endian bytes
 - ``h``  fp16 values, decoded back to ``dtype``
@@ -36,7 +38,7 @@ import zstandard
 
 from gfl.errors import GflError
 
-FRAME_VERSION = 1
+FRAME_VERSION = 2
 DEFAULT_MAX = 1 << 30  # 1 GiB of decoded parameters
 ZSTD_LEVEL = 1
 DEFAULT_BLOCK = 4096
@@ -54,6 +56,43 @@ _FLOATS = {"<f2", "<f4", "<f8"}
 
 class CodecError(GflError):
     """A parameter blob could not be encoded or is malformed, oversized or truncated."""
+
+
+_META_KEYS = ("author", "base", "chain", "job", "registry", "round")
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """What an update's frame says about itself: the chain and registry, the job and round
+    it is for, its author's address and the hash of the model it was computed from. A node
+    refuses an update whose meta names anything else than what the chain recorded for it,
+    so a copied update hash gains its copier nothing."""
+
+    chain: int
+    registry: bytes  # 20 bytes
+    job: bytes  # 32 bytes
+    round: int
+    author: bytes  # 20 bytes
+    base: bytes  # 32 bytes: hash of M_round as this author held it
+
+    def __post_init__(self) -> None:
+        for name, size in (("registry", 20), ("job", 32), ("author", 20), ("base", 32)):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != size:
+                raise CodecError(f"update meta: {name} must be {size} bytes")
+        for name in ("chain", "round"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+                raise CodecError(f"update meta: {name} must be an integer in [0, 2^63)")
+
+    def to_map(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _META_KEYS}
+
+    @classmethod
+    def from_map(cls, m: Mapping[str, Any]) -> UpdateMeta:
+        if set(m) != set(_META_KEYS):
+            raise CodecError("the update's frame does not carry its meta")
+        return cls(**{k: m[k] for k in _META_KEYS})
 
 
 @dataclass(frozen=True)
@@ -378,6 +417,7 @@ def encode_frame(
     compression: str = "none",
     *,
     feedback: ErrorFeedback | None = None,
+    meta: UpdateMeta | None = None,
 ) -> bytes:
     """The uncompressed frame: magic, version, header length, msgpack header, raw payload."""
     comp = parse_compression(compression)
@@ -388,7 +428,7 @@ def encode_frame(
         entry, segs = _encode_entry(name, params[name], comp, feedback)
         entries.append(entry)
         payload.extend(segs)
-    header = msgpack.packb(entries, use_bin_type=True)
+    header = msgpack.packb([meta.to_map() if meta else {}, entries], use_bin_type=True)
     return b"".join([_MAGIC, struct.pack("<BI", FRAME_VERSION, len(header)), header, *payload])
 
 
@@ -397,10 +437,11 @@ def encode_params(
     compression: str = "none",
     *,
     feedback: ErrorFeedback | None = None,
+    meta: UpdateMeta | None = None,
     level: int = ZSTD_LEVEL,
 ) -> bytes:
     """Encode named arrays to a zstd-compressed frame; `feedback` is updated for lossy schemes."""
-    frame = encode_frame(params, compression, feedback=feedback)
+    frame = encode_frame(params, compression, feedback=feedback, meta=meta)
     # threads=-1: zstd's multi-threaded mode on every core (~2x on 2 cores for big frames); its
     # output is the same bytes whatever the core count (tests/fl/test_codec.py checks)
     cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, threads=-1)
@@ -442,6 +483,13 @@ def decode_params(blob: bytes, *, max_bytes: int = DEFAULT_MAX) -> dict[str, np.
     Raises CodecError for anything malformed, truncated, or larger than `max_bytes`
     (compressed, decompressed, or decoded).
     """
+    return decode_update(blob, max_bytes=max_bytes)[0]
+
+
+def decode_update(
+    blob: bytes, *, max_bytes: int = DEFAULT_MAX
+) -> tuple[dict[str, np.ndarray], UpdateMeta | None]:
+    """As `decode_params`, with the frame's `UpdateMeta` (None when it carries none)."""
     _need(isinstance(blob, bytes | bytearray | memoryview), "parameter blob must be bytes")
     _need(len(blob) <= max_bytes, f"blob is {len(blob)} bytes; the limit is {max_bytes}")
     try:
@@ -464,24 +512,30 @@ def decode_params(blob: bytes, *, max_bytes: int = DEFAULT_MAX) -> dict[str, np.
     return _parse_frame(frame, max_bytes)
 
 
-def _parse_frame(frame: bytes, max_bytes: int) -> dict[str, np.ndarray]:
+def _parse_frame(frame: bytes, max_bytes: int) -> tuple[dict[str, np.ndarray], UpdateMeta | None]:
     _need(len(frame) >= _PREFIX and frame[:4] == _MAGIC, "not a GFL parameter frame")
     version, hlen = struct.unpack_from("<BI", frame, 4)
     _need(version == FRAME_VERSION, f"parameter frame version {version} is not supported")
     _need(hlen <= len(frame) - _PREFIX, "parameter frame header is truncated")
     try:
-        entries = msgpack.unpackb(
+        header = msgpack.unpackb(
             memoryview(frame)[_PREFIX : _PREFIX + hlen],
             raw=False,
             strict_map_key=True,
-            max_bin_len=0,
+            max_bin_len=32,
             max_str_len=_MAX_NAME * 8,
             max_array_len=_MAX_TENSORS,
-            max_map_len=0,
+            max_map_len=len(_META_KEYS),
             max_ext_len=0,
         )
     except Exception as e:  # msgpack raises many exception types on garbage
         raise CodecError(f"parameter frame header is not valid msgpack: {e}") from None
+    _need(
+        isinstance(header, list) and len(header) == 2 and isinstance(header[0], dict),
+        "parameter frame header has the wrong layout",
+    )
+    meta = UpdateMeta.from_map(header[0]) if header[0] else None
+    entries = header[1]
     _need(isinstance(entries, list), "parameter frame header has the wrong layout")
     mv = memoryview(frame)
     offset = _PREFIX + hlen
@@ -512,7 +566,7 @@ def _parse_frame(frame: bytes, max_bytes: int) -> dict[str, np.ndarray]:
             offset += n
         out[name] = _decode_entry(kind, name, dt, shape, count, block, segs)
     _need(offset == len(frame), "parameter frame has trailing bytes")
-    return out
+    return out, meta
 
 
 def _seg(segs: list[memoryview], i: int, n: int, what: str) -> memoryview:
@@ -602,4 +656,6 @@ def decode_frame(frame: bytes, *, max_bytes: int = DEFAULT_MAX) -> dict[str, np.
     hash committed on chain, whatever zstd version a node runs)."""
     _need(isinstance(frame, bytes | bytearray | memoryview), "parameter frame must be bytes")
     _need(len(frame) <= max_bytes, f"frame is {len(frame)} bytes; the limit is {max_bytes}")
-    return _parse_frame(bytes(frame), max_bytes)
+    params, meta = _parse_frame(bytes(frame), max_bytes)
+    _need(meta is None, "a model frame carries no update meta")
+    return params

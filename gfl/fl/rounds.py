@@ -1,236 +1,362 @@
-"""The round state machine of one job, as pure logic: events in, decisions out.
+"""The round rules of a job, as pure logic: the JobRegistry contract's rules, said once in Python.
 
-It mirrors the JobRegistry contract's rules (see the chain layer) so a node can tell, from
-the events it has seen, when a round closes, which updates count and in what order, which
-model hash the majority committed, and what the node should do next. The node feeds it real
-chain events and its clock; the simulator feeds it virtual ones. No I/O, no threads.
+The contract is the arbiter on a live network; this module mirrors it so that `gfl
+simulate` follows the same rules and a node can reason about what the chain will do
+(``tests/chain`` runs the same sequences against both and compares). Times are block times
+in seconds. No I/O, no threads.
 
-Round r is closed iff count >= min_updates and (count >= joined or now >= opens_at + timeout).
-Closing is lazy, as on chain: `settle(now)` records it (closed_at = now) and opens r + 1.
-The chain is the arbiter: `on_round_closed` applies its verdict even where the local clock
-disagrees. Updates count in chain order; strategies then sort them canonically by address.
+A job's rounds run like this (``docs/protocol.md``, "Rounds", says it for implementers):
+
+- **Collecting** round c accepts one update per eligible member (a member joined before c
+  received its first update, not left or ejected). Updates for c may arrive while c-1 is
+  still being voted on; c's timeout clock starts only when c-1 is decided.
+- **Closing** c: at least ``min_updates`` updates and either every eligible member committed
+  or the timeout passed, and c-1 decided. Closing fixes the update set S_c (chain order,
+  positions 0..n-1). It closes "at" the block that completes it, or at opens_at + timeout.
+- **Voting** on c: each member in S_c may vote once, before closed_at + vote_timeout, for a
+  model hash together with the mask of S_c positions it excluded (unavailable or invalid
+  updates). The candidate (model, mask) with votes * 2 > |S_c| is finalized at once; at the
+  deadline the unique top candidate is finalized if votes * 2 > |S_c| - |its mask|; any
+  other outcome leaves the round void (the model stays what it was).
+- c+1's clock starts at the decision (at the deadline for a deadline decision); the job is
+  finished when its last round is decided.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping
+import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gfl.errors import GflError
 
+MAX_PARTICIPANTS = (1 << 24) - 1
+MAX_TIMEOUT_S = 7 * 86400
+MAX_ROUNDS = 1_000_000
 
-class RoundError(GflError):
-    """An event contradicts the round rules (e.g. the chain closed a round short of updates)."""
+
+class RoundRuleError(GflError):
+    """The contract would refuse this (wrong round, not eligible, too late, ...)."""
+
+
+# -- masks: the S_r positions a vote excluded ----------------------------------------------
+
+
+def mask_bytes(excluded: Iterable[int], n: int) -> bytes:
+    """The canonical mask of ``excluded`` positions of an update set of size ``n``: empty
+    when nothing is excluded, else ceil(n / 8) bytes, bit i of byte i // 8 (LSB first)."""
+    positions = sorted(set(excluded))
+    if not positions:
+        return b""
+    if positions[0] < 0 or positions[-1] >= n:
+        raise RoundRuleError(f"an excluded position is outside the update set of {n}")
+    out = bytearray((n + 7) // 8)
+    for i in positions:
+        out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
+
+
+def excluded_positions(mask: bytes, n: int) -> list[int]:
+    """The positions a canonical mask excludes (`RoundRuleError` for a malformed mask)."""
+    if not mask:
+        return []
+    if len(mask) != (n + 7) // 8:
+        raise RoundRuleError(f"a mask over {n} updates has {(n + 7) // 8} bytes, not {len(mask)}")
+    out = [i for i in range(n) if mask[i // 8] >> (i % 8) & 1]
+    if not out:
+        raise RoundRuleError("a mask that excludes nothing must be empty")
+    if n % 8 and mask[-1] >> (n % 8):
+        raise RoundRuleError("a mask sets bits beyond the update set")
+    return out
+
+
+# -- the state -------------------------------------------------------------------------------
+
+
+class Decision(enum.Enum):
+    """How a round ended."""
+
+    FINALIZED = "finalized"
+    VOID = "void"
 
 
 @dataclass(frozen=True)
-class UpdateCommit:
-    """An update commitment the chain accepted for a round."""
+class RoundParams:
+    """What the contract's rules read from a job's registration."""
 
-    address: str
+    rounds: int
+    min_updates: int = 1
+    max_participants: int = 64
+    round_timeout: int = 300
+    vote_timeout: int = 60
+    join_until: int = MAX_ROUNDS
+    max_samples: int = 1
+    max_missed: int = 2
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, what: str) -> None:
+            if not cond:
+                raise RoundRuleError(what)
+
+        need(1 <= self.rounds <= MAX_ROUNDS, f"rounds must be in [1, {MAX_ROUNDS}]")
+        need(
+            1 <= self.max_participants <= MAX_PARTICIPANTS,
+            f"max_participants must be in [1, {MAX_PARTICIPANTS}]",
+        )
+        need(
+            1 <= self.min_updates <= self.max_participants,
+            "min_updates must be in [1, max_participants]",
+        )
+        for name in ("round_timeout", "vote_timeout"):
+            need(1 <= getattr(self, name) <= MAX_TIMEOUT_S, f"{name} must be in [1, 7 days]")
+        need(self.max_samples >= 1, "max_samples must be at least 1")
+        need(1 <= self.max_missed <= 255, "max_missed must be in [1, 255]")
+        need(self.join_until >= 0, "join_until must be >= 0")
+
+
+@dataclass(frozen=True)
+class Update:
+    """An update the chain accepted: its author, hash, claimed samples, position in S_r."""
+
+    author: str
     update_hash: bytes
     samples: int
+    position: int
 
 
 @dataclass(frozen=True)
-class Train:
-    """Train on M_round and commit the update."""
-
-    round: int
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """Fetch these updates (chain order), aggregate, commit hash(M_{round+1})."""
-
-    round: int
-    updates: tuple[UpdateCommit, ...]
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Nothing to do until an event arrives or the clock reaches `until` (None: no deadline)."""
-
-    round: int
-    until: float | None
-
-
-@dataclass(frozen=True)
-class Done:
-    """The job is finished (or cancelled) and this node has committed all its models."""
-
-
-Action = Train | Aggregate | Wait | Done
-
-
-@dataclass(frozen=True)
-class Consensus:
-    """Model commitments for one round: the majority hash (None until one has > half)."""
-
-    majority: bytes | None
-    votes: int
-    total: int
-    dissenters: tuple[str, ...]
-
-
-def consensus_of(models: Mapping[str, bytes]) -> Consensus:
-    """Strict-majority model hash of one round's commitments (participant -> hash)."""
-    if not models:
-        return Consensus(None, 0, 0, ())
-    (top, votes), *_rest = Counter(models.values()).most_common()
-    total = len(models)
-    if votes * 2 <= total:
-        return Consensus(None, votes, total, ())
-    dissent = tuple(sorted(a for a, h in models.items() if h != top))
-    return Consensus(top, votes, total, dissent)
+class Vote:
+    voter: str
+    model_hash: bytes
+    mask: bytes
 
 
 @dataclass
-class _Round:
-    opens_at: float
+class Round:
+    """One round as the rules see it."""
+
+    number: int
+    opens_at: float | None = None  # when its timeout clock started (None: not yet)
     closed_at: float | None = None
-    updates: list[UpdateCommit] = field(default_factory=list)
-    models: dict[str, bytes] = field(default_factory=dict)
+    updates: list[Update] = field(default_factory=list)
+    votes: dict[str, Vote] = field(default_factory=dict)  # voter (lower case) -> vote
+    decision: Decision | None = None
+    decided_at: float | None = None
+    final: Vote | None = None  # the finalized candidate (model hash, mask)
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+    def tally(self) -> dict[tuple[bytes, bytes], int]:
+        """Votes per candidate (model hash, mask)."""
+        out: dict[tuple[bytes, bytes], int] = {}
+        for v in self.votes.values():
+            key = (v.model_hash, v.mask)
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def excluded(self, mask: bytes) -> list[int]:
+        return excluded_positions(mask, len(self.updates))
+
+
+@dataclass
+class Member:
+    address: str
+    join_round: int
+    left: bool = False
+    last_update: int = -1  # the last round it committed an update for
+
+
+def finalizes_now(votes: int, set_size: int) -> bool:
+    """A candidate with a strict majority of the whole update set is finalized at once."""
+    return votes * 2 > set_size
+
+
+def wins_at_deadline(top: int, second: int, set_size: int, top_excluded: int) -> bool:
+    """At the vote deadline the unique top candidate wins with a strict majority of the
+    updates it used."""
+    return top > second and top * 2 > set_size - top_excluded
 
 
 class JobRounds:
-    """One job's rounds, mirroring the chain's rules from the events a node observes."""
+    """One job's rounds under the contract's rules (``now``: block time, non-decreasing)."""
 
-    def __init__(
-        self, rounds: int, min_updates: int, round_timeout: float, registered_at: float
-    ) -> None:
-        if rounds < 1 or min_updates < 1 or round_timeout <= 0:
-            raise RoundError("rounds and min_updates must be >= 1 and the timeout positive")
-        self.rounds = rounds
-        self.min_updates = min_updates
-        self.round_timeout = round_timeout
-        self.joined: list[str] = []
-        self.current = 0
+    def __init__(self, params: RoundParams, registered_at: float) -> None:
+        self.params = params
+        self.members: dict[str, Member] = {}
+        self.rounds: list[Round] = [Round(0, opens_at=registered_at)]
+        self.collecting = 0  # the round that accepts updates (== params.rounds when done)
         self.finished = False
         self.cancelled = False
-        self._rounds: list[_Round] = [_Round(opens_at=registered_at)]
 
-    # -- rule ------------------------------------------------------------------------------
+    # -- queries ----------------------------------------------------------------------------
 
-    def _rule(self, r: int, now: float) -> bool:
-        rd = self._rounds[r]
-        n = len(rd.updates)
-        return n >= self.min_updates and (
-            n >= len(self.joined) or now >= rd.opens_at + self.round_timeout
-        )
+    def round(self, r: int) -> Round:
+        if not 0 <= r < len(self.rounds):
+            raise RoundRuleError(f"round {r} has not started")
+        return self.rounds[r]
 
-    def is_closed(self, r: int, now: float) -> bool:
-        """Whether round r is closed at `now` (as the chain's views compute it)."""
-        if r < self.current or (self.finished and r < self.rounds):
-            return True
-        return r == self.current and self._rule(r, now)
+    @property
+    def voting(self) -> Round | None:
+        """The round being voted on, if any (always the one before the collecting round)."""
+        if self.collecting == 0:
+            return None
+        prev = self.rounds[self.collecting - 1]
+        return prev if prev.closed and prev.decision is None else None
 
-    def settle(self, now: float) -> list[int]:
-        """Record closure of the current round if the rule holds; returns rounds closed."""
-        closed = []
-        while not self.finished and not self.cancelled and self._rule(self.current, now):
-            closed.append(self.current)
-            self._close(self.current, now)
-        return closed
+    def eligible(self, r: int) -> list[str]:
+        """The members eligible for round r (in join order)."""
+        return [m.address for m in self.members.values() if m.join_round <= r and not m.left]
 
-    def _close(self, r: int, at: float) -> None:
-        self._rounds[r].closed_at = at
-        if r + 1 >= self.rounds:
-            self.finished = True
-            self.current = self.rounds
-        else:
-            self.current = r + 1
-            self._rounds.append(_Round(opens_at=at))
+    def is_eligible(self, address: str, r: int) -> bool:
+        m = self.members.get(address.lower())
+        return m is not None and not m.left and m.join_round <= r
 
-    # -- events ----------------------------------------------------------------------------
+    # -- membership -------------------------------------------------------------------------
 
-    def on_join(self, address: str, now: float) -> bool:
-        """A participant joined (settles first, as the contract's write does)."""
+    def join(self, address: str, now: float) -> int:
+        """A member joins; returns the first round it is eligible for."""
+        self.settle(now)
+        key = address.lower()
+        if self.finished or self.cancelled:
+            raise RoundRuleError("the job is not active")
+        if self.collecting > self.params.join_until:
+            raise RoundRuleError("joining has closed")
+        if key in self.members:
+            raise RoundRuleError(f"{address} already joined")
+        if sum(not m.left for m in self.members.values()) >= self.params.max_participants:
+            raise RoundRuleError("the job is full")
+        current = self.rounds[self.collecting]
+        first = self.collecting if not current.updates else self.collecting + 1
+        self.members[key] = Member(address, first)
+        return first
+
+    def leave(self, address: str, now: float) -> None:
+        self.settle(now)
+        m = self.members.get(address.lower())
+        if m is None or m.left:
+            raise RoundRuleError(f"{address} is not a member")
+        if m.last_update == self.collecting:
+            raise RoundRuleError("a member that committed in the collecting round cannot leave")
+        m.left = True
+        self._try_close(now)
+
+    # -- updates and votes ------------------------------------------------------------------
+
+    def commit(self, address: str, r: int, update_hash: bytes, samples: int, now: float) -> Update:
+        """An update for round r (raises `RoundRuleError` where the contract refuses it)."""
         self.settle(now)
         if self.finished or self.cancelled:
-            return False
-        key = address.lower()
-        if key not in (a.lower() for a in self.joined):
-            self.joined.append(address)
-        return True
+            raise RoundRuleError("the job is not active")
+        if r != self.collecting:
+            raise RoundRuleError(f"round {r} is not collecting (round {self.collecting} is)")
+        if not self.is_eligible(address, r):
+            raise RoundRuleError(f"{address} is not eligible for round {r}")
+        m = self.members[address.lower()]
+        if m.last_update == r:
+            raise RoundRuleError(f"{address} already committed in round {r}")
+        if not 1 <= samples <= self.params.max_samples:
+            raise RoundRuleError(f"samples must be in [1, {self.params.max_samples}]")
+        rd = self.rounds[r]
+        update = Update(address, bytes(update_hash), int(samples), len(rd.updates))
+        rd.updates.append(update)
+        m.last_update = r
+        self._try_close(now)
+        return update
 
-    def on_update(self, r: int, address: str, update_hash: bytes, samples: int, now: float) -> bool:
-        """An update commitment; False when the chain would refuse it (and it is ignored)."""
+    def vote(self, address: str, r: int, model_hash: bytes, mask: bytes, now: float) -> None:
+        """A vote on round r (raises `RoundRuleError` where the contract refuses it)."""
         self.settle(now)
-        if self.finished or self.cancelled or r != self.current or samples < 1:
-            return False
+        rd = self.voting
+        if rd is None or rd.number != r:
+            raise RoundRuleError(f"round {r} is not being voted on")
         key = address.lower()
-        if key not in (a.lower() for a in self.joined):
-            return False
-        rd = self._rounds[r]
-        if any(u.address.lower() == key for u in rd.updates):
-            return False
-        rd.updates.append(UpdateCommit(address, bytes(update_hash), int(samples)))
-        return True
+        mine = [u for u in rd.updates if u.author.lower() == key]
+        if not mine:
+            raise RoundRuleError(f"{address} has no update in round {r}")
+        if key in rd.votes:
+            raise RoundRuleError(f"{address} already voted on round {r}")
+        excluded = rd.excluded(mask)
+        if mine[0].position in excluded:
+            raise RoundRuleError("a vote cannot exclude the voter's own update")
+        rd.votes[key] = Vote(address, bytes(model_hash), bytes(mask))
+        if finalizes_now(rd.tally()[(bytes(model_hash), bytes(mask))], len(rd.updates)):
+            self._decide(rd, Decision.FINALIZED, now, rd.votes[key])
+            self._try_close(now)
 
-    def on_round_closed(self, r: int, closed_at: float) -> None:
-        """The chain says round r closed at `closed_at`; its word stands over our clock."""
-        if r < self.current:
-            return
-        if r != self.current:
-            raise RoundError(f"chain closed round {r} but round {self.current} is still open here")
-        if len(self._rounds[r].updates) < self.min_updates:
-            raise RoundError(
-                f"chain closed round {r} with fewer updates than seen here; missed update events"
-            )
-        self._close(r, closed_at)
-
-    def on_model(self, r: int, address: str, model_hash: bytes) -> bool:
-        """A model commitment for a closed round; one per participant."""
-        if r >= self.rounds or self.cancelled or not self.is_closed(r, float("-inf")):
-            return False
-        models = self._rounds[r].models
-        key = address.lower()
-        if key in models or key not in (a.lower() for a in self.joined):
-            return False
-        models[key] = bytes(model_hash)
-        return True
-
-    def on_cancel(self) -> None:
+    def cancel(self) -> None:
         self.cancelled = True
 
-    # -- queries ---------------------------------------------------------------------------
+    # -- time -------------------------------------------------------------------------------
 
-    def opens_at(self, r: int) -> float:
-        return self._rounds[r].opens_at
+    def settle(self, now: float) -> None:
+        """Apply every closure and decision that time alone has made due by ``now`` (what
+        the contract's `settle`, and the start of each of its writes, does). A round that
+        closes by its timeout closes at opens_at + round_timeout; one whose every eligible
+        member committed before its clock started closes when the clock starts; a vote
+        that reaches its deadline is decided at the deadline: recorded times never depend
+        on who settles or when."""
+        while True:
+            rd = self.voting
+            if rd is not None:
+                assert rd.closed_at is not None
+                deadline = rd.closed_at + self.params.vote_timeout
+                if now < deadline:
+                    return
+                self._decide_at_deadline(rd, deadline)
+                continue
+            if not self._try_close(now, lazy=True):
+                return
 
-    def closed_at(self, r: int) -> float | None:
-        return self._rounds[r].closed_at if r < len(self._rounds) else None
+    def _decide_at_deadline(self, rd: Round, deadline: float) -> None:
+        ranked = sorted(rd.tally().items(), key=lambda kv: kv[1], reverse=True)
+        top = ranked[0][1] if ranked else 0
+        second = ranked[1][1] if len(ranked) > 1 else 0
+        if ranked:
+            (model, mask), _ = ranked[0]
+            if wins_at_deadline(top, second, len(rd.updates), len(rd.excluded(mask))):
+                self._decide(rd, Decision.FINALIZED, deadline, Vote("", model, mask))
+                return
+        self._decide(rd, Decision.VOID, deadline, None)
 
-    def updates(self, r: int) -> tuple[UpdateCommit, ...]:
-        """The updates that count for round r, in chain order (final once r is closed)."""
-        return tuple(self._rounds[r].updates) if r < len(self._rounds) else ()
+    def _decide(self, rd: Round, decision: Decision, at: float, final: Vote | None) -> None:
+        rd.decision, rd.decided_at, rd.final = decision, at, final
+        if rd.number + 1 >= self.params.rounds:
+            self.finished = True
+        else:
+            self.rounds[rd.number + 1].opens_at = at
 
-    def consensus(self, r: int) -> Consensus:
-        """Majority model hash for round r, and who committed something else."""
-        return consensus_of(self._rounds[r].models if r < len(self._rounds) else {})
+    def _try_close(self, now: float, *, lazy: bool = False) -> bool:
+        """Close the collecting round if the rule holds at ``now``; True if it closed.
 
-    def diverged(self, r: int, my_hash: bytes) -> bool:
-        """True when a majority exists for r and `my_hash` is not it: raise the alarm."""
-        c = self.consensus(r)
-        return c.majority is not None and c.majority != bytes(my_hash)
+        A write (``lazy`` False) that completes the rule closes the round at ``now``;
+        `settle` closes it at the moment time alone completed it."""
+        c = self.collecting
+        if self.finished or self.cancelled or c >= self.params.rounds or self.voting is not None:
+            return False
+        rd = self.rounds[c]
+        if rd.opens_at is None:  # c-1 undecided: c's clock has not started
+            return False
+        n = len(rd.updates)
+        if n < self.params.min_updates:
+            return False
+        deadline = rd.opens_at + self.params.round_timeout
+        everyone = n >= len(self.eligible(c))
+        if not everyone and now < deadline:
+            return False
+        if not lazy:
+            rd.closed_at = now
+        else:
+            rd.closed_at = rd.opens_at if everyone else deadline
+        self.collecting = c + 1
+        if c + 1 < self.params.rounds:
+            self.rounds.append(Round(c + 1))
+        return True
 
-    def next_action(self, me: str, now: float) -> Action:
-        """What node `me` should do now: aggregate a closed round, train, wait, or stop."""
-        self.settle(now)
-        key = me.lower()
-        last = self.current if not self.finished else self.rounds
-        for r in range(last):
-            rd = self._rounds[r]
-            if key in (a.lower() for a in self.joined) and key not in rd.models:
-                return Aggregate(r, tuple(rd.updates))
-        if self.finished or self.cancelled:
-            return Done()
-        r = self.current
-        rd = self._rounds[r]
-        if key in (a.lower() for a in self.joined) and not any(
-            u.address.lower() == key for u in rd.updates
-        ):
-            return Train(r)
-        return Wait(r, rd.opens_at + self.round_timeout)
+    # -- what a member is to do ---------------------------------------------------------------
+
+    def model_after(self, r: int) -> tuple[Decision, Vote | None] | None:
+        """How round r ended (None while undecided)."""
+        rd = self.round(r)
+        return None if rd.decision is None else (rd.decision, rd.final)

@@ -20,12 +20,19 @@ import msgpack
 
 from gfl.errors import GflError
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 MAX_SPEC_BYTES = 64 * 1024
 _MAX_NAME = 128
 _MAX_DEPTH = 4
 
 TASKS = ("classification",)
+WEIGHTINGS = ("samples", "equal")
+MAX_PARTICIPANTS = (1 << 24) - 1
+MAX_TIMEOUT_S = 7 * 86400
+MAX_LIFETIME_S = 365 * 86400
+MAX_BOND_WEI = (1 << 96) - 1
+_ADMISSION_KEYS = frozenset({"allow", "bond"})
+_UNITS = {"wei": 1, "gwei": 10**9, "ether": 10**18, "eth": 10**18}
 
 
 class SpecError(GflError):
@@ -52,6 +59,55 @@ def _check_value(value: Any, where: str, depth: int = 0) -> Any:
             out[k] = _check_value(v, f"{where}.{k}", depth + 1)
         return dict(sorted(out.items()))
     raise SpecError(f"{where}: unsupported value {value!r} (use numbers, strings, lists, tables)")
+
+
+def parse_wei(value: Any, where: str = "admission.bond") -> int:
+    """An amount of ether: an integer number of wei, or a string ``"<number> <unit>"`` with
+    unit wei, gwei or ether (``"0.01 ether"``); exact, never through a float."""
+    from decimal import Decimal, InvalidOperation
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        wei = value
+    elif isinstance(value, str):
+        number, _, unit = value.strip().partition(" ")
+        scale = _UNITS.get(unit.strip().lower() or "wei")
+        try:
+            amount = Decimal(number) * (scale or 0)
+        except InvalidOperation:
+            amount = Decimal(-1)
+        if scale is None or amount != amount.to_integral_value():
+            raise SpecError(f'{where}: {value!r} is not an amount like "0.01 ether" or wei')
+        wei = int(amount)
+    else:
+        raise SpecError(f'{where}: {value!r} is not an amount like "0.01 ether" or wei')
+    if not 0 <= wei <= MAX_BOND_WEI:
+        raise SpecError(f"{where} must be between 0 and 2^96 - 1 wei")
+    return wei
+
+
+def _admission(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical admission table: ``allow`` as sorted lower-case addresses, ``bond`` as a
+    decimal string of wei (msgpack integers stop at 2^64)."""
+    unknown = sorted(set(value) - _ADMISSION_KEYS)
+    if unknown:
+        raise SpecError(f"admission has no setting(s) {', '.join(unknown)} (allow, bond)")
+    out: dict[str, Any] = {}
+    allow = value.get("allow", [])
+    if not isinstance(allow, list | tuple) or not all(isinstance(a, str) for a in allow):
+        raise SpecError("admission.allow must be a list of addresses")
+    addresses = set()
+    for a in allow:
+        hx = a.lower().removeprefix("0x")
+        if len(hx) != 40 or any(c not in "0123456789abcdef" for c in hx):
+            raise SpecError(f"admission.allow: {a!r} is not an address (0x and 40 hex digits)")
+        addresses.add("0x" + hx)
+    if len(addresses) > MAX_PARTICIPANTS:
+        raise SpecError("admission.allow is longer than any job may be")
+    if addresses:
+        out["allow"] = sorted(addresses)
+    if "bond" in value:
+        out["bond"] = str(parse_wei(value["bond"]))
+    return out
 
 
 def _sorted(obj: Any) -> Any:
@@ -84,15 +140,25 @@ class JobSpec:
     compression: str = "none"
     seed: int = 0
     trainer: str = "default"
+    weighting: str = "samples"
+    max_samples: int = 0  # cap on the samples one update may claim; required with "samples"
+    vote_timeout: int = 60
+    availability_timeout: int = 20
+    max_participants: int = 64
+    join_until: int = 1_000_000  # joins accepted while the collecting round is at most this
+    max_missed: int = 2
+    lifetime: int = 0  # seconds from registration to the job's deadline; 0: from the timeouts
+    admission: Mapping[str, Any] = field(default_factory=dict)
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        for name in ("model_kwargs", "optimizer_kwargs", "strategy_kwargs"):
+        for name in ("model_kwargs", "optimizer_kwargs", "strategy_kwargs", "admission"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
                 raise SpecError(f"{name} must be a table of settings, got {value!r}")
             set_(self, name, _check_value(value, name))
+        set_(self, "admission", _admission(self.admission))
         if isinstance(self.lr, int) and not isinstance(self.lr, bool):
             set_(self, "lr", float(self.lr))
         self._validate()
@@ -114,6 +180,7 @@ class JobSpec:
             "strategy",
             "compression",
             "trainer",
+            "weighting",
         ):
             v = getattr(self, f)
             need(
@@ -128,12 +195,39 @@ class JobSpec:
             ("rounds", 1, 1_000_000),
             ("local_epochs", 1, 10_000),
             ("batch_size", 1, 1 << 20),
-            ("min_updates", 1, 1 << 20),
-            ("round_timeout", 1, 365 * 86400),
+            ("max_participants", 1, MAX_PARTICIPANTS),
+            ("min_updates", 1, MAX_PARTICIPANTS),
+            ("round_timeout", 1, MAX_TIMEOUT_S),
+            ("vote_timeout", 1, MAX_TIMEOUT_S),
+            ("availability_timeout", 1, MAX_TIMEOUT_S),
+            ("max_samples", 0, 2**63 - 1),
+            ("join_until", 0, 1_000_000),
+            ("max_missed", 1, 255),
+            ("lifetime", 0, MAX_LIFETIME_S),
             ("seed", 0, 2**63 - 1),
         ):
             v = getattr(self, f)
             need(is_int(v) and lo <= v <= hi, f"{f} must be an integer in [{lo}, {hi}], got {v!r}")
+        need(
+            self.min_updates <= self.max_participants,
+            f"min_updates ({self.min_updates}) exceeds max_participants ({self.max_participants})",
+        )
+        need(
+            self.availability_timeout < self.vote_timeout,
+            "availability_timeout must be shorter than vote_timeout (the votes come after it)",
+        )
+        need(
+            self.weighting in WEIGHTINGS,
+            f"weighting {self.weighting!r} is unknown; known: {', '.join(WEIGHTINGS)}",
+        )
+        need(
+            self.weighting != "equal" or self.max_samples in (0, 1),
+            'with weighting = "equal" every update counts once: leave max_samples out',
+        )
+        need(
+            "max_samples" not in self.strategy_kwargs,
+            "max_samples is a job setting (the chain enforces it), not a strategy setting",
+        )
         need(
             isinstance(self.lr, float) and math.isfinite(self.lr) and self.lr > 0,
             f"lr must be a positive number, got {self.lr!r}",
@@ -183,6 +277,46 @@ class JobSpec:
 
     def __hash__(self) -> int:
         return int.from_bytes(self.spec_hash[:8], "big")
+
+    @property
+    def sample_cap(self) -> int:
+        """The most samples one update may claim on chain (1 with equal weighting)."""
+        return 1 if self.weighting == "equal" else self.max_samples
+
+    @property
+    def bond_wei(self) -> int:
+        return int(self.admission.get("bond", "0"))
+
+    @property
+    def allow_list(self) -> tuple[str, ...]:
+        return tuple(self.admission.get("allow", ()))
+
+    def publish_problems(self) -> list[str]:
+        """What a job must state before it can be registered (empty when nothing is missing)."""
+        out = []
+        if self.weighting == "samples" and not self.max_samples:
+            out.append(
+                "max_samples is required (the most samples one update may claim), "
+                'or set weighting = "equal"'
+            )
+        if not self.allow_list and not self.bond_wei:
+            out.append(
+                "the job needs an admission rule: [admission] allow = [addresses] and/or "
+                'bond = "0.01 ether" (an open job without a bond admits anyone for free)'
+            )
+        if self.allow_list and len(self.allow_list) < self.min_updates:
+            out.append(
+                f"min_updates ({self.min_updates}) exceeds the {len(self.allow_list)} "
+                "addresses admission.allow admits"
+            )
+        return out
+
+    def deadline_after(self, registered_at: int) -> int:
+        """The job's deadline for a registration at ``registered_at`` (unix seconds)."""
+        lifetime = self.lifetime or min(
+            MAX_LIFETIME_S, 2 * self.rounds * (self.round_timeout + self.vote_timeout) + 3600
+        )
+        return registered_at + lifetime
 
     @property
     def proximal_mu(self) -> float:

@@ -1,10 +1,12 @@
 """Job announcements: checking the ones we hear, repeating the ones we own.
 
-DESIGN.md's rule: a node trusts a gossiped job only if the chain holds a job with that id,
-its spec hash is sha256 of the announced bytes, and its owner signed the message. A spec
-that does not decode, or a replay of an announcement already refused, is dropped by the
-gossip validator and never forwarded; a new announcement is checked on chain once and the
-outcome cached (bounded), so replays and re-announcements cost no chain call.
+A node trusts a gossiped job only if the chain holds a job with that id, its spec hash is
+sha256 of the announced bytes, its owner signed the message, it is active, and its
+registered parameters are the spec's (docs/protocol.md, 2.4). All of it is checked inside
+the gossip validator, before the message is forwarded: a forgery is never relayed, so no
+node amplifies a flood. Verdicts are cached (bounded), so replays and re-announcements
+cost no chain call; a chain that does not answer in time means "not now" (not forwarded,
+not cached).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gfl.chain.errors import AnnouncementRejected, ChainError
 from gfl.fl.spec import JobSpec, SpecError
 from gfl.scheduler import messages
 from gfl.scheduler.ports import JobStatus
+from gfl.scheduler.registration import mismatch
 
 if TYPE_CHECKING:
     from gfl.chain.records import JobRecord
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REANNOUNCE_S = 5.0
+VALIDATE_TIMEOUT_S = 5.0  # a chain lookup inside the gossip validator waits at most this
 MAX_VERDICTS = 4096
 REFUSED_TTL_S = 60.0
 
@@ -107,11 +111,17 @@ class Announcements:
             return False
         return None
 
-    def validate(self, msg: GossipMessage) -> bool:
-        """Gossip validator (runs before a message is forwarded): cheap checks only."""
+    async def validate(self, msg: GossipMessage) -> bool:
+        """Gossip validator (runs before a message is forwarded): the whole check, the chain
+        lookup included (cached)."""
         if msg.payload.get("type") != "job":
             return False
-        return self._known_verdict(msg) is not False
+        verdict = self._known_verdict(msg)
+        if verdict is not None:
+            return verdict
+        with trio.move_on_after(VALIDATE_TIMEOUT_S):
+            return await self.verify(msg) is not None
+        return False
 
     async def verify(self, msg: GossipMessage) -> tuple[JobSpec, JobRecord] | None:
         """(spec, chain record) of a valid announcement, or None (counted as rejected)."""
@@ -135,7 +145,13 @@ class Announcements:
         except ChainError as exc:
             log.warning("cannot verify job %s now: %s", job_id.hex()[:10], exc)
             return None
-        self._verified[key] = (JobSpec.from_bytes(spec_bytes), rec)
+        spec = JobSpec.from_bytes(spec_bytes)
+        wrong = mismatch(spec, rec)
+        if wrong is not None:
+            self.reject("unverified", job_id=job_id.hex(), sender=msg.sender_address, detail=wrong)
+            self._refuse(key, "unverified")
+            return None
+        self._verified[key] = (spec, rec)
         while len(self._verified) > MAX_VERDICTS:
             self._verified.popitem(last=False)
         return self._verified[key]

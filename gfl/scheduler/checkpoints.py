@@ -50,6 +50,20 @@ class Checkpoints:
         """Store M_r (+ strategy state) and return M_r's hash."""
         return self.save_with_frame(r, params, extra)[0]
 
+    def _read(self, r: int) -> tuple[bytes, bytes]:
+        raw = self.path(r).read_bytes()
+        n = int.from_bytes(raw[:8], "big")
+        return raw[8 : 8 + n], raw[8 + n :]
+
+    def load(self, r: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bytes]:
+        """(M_r, the strategy's state, hash(M_r)) of checkpoint r (raises if unreadable)."""
+        model, state = self._read(r)
+        return decode_frame(model), (decode_params(state) if state else {}), blob_hash(model)
+
+    def frame(self, r: int) -> bytes:
+        """M_r's frame: the model blob peers fetch (its sha256 is the model hash)."""
+        return self._read(r)[0]
+
     def latest(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], bytes] | None:
         """(r, M_r, state, hash(M_r)) of the newest readable checkpoint, or None."""
         if not self.root.exists():

@@ -83,11 +83,20 @@ class NetExchange:
         self._publish = publish
         self._nursery = nursery
 
-    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes:
+    async def publish(
+        self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
+    ) -> bytes:
         blobs = self._network.blobs
         h: bytes = await trio.to_thread.run_sync(lambda: blobs.put(data, tag=self._tag))
-        msg = messages.blob_announcement(kind, self._job_id, r, h, len(data), samples)
+        msg = messages.blob_announcement(kind, self._job_id, r, h, len(data), samples, signature)
         await self._publish(messages.round_topic(self._job_id), msg)
+        self._nursery.start_soon(self._provide, h)
+        return h
+
+    async def hold(self, data: bytes) -> bytes:
+        """Store a blob and provide it without announcing it on gossip (M_0)."""
+        blobs = self._network.blobs
+        h: bytes = await trio.to_thread.run_sync(lambda: blobs.put(data, tag=self._tag))
         self._nursery.start_soon(self._provide, h)
         return h
 

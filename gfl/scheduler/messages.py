@@ -8,14 +8,17 @@ after checking its bytes against the hash committed on chain.
 
 - ``job``: ``job_id`` (32 bytes), ``spec`` (canonical spec bytes, ≤ 64 KiB).
 - ``update`` / ``model``: ``job_id``, ``round``, ``hash`` (32 bytes, sha256 of
-  the blob), ``size`` (bytes), ``samples`` (updates only). The sender holds
-  the blob and serves it over the blob protocol.
+  the blob), ``size`` (bytes); updates also ``samples`` and ``sig``, the author's
+  signed statement for (chain, registry, job, round, hash) that the contract accepts
+  as evidence of equivocation. The sender holds the blob and serves it over the
+  blob protocol.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from gfl.content import MAX_BLOB_BYTES
 from gfl.fl.spec import MAX_SPEC_BYTES
 from gfl.net.gossip import JOBS_TOPIC, round_topic
 from gfl.net.messages import register_schema
@@ -30,9 +33,9 @@ __all__ = [
     "round_topic",
 ]
 
-VERSION = 1
-MAX_BLOB_BYTES = 1 << 30
+VERSION = 2
 MAX_ROUND = 1_000_000
+SIGNATURE_BYTES = 65
 
 
 def _b32(v: Any) -> bool:
@@ -59,12 +62,14 @@ def check_job(msg: dict[str, Any]) -> bool:
 
 def check_update(msg: dict[str, Any]) -> bool:
     return (
-        _keys(msg, "job_id", "round", "hash", "size", "samples")
+        _keys(msg, "job_id", "round", "hash", "size", "samples", "sig")
         and _b32(msg["job_id"])
         and _uint(msg["round"], MAX_ROUND)
         and _b32(msg["hash"])
         and _uint(msg["size"], MAX_BLOB_BYTES)
         and _uint(msg["samples"], 2**63 - 1)
+        and isinstance(msg["sig"], bytes)
+        and len(msg["sig"]) == SIGNATURE_BYTES
     )
 
 
@@ -83,11 +88,19 @@ def job_announcement(job_id: bytes, spec: bytes) -> dict[str, Any]:
 
 
 def blob_announcement(
-    kind: str, job_id: bytes, rnd: int, h: bytes, size: int, samples: int = 0
+    kind: str, job_id: bytes, rnd: int, h: bytes, size: int, samples: int = 0, sig: bytes = b""
 ) -> dict[str, Any]:
-    msg = {"v": VERSION, "type": kind, "job_id": job_id, "round": rnd, "hash": h, "size": size}
+    msg: dict[str, Any] = {
+        "v": VERSION,
+        "type": kind,
+        "job_id": job_id,
+        "round": rnd,
+        "hash": h,
+        "size": size,
+    }
     if kind == "update":
         msg["samples"] = samples
+        msg["sig"] = sig
     return msg
 
 

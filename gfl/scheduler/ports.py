@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gfl.errors import GflError
 from gfl.fl.data import ArrayDataset
+
+if TYPE_CHECKING:
+    from gfl.chain.records import JobRecord
+    from gfl.scheduler.joblog import JobLog
 
 
 class JobStatus(enum.StrEnum):
@@ -26,6 +30,7 @@ class JobStatus(enum.StrEnum):
     ACTIVE = "active"
     FINISHED = "finished"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
     ERROR = "error"
 
     @property
@@ -50,27 +55,22 @@ class LedgerUnavailable(GflError):
 
 
 @dataclass(frozen=True)
-class LedgerJob:
-    """A job as the chain holds it now."""
+class Ballot:
+    """A vote: the model hash a member computed for a round, and the mask of the round's
+    update positions it excluded (empty when it used them all)."""
 
-    status: JobStatus
-    rounds: int
-    min_updates: int
-    round_timeout: int
-    current_round: int
-    joined: tuple[str, ...]
+    round: int
+    model_hash: bytes
+    mask: bytes = b""
 
 
 @dataclass(frozen=True)
-class LedgerRound:
-    """One round as the chain holds it now: its updates and model commitments in chain order."""
+class JobState:
+    """A job as the chain holds it now: the contract's hot state and the job's history."""
 
-    round: int
-    opens_at: float
-    closed_at: float | None
-    closed: bool
-    updates: tuple[tuple[str, bytes, int], ...]  # (participant, hash, samples)
-    models: tuple[tuple[str, bytes], ...]  # (participant, model hash)
+    record: JobRecord
+    log: JobLog
+    now: float  # this node's estimate of chain time (block times are wall-clock seconds)
 
 
 class Ledger(Protocol):
@@ -80,23 +80,37 @@ class Ledger(Protocol):
 
     address: str
 
-    async def job(self) -> LedgerJob: ...
-
-    async def round(self, r: int) -> LedgerRound: ...
+    async def sync(self) -> JobState: ...
 
     async def join(self) -> None: ...
 
-    async def commit_update(self, r: int, update_hash: bytes, samples: int) -> None: ...
+    async def commit(
+        self, r: int, update_hash: bytes, samples: int, ballot: Ballot | None = None
+    ) -> None: ...
 
-    async def commit_model(self, r: int, model_hash: bytes) -> None: ...
+    async def vote(self, ballot: Ballot) -> None: ...
 
     async def settle(self) -> None: ...
+
+    async def eject(self, member: str) -> None: ...
+
+    async def eject_withholder(self, member: str, final: Ballot) -> None: ...
+
+    async def slash_dissenter(self, member: str, theirs: Ballot, final: Ballot) -> None: ...
+
+    async def report_equivocation(
+        self, r: int, first: tuple[bytes, bytes], second: tuple[bytes, bytes]
+    ) -> None: ...
+
+    def sign_update(self, r: int, update_hash: bytes) -> bytes: ...
 
 
 class Exchange(Protocol):
     """Blob storage and transfer for one job."""
 
-    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes: ...
+    async def publish(
+        self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
+    ) -> bytes: ...
 
     async def fetch(
         self, blob: bytes, owner: str | None, max_size: int, timeout: float

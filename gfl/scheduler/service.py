@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gfl.content import MAX_BLOB_BYTES
+from gfl.content import MAX_BLOB_BYTES, content_hash
 from gfl.errors import GflError
-from gfl.fl.rounds import consensus_of
 from gfl.fl.spec import JobSpec
-from gfl.scheduler import messages
+from gfl.scheduler import audit, messages
 from gfl.scheduler.announcements import Announcements
 from gfl.scheduler.chain_watch import watch_chain
 from gfl.scheduler.checkpoints import Checkpoints
@@ -32,7 +31,8 @@ from gfl.scheduler.exchange import NetExchange, PeerBook
 from gfl.scheduler.ledger import ChainLedger
 from gfl.scheduler.policy import JoinPolicy
 from gfl.scheduler.ports import JobRole, JobStatus
-from gfl.scheduler.runner import WOKEN_POLL_S, JobRunner
+from gfl.scheduler.registration import job_params
+from gfl.scheduler.runner import WOKEN_POLL_S, ChainPlace, JobRunner
 from gfl.scheduler.sources import DataSources
 from gfl.scheduler.views import JobNotFound, JobViews
 
@@ -72,6 +72,7 @@ class ServiceSettings:
 class RunningJob:
     job_id: bytes
     spec: JobSpec
+    ledger: ChainLedger
     runner: JobRunner | None = None  # built once the job's nursery and data exist
 
     def poke(self) -> None:
@@ -295,32 +296,38 @@ class JobService:
     # -- chain events -----------------------------------------------------------------------------
 
     def _on_chain_events(self, events: Sequence[ChainEvent]) -> None:
+        by_job: dict[bytes, list[ChainEvent]] = {}
         for ev in events:
-            running = self.running.get(ev.job_id)
-            if running is not None and running.runner is not None:
-                if ev.name == "ModelCommitted":
-                    running.runner.model_committed(int(ev.args.get("round", 0)))
-                running.runner.poke()
+            by_job.setdefault(ev.job_id, []).append(ev)
             self._store_chain_event(ev)
+        for job_id, evs in by_job.items():
+            running = self.running.get(job_id)
+            if running is not None:
+                running.ledger.feed(evs)
+                running.poke()
 
     def _store_chain_event(self, ev: ChainEvent) -> None:
+        """Keep what the API shows of a job's history (the chain stays the authority)."""
         hx = ev.job_id.hex()
         if self.store.job(hx) is None:
             return
-        if ev.name == "JobCancelled":
-            self.store.update_job(hx, status=JobStatus.CANCELLED)
-        if ev.name in ("UpdateCommitted", "ModelCommitted"):
-            a = ev.args
-            kind = "update" if ev.name == "UpdateCommitted" else "model"
-            h = a.get("updateHash") or a.get("modelHash") or b""
+        a = ev.args
+        if ev.name in ("JobCancelled", "JobExpired"):
+            status = JobStatus.CANCELLED if ev.name == "JobCancelled" else JobStatus.EXPIRED
+            self.store.update_job(hx, status=status)
+        elif ev.name == "UpdateCommitted":
             self.store.add_commitment(
                 hx,
-                int(a.get("round", 0)),
-                kind,
-                ev.block_number * 10_000 + ev.log_index,
-                a.get("participant", ""),
-                bytes(h).hex(),
-                int(a.get("samples", 0)),
+                int(a["round"]),
+                "update",
+                ev.seq,
+                a["author"],
+                bytes(a["updateHash"]).hex(),
+                int(a["samples"]),
+            )
+        elif ev.name == "Voted":
+            self.store.add_commitment(
+                hx, int(a["round"]), "model", ev.seq, a["voter"], bytes(a["modelHash"]).hex()
             )
 
     # -- running ----------------------------------------------------------------------------------
@@ -333,7 +340,8 @@ class JobService:
                 job_id.hex(), status=JobStatus.ERROR, error=f"no dataset {spec.dataset!r}"
             )
             return
-        running = RunningJob(job_id, spec)
+        ledger = ChainLedger(self.registry, job_id, self._call, allow=spec.allow_list)
+        running = RunningJob(job_id, spec, ledger)
         self.running[job_id] = running
         nursery.start_soon(self._run, nursery, running)
 
@@ -351,7 +359,7 @@ class JobService:
                     running.runner = JobRunner(
                         job_id=hx,
                         spec=running.spec,
-                        ledger=ChainLedger(self.registry, job_id, self._call),
+                        ledger=running.ledger,
                         exchange=NetExchange(
                             self.network, self.book, job_id, self._gossip, nursery
                         ),
@@ -360,6 +368,10 @@ class JobService:
                         train_limiter=self.train_limiter,
                         emit=self._emit,
                         record=self._record(hx),
+                        place=ChainPlace(
+                            self.registry.chain_id,
+                            bytes.fromhex(self.registry.registry_address.removeprefix("0x")),
+                        ),
                         device=self.settings.device,
                         poll_s=WOKEN_POLL_S,  # chain events wake it
                     )
@@ -408,17 +420,21 @@ class JobService:
     async def publish_job(self, spec: JobSpec, *, participate: bool = True) -> dict[str, Any]:
         """Register `spec` on chain, announce it, and (if we have the data) take part."""
         chain = self._registry()
+        problems = spec.publish_problems()
+        if problems:
+            raise JobError("; ".join(problems))
         spec_bytes = spec.to_bytes()
-        job_id = await self._call(chain.make_job_id, spec.spec_hash, secrets.token_bytes(32))
-        await self._call(
-            chain.register_job,
-            job_id,
-            spec.spec_hash,
-            spec.rounds,
-            spec.min_updates,
-            spec.round_timeout,
+        # M_0 is made once, here, and registered by hash: every node starts from these bytes
+        frame = await trio.to_thread.run_sync(_initial_frame, spec)
+        params = job_params(spec, spec.deadline_after(int(time.time())))
+        job_id, _tx = await self._call(
+            chain.register_job, secrets.token_bytes(32), spec.spec_hash, content_hash(frame), params
         )
         hx = job_id.hex()
+        blobs = self.network.blobs
+        model0 = await trio.to_thread.run_sync(lambda: blobs.put(frame, tag=hx))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._provide, model0)
         join = participate and spec.dataset in self.sources
         self.store.add_job(
             hx,
@@ -438,6 +454,12 @@ class JobService:
             self._start(self._nursery, job_id, spec)
         return self.views.summary(hx)
 
+    async def _provide(self, h: bytes) -> None:
+        try:
+            await self.network.provide(h)
+        except GflError as exc:
+            log.debug("DHT provide failed: %s", exc)
+
     async def cancel_job(self, ref: str) -> dict[str, Any]:
         row = self.views.row(ref)
         await self._call(self._registry().cancel_job, bytes.fromhex(row.job_id))
@@ -448,40 +470,70 @@ class JobService:
         return self.views.summary(row.job_id)
 
     async def verify_rounds(self, ref: str) -> list[dict[str, Any]]:
-        """Compare every finished round's model hash here with what the chain holds."""
+        """Each round this node recorded, against what the chain decided (its events, checked
+        against the contract's running hash)."""
         row = self.views.row(ref)
-        chain = self._registry()
         jid = bytes.fromhex(row.job_id)
+        running = self.running.get(jid)
+        ledger = running.ledger if running is not None else None
+        if ledger is None:
+            ledger = ChainLedger(self._registry(), jid, self._call)
+        try:
+            state = await ledger.sync()
+        except GflError as exc:
+            raise JobError(f"cannot read job 0x{row.job_id[:10]} from the chain: {exc}") from None
         out = []
         for r in self.store.rounds(row.job_id):
-            rec = await self._call(chain.get_round, jid, r["round"])
-            top = consensus_of({m.participant: m.model_hash for m in rec.models}).majority
-            majority = top.hex() if top is not None else None
-            for seq, m in enumerate(rec.models):  # chain order, as the chain returns them
-                self.store.add_commitment(
-                    row.job_id,
-                    r["round"],
-                    "model",
-                    seq,
-                    m.participant,
-                    m.model_hash.hex(),
-                    replace=True,
-                )
-                self.store.mark_verified(
-                    row.job_id, r["round"], "model", m.participant, m.model_hash.hex() == majority
-                )
+            rd = state.log.rounds.get(r["round"])
+            final = rd.final.model_hash.hex() if rd is not None and rd.final is not None else None
+            decision = rd.decision.value if rd is not None and rd.decision is not None else None
+            local = r.get("model_hash")
             out.append(
                 {
                     "round": r["round"],
-                    "closed": rec.closed,
-                    "updates": len(rec.updates),
-                    "model_commitments": len(rec.models),
-                    "chain_majority": majority,
-                    "local_model": r.get("model_hash"),
-                    "verified": majority is not None and majority == r.get("model_hash"),
+                    "closed": rd is not None and rd.closed,
+                    "updates": len(rd.updates) if rd is not None else 0,
+                    "votes": len(rd.votes) if rd is not None else 0,
+                    "decision": decision,
+                    "chain_model": final,
+                    "local_model": local,
+                    "dissenters": rd.dissenters() if rd is not None else [],
+                    "verified": final is not None and final == local,
                 }
             )
         return out
+
+    async def bundle(self, ref: str) -> dict[str, Any]:
+        """What ``gfl job export`` writes: the manifest, the spec bytes, and the blobs a
+        verifier needs (with whether this node holds each)."""
+        row = self.views.row(ref)
+        jid = bytes.fromhex(row.job_id)
+        chain = self._registry()
+        running = self.running.get(jid)
+        ledger = running.ledger if running is not None else ChainLedger(chain, jid, self._call)
+        try:
+            state = await ledger.sync()
+        except GflError as exc:
+            raise JobError(f"cannot read job 0x{row.job_id[:10]} from the chain: {exc}") from None
+        spec = JobSpec.from_bytes(row.spec)
+        manifest = audit.bundle_manifest(
+            chain_id=chain.chain_id,
+            registry=chain.registry_address,
+            job_id=jid,
+            spec=spec,
+            joblog=state.log,
+        )
+        needed = audit.blobs_needed(state.log)
+        return {
+            "manifest": manifest,
+            "spec": row.spec.hex(),
+            "blobs": [{"hash": h.hex(), "held": self.network.blobs.has(h)} for h in needed],
+        }
+
+    def blob(self, h: bytes) -> bytes | None:
+        """A stored blob by hash (checked), for export."""
+        data: bytes | None = self.network.blobs.get(h)
+        return data
 
     # read models, as the API asks for them
     def jobs(self) -> list[dict[str, Any]]:
@@ -495,6 +547,14 @@ class JobService:
 
     def status(self) -> dict[str, Any]:
         return {"ready": self.ready, "running": len(self.running), **self.views.counts()}
+
+
+def _initial_frame(spec: JobSpec) -> bytes:
+    """M_0's blob: the model the spec describes, initialised from its seed on this machine."""
+    from gfl.fl.codec import encode_frame
+    from gfl.fl.trainer import initial_params
+
+    return encode_frame(initial_params(spec))
 
 
 def _touch_training() -> None:

@@ -117,7 +117,7 @@ def low_rank_update(rows=384, cols=512, rank=6, noise=0.05, seed=1):
 def header_kinds(blob):
     raw = zstandard.ZstdDecompressor().decompress(blob)
     (hlen,) = struct.unpack_from("<I", raw, 5)
-    return {e[1]: e[0] for e in msgpack.unpackb(raw[9 : 9 + hlen])}
+    return {e[1]: e[0] for e in msgpack.unpackb(raw[9 : 9 + hlen])[1]}
 
 
 def test_int8_low_rank_coding_sends_fewer_bytes_for_the_same_values():
@@ -165,7 +165,7 @@ def test_bad_low_rank_factors_are_one_codec_error():
     blob = encode_params({"w": low_rank_update()}, "int8")
     raw = bytearray(zstandard.ZstdDecompressor().decompress(blob))
     (hlen,) = struct.unpack_from("<I", raw, 5)
-    (entry,) = msgpack.unpackb(raw[9 : 9 + hlen])
+    (entry,) = msgpack.unpackb(raw[9 : 9 + hlen])[1]
     kind, name, dstr, shape, block, lens = entry
     payload = bytes(raw[9 + hlen :])
     scales, factors, values = (
@@ -193,8 +193,8 @@ def test_bad_low_rank_factors_are_one_codec_error():
             decode_params(with_factors(f))
 
 
-def frame(entries, v=1, payload=b""):
-    header = msgpack.packb(entries, use_bin_type=True)
+def frame(entries, v=2, payload=b"", meta=None):
+    header = msgpack.packb([meta or {}, entries], use_bin_type=True)
     raw = b"GFLP" + struct.pack("<BI", v, len(header)) + header + payload
     return zstandard.ZstdCompressor(level=1).compress(raw)
 
@@ -233,7 +233,25 @@ def test_rejects_oversized_declarations_before_allocating():
         with pytest.raises(CodecError):
             decode_params(frame(bad, payload=b"\0" * 8))
     with pytest.raises(CodecError, match="version"):
-        decode_params(frame([], v=2))
+        decode_params(frame([], v=1))
+
+
+def test_an_update_frame_names_its_author_and_a_model_frame_nothing():
+    from gfl.fl.codec import UpdateMeta, decode_frame, decode_update, encode_frame
+
+    meta = UpdateMeta(
+        chain=31337, registry=b"r" * 20, job=b"j" * 32, round=3, author=b"a" * 20, base=b"b" * 32
+    )
+    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    got, got_meta = decode_update(encode_params(params, "int8", meta=meta))
+    assert got_meta == meta and got["w"].shape == (2, 3)
+    assert decode_update(encode_params(params))[1] is None
+    with pytest.raises(CodecError, match="meta"):
+        decode_frame(encode_frame(params, meta=meta))  # a model carries no author
+    with pytest.raises(CodecError, match="meta"):  # a partial meta map is refused
+        decode_params(frame([["n", "w", "<f4", [1], 0, [4]]], payload=b"\0" * 4, meta={"round": 1}))
+    with pytest.raises(CodecError, match="author"):
+        UpdateMeta(chain=1, registry=b"r" * 20, job=b"j" * 32, round=0, author=b"a", base=b"b" * 32)
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,98 +1,188 @@
+"""The round rules as pure logic (gfl/fl/rounds.py): the contract's rules, said in Python.
+
+tests/chain/test_rules_mirror.py runs the same sequences against the real contract.
+"""
+
+from __future__ import annotations
+
 import pytest
 
-from gfl.fl.rounds import Aggregate, Done, JobRounds, RoundError, Train, Wait
+from gfl.fl.rounds import (
+    Decision,
+    JobRounds,
+    RoundParams,
+    RoundRuleError,
+    excluded_positions,
+    mask_bytes,
+)
 
-A, B, C = "0xA", "0xB", "0xC"
-
-
-def job(rounds=2, m=2, timeout=100.0, members=(A, B, C)):
-    j = JobRounds(rounds, m, timeout, registered_at=0.0)
-    for a in members:
-        assert j.on_join(a, 0.0)
-    return j
-
-
-def test_closes_when_everyone_committed():
-    j = job()
-    assert j.next_action(A, 1) == Train(0)
-    assert j.on_update(0, A, b"a", 10, 1)
-    assert j.on_update(0, B, b"b", 5, 2)
-    assert not j.is_closed(0, 3)
-    assert isinstance(j.next_action(A, 3), Wait)
-    assert j.on_update(0, C, b"c", 1, 4)
-    assert j.is_closed(0, 4)
-    act = j.next_action(A, 4)
-    assert isinstance(act, Aggregate) and act.round == 0
-    assert [u.address for u in act.updates] == [A, B, C]  # chain order
-    assert j.current == 1 and j.opens_at(1) == 4 and j.closed_at(0) == 4
+A, B, C, D = ("0xa" + "0" * 39, "0xb" + "0" * 39, "0xc" + "0" * 39, "0xd" + "0" * 39)
+H1, H2, H3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
 
 
-def test_timeout_closes_only_with_min_updates_and_late_updates_are_refused():
-    j = job(m=2, timeout=100)
-    j.on_update(0, A, b"a", 1, 10)
-    assert not j.is_closed(0, 500)  # timeout passed but only 1 < m updates
-    j.on_update(0, B, b"b", 1, 501)  # settles first: still open, then counts
-    assert j.is_closed(0, 501) and j.settle(501) == [0]
-    assert not j.on_update(0, C, b"c", 1, 502)  # round 0 closed: refused
-    assert [u.address for u in j.updates(0)] == [A, B]
+def _job(members=(A, B, C), **kw) -> JobRounds:
+    params = RoundParams(
+        rounds=kw.pop("rounds", 3),
+        min_updates=kw.pop("min_updates", 2),
+        round_timeout=kw.pop("round_timeout", 100),
+        vote_timeout=kw.pop("vote_timeout", 50),
+        max_samples=kw.pop("max_samples", 1000),
+        **kw,
+    )
+    job = JobRounds(params, registered_at=0)
+    for m in members:
+        job.join(m, 0)
+    return job
 
 
-def test_refusals_mirror_the_chain():
-    j = job()
-    assert not j.on_update(0, "0xD", b"d", 1, 1)  # not joined
-    assert j.on_update(0, A, b"a", 1, 1)
-    assert not j.on_update(0, A.lower(), b"a2", 1, 2)  # already committed (case-insensitive)
-    assert not j.on_update(1, B, b"b", 1, 2)  # not the current round
-    assert not j.on_update(0, B, b"b", 0, 2)  # no samples
-    assert not j.on_model(0, A, b"m")  # round not closed
+def test_masks_round_trip_and_refuse_non_canonical_forms():
+    assert mask_bytes([], 5) == b""
+    assert mask_bytes([0, 9], 10) == bytes([0b1, 0b10])
+    assert excluded_positions(bytes([0b1, 0b10]), 10) == [0, 9]
+    with pytest.raises(RoundRuleError):
+        excluded_positions(bytes([0]), 5)  # excludes nothing: must be empty
+    with pytest.raises(RoundRuleError):
+        excluded_positions(bytes([0b100000]), 5)  # a bit past the set
+    with pytest.raises(RoundRuleError):
+        excluded_positions(bytes([1, 0]), 5)  # too long
+    with pytest.raises(RoundRuleError):
+        mask_bytes([5], 5)
 
 
-def test_models_majority_and_divergence():
-    j = job(rounds=1)
-    for a, h in ((A, b"a"), (B, b"b"), (C, b"c")):
-        j.on_update(0, a, h, 1, 1)
-    assert j.is_closed(0, 1) and not j.finished  # closure is lazy, as on chain
-    assert j.settle(1) == [0] and j.finished
-    assert j.on_model(0, A, b"M") and j.on_model(0, B, b"X")
-    assert not j.on_model(0, A, b"M")
-    assert j.consensus(0).majority is None  # 1 vs 1: no majority yet
-    assert j.on_model(0, C, b"M")
-    c = j.consensus(0)
-    assert c.majority == b"M" and c.votes == 2 and c.total == 3 and c.dissenters == ("0xb",)
-    assert j.diverged(0, b"X") and not j.diverged(0, b"M")
-    assert j.next_action(A, 5) == Done()
+def test_a_round_closes_when_every_eligible_member_committed():
+    job = _job()
+    for i, m in enumerate((A, B)):
+        job.commit(m, 0, bytes([i + 1]) * 32, 10, now=1)
+    assert not job.round(0).closed
+    job.commit(C, 0, H3, 10, now=2)
+    assert job.round(0).closed_at == 2 and job.collecting == 1 and job.voting is not None
 
 
-def test_full_job_flow_and_finish():
-    j = job(rounds=2, m=1, timeout=10, members=(A, B))
-    j.on_update(0, A, b"a", 1, 1)
-    assert isinstance(j.next_action(B, 2), Train)
-    act = j.next_action(A, 11)  # B never committed: the timeout closes round 0
-    assert isinstance(act, Aggregate) and [u.address for u in act.updates] == [A]
-    j.on_model(0, A, b"M1")
-    assert j.next_action(A, 11) == Train(1)
-    assert j.on_update(1, A, b"a", 1, 12) and j.on_update(1, B, b"b", 1, 13)
-    assert j.is_closed(1, 13)
-    assert not j.on_update(1, B, b"b2", 1, 14) and not j.on_join("0xD", 14)
-    assert j.finished
-    assert isinstance(j.next_action(A, 14), Aggregate)
-    j.on_model(1, A, b"M2")
-    assert j.next_action(A, 14) == Done()
+def test_a_round_closes_by_its_timeout_at_the_timeout_whoever_settles():
+    job = _job()
+    job.commit(A, 0, H1, 10, now=1)
+    job.commit(B, 0, H2, 10, now=2)
+    job.settle(500)  # settled late: still recorded at opens_at + round_timeout
+    assert job.round(0).closed_at == 100
 
 
-def test_chain_verdict_overrides_local_clock():
-    j = job(m=1, timeout=100)
-    j.on_update(0, A, b"a", 1, 1)
-    assert not j.is_closed(0, 50)
-    j.on_round_closed(0, 50.0)  # the chain's clock ran ahead of ours
-    assert j.current == 1 and j.opens_at(1) == 50.0
-    j.on_round_closed(0, 60.0)  # replayed event: ignored
-    with pytest.raises(RoundError):
-        j.on_round_closed(1, 70.0)  # closed with 0 < m updates: we missed events
+def test_below_min_updates_a_round_waits_past_its_timeout_and_closes_with_the_next_update():
+    job = _job(min_updates=2)
+    job.commit(A, 0, H1, 10, now=1)
+    job.settle(300)
+    assert not job.round(0).closed
+    job.commit(B, 0, H2, 10, now=301)
+    assert job.round(0).closed_at == 301  # the write that completed the rule
 
 
-def test_cancel_stops_everything():
-    j = job()
-    j.on_cancel()
-    assert not j.on_update(0, A, b"a", 1, 1)
-    assert j.next_action(A, 1) == Done()
+def test_a_strict_majority_of_the_update_set_finalizes_at_once():
+    job = _job()
+    for m, h in zip((A, B, C), (H1, H2, H3), strict=True):
+        job.commit(m, 0, h, 10, now=1)
+    job.vote(A, 0, b"M" * 32, b"", now=3)
+    assert job.round(0).decision is None
+    job.vote(B, 0, b"M" * 32, b"", now=4)
+    rd = job.round(0)
+    assert rd.decision is Decision.FINALIZED and rd.decided_at == 4
+    assert job.round(1).opens_at == 4  # the next round's clock starts at the decision
+
+
+def test_only_contributors_vote_once_before_the_deadline_and_never_exclude_themselves():
+    job = _job(members=(A, B, C, D))
+    for m, h in zip((A, B, C), (H1, H2, H3), strict=True):
+        job.commit(m, 0, h, 10, now=1)
+    job.settle(100)  # D never committed: closed by the timeout
+    with pytest.raises(RoundRuleError, match="no update"):
+        job.vote(D, 0, b"M" * 32, b"", now=101)
+    with pytest.raises(RoundRuleError, match="own update"):
+        job.vote(A, 0, b"M" * 32, mask_bytes([0], 3), now=101)
+    job.vote(A, 0, b"M" * 32, b"", now=101)
+    with pytest.raises(RoundRuleError, match="already voted"):
+        job.vote(A, 0, b"M" * 32, b"", now=102)
+    job.settle(100 + 50)  # the deadline: one vote of three, no majority of the set...
+    # ...but the unique top with a majority of the updates it used wins? 1 * 2 > 3: no
+    assert job.round(0).decision is Decision.VOID
+    with pytest.raises(RoundRuleError):
+        job.vote(B, 0, b"M" * 32, b"", now=151)
+
+
+def test_at_the_deadline_the_unique_top_wins_over_the_updates_it_used():
+    """Withholders that never vote cannot stall a round: the honest candidate that excludes
+    them wins at the deadline with a majority of what it used."""
+    job = _job(members=(A, B, C, D), min_updates=4)
+    for m, h in zip((A, B, C, D), (H1, H2, H3, b"\x04" * 32), strict=True):
+        job.commit(m, 0, h, 10, now=1)
+    withheld = mask_bytes([2, 3], 4)
+    job.vote(A, 0, b"M" * 32, withheld, now=5)
+    job.vote(B, 0, b"M" * 32, withheld, now=6)
+    assert job.round(0).decision is None  # 2 of 4: not a majority of the set
+    job.settle(1 + 50)
+    assert job.round(0).decision is Decision.FINALIZED
+    assert job.round(0).final is not None and job.round(0).final.mask == withheld
+
+
+def test_a_tie_at_the_deadline_leaves_the_round_void_and_the_model_unchanged():
+    job = _job(members=(A, B, C, D), min_updates=4)
+    for m, h in zip((A, B, C, D), (H1, H2, H3, b"\x04" * 32), strict=True):
+        job.commit(m, 0, h, 10, now=1)
+    job.vote(A, 0, b"M" * 32, b"", now=2)
+    job.vote(B, 0, b"M" * 32, b"", now=2)
+    job.vote(C, 0, b"N" * 32, b"", now=2)
+    job.vote(D, 0, b"N" * 32, b"", now=2)
+    job.settle(60)
+    assert job.round(0).decision is Decision.VOID and job.round(1).opens_at == 51
+
+
+def test_next_round_updates_arrive_before_the_vote_and_its_clock_starts_at_the_decision():
+    job = _job()
+    for m, h in zip((A, B, C), (H1, H2, H3), strict=True):
+        job.commit(m, 0, h, 10, now=1)
+    job.commit(A, 1, H1, 10, now=2)  # a pre-open update of round 1
+    assert job.round(1).opens_at is None
+    job.commit(B, 1, H2, 10, now=3)
+    job.commit(C, 1, H3, 10, now=3)
+    assert not job.round(1).closed  # round 0 is not decided yet
+    job.vote(A, 0, b"M" * 32, b"", now=4)
+    job.vote(B, 0, b"M" * 32, b"", now=5)
+    # round 0 decided at 5: round 1 opens and, complete already, closes at once
+    assert job.round(1).closed_at == 5
+
+
+def test_mid_round_joiners_count_from_the_next_round():
+    job = _job(members=(A, B))
+    job.commit(A, 0, H1, 10, now=1)
+    assert job.join(C, now=2) == 1
+    with pytest.raises(RoundRuleError, match="not eligible"):
+        job.commit(C, 0, H3, 10, now=3)
+    job.commit(B, 0, H2, 10, now=3)
+    assert job.round(0).closed_at == 3  # C did not count for round 0
+
+
+def test_samples_are_capped_and_the_job_ends_after_its_last_round():
+    job = _job(rounds=1, max_samples=5)
+    with pytest.raises(RoundRuleError, match="samples"):
+        job.commit(A, 0, H1, 6, now=1)
+    with pytest.raises(RoundRuleError, match="samples"):
+        job.commit(A, 0, H1, 0, now=1)
+    for m, h in zip((A, B, C), (H1, H2, H3), strict=True):
+        job.commit(m, 0, h, 5, now=1)
+    for m in (A, B):
+        job.vote(m, 0, b"M" * 32, b"", now=2)
+    assert job.finished
+    with pytest.raises(RoundRuleError):
+        job.commit(A, 1, H1, 5, now=3)
+
+
+def test_joining_is_bounded_by_the_job():
+    job = _job(members=(), max_participants=2, join_until=0, min_updates=1)
+    job.join(A, 0)
+    job.join(B, 0)
+    with pytest.raises(RoundRuleError, match="full"):
+        job.join(C, 0)
+    with pytest.raises(RoundRuleError, match="already"):
+        job.join(A, 0)
+    job.leave(B, 1)
+    job.commit(A, 0, H1, 10, now=2)
+    job.settle(200)
+    with pytest.raises(RoundRuleError, match="closed"):
+        job.join(C, 201)

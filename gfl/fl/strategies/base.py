@@ -12,7 +12,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,13 +37,30 @@ class ClientUpdate:
     update: Mapping[str, np.ndarray]
 
 
+def reject_reason(
+    global_params: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]
+) -> str | None:
+    """Why an update cannot be aggregated into this model (None when it can): other
+    parameter names or shapes, or non-finite values. Every node decides the same."""
+    if set(update) != set(global_params):
+        return "parameter names differ from the model"
+    for name, g in global_params.items():
+        d = np.asarray(update[name])
+        if d.shape != np.shape(g):
+            return f"shape of {name} differs"
+        if d.dtype.kind == "f" and not np.isfinite(d).all():
+            return f"non-finite values in {name}"
+    return None
+
+
 def canonical(
     global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
 ) -> list[ClientUpdate]:
     """Sort by address and drop updates that do not fit the model (same decision on every node).
 
-    A dropped update (wrong names or shapes, non-finite values, no samples, duplicate address)
-    is logged; if none is left StrategyError is raised.
+    A dropped update (see `reject_reason`; also no samples or a duplicate address) is logged;
+    if none is left StrategyError is raised. The node excludes such updates before, in the
+    round's mask, so that nothing is dropped here silently.
     """
     seen: set[str] = set()
     ok: list[ClientUpdate] = []
@@ -54,17 +71,8 @@ def canonical(
             reason = "duplicate address"
         elif not isinstance(u.num_samples, int) or u.num_samples <= 0:
             reason = "no samples"
-        elif set(u.update) != set(global_params):
-            reason = "parameter names differ from the model"
         else:
-            for name, g in global_params.items():
-                d = np.asarray(u.update[name])
-                if d.shape != np.shape(g):
-                    reason = f"shape of {name} differs"
-                    break
-                if d.dtype.kind == "f" and not np.isfinite(d).all():
-                    reason = f"non-finite values in {name}"
-                    break
+            reason = reject_reason(global_params, u.update)
         if reason:
             log.warning("ignoring update from %s: %s", u.address, reason)
             continue
@@ -133,8 +141,8 @@ def num(
     return float(v)
 
 
-# settings every strategy takes: FedProx's client-side mu, and the cap on claimed samples
-COMMON_SETTINGS = frozenset({"mu", "max_samples"})
+# a setting every strategy takes: FedProx's client-side mu (the clients' proximal term)
+COMMON_SETTINGS = frozenset({"mu"})
 
 
 class Strategy(ABC):
@@ -152,22 +160,13 @@ class Strategy(ABC):
         if unknown:
             raise StrategyError(f"strategy {self.name} has no setting(s) {', '.join(unknown)}")
         self.kwargs = dict(kwargs)
-        cap = kwargs.get("max_samples", 0)
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise StrategyError(f"strategy setting max_samples must be an integer >= 0: {cap!r}")
-        self.max_samples = cap
 
     def aggregate(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> Params:
-        """The next global model from the current one and the round's updates.
-
-        With `max_samples` set, no update weighs more than that many samples: a participant
-        cannot outweigh the others by claiming a huge local dataset.
-        """
+        """The next global model from the current one and the round's updates (their sample
+        counts are capped on chain by the job's ``max_samples``)."""
         ups = canonical(global_params, updates)
-        if self.max_samples:
-            ups = [replace(u, num_samples=min(u.num_samples, self.max_samples)) for u in ups]
         return apply_delta(global_params, self.aggregate_delta(global_params, ups))
 
     @abstractmethod

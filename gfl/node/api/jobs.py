@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -109,6 +110,20 @@ async def job_report(request: Request) -> Response:
     return Response(body, media_type=media)
 
 
+async def job_bundle(request: Request) -> dict[str, Any]:
+    return await _service(request).bundle(_job_id(request))
+
+
+async def get_blob(request: Request) -> Response:
+    raw = str(request.path_params.get("hash", "")).lower().removeprefix("0x")
+    if len(raw) != 64 or any(c not in "0123456789abcdef" for c in raw):
+        raise ApiError("a blob hash is 64 hex digits", 404)
+    data = await trio.to_thread.run_sync(_service(request).blob, bytes.fromhex(raw))
+    if data is None:
+        raise ApiError(f"this node holds no blob {raw[:16]}…", 404)
+    return Response(data, media_type="application/octet-stream")
+
+
 def job_endpoints() -> list[Endpoint]:
     """The job routes, added by the job service."""
     job = {"type": "object"}
@@ -161,6 +176,43 @@ def job_endpoints() -> list[Endpoint]:
             tag="jobs",
             errors=(404,),
             path_params=(_JOB_ID,),
+        ),
+        Endpoint(
+            "GET",
+            "/jobs/{job_id}/bundle",
+            job_bundle,
+            "What a verifier needs: the job's rounds as the chain decided them, its spec, "
+            "and the hashes of the blobs to fetch (GET /blobs/{hash})",
+            {
+                "type": "object",
+                "required": ["manifest", "spec", "blobs"],
+                "properties": {
+                    "manifest": {"type": "object"},
+                    "spec": {"type": "string"},
+                    "blobs": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            tag="jobs",
+            errors=(404,),
+            path_params=(_JOB_ID,),
+        ),
+        Endpoint(
+            "GET",
+            "/blobs/{hash}",
+            get_blob,
+            "A blob this node holds, by its sha256",
+            {"type": "string", "format": "binary"},
+            media_type="application/octet-stream",
+            tag="jobs",
+            errors=(404,),
+            path_params=(
+                Param(
+                    "hash",
+                    {"type": "string", "pattern": "^(0x)?[0-9a-fA-F]{64}$"},
+                    "sha256 of the blob (hex)",
+                    required=True,
+                ),
+            ),
         ),
         Endpoint(
             "GET",

@@ -1,0 +1,225 @@
+"""Verifying a job after the fact, by anyone: from its exported bundle and the chain alone.
+
+A bundle (``gfl job export``) is a folder: ``bundle.json`` (the job's chain coordinates and,
+round by round, the update set and the decision), ``spec.msgpack`` (the canonical spec
+bytes) and ``blobs/<sha256 hex>`` (M_0, every update the finalized rounds used, every
+finalized model). The verifier trusts none of it: it reads the job's events from a chain
+endpoint, checks them against the contract's running hash, and re-derives every round —
+the updates each finalized vote used, checked like a node checks them, aggregated with the
+job's strategy — comparing each model hash with the one the chain finalized.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gfl.content import content_hash
+from gfl.errors import GflError
+from gfl.fl.codec import decode_frame, encode_frame
+from gfl.fl.rounds import Decision, excluded_positions
+from gfl.fl.spec import JobSpec
+from gfl.scheduler import aggregation
+from gfl.scheduler.joblog import JobLog
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gfl.chain.records import ChainEvent
+
+BUNDLE_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+SPEC_FILE = "spec.msgpack"
+BLOBS_DIR = "blobs"
+
+
+class BundleError(GflError):
+    """A bundle is missing, malformed or incomplete."""
+
+
+@dataclass
+class RoundVerdict:
+    round: int
+    decision: str | None
+    chain_model: str | None
+    derived_model: str | None = None
+    ok: bool = False
+    problem: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "decision": self.decision,
+            "chain_model": self.chain_model,
+            "derived_model": self.derived_model,
+            "verified": self.ok,
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class Verdict:
+    """The whole job: every round re-derived, or the first reason it could not be."""
+
+    job_id: str
+    rounds: list[RoundVerdict] = field(default_factory=list)
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem and all(r.ok for r in self.rounds)
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def bundle_manifest(
+    *,
+    chain_id: int,
+    registry: str,
+    job_id: bytes,
+    spec: JobSpec,
+    joblog: JobLog,
+) -> dict[str, Any]:
+    """``bundle.json``'s content: the job's chain coordinates and its rounds."""
+    rounds = []
+    for r in sorted(joblog.rounds):
+        rd = joblog.rounds[r]
+        rounds.append(
+            {
+                "round": r,
+                "updates": [
+                    {
+                        "author": u.author,
+                        "hash": u.update_hash.hex(),
+                        "samples": u.samples,
+                        "position": u.position,
+                    }
+                    for u in rd.updates
+                ],
+                "decision": rd.decision.value if rd.decision else None,
+                "model": rd.final.model_hash.hex() if rd.final else None,
+                "mask": rd.final.mask.hex() if rd.final else None,
+            }
+        )
+    return {
+        "version": BUNDLE_VERSION,
+        "chain_id": chain_id,
+        "registry": registry,
+        "job_id": job_id.hex(),
+        "owner": joblog.owner,
+        "spec_hash": spec.spec_hash.hex(),
+        "model0": joblog.model0_hash.hex(),
+        "log_seq": joblog.seq,
+        "log_head": joblog.head.hex(),
+        "rounds": rounds,
+    }
+
+
+def blobs_needed(joblog: JobLog) -> list[bytes]:
+    """Every blob a verifier needs: M_0, the updates finalized rounds used, finalized models."""
+    out = [joblog.model0_hash]
+    for r in sorted(joblog.rounds):
+        rd = joblog.rounds[r]
+        if rd.decision is not Decision.FINALIZED or rd.final is None:
+            continue
+        excluded = set(excluded_positions(rd.final.mask, len(rd.updates)))
+        out += [u.update_hash for u in rd.updates if u.position not in excluded]
+        out.append(rd.final.model_hash)
+    return list(dict.fromkeys(out))
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        manifest: dict[str, Any] = json.loads((folder / BUNDLE_FILE).read_text())
+    except OSError as exc:
+        raise BundleError(f"no bundle in {folder}: {exc.strerror}") from None
+    except ValueError:
+        raise BundleError(f"{folder / BUNDLE_FILE} is not JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{folder / BUNDLE_FILE} is not a bundle of version {BUNDLE_VERSION}")
+    for key in ("chain_id", "registry", "job_id"):
+        if key not in manifest:
+            raise BundleError(f"{folder / BUNDLE_FILE} lacks {key!r}")
+    return manifest
+
+
+def _blob(folder: Path, h: bytes) -> bytes | None:
+    path = folder / BLOBS_DIR / h.hex()
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if content_hash(data) == h else None
+
+
+def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
+    """Re-derive every round of the job from the bundle in ``folder`` and ``events`` (the
+    job's events as the chain holds them, already checked against its running hash)."""
+    verdict = Verdict(job_id.hex())
+    joblog = JobLog(job_id)
+    joblog.apply(events)
+    try:
+        spec = JobSpec.from_bytes((folder / SPEC_FILE).read_bytes())
+    except OSError as exc:
+        verdict.problem = f"the bundle has no spec: {exc.strerror}"
+        return verdict
+    except GflError as exc:
+        verdict.problem = f"the bundle's spec is unusable: {exc}"
+        return verdict
+    if spec.spec_hash != joblog.spec_hash:
+        verdict.problem = "the bundle's spec is not the one the chain registered"
+        return verdict
+    frame = _blob(folder, joblog.model0_hash)
+    if frame is None:
+        verdict.problem = "the bundle lacks M_0 (or it does not match the registered hash)"
+        return verdict
+    manifest = read_manifest(folder)
+    ctx_base = (int(manifest["chain_id"]), bytes.fromhex(str(manifest["registry"])[2:]))
+    params: dict[str, np.ndarray] = decode_frame(frame)
+    state: dict[str, np.ndarray] = {}
+    model_hash = joblog.model0_hash
+    for r in sorted(joblog.rounds):
+        rd = joblog.rounds[r]
+        if rd.decision is None:
+            break
+        rv = RoundVerdict(
+            r, rd.decision.value, rd.final.model_hash.hex() if rd.final is not None else None
+        )
+        verdict.rounds.append(rv)
+        if rd.decision is Decision.VOID:
+            rv.derived_model, rv.ok = model_hash.hex(), True
+            continue
+        if rd.final is None:
+            rv.problem = "the finalized candidate matches no vote in the events"
+            return verdict
+        excluded = set(excluded_positions(rd.final.mask, len(rd.updates)))
+        ctx = aggregation.Context(ctx_base[0], ctx_base[1], job_id, r, model_hash)
+        arrays = {}
+        for u in rd.updates:
+            if u.position in excluded:
+                continue
+            blob = _blob(folder, u.update_hash)
+            if blob is None:
+                rv.problem = f"the bundle lacks the update at position {u.position}"
+                return verdict
+            checked = aggregation.check_update(blob, u, ctx, params)
+            if isinstance(checked, str):
+                rv.problem = f"the finalized vote used an invalid update ({u.position}): {checked}"
+                return verdict
+            arrays[u.position] = checked
+        skipped = dict.fromkeys(excluded, "excluded by the finalized vote")
+        model = aggregation.aggregate(spec, params, state, rd.updates, arrays, skipped)
+        derived = content_hash(encode_frame(model.params))
+        rv.derived_model = derived.hex()
+        rv.ok = derived == rd.final.model_hash
+        if not rv.ok:
+            rv.problem = "the re-derived model differs from the one the chain finalized"
+            return verdict
+        params, state, model_hash = model.params, model.state, derived
+    return verdict

@@ -1,0 +1,114 @@
+"""What any member does for the job beyond its own rounds: settle deadlines that passed, and
+put the evidence the chain can check on chain (withholders, dissenters, idle members).
+
+Anyone may do each of these; to keep every node from paying for the same transaction, each
+decided round names one member to act — the lowest address among the voters of the
+finalized candidate — and the others only follow. A refusal (someone was first) is normal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gfl.errors import GflError
+from gfl.fl.rounds import Decision, excluded_positions
+from gfl.scheduler.ports import Ballot, JobState, Ledger
+
+if TYPE_CHECKING:
+    from gfl.fl.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+SETTLE_EVERY_S = 2.0  # at most one settle transaction per job this often
+
+
+class Duties:
+    """One job's housekeeping on this node."""
+
+    def __init__(self, ledger: Ledger, me: str, event: Callable[..., None]) -> None:
+        self._ledger = ledger
+        self._me = me.lower()
+        self._event = event
+        self._last_settle = -1e18
+        self._evidence_done: set[int] = set()  # rounds whose evidence was handled
+        self._ejected: set[str] = set()
+
+    async def perform(self, st: JobState, spec: JobSpec) -> None:
+        await self._settle_if_due(st)
+        for r, rd in sorted(st.log.rounds.items()):
+            if rd.decision is not None and r not in self._evidence_done:
+                self._evidence_done.add(r)
+                await self._evidence(st, r)
+        await self._eject_idle(st)
+
+    async def _try(self, what: str, call: Callable[[], Any]) -> None:
+        try:
+            await call()
+        except GflError as exc:  # refused (someone was first) or unavailable: not ours to fix
+            log.debug("%s: %s", what, exc)
+
+    async def _settle_if_due(self, st: JobState) -> None:
+        rec, now = st.record, st.now
+        due = (rec.voting and rec.closed_at and now >= rec.closed_at + rec.params.vote_timeout) or (
+            not rec.voting
+            and rec.opens_at
+            and rec.updates >= rec.params.min_updates
+            and now >= rec.opens_at + rec.params.round_timeout
+        )
+        if due and time.monotonic() - self._last_settle >= SETTLE_EVERY_S:
+            self._last_settle = time.monotonic()
+            await self._try("settle", self._ledger.settle)
+
+    async def _evidence(self, st: JobState, r: int) -> None:
+        """Round r was decided: if this node is its designated member, eject the withholders
+        the finalized mask names and slash the voters of another model for the same mask."""
+        rd = st.log.rounds[r]
+        if rd.decision is not Decision.FINALIZED or rd.final is None:
+            return
+        final = Ballot(r, rd.final.model_hash, rd.final.mask)
+        backers = sorted(
+            a
+            for a, v in rd.votes.items()
+            if (v.model_hash, v.mask) == (final.model_hash, final.mask)
+        )
+        if not backers or backers[0] != self._me:
+            return
+        for pos in excluded_positions(final.mask, len(rd.updates)):
+            author = rd.updates[pos].author
+            self._event("withholder", round=r, member=author, position=pos)
+            await self._try(
+                "eject withholder", lambda a=author: self._ledger.eject_withholder(a, final)
+            )
+        for _, v in sorted(rd.votes.items()):
+            if v.mask == final.mask and v.model_hash != final.model_hash:
+                theirs = Ballot(r, v.model_hash, v.mask)
+                self._event("dissenter_reported", round=r, member=v.voter)
+                await self._try(
+                    "slash dissenter",
+                    lambda m=v.voter, t=theirs: self._ledger.slash_dissenter(m, t, final),
+                )
+
+    async def _eject_idle(self, st: JobState) -> None:
+        """While the collecting round waits on its clock, eject members that missed the
+        job's ``max_missed`` rounds in a row (the contract checks; the designated member is
+        the lowest address that committed to the round)."""
+        rec = st.record
+        c = rec.round
+        rd = st.log.rounds.get(c)
+        if rec.voting or not rec.opens_at or rd is None or not rd.updates:
+            return
+        if min(u.author.lower() for u in rd.updates) != self._me:
+            return
+        missed = rec.params.max_missed
+        for key, m in st.log.members.items():
+            if not m.active or key in self._ejected or rd.update_of(m.address) is not None:
+                continue
+            last = st.log.last_update_round(m.address)
+            since = max(m.join_round, (last + 1) if last is not None else m.join_round)
+            if c - since >= missed:
+                self._ejected.add(key)
+                self._event("idle_member", member=m.address, since=since)
+                await self._try("eject", lambda a=m.address: self._ledger.eject(a))
