@@ -16,34 +16,41 @@ from gfl.content import content_hash
 from gfl.errors import GflError
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from gfl.cli.jobs import _client
+def export_bundle(client: Any, job_id: str, out: Path) -> tuple[str, int, list[str]]:
+    """Write job ``job_id``'s bundle from the node behind ``client`` into ``out``; returns
+    (the full job id, blobs written, hashes of the blobs the node does not hold)."""
     from gfl.scheduler.audit import BLOBS_DIR, BUNDLE_FILE, SPEC_FILE
 
-    out = Path(args.output)
     try:
         (out / BLOBS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GflError(f"cannot write the bundle to {out}: {exc.strerror}") from None
-    with _client(args) as client:
-        bundle = client.bundle(args.job_id)
-        missing = []
-        for entry in bundle["blobs"]:
-            h = bytes.fromhex(entry["hash"])
-            path = out / BLOBS_DIR / entry["hash"]
-            if path.exists() and content_hash(path.read_bytes()) == h:
-                continue
-            if not entry["held"]:
-                missing.append(entry["hash"])
-                continue
-            data = client.blob(entry["hash"])
-            if content_hash(data) != h:
-                raise GflError(f"the node sent blob {entry['hash'][:16]}… with other bytes")
-            path.write_bytes(data)
+    bundle = client.bundle(job_id)
+    missing = []
+    for entry in bundle["blobs"]:
+        h = bytes.fromhex(entry["hash"])
+        path = out / BLOBS_DIR / entry["hash"]
+        if path.exists() and content_hash(path.read_bytes()) == h:
+            continue
+        if not entry["held"]:
+            missing.append(entry["hash"])
+            continue
+        data = client.blob(entry["hash"])
+        if content_hash(data) != h:
+            raise GflError(f"the node sent blob {entry['hash'][:16]}… with other bytes")
+        path.write_bytes(data)
     (out / SPEC_FILE).write_bytes(bytes.fromhex(bundle["spec"]))
     (out / BUNDLE_FILE).write_text(json.dumps(bundle["manifest"], indent=1) + "\n")
-    n = len(bundle["blobs"]) - len(missing)
-    print(f"bundle of job {bundle['manifest']['job_id'][:16]}… in {out}: {n} blobs")
+    return bundle["manifest"]["job_id"], len(bundle["blobs"]) - len(missing), missing
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gfl.cli.jobs import _client
+
+    out = Path(args.output)
+    with _client(args) as client:
+        job_id, written, missing = export_bundle(client, args.job_id, out)
+    print(f"bundle of job {job_id[:16]}… in {out}: {written} blobs")
     if missing:
         print(
             f"{len(missing)} blobs this node does not hold (an archive node keeps them all): "
