@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from gfl.chain import Registry, deploy_registry, open_chain
+from gfl.chain import ContractRevert, JobParams, Registry, deploy_registry, open_chain
+from gfl.chain.proofs import spec_hash_of
 from gfl.chain.devchain import (
     ANVIL_DEV_KEY,
     EMBEDDED_DEV_KEY,
@@ -25,6 +26,9 @@ from gfl.chain.devchain import (
 )
 from gfl.identity import NodeIdentity
 
+#: Small enough that a test account pays many bonds, large enough to see in a balance.
+BOND = 10**15
+MODEL0 = b"\x0e" * 32
 BACKENDS = ["embedded", "served", pytest.param("anvil", marks=pytest.mark.anvil)]
 
 
@@ -99,3 +103,35 @@ def chain(request: pytest.FixtureRequest) -> Iterator[ChainEnv]:
     yield env
     for registry in opened:
         registry.close()
+
+
+def job_params(registry: Registry, **overrides: object) -> JobParams:
+    """Test defaults: 2 rounds of up to 8 members, 2 updates, a day to live."""
+    fields: dict[str, object] = {
+        "rounds": 2,
+        "min_updates": 2,
+        "max_participants": 8,
+        "round_timeout": 600,
+        "vote_timeout": 300,
+        "deadline": registry.chain_time() + 86_400,
+        "bond": BOND,
+    }
+    fields.update(overrides)
+    return JobParams(**fields)  # type: ignore[arg-type]
+
+
+def new_job(owner: Registry, *, spec: bytes | None = None, **overrides: object) -> bytes:
+    """Register a job of `owner` (a fresh salt and spec unless given); returns its id."""
+    spec_hash = spec_hash_of(spec if spec is not None else os.urandom(16))
+    job_id, _ = owner.register_job(os.urandom(32), spec_hash, MODEL0, job_params(owner, **overrides))
+    return job_id
+
+
+def refused(name: str):  # noqa: ANN201 - a pytest.raises context
+    """Expect the registry to refuse with custom error `name`."""
+    return pytest.raises(ContractRevert, match=rf"\b{name}\(")
+
+
+def h(n: int) -> bytes:
+    """A recognisable 32-byte hash."""
+    return bytes([n]) * 32
