@@ -243,7 +243,8 @@ contract JobRegistry {
     event JobExpired(bytes32 indexed jobId, uint64 seq, uint32 at);
     event Withdrawn(bytes32 indexed jobId, address indexed member, uint64 seq, uint96 amount);
 
-    error InvalidParameter(string field, uint256 value, uint256 min, uint256 max);
+    /// `field` is the parameter's name, as text left-aligned in 32 bytes.
+    error InvalidParameter(bytes32 field, uint256 value, uint256 min, uint256 max);
     error JobExists(bytes32 jobId);
     error UnknownJob(bytes32 jobId);
     error JobNotActive(bytes32 jobId, Status status);
@@ -1156,7 +1157,7 @@ contract JobRegistry {
         if (p.allowRoot == 0) _bound("bond", p.bond, 1, type(uint96).max);
     }
 
-    function _bound(string memory field, uint256 value, uint256 min, uint256 max) private pure {
+    function _bound(bytes32 field, uint256 value, uint256 min, uint256 max) private pure {
         if (value < min || value > max) revert InvalidParameter(field, value, min, max);
     }
 

@@ -41,6 +41,9 @@ class ContractRevert(ChainError):
     def __init__(self, name: str, args: dict[str, Any] | None = None) -> None:
         self.name = name
         self.args_dict: dict[str, Any] = dict(args or {})
+        field = self.args_dict.get("field")
+        if name == "InvalidParameter" and isinstance(field, bytes):
+            self.args_dict["field"] = field.rstrip(b"\0").decode("ascii", "replace")
         shown = ", ".join(f"{k}={_show(v)}" for k, v in self.args_dict.items())
         why = _explain(name, self.args_dict)
         super().__init__(

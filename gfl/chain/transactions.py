@@ -262,9 +262,10 @@ class TxSender:
 
 
 def _lacks_funds(exc: BaseException) -> bool:
-    """anvil and geth say "insufficient funds", py-evm "does not have enough balance"."""
+    """anvil and geth say "insufficient funds", py-evm "does not have enough balance" or
+    "cannot afford txn gas"."""
     message = str(exc).lower()
-    return "insufficient funds" in message or "enough balance" in message
+    return any(s in message for s in ("insufficient funds", "enough balance", "cannot afford"))
 
 
 _EXPECTED_NONCE = re.compile(r"expected (\d+), but got (\d+)")

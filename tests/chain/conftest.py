@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import pytest
 
 from gfl.chain import ContractRevert, JobParams, Registry, deploy_registry, open_chain
-from gfl.chain.proofs import spec_hash_of
 from gfl.chain.devchain import (
     ANVIL_DEV_KEY,
     EMBEDDED_DEV_KEY,
@@ -24,12 +23,22 @@ from gfl.chain.devchain import (
     serve_embedded,
     start_anvil,
 )
+from gfl.chain.proofs import spec_hash_of
 from gfl.identity import NodeIdentity
 
 #: Small enough that a test account pays many bonds, large enough to see in a balance.
 BOND = 10**15
 MODEL0 = b"\x0e" * 32
 BACKENDS = ["embedded", "served", pytest.param("anvil", marks=pytest.mark.anvil)]
+
+
+def set_balance(url: str, address: str, wei: int) -> None:
+    """anvil_setBalance: fund an account without a transaction."""
+    from web3 import HTTPProvider, Web3
+
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
+    response = w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
+    assert "error" not in response, response
 
 
 def require_anvil() -> str:
@@ -90,11 +99,14 @@ def chain(request: pytest.FixtureRequest) -> Iterator[ChainEnv]:
             key = EMBEDDED_DEV_KEY
         url = server.url
         deployer = NodeIdentity.generate()
-        fund(url, key, [deployer.eth_address], 10**20)
+        fund(url, key, [deployer.eth_address], 10**18)
         address = deploy_registry(url, deployer, timeout=10)
 
         def make(identity: NodeIdentity) -> Registry:
-            fund(url, key, [identity.eth_address], 10**20)
+            if backend == "anvil":  # anvil mints: no dev account drained by many tests
+                set_balance(url, identity.eth_address, 10**20)
+            else:
+                fund(url, key, [identity.eth_address], 10**20)
             registry = open_chain(url, identity, registry_address=address, timeout=10)
             opened.append(registry)
             return registry
@@ -123,11 +135,13 @@ def job_params(registry: Registry, **overrides: object) -> JobParams:
 def new_job(owner: Registry, *, spec: bytes | None = None, **overrides: object) -> bytes:
     """Register a job of `owner` (a fresh salt and spec unless given); returns its id."""
     spec_hash = spec_hash_of(spec if spec is not None else os.urandom(16))
-    job_id, _ = owner.register_job(os.urandom(32), spec_hash, MODEL0, job_params(owner, **overrides))
+    job_id, _ = owner.register_job(
+        os.urandom(32), spec_hash, MODEL0, job_params(owner, **overrides)
+    )
     return job_id
 
 
-def refused(name: str):  # noqa: ANN201 - a pytest.raises context
+def refused(name: str):  # a pytest.raises context
     """Expect the registry to refuse with custom error `name`."""
     return pytest.raises(ContractRevert, match=rf"\b{name}\(")
 
