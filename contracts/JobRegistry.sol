@@ -606,8 +606,8 @@ contract JobRegistry {
         v.logHash = uint192(x.logHash);
     }
 
-    function member(bytes32 jobId, address account) public view returns (MemberView memory) {
-        return _view(_loadMember(jobId, account));
+    function member(bytes32 jobId, address account) external view returns (MemberView memory) {
+        return _view(account, _members[jobId][account]);
     }
 
     /// @notice Members in join order, `limit` (at most MAX_PAGE) from `offset`; and how
@@ -622,8 +622,11 @@ contract JobRegistry {
         if (offset >= total) return (new MemberView[](0), total);
         uint256 end = offset + limit > total ? total : offset + limit;
         page = new MemberView[](end - offset);
+        mapping(uint256 => address) storage at = _memberAt[jobId];
+        mapping(address => uint256) storage slots = _members[jobId];
         for (uint256 i = offset; i < end; ++i) {
-            page[i - offset] = member(jobId, _memberAt[jobId][i]);
+            address account = at[i];
+            page[i - offset] = _view(account, slots[account]);
         }
     }
 
@@ -1127,17 +1130,21 @@ contract JobRegistry {
             | m.voteKey << 152 | (m.withdrawn ? 1 << 248 : 0);
     }
 
-    function _view(Mem memory m) private pure returns (MemberView memory v) {
-        v.account = m.account;
-        v.status = m.status;
-        v.withdrawn = m.withdrawn;
-        v.joinRound = uint32(m.joinRound);
-        v.lastRound = m.lastRound == 0 ? NO_ROUND : uint32(m.lastRound - 1);
-        v.lastPosition = uint32(m.lastPos);
-        v.prevRound = m.prevRound == 0 ? NO_ROUND : uint32(m.prevRound - 1);
-        v.prevPosition = uint32(m.prevPos);
-        v.voteRound = m.voteRound == 0 ? NO_ROUND : uint32(m.voteRound - 1);
-        v.voteKey = bytes10(uint80(m.voteKey));
+    /// A member's slot as its view, decoded straight from storage (pages stay cheap).
+    function _view(address account, uint256 s) private pure returns (MemberView memory v) {
+        uint256 last = s >> 32 & _M24;
+        uint256 prev = s >> 80 & _M24;
+        uint256 voted = s >> 128 & _M24;
+        v.account = account;
+        v.status = MemberStatus(uint8(s));
+        v.withdrawn = s >> 248 != 0;
+        v.joinRound = uint32(s >> 8 & _M24);
+        v.lastRound = last == 0 ? NO_ROUND : uint32(last - 1);
+        v.lastPosition = uint32(s >> 56 & _M24);
+        v.prevRound = prev == 0 ? NO_ROUND : uint32(prev - 1);
+        v.prevPosition = uint32(s >> 104 & _M24);
+        v.voteRound = voted == 0 ? NO_ROUND : uint32(voted - 1);
+        v.voteKey = bytes10(uint80(s >> 152));
     }
 
     // ---------------------------------------------------------------- pure

@@ -156,6 +156,38 @@ class JobRecord:
     log_seq: int
     log_hash: bytes
 
+    @classmethod
+    def from_view(cls, job_id: bytes, v: dict[str, Any]) -> JobRecord:
+        """From the contract's JobView, by field name."""
+        return cls(
+            job_id=job_id,
+            owner=v["owner"],
+            bond=v["bond"],
+            spec_hash=bytes(v["specHash"]),
+            model0_hash=bytes(v["model0Hash"]),
+            params=JobParams.from_tuple(v["params"]),
+            status=JobStatus(v["status"]),
+            round=v["round"],
+            updates=v["updates"],
+            opens_at=v["opensAt"],
+            eligible=v["eligible"],
+            closed_at=v["closedAt"],
+            closed_updates=v["closedUpdates"],
+            top_votes=v["topVotes"],
+            second_votes=v["secondVotes"],
+            top_excluded=v["topExcluded"],
+            voting=v["voting"],
+            dissent=v["dissent"],
+            top_prefix=bytes(v["topPrefix"]),
+            top_key=bytes(v["topKey"]) if any(v["topKey"]) else None,
+            pending=v["pending"],
+            active=v["active"],
+            joined=v["joined"],
+            withdrawable_at=v["withdrawableAt"],
+            log_seq=v["logSeq"],
+            log_hash=v["logHash"].to_bytes(24, "big"),
+        )
+
     @property
     def rounds(self) -> int:
         return self.params.rounds
@@ -188,6 +220,26 @@ class MemberRecord:
     prev_position: int
     vote_round: int | None
     vote_key_prefix: bytes  # the first 10 bytes of the key of the member's last vote
+
+    @classmethod
+    def from_view(cls, v: tuple[Any, ...] | list[Any]) -> MemberRecord:
+        """From the contract's MemberView."""
+
+        def rnd(r: int) -> int | None:
+            return None if r == NO_ROUND else r
+
+        return cls(
+            account=v[0],
+            status=MemberStatus(v[1]),
+            withdrawn=v[2],
+            join_round=v[3],
+            last_round=rnd(v[4]),
+            last_position=v[5],
+            prev_round=rnd(v[6]),
+            prev_position=v[7],
+            vote_round=rnd(v[8]),
+            vote_key_prefix=bytes(v[9]),
+        )
 
     def position_in(self, round: int) -> int | None:
         """This member's position in S_round, when the slot still remembers it."""

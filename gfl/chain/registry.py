@@ -24,15 +24,7 @@ from web3 import Web3
 from gfl.chain import artifact, proofs
 from gfl.chain.errors import AnnouncementRejected, ChainError, NoRegistry
 from gfl.chain.logchain import HASH_BYTES, decode_log, verify_log_chain
-from gfl.chain.records import (
-    NO_ROUND,
-    ChainEvent,
-    JobParams,
-    JobRecord,
-    JobStatus,
-    MemberRecord,
-    MemberStatus,
-)
+from gfl.chain.records import ChainEvent, JobParams, JobRecord, JobStatus, MemberRecord
 from gfl.chain.transactions import Tx, TxSender, as_chain_error, is_transient, with_retry
 from gfl.identity import NodeIdentity
 
@@ -350,41 +342,11 @@ class Registry:
         """The job as of the latest block, or None when the chain does not hold it."""
         jid = _b32(job_id, "job id")
         v = dict(zip(_JOB_FIELDS, self._call("getJob", jid, what="reading a job"), strict=True))
-        status = JobStatus(v["status"])
-        if status is JobStatus.NONE:
-            return None
-        return JobRecord(
-            job_id=jid,
-            owner=v["owner"],
-            bond=v["bond"],
-            spec_hash=bytes(v["specHash"]),
-            model0_hash=bytes(v["model0Hash"]),
-            params=JobParams.from_tuple(v["params"]),
-            status=status,
-            round=v["round"],
-            updates=v["updates"],
-            opens_at=v["opensAt"],
-            eligible=v["eligible"],
-            closed_at=v["closedAt"],
-            closed_updates=v["closedUpdates"],
-            top_votes=v["topVotes"],
-            second_votes=v["secondVotes"],
-            top_excluded=v["topExcluded"],
-            voting=v["voting"],
-            dissent=v["dissent"],
-            top_prefix=bytes(v["topPrefix"]),
-            top_key=bytes(v["topKey"]) if any(v["topKey"]) else None,
-            pending=v["pending"],
-            active=v["active"],
-            joined=v["joined"],
-            withdrawable_at=v["withdrawableAt"],
-            log_seq=v["logSeq"],
-            log_hash=v["logHash"].to_bytes(HASH_BYTES, "big"),
-        )
+        return None if v["status"] == JobStatus.NONE else JobRecord.from_view(jid, v)
 
     def member(self, job_id: bytes, address: str) -> MemberRecord:
         jid, addr = _b32(job_id, "job id"), _address(address)
-        return _member_record(self._call("member", jid, addr, what="reading a member"))
+        return MemberRecord.from_view(self._call("member", jid, addr, what="reading a member"))
 
     def members(
         self, job_id: bytes, offset: int = 0, limit: int = MAX_PAGE
@@ -399,7 +361,7 @@ class Registry:
             _uint(limit, 2**256 - 1, "limit"),
             what="reading members",
         )
-        return [_member_record(v) for v in page], total
+        return [MemberRecord.from_view(v) for v in page], total
 
     def final_key(self, job_id: bytes, round: int) -> bytes | None:
         """The finalized key prefix (10 bytes) of `round` where the contract keeps it as
@@ -493,24 +455,6 @@ class Registry:
         seq, head = self.log_head(job_id, block)
         verify_log_chain(events, seq, head)
         return events
-
-
-def _member_record(v: Sequence[Any]) -> MemberRecord:
-    def rnd(r: int) -> int | None:
-        return None if r == NO_ROUND else r
-
-    return MemberRecord(
-        account=v[0],
-        status=MemberStatus(v[1]),
-        withdrawn=v[2],
-        join_round=v[3],
-        last_round=rnd(v[4]),
-        last_position=v[5],
-        prev_round=rnd(v[6]),
-        prev_position=v[7],
-        vote_round=rnd(v[8]),
-        vote_key_prefix=bytes(v[9]),
-    )
 
 
 def _b32(value: bytes | None, what: str) -> bytes:
