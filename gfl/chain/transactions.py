@@ -53,8 +53,10 @@ def is_transient(exc: BaseException) -> bool:
 def is_out_of_gas(exc: BaseException) -> bool:
     """Whether an eth_call failed for want of gas: the endpoint's call gas cap, not a refusal
     of the registry (its views are bounded), so worth another try."""
-    message = str(exc).lower()
-    return "out of gas" in message or "gas required exceeds allowance" in message
+    message = str(exc).lower().replace(" ", "")
+    # py-evm: "Out of gas: Needed 3", anvil: "EVM error OutOfGas", geth: "out of gas" or
+    # "gas required exceeds allowance"
+    return "outofgas" in message or "gasrequiredexceedsallowance" in message
 
 
 def with_retry(

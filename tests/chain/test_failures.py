@@ -23,7 +23,7 @@ from gfl.chain import (
 from gfl.chain.devchain import EMBEDDED_DEV_KEY, free_port, fund, serve_embedded
 from gfl.identity import NodeIdentity
 
-from .conftest import MODEL0, require_anvil
+from .conftest import MODEL0, new_job, require_anvil
 
 
 def params(registry, **overrides) -> JobParams:
@@ -232,3 +232,12 @@ def test_out_of_gas_on_a_read_is_retried_then_unavailable():
         with_retry(always, timeout=0.3, endpoint="x", what="reading", reading=True)
     with pytest.raises(ValueError):  # out of gas on a write is a refusal, not a hiccup
         with_retry(always, timeout=0.3, endpoint="x", what="writing")
+
+
+def test_a_read_out_of_gas_is_unavailable_on_every_backend(chain):
+    """An endpoint whose eth_call gas cap is too low looks down, not like a registry refusal."""
+    registry = chain.first
+    page = registry._contract.functions.members(new_job(registry), 0, 1000)
+    registry._timeout = 0.3
+    with pytest.raises(ChainUnavailable, match="gas cap"):
+        registry._read(lambda: page.call({"gas": 25_000}), "reading members")
