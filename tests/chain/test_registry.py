@@ -437,3 +437,21 @@ def test_gas_per_participant_per_round_is_bounded(chain):
         gas += [m.commit_and_vote(job_id, r, h(r), 1, h(50 + r)).gas_used for m in (a, b)]
     assert max(gas) < 70_000 and sum(gas) / len(gas) < 62_000, gas
     assert a.get_job(job_id).round == 4, "every round closed by its last update"
+
+
+def test_transitions_due_before_the_deadline_are_recorded_then_it_expires(chain):
+    owner = chain.first
+    deadline = owner.chain_time() + 400
+    job_id = new_job(owner, min_updates=2, round_timeout=100, vote_timeout=200, deadline=deadline)
+    a, b, _ = joined(chain, job_id, 3)
+    a.commit_update(job_id, 0, h(1), 1)
+    b.commit_update(job_id, 0, h(2), 1)
+    opens_at = a.get_job(job_id).opens_at
+    a.advance_time(1_000)  # round 0's timeout, its vote's deadline and the job's all passed
+    tx = chain.node().expire_job(job_id)
+    events, _ = a.poll_events(tx.block_number, tx.block_number)
+    assert [(e.name, e.args.get("at", e.args.get("closedAt"))) for e in events] == [
+        ("RoundClosed", opens_at + 100),
+        ("RoundVoid", opens_at + 300),  # no votes by its deadline, before the job's
+        ("JobExpired", deadline),
+    ]
