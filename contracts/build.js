@@ -18,6 +18,7 @@ const CONTRACT = 'JobRegistry';
 const ARTIFACT = path.join(__dirname, '..', 'gfl', 'chain', 'artifacts', 'JobRegistry.json');
 const SETTINGS = {
   evmVersion: 'prague', // the fork eth-tester 0.14 / py-evm 0.12 run by default
+  viaIR: true, // the IR pipeline optimizes across the hot path's internal calls (~1% gas, smaller code)
   optimizer: { enabled: true, runs: 1000 },
   metadata: { bytecodeHash: 'none' },
   outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object', 'evm.deployedBytecode.object'] } },
@@ -45,7 +46,7 @@ function build() {
     bytecode: '0x' + c.evm.bytecode.object,
     deployedBytecode: '0x' + c.evm.deployedBytecode.object,
     compiler: { name: 'solc-js', version: solc.version() },
-    settings: { evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer, metadata: SETTINGS.metadata },
+    settings: { evmVersion: SETTINGS.evmVersion, viaIR: SETTINGS.viaIR, optimizer: SETTINGS.optimizer, metadata: SETTINGS.metadata },
     source: SOURCE,
     sourceSha256: crypto.createHash('sha256').update(source, 'utf8').digest('hex'),
   };

@@ -19,16 +19,20 @@ from gfl.chain.errors import (
     ChainError,
     ChainUnavailable,
     ContractRevert,
+    InsufficientFunds,
+    InvalidJobParams,
     NoRegistry,
     WrongChain,
 )
 from gfl.chain.records import (
     ChainEvent,
+    JobParams,
     JobRecord,
     JobStatus,
-    ModelCommitment,
-    RoundRecord,
-    UpdateCommitment,
+    LeaveReason,
+    MemberRecord,
+    MemberStatus,
+    SlashReason,
 )
 from gfl.identity import NodeIdentity
 
@@ -39,9 +43,9 @@ if TYPE_CHECKING:
 # command, so the web3-backed names load on first use.
 _LAZY = {
     "Registry": "gfl.chain.registry",
-    "job_id_for": "gfl.chain.registry",
-    "spec_hash_of": "gfl.chain.registry",
     "Tx": "gfl.chain.transactions",
+    "LogChainBroken": "gfl.chain.logchain",
+    "spec_hash_of": "gfl.chain.proofs",
 }
 
 
@@ -60,17 +64,21 @@ __all__ = [
     "ChainEvent",
     "ChainUnavailable",
     "ContractRevert",
+    "InsufficientFunds",
+    "InvalidJobParams",
+    "JobParams",
     "JobRecord",
     "JobStatus",
-    "ModelCommitment",
+    "LeaveReason",
+    "LogChainBroken",
+    "MemberRecord",
+    "MemberStatus",
     "NoRegistry",
     "Registry",
-    "RoundRecord",
+    "SlashReason",
     "Tx",
-    "UpdateCommitment",
     "WrongChain",
     "deploy_registry",
-    "job_id_for",
     "open_chain",
     "spec_hash_of",
 ]

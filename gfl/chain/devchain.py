@@ -32,7 +32,7 @@ from web3 import HTTPProvider, Web3
 from gfl.chain.artifact import revert_data_from
 from gfl.chain.embedded import DEV_KEY, EmbeddedChain
 from gfl.chain.errors import ChainError, ChainUnavailable
-from gfl.chain.transactions import TxSender, with_retry
+from gfl.chain.transactions import TxSender, is_out_of_gas, with_retry
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,12 @@ class DevChainServer:
             return {"jsonrpc": "2.0", "id": rid, "error": exc.error}
         except Exception as exc:
             data = revert_data_from(exc)
-            if data is not None or "revert" in str(exc).lower():
+            if is_out_of_gas(exc):
+                # a call's gas ran out: say so as geth does ("execution reverted" would make
+                # web3 report a revert without a reason)
+                text = str(exc).removeprefix("execution reverted: ")
+                error = {"code": -32000, "message": text[:500]}
+            elif data is not None or "revert" in str(exc).lower():
                 error = {
                     "code": 3,
                     "message": "execution reverted",

@@ -4,32 +4,27 @@ Synchronous on purpose: web3's async stack is asyncio-only and the node runs
 on trio, so the node calls these methods through ``trio.to_thread.run_sync``.
 Every method is safe to call from several threads.
 
-Views read the latest block. On chains that mine only when a transaction
-arrives (anvil, the embedded chain) a round closed by its timeout shows as
-closed once a later block exists: call `settle` when your clock passes the
-deadline.
+Views read the latest block and apply due transitions without writing them. On
+chains that mine only when a transaction arrives (anvil, the embedded chain) a
+round closed by its timeout shows as closed once a later block exists: call
+`settle` when your clock passes the deadline. Rounds themselves live in events:
+`poll_events` reads them, `verify_log` checks them against the contract's
+running hash (docs/contract.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from web3 import Web3
 
-from gfl.chain import artifact
+from gfl.chain import artifact, proofs
 from gfl.chain.errors import AnnouncementRejected, ChainError, NoRegistry
-from gfl.chain.records import (
-    ChainEvent,
-    JobRecord,
-    JobStatus,
-    ModelCommitment,
-    RoundRecord,
-    UpdateCommitment,
-)
+from gfl.chain.logchain import HASH_BYTES, decode_log, verify_log_chain
+from gfl.chain.records import ChainEvent, JobParams, JobRecord, JobStatus, MemberRecord
 from gfl.chain.transactions import Tx, TxSender, as_chain_error, is_transient, with_retry
 from gfl.identity import NodeIdentity
 
@@ -38,20 +33,16 @@ T = TypeVar("T")
 
 #: Blocks per eth_getLogs request: bounded ranges keep every request cheap.
 LOG_CHUNK = 1_000
+#: The most members one `members` call returns (the contract's MAX_PAGE).
+MAX_PAGE = 1_000
 _UINT32 = 2**32 - 1
 _UINT64 = 2**64 - 1
-
-
-def job_id_for(owner: str, spec_hash: bytes, salt: bytes) -> bytes:
-    """The conventional job id: keccak256(owner address ‖ spec hash ‖ salt)."""
-    return keccak(
-        bytes.fromhex(to_checksum_address(owner)[2:]) + _b32(spec_hash, "spec hash") + bytes(salt)
-    )
-
-
-def spec_hash_of(spec_bytes: bytes) -> bytes:
-    """The hash a job registers for its canonical spec bytes (sha256)."""
-    return hashlib.sha256(spec_bytes).digest()
+_JOB_FIELDS = [
+    c["name"]
+    for e in artifact.abi()
+    if e.get("name") == "getJob"
+    for c in e["outputs"][0]["components"]
+]
 
 
 class Registry:
@@ -82,17 +73,14 @@ class Registry:
             w3, identity.private_key, endpoint=endpoint, chain_id=chain_id, timeout=timeout
         )
         self.account: str = self._sender.address
-        self._events_by_topic = {
-            bytes(keccak(text=_event_signature(e))): e["name"]
-            for e in artifact.abi()
-            if e["type"] == "event"
-        }
 
     # -- plumbing -------------------------------------------------------
 
     def _read(self, fn: Callable[[], T], what: str) -> T:
         try:
-            return with_retry(fn, timeout=self._timeout, endpoint=self.endpoint, what=what)
+            return with_retry(
+                fn, timeout=self._timeout, endpoint=self.endpoint, what=what, reading=True
+            )
         except ChainError:
             raise
         except Exception as exc:
@@ -100,9 +88,15 @@ class Registry:
                 raise
             raise as_chain_error(exc, what) from None
 
-    def _write(self, fn_name: str, *args: Any, what: str) -> Tx:
+    def _call(self, fn_name: str, *args: Any, what: str) -> Any:
+        fn = getattr(self._contract.functions, fn_name)
+        return self._read(lambda: fn(*args).call(), what)
+
+    def _write(self, fn_name: str, *args: Any, what: str, value: int = 0) -> Tx:
         data = self._contract.encode_abi(fn_name, args=list(args))
-        return self._sender.send({"to": self.registry_address, "data": data}, what=what)
+        return self._sender.send(
+            {"to": self.registry_address, "data": data, "value": value}, what=what
+        )
 
     def check_registry(self) -> None:
         """Raise `NoRegistry` unless the address holds the JobRegistry's code."""
@@ -150,6 +144,11 @@ class Registry:
     def block_number(self) -> int:
         return self._read(lambda: self._w3.eth.block_number, "reading the block number")
 
+    def chain_time(self) -> int:
+        """The latest block's timestamp."""
+        block = self._read(lambda: self._w3.eth.get_block("latest"), "reading the latest block")
+        return int(block["timestamp"])
+
     def balance(self, address: str | None = None) -> int:
         addr = to_checksum_address(address or self.account)
         return self._read(lambda: self._w3.eth.get_balance(addr), "reading a balance")
@@ -167,121 +166,231 @@ class Registry:
             if isinstance(response, dict) and response.get("error"):
                 raise ChainError(f"{self.endpoint} does not support time travel ({method})")
 
-    # -- writes ---------------------------------------------------------
+    # -- jobs -------------------------------------------------------------
 
-    def make_job_id(self, spec_hash: bytes, salt: bytes) -> bytes:
-        """A job id bound to this account (see `job_id_for`)."""
-        return job_id_for(self.account, spec_hash, salt)
+    def job_id_for(self, owner: str, salt: bytes, spec_hash: bytes) -> bytes:
+        """The id `register` gives `owner`'s job with this salt and spec hash."""
+        return proofs.job_id_for(self.chain_id, self.registry_address, owner, salt, spec_hash)
 
     def register_job(
-        self, job_id: bytes, spec_hash: bytes, rounds: int, min_updates: int, round_timeout: int
-    ) -> Tx:
-        """Register a job owned by this account; round 0 opens in the mined block."""
-        _uint(rounds, _UINT32, "rounds")
-        _uint(min_updates, _UINT32, "min_updates")
-        _uint(round_timeout, _UINT64, "round_timeout")
-        return self._write(
+        self, salt: bytes, spec_hash: bytes, model0_hash: bytes, params: JobParams
+    ) -> tuple[bytes, Tx]:
+        """Register a job owned by this account; round 0 starts collecting in the mined block."""
+        job_id = self.job_id_for(self.account, salt, spec_hash)
+        tx = self._write(
             "register",
-            _b32(job_id, "job id"),
+            _b32(salt, "salt"),
             _b32(spec_hash, "spec hash"),
-            rounds,
-            min_updates,
-            round_timeout,
+            _b32(model0_hash, "model0 hash"),
+            params.as_tuple(),
             what="registering a job",
         )
-
-    def join_job(self, job_id: bytes) -> Tx:
-        return self._write("join", _b32(job_id, "job id"), what="joining a job")
-
-    def commit_update(self, job_id: bytes, round: int, update_hash: bytes, samples: int) -> Tx:
-        _uint(round, _UINT32, "round")
-        _uint(samples, _UINT64, "samples")
-        return self._write(
-            "commitUpdate",
-            _b32(job_id, "job id"),
-            round,
-            _b32(update_hash, "update hash"),
-            samples,
-            what="committing an update",
-        )
-
-    def commit_model(self, job_id: bytes, round: int, model_hash: bytes) -> Tx:
-        _uint(round, _UINT32, "round")
-        return self._write(
-            "commitModel",
-            _b32(job_id, "job id"),
-            round,
-            _b32(model_hash, "model hash"),
-            what="committing a model",
-        )
+        return job_id, tx
 
     def cancel_job(self, job_id: bytes) -> Tx:
         return self._write("cancel", _b32(job_id, "job id"), what="cancelling a job")
 
+    def expire_job(self, job_id: bytes) -> Tx:
+        return self._write("expire", _b32(job_id, "job id"), what="expiring a job")
+
     def settle(self, job_id: bytes) -> Tx:
-        """Record a round closed by its timeout now (anyone may; harmless if nothing is due)."""
+        """Record due transitions now (anyone may; harmless if nothing is due)."""
         return self._write("settle", _b32(job_id, "job id"), what="settling a job")
+
+    # -- membership -------------------------------------------------------
+
+    def join_job(self, job_id: bytes, proof: Sequence[bytes] = (), value: int | None = None) -> Tx:
+        """Join with the job's bond (`value` defaults to it); `proof` for an allow-list."""
+        jid = _b32(job_id, "job id")
+        if value is None:
+            job = self.get_job(jid)
+            value = job.bond if job is not None else 0
+        return self._write(
+            "join",
+            jid,
+            [_b32(p, "proof node") for p in proof],
+            value=value,
+            what="joining a job",
+        )
+
+    def leave_job(self, job_id: bytes) -> Tx:
+        return self._write("leave", _b32(job_id, "job id"), what="leaving a job")
+
+    def eject(self, job_id: bytes, member: str) -> Tx:
+        """Eject a member that missed the job's maxMissed rounds in a row."""
+        return self._write(
+            "eject", _b32(job_id, "job id"), _address(member), what="ejecting a member"
+        )
+
+    def withdraw(self, job_id: bytes) -> Tx:
+        return self._write("withdraw", _b32(job_id, "job id"), what="withdrawing a bond")
+
+    # -- rounds -----------------------------------------------------------
+
+    def commit_update(self, job_id: bytes, round: int, update_hash: bytes, samples: int) -> Tx:
+        return self._write(
+            "commitUpdate",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            _b32(update_hash, "update hash"),
+            _uint(samples, _UINT64, "samples"),
+            what="committing an update",
+        )
+
+    def vote(self, job_id: bytes, round: int, model_hash: bytes, mask: bytes = b"") -> Tx:
+        """Vote for round `round`'s model computed without the updates `mask` excludes."""
+        return self._write(
+            "vote",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            _b32(model_hash, "model hash"),
+            bytes(mask),
+            what="voting",
+        )
+
+    def commit_and_vote(
+        self,
+        job_id: bytes,
+        round: int,
+        update_hash: bytes,
+        samples: int,
+        model_hash: bytes,
+        mask: bytes = b"",
+    ) -> Tx:
+        """The vote on round - 1 and the update for `round` in one transaction."""
+        return self._write(
+            "commitAndVote",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            _b32(update_hash, "update hash"),
+            _uint(samples, _UINT64, "samples"),
+            _b32(model_hash, "model hash"),
+            bytes(mask),
+            what="committing an update and voting",
+        )
+
+    # -- evidence ---------------------------------------------------------
+
+    def sign_update(self, job_id: bytes, round: int, update_hash: bytes) -> bytes:
+        """This account's signed statement for an update it announces."""
+        return proofs.sign_update_statement(
+            self._identity.private_key,
+            self.chain_id,
+            self.registry_address,
+            job_id,
+            round,
+            update_hash,
+        )
+
+    def report_equivocation(
+        self,
+        job_id: bytes,
+        round: int,
+        hash_a: bytes,
+        sig_a: bytes,
+        hash_b: bytes,
+        sig_b: bytes,
+    ) -> Tx:
+        """Two signed statements of one member for different updates of one round."""
+        return self._write(
+            "reportEquivocation",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            _b32(hash_a, "update hash"),
+            bytes(sig_a),
+            _b32(hash_b, "update hash"),
+            bytes(sig_b),
+            what="reporting an equivocation",
+        )
+
+    def slash_dissenter(
+        self,
+        job_id: bytes,
+        round: int,
+        member: str,
+        model_hash: bytes,
+        mask: bytes,
+        final_model_hash: bytes,
+    ) -> Tx:
+        return self._write(
+            "slashDissenter",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            _address(member),
+            _b32(model_hash, "model hash"),
+            bytes(mask),
+            _b32(final_model_hash, "model hash"),
+            what="slashing a dissenter",
+        )
+
+    def eject_withholder(
+        self, job_id: bytes, round: int, member: str, final_model_hash: bytes, mask: bytes
+    ) -> Tx:
+        return self._write(
+            "ejectWithholder",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            _address(member),
+            _b32(final_model_hash, "model hash"),
+            bytes(mask),
+            what="ejecting a withholder",
+        )
 
     # -- views ----------------------------------------------------------
 
     def get_job(self, job_id: bytes) -> JobRecord | None:
         """The job as of the latest block, or None when the chain does not hold it."""
         jid = _b32(job_id, "job id")
-        r = self._read(lambda: self._contract.functions.getJob(jid).call(), "reading a job")
-        status = JobStatus(r[2])
-        if status is JobStatus.NONE:
-            return None
-        return JobRecord(jid, r[0], bytes(r[1]), status, r[3], r[4], r[5], r[6], r[7])
+        v = dict(zip(_JOB_FIELDS, self._call("getJob", jid, what="reading a job"), strict=True))
+        return None if v["status"] == JobStatus.NONE else JobRecord.from_view(jid, v)
 
-    def get_round(self, job_id: bytes, round: int) -> RoundRecord:
-        """Round `round`: its updates and model commitments in chain order, one block's view."""
+    def member(self, job_id: bytes, address: str) -> MemberRecord:
+        jid, addr = _b32(job_id, "job id"), _address(address)
+        return MemberRecord.from_view(self._call("member", jid, addr, what="reading a member"))
+
+    def members(
+        self, job_id: bytes, offset: int = 0, limit: int = 500
+    ) -> tuple[list[MemberRecord], int]:
+        """Up to `limit` (at most MAX_PAGE) members in join order from `offset`, and how many
+        ever joined. The default page costs ~4M gas to read, far below endpoints' call caps."""
         jid = _b32(job_id, "job id")
-        _uint(round, _UINT32, "round")
-        fns = self._contract.functions
+        page, total = self._call(
+            "members",
+            jid,
+            _uint(offset, 2**256 - 1, "offset"),
+            _uint(limit, 2**256 - 1, "limit"),
+            what="reading members",
+        )
+        return [MemberRecord.from_view(v) for v in page], total
 
-        def read() -> RoundRecord:
-            block = self._w3.eth.block_number
-            info = fns.getRound(jid, round).call(block_identifier=block)
-            parts, hashes, samples = fns.getUpdates(jid, round).call(block_identifier=block)
-            mparts, mhashes = fns.getModels(jid, round).call(block_identifier=block)
-            return RoundRecord(
-                job_id=jid,
-                round=round,
-                opens_at=info[0],
-                closed_at=info[1] if info[2] else None,
-                closed=info[2],
-                updates=tuple(
-                    UpdateCommitment(p, bytes(h), s)
-                    for p, h, s in zip(parts, hashes, samples, strict=True)
-                ),
-                models=tuple(
-                    ModelCommitment(p, bytes(h)) for p, h in zip(mparts, mhashes, strict=True)
-                ),
-            )
+    def final_key(self, job_id: bytes, round: int) -> bytes | None:
+        """The finalized key prefix (10 bytes) of `round` where the contract keeps it as
+        evidence, else None."""
+        key = self._call(
+            "finalKey",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            what="reading a key",
+        )
+        return bytes(key) if any(key) else None
 
-        return self._read(read, "reading a round")
+    def tally(self, job_id: bytes, round: int, key: bytes) -> int:
+        return self._call(
+            "tally",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            _b32(key, "key"),
+            what="reading a tally",
+        )
 
-    def participants(self, job_id: bytes) -> list[str]:
+    def log_head(self, job_id: bytes, block: int | str = "latest") -> tuple[int, bytes]:
+        """(number of the job's events, running hash over them)."""
         jid = _b32(job_id, "job id")
-        return self._read(
-            lambda: self._contract.functions.getParticipants(jid).call(), "reading participants"
+        seq, h = self._read(
+            lambda: self._contract.functions.logHead(jid).call(block_identifier=block),
+            "reading a log head",
         )
-
-    def is_participant(self, job_id: bytes, address: str) -> bool:
-        jid, addr = _b32(job_id, "job id"), to_checksum_address(address)
-        return self._read(
-            lambda: self._contract.functions.isParticipant(jid, addr).call(),
-            "reading a participant",
-        )
-
-    def has_committed(self, job_id: bytes, round: int, address: str) -> tuple[bool, bool]:
-        """(committed an update, committed a model) for `address` in `round`."""
-        jid, addr = _b32(job_id, "job id"), to_checksum_address(address)
-        r = self._read(
-            lambda: self._contract.functions.hasCommitted(jid, round, addr).call(),
-            "reading a commitment",
-        )
-        return bool(r[0]), bool(r[1])
+        return seq, h.to_bytes(HASH_BYTES, "big")
 
     def verify_announcement(
         self, job_id: bytes, spec_bytes: bytes, signer_address: str
@@ -294,9 +403,9 @@ class Registry:
         job = self.get_job(jid)
         if job is None:
             raise AnnouncementRejected(f"the chain holds no job 0x{jid.hex()}")
-        if job.status is JobStatus.CANCELLED:
-            raise AnnouncementRejected(f"job 0x{jid.hex()} was cancelled by its owner")
-        if job.spec_hash != spec_hash_of(spec_bytes):
+        if job.status in (JobStatus.CANCELLED, JobStatus.EXPIRED):
+            raise AnnouncementRejected(f"job 0x{jid.hex()} is {job.status.name.lower()}")
+        if job.spec_hash != proofs.spec_hash_of(spec_bytes):
             raise AnnouncementRejected(
                 f"the spec does not match the hash registered for job 0x{jid.hex()}"
             )
@@ -313,53 +422,55 @@ class Registry:
     # -- events ---------------------------------------------------------
 
     def poll_events(
-        self, from_block: int, to_block: int | None = None
+        self, from_block: int, to_block: int | None = None, *, job_id: bytes | None = None
     ) -> tuple[list[ChainEvent], int]:
-        """Registry events in blocks [from_block, to_block or latest], and the next cursor.
+        """Registry events (of one job, if given) in blocks [from_block, to_block or latest],
+        and the next cursor.
 
         Reads bounded block ranges, never the whole history: call it again with
         the returned cursor.
         """
         latest = self.block_number() if to_block is None else to_block
+        topics = [None, "0x" + _b32(job_id, "job id").hex()] if job_id is not None else None
         events: list[ChainEvent] = []
         start = max(0, from_block)
         while start <= latest:
             end = min(latest, start + LOG_CHUNK - 1)
-            params = {"address": self.registry_address, "fromBlock": start, "toBlock": end}
+            params: dict[str, Any] = {
+                "address": self.registry_address,
+                "fromBlock": start,
+                "toBlock": end,
+            }
+            if topics:
+                params["topics"] = topics
             logs = self._read(lambda p=params: self._w3.eth.get_logs(p), "reading events")
-            events.extend(self._decode(log_) for log_ in logs)
+            events.extend(e for e in map(decode_log, logs) if e is not None)
             start = end + 1
-        return [e for e in events if e is not None], max(from_block, latest + 1)
+        return events, max(from_block, latest + 1)
 
-    def _decode(self, raw: Any) -> ChainEvent | None:
-        name = self._events_by_topic.get(bytes(raw["topics"][0])) if raw["topics"] else None
-        if name is None:
-            return None
-        decoded = self._contract.events[name]().process_log(raw)
-        args = {
-            k: bytes(v) if isinstance(v, (bytes, bytearray)) else v
-            for k, v in decoded["args"].items()
-        }
-        return ChainEvent(
-            name=name,
-            job_id=args["jobId"],
-            args=args,
-            block_number=raw["blockNumber"],
-            log_index=raw["logIndex"],
-            tx_hash=bytes(raw["transactionHash"]),
-        )
+    def verify_log(self, job_id: bytes, from_block: int = 0) -> list[ChainEvent]:
+        """All of a job's events, checked against its running hash (`LogChainBroken` if not)."""
+        block = self.block_number()
+        events, _ = self.poll_events(from_block, block, job_id=job_id)
+        seq, head = self.log_head(job_id, block)
+        verify_log_chain(events, seq, head)
+        return events
 
 
-def _event_signature(entry: dict[str, Any]) -> str:
-    return f"{entry['name']}({','.join(i['type'] for i in entry['inputs'])})"
-
-
-def _b32(value: bytes, what: str) -> bytes:
+def _b32(value: bytes | None, what: str) -> bytes:
     if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
         raise ChainError(f"the {what} must be 32 bytes")
     return bytes(value)
 
 
-def _uint(value: int, limit: int, what: str) -> None:
+def _uint(value: int, limit: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
         raise ChainError(f"{what} must be an integer in [0, {limit}]")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        return to_checksum_address(value)
+    except (ValueError, TypeError):
+        raise ChainError(f"{value!r} is not an Ethereum address") from None

@@ -22,7 +22,7 @@ from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
 from gfl.chain.artifact import decode_revert, revert_data_from
-from gfl.chain.errors import ChainError, ChainUnavailable, ContractRevert
+from gfl.chain.errors import ChainError, ChainUnavailable, ContractRevert, InsufficientFunds
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,15 +50,36 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT)
 
 
-def with_retry(fn: Callable[[], T], *, timeout: float, endpoint: str, what: str) -> T:
-    """Call `fn`, retrying connection failures with backoff until `timeout` seconds pass."""
+def is_out_of_gas(exc: BaseException) -> bool:
+    """Whether an eth_call failed for want of gas: the endpoint's call gas cap, not a refusal
+    of the registry (its views are bounded), so worth another try."""
+    message = str(exc).lower().replace(" ", "")
+    # py-evm: "Out of gas: Needed 3", anvil: "EVM error OutOfGas", geth: "out of gas" or
+    # "gas required exceeds allowance"
+    return "outofgas" in message or "gasrequiredexceedsallowance" in message
+
+
+def with_retry(
+    fn: Callable[[], T], *, timeout: float, endpoint: str, what: str, reading: bool = False
+) -> T:
+    """Call `fn`, retrying connection failures with backoff until `timeout` seconds pass.
+
+    With `reading`, an out-of-gas answer is retried too (see `is_out_of_gas`).
+    """
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
         try:
             return fn()
-        except _TRANSIENT as exc:
+        except Exception as exc:
+            if not (is_transient(exc) or (reading and is_out_of_gas(exc))):
+                raise
             if time.monotonic() + delay > deadline:
+                if not is_transient(exc):
+                    raise ChainUnavailable(
+                        f"the chain at {endpoint} kept running out of gas for {timeout:g}s "
+                        f"({what}): its eth_call gas cap is lower than this read needs"
+                    ) from None
                 raise ChainUnavailable(
                     f"the chain at {endpoint} did not answer within {timeout:g}s ({what}): "
                     f"{_why(exc)}"
@@ -133,10 +154,23 @@ class TxSender:
             except ChainError:
                 raise
             except Exception as exc:
+                if _lacks_funds(exc):
+                    raise self._insufficient(what) from None
                 raise as_chain_error(exc, what) from None
             fees = self._fees(what)
             signed_hash = self._sign_and_send(tx, gas, fees, what)
         return self._await_receipt(signed_hash, tx, what)
+
+    def _insufficient(self, what: str) -> InsufficientFunds:
+        try:
+            balance = f"{self._w3.eth.get_balance(self.address) / 10**18:g} ETH"
+        except Exception:
+            balance = "too little ETH"
+        return InsufficientFunds(
+            f"account {self.address} has {balance}, not enough for {what}; fund it with "
+            f"`gfl chain fund --rpc {self._endpoint} {self.address}` (a dev chain) or from a "
+            "funded wallet"
+        )
 
     def _fees(self, what: str) -> dict[str, int]:
         now = time.monotonic()
@@ -187,6 +221,8 @@ class TxSender:
                     pass
                 else:
                     self._nonce = None
+                    if _lacks_funds(exc):
+                        raise self._insufficient(what) from None
                     raise as_chain_error(exc, what) from None
             break
         else:
@@ -225,6 +261,13 @@ class TxSender:
                 raise as_chain_error(exc, what) from None
             raise ChainError(f"{what}: transaction 0x{tx_hash.hex()} reverted")
         return Tx(bytes(tx_hash), receipt["blockNumber"], receipt["gasUsed"])
+
+
+def _lacks_funds(exc: BaseException) -> bool:
+    """anvil and geth say "insufficient funds", py-evm "does not have enough balance" or
+    "cannot afford txn gas"."""
+    message = str(exc).lower()
+    return any(s in message for s in ("insufficient funds", "enough balance", "cannot afford"))
 
 
 _EXPECTED_NONCE = re.compile(r"expected (\d+), but got (\d+)")

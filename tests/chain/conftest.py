@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gfl.chain import Registry, deploy_registry, open_chain
+from gfl.chain import ContractRevert, JobParams, Registry, deploy_registry, open_chain
 from gfl.chain.devchain import (
     ANVIL_DEV_KEY,
     EMBEDDED_DEV_KEY,
@@ -23,9 +23,22 @@ from gfl.chain.devchain import (
     serve_embedded,
     start_anvil,
 )
+from gfl.chain.proofs import spec_hash_of
 from gfl.identity import NodeIdentity
 
+#: Small enough that a test account pays many bonds, large enough to see in a balance.
+BOND = 10**15
+MODEL0 = b"\x0e" * 32
 BACKENDS = ["embedded", "served", pytest.param("anvil", marks=pytest.mark.anvil)]
+
+
+def set_balance(url: str, address: str, wei: int) -> None:
+    """anvil_setBalance: fund an account without a transaction."""
+    from web3 import HTTPProvider, Web3
+
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
+    response = w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
+    assert "error" not in response, response
 
 
 def require_anvil() -> str:
@@ -86,11 +99,14 @@ def chain(request: pytest.FixtureRequest) -> Iterator[ChainEnv]:
             key = EMBEDDED_DEV_KEY
         url = server.url
         deployer = NodeIdentity.generate()
-        fund(url, key, [deployer.eth_address], 10**20)
+        fund(url, key, [deployer.eth_address], 10**18)
         address = deploy_registry(url, deployer, timeout=10)
 
         def make(identity: NodeIdentity) -> Registry:
-            fund(url, key, [identity.eth_address], 10**20)
+            if backend == "anvil":  # anvil mints: no dev account drained by many tests
+                set_balance(url, identity.eth_address, 10**20)
+            else:
+                fund(url, key, [identity.eth_address], 10**20)
             registry = open_chain(url, identity, registry_address=address, timeout=10)
             opened.append(registry)
             return registry
@@ -99,3 +115,37 @@ def chain(request: pytest.FixtureRequest) -> Iterator[ChainEnv]:
     yield env
     for registry in opened:
         registry.close()
+
+
+def job_params(registry: Registry, **overrides: object) -> JobParams:
+    """Test defaults: 2 rounds of up to 8 members, 2 updates, a day to live."""
+    fields: dict[str, object] = {
+        "rounds": 2,
+        "min_updates": 2,
+        "max_participants": 8,
+        "round_timeout": 600,
+        "vote_timeout": 300,
+        "deadline": registry.chain_time() + 86_400,
+        "bond": BOND,
+    }
+    fields.update(overrides)
+    return JobParams(**fields)  # type: ignore[arg-type]
+
+
+def new_job(owner: Registry, *, spec: bytes | None = None, **overrides: object) -> bytes:
+    """Register a job of `owner` (a fresh salt and spec unless given); returns its id."""
+    spec_hash = spec_hash_of(spec if spec is not None else os.urandom(16))
+    job_id, _ = owner.register_job(
+        os.urandom(32), spec_hash, MODEL0, job_params(owner, **overrides)
+    )
+    return job_id
+
+
+def refused(name: str):  # a pytest.raises context
+    """Expect the registry to refuse with custom error `name`."""
+    return pytest.raises(ContractRevert, match=rf"\b{name}\(")
+
+
+def h(n: int) -> bytes:
+    """A recognisable 32-byte hash."""
+    return bytes([n]) * 32

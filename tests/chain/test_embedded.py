@@ -70,9 +70,24 @@ def test_registry_address_is_the_same_on_every_embedded_chain():
 def test_threads_share_one_registry(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
+    from gfl.chain import JobParams
+
     a = open_chain("embedded", NodeIdentity.generate())
-    ids = [os.urandom(32) for _ in range(8)]
+    params = JobParams(
+        rounds=1,
+        min_updates=1,
+        max_participants=1,
+        round_timeout=10,
+        vote_timeout=10,
+        deadline=a.chain_time() + 3600,
+        bond=1,
+    )
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda j: a.register_job(j, b"\x01" * 32, 1, 1, 10), ids))
+        ids = list(
+            pool.map(
+                lambda _: a.register_job(os.urandom(32), b"\x01" * 32, b"\x02" * 32, params)[0],
+                range(8),
+            )
+        )
     assert all(a.get_job(j).owner == a.account for j in ids)
     a.close()

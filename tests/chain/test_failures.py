@@ -12,6 +12,8 @@ from gfl.chain import (
     ChainError,
     ChainUnavailable,
     ContractRevert,
+    InsufficientFunds,
+    JobParams,
     JobStatus,
     NoRegistry,
     WrongChain,
@@ -21,7 +23,20 @@ from gfl.chain import (
 from gfl.chain.devchain import EMBEDDED_DEV_KEY, free_port, fund, serve_embedded
 from gfl.identity import NodeIdentity
 
-from .conftest import require_anvil
+from .conftest import MODEL0, new_job, require_anvil
+
+
+def params(registry, **overrides) -> JobParams:
+    fields = {
+        "rounds": 1,
+        "min_updates": 2,
+        "max_participants": 4,
+        "round_timeout": 600,
+        "vote_timeout": 600,
+        "deadline": registry.chain_time() + 86_400,
+        "bond": 1,
+    }
+    return JobParams(**(fields | overrides))
 
 
 def test_rpc_down_is_one_clear_error():
@@ -68,8 +83,7 @@ def test_chain_going_down_mid_job_loses_nothing(tmp_path):
     fund(url, EMBEDDED_DEV_KEY, [owner.eth_address, member.eth_address], 10**20)
     a = open_chain(url, owner, registry_address=server.registry_address, timeout=2)
     b = open_chain(url, member, registry_address=server.registry_address, timeout=2)
-    job_id = os.urandom(32)
-    a.register_job(job_id, b"\x01" * 32, 1, 2, 600)
+    job_id, _ = a.register_job(os.urandom(32), b"\x01" * 32, MODEL0, params(a))
     a.join_job(job_id)
     b.join_job(job_id)
     a.commit_update(job_id, 0, b"\xaa" * 32, 5)
@@ -83,11 +97,12 @@ def test_chain_going_down_mid_job_loses_nothing(tmp_path):
     server = serve_embedded(port=port, state_dir=tmp_path / "chain")  # same journal
     try:
         job = b.get_job(job_id)
-        assert job.joined_count == 2 and job.status is JobStatus.ACTIVE
+        assert job.joined == 2 and job.status is JobStatus.ACTIVE
         b.commit_update(job_id, 0, b"\xbb" * 32, 6)  # the retry goes through, nonce recovered
-        r0 = a.get_round(job_id, 0)
-        assert [u.samples for u in r0.updates] == [5, 6] and r0.closed
-        assert a.get_job(job_id).status is JobStatus.FINISHED
+        events = a.verify_log(job_id)
+        assert [e.args["samples"] for e in events if e.name == "UpdateCommitted"] == [5, 6]
+        job = a.get_job(job_id)
+        assert (job.round, job.closed_updates, job.voting) == (1, 2, True)
     finally:
         a.close()
         b.close()
@@ -101,11 +116,10 @@ def test_a_stale_nonce_is_read_again_on_the_embedded_chain():
         fund(server.url, EMBEDDED_DEV_KEY, [owner.eth_address], 10**20)
         a = open_chain(server.url, owner, registry_address=server.registry_address, timeout=2)
         try:
-            job_id = os.urandom(32)
-            a.register_job(job_id, b"\x01" * 32, 1, 1, 600)
+            job_id, _ = a.register_job(os.urandom(32), b"\x01" * 32, MODEL0, params(a))
             a._sender._nonce = 0  # as if the last transaction's answer had been lost
             a.join_job(job_id)
-            assert a.get_job(job_id).joined_count == 1
+            assert a.get_job(job_id).joined == 1
         finally:
             a.close()
 
@@ -185,3 +199,45 @@ def test_deploy_to_a_down_chain():
 def test_unsupported_url():
     with pytest.raises(ChainError, match="unsupported chain URL"):
         open_chain("ftp://example", NodeIdentity.generate(), registry_address="0x" + "11" * 20)
+
+
+def test_an_empty_account_is_told_to_fund_itself():
+    with serve_embedded() as server:
+        poor = NodeIdentity.generate()
+        registry = open_chain(server.url, poor, registry_address=server.registry_address, timeout=2)
+        try:
+            with pytest.raises(InsufficientFunds, match=r"has 0 ETH.*gfl chain fund --rpc"):
+                registry.register_job(os.urandom(32), b"\x01" * 32, MODEL0, params(registry))
+        finally:
+            registry.close()
+
+
+def test_out_of_gas_on_a_read_is_retried_then_unavailable():
+    from gfl.chain.transactions import with_retry
+
+    calls = []
+
+    def capped() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ValueError("execution reverted: out of gas")
+        return 7
+
+    assert with_retry(capped, timeout=5, endpoint="x", what="reading", reading=True) == 7
+
+    def always() -> int:
+        raise ValueError("gas required exceeds allowance (30000000)")
+
+    with pytest.raises(ChainUnavailable, match="gas cap"):
+        with_retry(always, timeout=0.3, endpoint="x", what="reading", reading=True)
+    with pytest.raises(ValueError):  # out of gas on a write is a refusal, not a hiccup
+        with_retry(always, timeout=0.3, endpoint="x", what="writing")
+
+
+def test_a_read_out_of_gas_is_unavailable_on_every_backend(chain):
+    """An endpoint whose eth_call gas cap is too low looks down, not like a registry refusal."""
+    registry = chain.first
+    page = registry._contract.functions.members(new_job(registry), 0, 1000)
+    registry._timeout = 0.3
+    with pytest.raises(ChainUnavailable, match="gas cap"):
+        registry._read(lambda: page.call({"gas": 25_000}), "reading members")

@@ -1,0 +1,188 @@
+"""What nodes compute and the JobRegistry checks: job ids, vote keys and masks, allow-list
+Merkle proofs, signed update statements. Pure functions, no web3: an offline verifier and
+the node share them (docs/contract.md gives each formula).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from eth_abi import encode as abi_encode
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import keccak, to_checksum_address
+
+from gfl.chain.errors import ChainError
+
+UPDATE_TAG = "GFL update"
+#: secp256k1n / 2: the contract refuses the high-s twin of a signature.
+_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
+def spec_hash_of(spec_bytes: bytes) -> bytes:
+    """The hash a job registers for its canonical spec bytes (sha256)."""
+    return hashlib.sha256(spec_bytes).digest()
+
+
+def job_id_for(chain_id: int, registry: str, owner: str, salt: bytes, spec_hash: bytes) -> bytes:
+    """keccak256(abi.encode(chainid, registry, owner, salt, specHash)), as `register` computes."""
+    return keccak(
+        abi_encode(
+            ["uint256", "address", "address", "bytes32", "bytes32"],
+            [chain_id, _addr(registry), _addr(owner), _b32(salt), _b32(spec_hash)],
+        )
+    )
+
+
+# ------------------------------------------------------------------- votes
+
+
+def candidate_key(model_hash: bytes, mask: bytes) -> bytes:
+    """The key votes are counted under: keccak256(abi.encode(modelHash, keccak256(mask)))."""
+    return keccak(abi_encode(["bytes32", "bytes32"], [_b32(model_hash), keccak(bytes(mask))]))
+
+
+def mask_bytes(excluded: Iterable[int], n: int) -> bytes:
+    """The mask excluding `excluded` among n positions: empty when none, else ceil(n/8) bytes
+    with bit i of byte i // 8 (least significant first) set for each excluded position i."""
+    positions = sorted(set(excluded))
+    if not positions:
+        return b""
+    if positions[0] < 0 or positions[-1] >= n:
+        raise ChainError(f"excluded positions must be in [0, {n}), got {positions}")
+    out = bytearray((n + 7) // 8)
+    for i in positions:
+        out[i >> 3] |= 1 << (i & 7)
+    return bytes(out)
+
+
+def excluded_positions(mask: bytes, n: int) -> list[int]:
+    """The positions a mask excludes (the inverse of `mask_bytes`); refuses a malformed mask."""
+    if not mask:
+        return []
+    if len(mask) != (n + 7) // 8:
+        raise ChainError(f"a mask over {n} updates has {(n + 7) // 8} bytes, not {len(mask)}")
+    out = [i for i in range(n) if mask[i >> 3] >> (i & 7) & 1]
+    if n & 7 and mask[-1] >> (n & 7):
+        raise ChainError(f"the mask sets a bit at or past position {n}")
+    if not out:
+        raise ChainError("a mask excluding nothing must be empty bytes")
+    return out
+
+
+# -------------------------------------------------------------- allow-list
+
+
+def allow_leaf(address: str) -> bytes:
+    """keccak256(abi.encode(address)): an allow-list leaf."""
+    return keccak(abi_encode(["address"], [_addr(address)]))
+
+
+def _pair(a: bytes, b: bytes) -> bytes:
+    return keccak(a + b) if a < b else keccak(b + a)
+
+
+def _levels(addresses: Iterable[str]) -> list[list[bytes]]:
+    leaves = sorted({allow_leaf(a) for a in addresses})
+    if not leaves:
+        raise ChainError("an allow-list needs at least one address")
+    levels = [leaves]
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        up = [_pair(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            up.append(level[-1])  # an odd node moves up unpaired
+        levels.append(up)
+    return levels
+
+
+def merkle_root(addresses: Iterable[str]) -> bytes:
+    """The allow-list root (sorted-pair keccak tree over `allow_leaf`s)."""
+    return _levels(addresses)[-1][0]
+
+
+def merkle_proof(addresses: Iterable[str], address: str) -> list[bytes]:
+    """The proof `join` needs for `address` on the allow-list of `addresses`."""
+    levels = _levels(addresses)
+    leaf = allow_leaf(address)
+    try:
+        index = levels[0].index(leaf)
+    except ValueError:
+        raise ChainError(f"{address} is not on the allow-list") from None
+    proof = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        index //= 2
+    return proof
+
+
+def verify_merkle_proof(proof: Sequence[bytes], root: bytes, address: str) -> bool:
+    h = allow_leaf(address)
+    for p in proof:
+        h = _pair(h, bytes(p))
+    return h == bytes(root)
+
+
+# --------------------------------------------------------- update statements
+
+
+def update_statement(
+    chain_id: int, registry: str, job_id: bytes, round: int, update_hash: bytes
+) -> bytes:
+    """keccak256(abi.encode("GFL update", chainid, registry, jobId, round, hash)): what a
+    member signs for each update it announces."""
+    return keccak(
+        abi_encode(
+            ["string", "uint256", "address", "bytes32", "uint32", "bytes32"],
+            [UPDATE_TAG, chain_id, _addr(registry), _b32(job_id), round, _b32(update_hash)],
+        )
+    )
+
+
+def sign_update_statement(
+    private_key: bytes,
+    chain_id: int,
+    registry: str,
+    job_id: bytes,
+    round: int,
+    update_hash: bytes,
+) -> bytes:
+    """The 65-byte EIP-191 (personal_sign) signature of the update statement."""
+    statement = update_statement(chain_id, registry, job_id, round, update_hash)
+    signed = Account.sign_message(encode_defunct(primitive=statement), private_key)
+    return bytes(signed.signature)
+
+
+def recover_update_signer(
+    signature: bytes,
+    chain_id: int,
+    registry: str,
+    job_id: bytes,
+    round: int,
+    update_hash: bytes,
+) -> str | None:
+    """Who signed the update statement, or None for a malformed signature."""
+    signature = bytes(signature)
+    if len(signature) != 65 or int.from_bytes(signature[32:64], "big") > _HALF_N:
+        return None
+    statement = update_statement(chain_id, registry, job_id, round, update_hash)
+    try:
+        return Account.recover_message(encode_defunct(primitive=statement), signature=signature)
+    except Exception:
+        return None
+
+
+def _addr(value: str) -> str:
+    try:
+        return to_checksum_address(value)
+    except (ValueError, TypeError):
+        raise ChainError(f"{value!r} is not an Ethereum address") from None
+
+
+def _b32(value: bytes) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
+        raise ChainError("a hash, salt or id must be 32 bytes")
+    return bytes(value)
