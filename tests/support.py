@@ -284,14 +284,23 @@ def job_events(net: Any, i: int, job_id: str, timeout: float = 30) -> list[dict[
     raise AssertionError(f"node{i}'s event stream ended before job {job_id} finished")
 
 
-def registered_job(tmp_path: Path, spec: Any, salt: bytes) -> tuple[Any, bytes, Any]:
+def registered_job(
+    tmp_path: Path, spec: Any, salt: bytes, table: dict[bytes, bytes] | None = None
+) -> tuple[Any, bytes, Any]:
     """An embedded chain (state in tmp_path/chain) with `spec` registered on it, for runner
     tests: (the owner's registry, the job id, ``call(fn, *args)`` running chain calls in a
-    worker thread, one at a time, as a node does)."""
+    worker thread, one at a time, as a node does). M_0 goes into ``table`` (a
+    `MemoryExchange`'s), as the owner's node would hold it."""
+    import time
+
     import trio
 
     from gfl.chain import open_chain
+    from gfl.content import content_hash
+    from gfl.fl.codec import encode_frame
+    from gfl.fl.trainer import initial_params
     from gfl.identity import NodeIdentity
+    from gfl.scheduler.registration import job_params
 
     owner = open_chain("embedded", NodeIdentity.generate(), state_dir=tmp_path / "chain")
     limiter = trio.CapacityLimiter(1)
@@ -299,8 +308,11 @@ def registered_job(tmp_path: Path, spec: Any, salt: bytes) -> tuple[Any, bytes, 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
-    job_id = owner.make_job_id(spec.spec_hash, salt * 32)
-    owner.register_job(job_id, spec.spec_hash, spec.rounds, spec.min_updates, spec.round_timeout)
+    frame = encode_frame(initial_params(spec))
+    if table is not None:
+        table[content_hash(frame)] = frame
+    params = job_params(spec, spec.deadline_after(int(time.time())))
+    job_id, _ = owner.register_job(salt * 32, spec.spec_hash, content_hash(frame), params)
     return owner, job_id, call
 
 
@@ -310,7 +322,9 @@ class MemoryExchange:
     def __init__(self, table: dict[bytes, bytes] | None = None) -> None:
         self.table = {} if table is None else table
 
-    async def publish(self, kind: str, r: int, data: bytes, samples: int = 0) -> bytes:
+    async def publish(
+        self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
+    ) -> bytes:
         import hashlib
 
         h = hashlib.sha256(data).digest()

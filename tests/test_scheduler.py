@@ -1,9 +1,9 @@
 """The job runner against the real embedded chain: several participants in one process.
 
-The network is replaced by a shared in-memory blob table (the libp2p exchange
-is covered by tests/net and the end-to-end tests); the chain, the training,
-the codec and the strategies are the real ones. This is where the round
-protocol's decisions are checked quickly: agreement, chain order, divergence.
+The network is replaced by a shared in-memory blob table (the libp2p exchange is covered
+by tests/net and the end-to-end tests); the chain, the training, the codec and the
+strategies are the real ones. This is where the round protocol's decisions are checked
+quickly: agreement, votes and decisions, dissent, withheld and copied updates.
 """
 
 from __future__ import annotations
@@ -15,93 +15,141 @@ import trio
 from support import MemoryExchange, registered_job
 
 from gfl.fl.data import load_dataset, load_partition
+from gfl.fl.rounds import Decision
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
+from gfl.scheduler import aggregation
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.ledger import ChainLedger
 from gfl.scheduler.ports import NodeData
-from gfl.scheduler.runner import JobRunner
+from gfl.scheduler.runner import ChainPlace, JobRunner
 
 torch.set_num_threads(1)
 
+BOND = 10**15
 
-def _spec(rounds: int = 3, n: int = 3, **kw) -> JobSpec:
+
+def _spec(members, rounds: int = 3, **kw) -> JobSpec:
     return (
         JobSpec.builder("sched")
         .model("mlp", in_features=64, hidden=32)
         .data("digits")
         .train(epochs=1, batch_size=16, lr=0.05)
         .strategy(kw.pop("strategy", "fedavg"))
-        .rounds(rounds, min_updates=n, timeout=60)
+        .rounds(rounds, min_updates=kw.pop("min_updates", len(members)), timeout=60)
         .seed(3)
         .build()
+        .replace(
+            max_samples=10_000,
+            vote_timeout=kw.pop("vote_timeout", 40),
+            availability_timeout=kw.pop("availability_timeout", 5),
+            admission={"allow": [m.eth_address for m in members], "bond": str(BOND)},
+            **kw,
+        )
     )
 
 
-async def _run_job(tmp_path, spec: JobSpec, n: int, tamper: int | None = None):
-    owner, job_id, call = registered_job(tmp_path, spec, b"\x01")
+def _lying(*args, **kw) -> aggregation.RoundModel:
+    """The honest aggregation, then every weight moved: a different model, the same mask."""
+    model = aggregation.aggregate(*args, **kw)
+    params = {k: (v + np.float32(0.5)).astype(v.dtype) for k, v in model.params.items()}
+    return aggregation.RoundModel(params, model.state, model.mask, model.excluded, model.used)
+
+
+async def _run_job(tmp_path, n: int, *, tamper: int | None = None, extra=None, **spec_kw):
+    ids = [NodeIdentity.generate() for _ in range(n + (1 if extra else 0))]
+    spec = _spec(ids, **spec_kw)
     table: dict[bytes, bytes] = {}
+    owner, job_id, call = registered_job(tmp_path, spec, b"\x01", table)
+    place = ChainPlace(owner.chain_id, bytes.fromhex(owner.registry_address[2:]))
     test = load_dataset("digits", train=False)
     events: list[tuple[int, str, dict]] = []
     runners = []
     for i in range(n):
-        reg = owner.for_identity(NodeIdentity.generate())
+        reg = owner.for_identity(ids[i])
+        aggregate = _lying if i == tamper else aggregation.aggregate
         runner = JobRunner(
             job_id=job_id.hex(),
             spec=spec,
-            ledger=ChainLedger(reg, job_id, call),
+            ledger=ChainLedger(reg, job_id, call, allow=spec.allow_list),
             exchange=MemoryExchange(table),
             data=NodeData(load_partition("digits", i, n, "iid", 0), test),
             checkpoints=Checkpoints(tmp_path / f"n{i}"),
             train_limiter=trio.CapacityLimiter(1),
             emit=lambda kind, data, i=i: events.append((i, kind, data)),
             record=lambda r, values: None,
+            place=place,
+            aggregate=aggregate,
         )
         runners.append(runner)
-    if tamper is not None:
-        honest = runners[tamper].strategy.aggregate
-
-        def lying(global_params, updates):
-            out = honest(global_params, updates)
-            return {k: (v + np.float32(0.5)).astype(v.dtype) for k, v in out.items()}
-
-        runners[tamper].strategy.aggregate = lying
     with trio.fail_after(240):
         async with trio.open_nursery() as nursery:
             for runner in runners:
                 nursery.start_soon(runner.run)
-    return owner, job_id, runners, events
+            if extra is not None:
+                nursery.start_soon(extra, owner.for_identity(ids[-1]), job_id, spec, call)
+    state = await ChainLedger(owner, job_id, call).sync()
+    return owner, job_id, runners, events, state
 
 
 @pytest.mark.trio
-async def test_participants_agree_and_the_chain_records_every_round(tmp_path):
-    spec = _spec()
-    chain, job_id, runners, events = await _run_job(tmp_path, spec, 3)
-    assert {r.status for r in runners} == {"finished"}
+async def test_participants_agree_and_every_round_is_finalized_by_their_votes(tmp_path):
+    chain, job_id, runners, events, state = await _run_job(tmp_path, 3)
+    assert {r_.spec.rounds for r_ in runners} == {3}
     assert len({r.model_hash for r in runners}) == 1
-    for r in range(spec.rounds):
-        rec = chain.get_round(job_id, r)
-        assert rec.closed and len(rec.updates) == 3
-        assert len(rec.models) == 3
-        assert len({m.model_hash for m in rec.models}) == 1
-    final = chain.get_round(job_id, spec.rounds - 1).models[0].model_hash
-    assert runners[0].model_hash == final
+    for r in range(3):
+        rd = state.log.rounds[r]
+        assert rd.decision is Decision.FINALIZED and len(rd.updates) == 3
+        assert rd.final is not None and rd.final.mask == b""
+        assert len(rd.votes) >= 2 and not rd.dissenters()
+    assert runners[0].model_hash == state.log.rounds[2].final.model_hash
     assert not [e for e in events if e[1] == "job.divergence"]
+    # most votes rode on the next round's update: one transaction per participant per round
+    assert sum(1 for _, kind, d in events if kind == "job.update_committed" and d["vote"]) >= 4
+    seq, head = chain.log_head(job_id)
+    assert (seq, head) == (state.log.seq, state.log.head)
 
 
 @pytest.mark.trio
-async def test_a_lying_aggregator_is_named_and_the_job_goes_on_from_the_majority(tmp_path):
-    spec = _spec(rounds=2)
-    chain, job_id, runners, events = await _run_job(tmp_path, spec, 3, tamper=2)
-    liar = runners[2].ledger.address
-    alarms = [(i, d) for i, kind, d in events if kind == "job.divergence"]
-    honest_alarms = [d for i, d in alarms if i != 2]
-    assert honest_alarms, "honest nodes must raise the alarm"
-    assert all(d["dissenters"] == [liar] for d in honest_alarms)
-    assert any(d["self_diverged"] for i, d in alarms if i == 2)
-    # everyone, the liar included, ends on the majority's model
-    final = chain.get_round(job_id, spec.rounds - 1)
-    votes = [m.model_hash for m in final.models]
-    majority = max(set(votes), key=votes.count)
-    assert runners[0].model_hash == runners[1].model_hash == majority
-    assert runners[2].model_hash == majority
+async def test_a_lying_aggregator_is_outvoted_slashed_and_follows_the_majority(tmp_path):
+    chain, job_id, runners, events, state = await _run_job(tmp_path, 3, tamper=2, rounds=2)
+    liar = runners[2].me
+    assert all(runner.model_hash == state.log.rounds[1].final.model_hash for runner in runners)
+    dissent = [d for i, kind, d in events if kind == "job.divergence" and i != 2]
+    assert dissent and all(d["dissenters"] == [liar] for d in dissent)
+    # the designated honest member reported it: the liar lost its bond and its seat
+    member = chain.member(job_id, liar)
+    assert member.status.name == "SLASHED"
+
+
+async def _withholder(reg, job_id, spec, call):
+    """A member that commits an update hash with no blob behind it, and never votes."""
+    await call(reg.join_job, job_id, _proof(spec, reg.account))
+    while (await call(reg.get_job, job_id)).updates < 1:  # after an honest one, for a change
+        await trio.sleep(0.05)
+    await call(reg.commit_update, job_id, 0, b"\x77" * 32, 10)
+
+
+def _proof(spec: JobSpec, address: str) -> list[bytes]:
+    from gfl.chain.proofs import merkle_proof
+
+    return merkle_proof(spec.allow_list, address)
+
+
+@pytest.mark.trio
+async def test_a_withheld_update_costs_at_most_the_availability_timeout(tmp_path):
+    *_, runners, _events, state = await _run_job(
+        tmp_path, 3, extra=_withholder, rounds=2, min_updates=3
+    )
+    rd = state.log.rounds[0]
+    withheld = next(u for u in rd.updates if u.update_hash == b"\x77" * 32)
+    assert rd.decision is Decision.FINALIZED and rd.final is not None
+    assert (
+        rd.final.mask != b""
+        and rd.final.mask[withheld.position // 8] >> (withheld.position % 8) & 1
+    )
+    assert rd.decided_at - rd.closed_at <= 5 + 10  # the availability timeout, and some slack
+    # the withholder was ejected and round 1 went on without it
+    assert state.log.rounds[1].decision is Decision.FINALIZED
+    assert not state.log.is_member(withheld.author)
+    assert {r.model_hash for r in runners} == {state.log.rounds[1].final.model_hash}

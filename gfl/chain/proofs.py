@@ -43,34 +43,6 @@ def candidate_key(model_hash: bytes, mask: bytes) -> bytes:
     return keccak(abi_encode(["bytes32", "bytes32"], [_b32(model_hash), keccak(bytes(mask))]))
 
 
-def mask_bytes(excluded: Iterable[int], n: int) -> bytes:
-    """The mask excluding `excluded` among n positions: empty when none, else ceil(n/8) bytes
-    with bit i of byte i // 8 (least significant first) set for each excluded position i."""
-    positions = sorted(set(excluded))
-    if not positions:
-        return b""
-    if positions[0] < 0 or positions[-1] >= n:
-        raise ChainError(f"excluded positions must be in [0, {n}), got {positions}")
-    out = bytearray((n + 7) // 8)
-    for i in positions:
-        out[i >> 3] |= 1 << (i & 7)
-    return bytes(out)
-
-
-def excluded_positions(mask: bytes, n: int) -> list[int]:
-    """The positions a mask excludes (the inverse of `mask_bytes`); refuses a malformed mask."""
-    if not mask:
-        return []
-    if len(mask) != (n + 7) // 8:
-        raise ChainError(f"a mask over {n} updates has {(n + 7) // 8} bytes, not {len(mask)}")
-    out = [i for i in range(n) if mask[i >> 3] >> (i & 7) & 1]
-    if n & 7 and mask[-1] >> (n & 7):
-        raise ChainError(f"the mask sets a bit at or past position {n}")
-    if not out:
-        raise ChainError("a mask excluding nothing must be empty bytes")
-    return out
-
-
 # -------------------------------------------------------------- allow-list
 
 

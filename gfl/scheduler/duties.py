@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from gfl.errors import GflError
 from gfl.fl.rounds import Decision, excluded_positions
 from gfl.scheduler.ports import Ballot, JobState, Ledger
-
-if TYPE_CHECKING:
-    from gfl.fl.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +33,7 @@ class Duties:
         self._evidence_done: set[int] = set()  # rounds whose evidence was handled
         self._ejected: set[str] = set()
 
-    async def perform(self, st: JobState, spec: JobSpec) -> None:
+    async def perform(self, st: JobState) -> None:
         await self._settle_if_due(st)
         for r, rd in sorted(st.log.rounds.items()):
             if rd.decision is not None and r not in self._evidence_done:
@@ -44,9 +41,9 @@ class Duties:
                 await self._evidence(st, r)
         await self._eject_idle(st)
 
-    async def _try(self, what: str, call: Callable[[], Any]) -> None:
+    async def _try(self, what: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         try:
-            await call()
+            await fn(*args)
         except GflError as exc:  # refused (someone was first) or unavailable: not ours to fix
             log.debug("%s: %s", what, exc)
 
@@ -79,16 +76,13 @@ class Duties:
         for pos in excluded_positions(final.mask, len(rd.updates)):
             author = rd.updates[pos].author
             self._event("withholder", round=r, member=author, position=pos)
-            await self._try(
-                "eject withholder", lambda a=author: self._ledger.eject_withholder(a, final)
-            )
+            await self._try("eject withholder", self._ledger.eject_withholder, author, final)
         for _, v in sorted(rd.votes.items()):
             if v.mask == final.mask and v.model_hash != final.model_hash:
                 theirs = Ballot(r, v.model_hash, v.mask)
                 self._event("dissenter_reported", round=r, member=v.voter)
                 await self._try(
-                    "slash dissenter",
-                    lambda m=v.voter, t=theirs: self._ledger.slash_dissenter(m, t, final),
+                    "slash dissenter", self._ledger.slash_dissenter, v.voter, theirs, final
                 )
 
     async def _eject_idle(self, st: JobState) -> None:
@@ -111,4 +105,4 @@ class Duties:
             if c - since >= missed:
                 self._ejected.add(key)
                 self._event("idle_member", member=m.address, since=since)
-                await self._try("eject", lambda a=m.address: self._ledger.eject(a))
+                await self._try("eject", self._ledger.eject, m.address)

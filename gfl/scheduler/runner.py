@@ -112,6 +112,7 @@ class JobRunner:
         device: str = "cpu",
         participate: bool = True,
         poll_s: float = POLL_S,
+        aggregate: Callable[..., aggregation.RoundModel] = aggregation.aggregate,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
@@ -126,6 +127,7 @@ class JobRunner:
         self.device = device
         self.participate = participate
         self.poll_s = poll_s
+        self._aggregate_fn = aggregate  # M_{r+1} from M_r and the usable updates
         self.me = ledger.address
         self.round = 0  # we hold M_round (its hash: model_hash)
         self.params: dict[str, np.ndarray] = {}
@@ -193,6 +195,7 @@ class JobRunner:
     async def _step(self) -> JobStatus | None:
         st = await self.ledger.sync()
         self._chain_answered()
+        await self.duties.perform(st)  # evidence first: a member's slot keeps its last vote only
         if await self._reconcile(st):
             return None
         ended = st.log.ended
@@ -208,7 +211,6 @@ class JobRunner:
         if self._should_train(st):
             await self._train(st)
             return None
-        await self.duties.perform(st, self.spec)
         await self._nap(self._until_due(st))
         return None
 
@@ -271,8 +273,10 @@ class JobRunner:
     async def _follow(self, r: int, st: JobState) -> None:
         """Round r is decided: our M_{r+1} becomes what the chain decided."""
         rd = st.log.rounds[r]
+        decision = rd.decision
+        assert decision is not None
         dissenters = rd.dissenters()
-        if rd.decision is Decision.VOID:
+        if decision is Decision.VOID:
             cp = await trio.to_thread.run_sync(self.checkpoints.load, r)
             await self._set_model(r + 1, cp[0], cp[1])
             self.ballot = None
@@ -297,8 +301,8 @@ class JobRunner:
                 dissenters=dissenters,
                 self_diverged=False,
             )
-        self.record(r, {"model_hash": self.model_hash.hex(), "decided": rd.decision.value})
-        self._event("round_decided", round=r, decision=rd.decision.value, dissenters=dissenters)
+        self.record(r, {"model_hash": self.model_hash.hex(), "decided": decision.value})
+        self._event("round_decided", round=r, decision=decision.value, dissenters=dissenters)
 
     async def _adopt(self, r: int, st: JobState) -> None:
         """Take round r's decided outcome as M_{r+1}: recompute it from the finalized mask
@@ -359,7 +363,7 @@ class JobRunner:
         for pos, why in sorted(excluded.items()):
             log.info("job %s round %d: update %d excluded: %s", self.job_id[:10], r, pos, why)
         model = await trio.to_thread.run_sync(
-            lambda: aggregation.aggregate(
+            lambda: self._aggregate_fn(
                 self.spec, self.params, self.state, rd.updates, arrays, excluded
             )
         )
