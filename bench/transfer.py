@@ -10,8 +10,8 @@ client process pair:
   (ChaCha20-Poly1305, 65,519-byte plaintexts, four per send) by a minimal Python loop and
   opened on the other side, no libp2p: the floor for any Python Noise data path;
 - stream: the same bytes over a bare libp2p stream (the transport alone), with
-  py-libp2p's own Noise/Yamux code ("stock", `patches.untune_transport`) and
-  with GFL's tuning (`patches.tune_transport`, what a node runs);
+  py-libp2p's own Noise/Yamux code ("stock", ``open_network(tuned=False)``) and
+  with GFL's tuning (`gfl.net.yamux`, `gfl.net.noise`: what a node runs);
 - blob: `Network.fetch_blob` (request, sha256 check, fsync'd store, the bytes
   returned in one object), stock and tuned;
 - blob into the store: `Network.store_blob`, what a node does with each update it
@@ -52,6 +52,15 @@ NOISE_PLAIN = 65_519  # Noise's largest transport-message plaintext
 TLS_RECORD = 16_384  # TLS's largest record plaintext
 ENCRYPT, DECRYPT = "sender: encrypt (Noise messages)", "receiver: decrypt (Noise messages)"
 NOISE_KEY = bytes(32)  # a benchmark's fixed key: this row measures the cost, not secrecy
+
+
+STOCK = False  # this process's hosts use the library's stock transport (--stock)
+
+
+def _transport() -> dict[str, Any]:
+    """`open_network`'s transport argument: only ``--stock`` passes one, so that a
+    ``--before-root`` checkout without the argument still runs."""
+    return {"tuned": False} if STOCK else {}
 
 
 def _nonce(n: int) -> bytes:
@@ -193,7 +202,9 @@ async def p2p_server(size: int) -> None:
 
     spent: list[float] = []
     with tempfile.TemporaryDirectory() as d:
-        async with open_network(NodeIdentity.generate(), blob_dir=Path(d), discover=False) as net:
+        async with open_network(
+            NodeIdentity.generate(), blob_dir=Path(d), discover=False, **_transport()
+        ) as net:
             data = os.urandom(size)
             h = net.blobs.put(data)
 
@@ -222,7 +233,9 @@ async def p2p_client(addr: str, hx: str, size: int, *, how: str, transfers: int)
 
     h = bytes.fromhex(hx)
     with tempfile.TemporaryDirectory() as d:
-        async with open_network(NodeIdentity.generate(), blob_dir=Path(d), discover=False) as net:
+        async with open_network(
+            NodeIdentity.generate(), blob_dir=Path(d), discover=False, **_transport()
+        ) as net:
             pid = await net.connect(addr)
 
             async def one(_: None) -> None:
@@ -278,12 +291,8 @@ def run_pair(
 
 def role(a: argparse.Namespace) -> None:
     sys.path.insert(0, str(a.root))
-    if a.stock:
-        from gfl.net import patches
-
-        untune = getattr(patches, "untune_transport", None)
-        if untune is not None:
-            untune()
+    global STOCK
+    STOCK = a.stock
     servers = {"tcp-server": tcp_server, "p2p-server": p2p_server}
     if a.role in servers:
         trio.run(servers[a.role], a.bytes)

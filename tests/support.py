@@ -34,6 +34,15 @@ NODE_STOP_TIMEOUT = 20.0
 IN_PROCESS_TIMEOUT = 30.0
 
 
+def mnist_dir() -> Path:
+    """The offline MNIST copy: ``$GFL_MNIST_DIR``, else ``shared/data/mnist`` beside the
+    checkout (``../shared`` from the repository's root), here and in CI."""
+    override = os.environ.get("GFL_MNIST_DIR", "").strip()
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (below the ephemeral range)."""
     from gfl.chain.devchain import free_port as dev_free_port
@@ -234,16 +243,18 @@ def finished_alike(net: Any, job_id: str, rounds: int) -> str:
     return finals.pop()
 
 
-def act_on_event(
-    net: Any,
-    i: int,
+def on_event(
+    client: Any,
     matches: Callable[[dict[str, Any]], bool],
     action: Callable[[], None],
     timeout: float = 120,
+    since: int | None = 0,
 ) -> dict[str, Any]:
-    """Call ``action()`` the moment node i's event stream shows an event that `matches`
-    (a signal, a cut link: at a known phase of a round); returns that event."""
+    """Call ``action()`` as soon as the events of the node ``client`` reaches (replayed
+    from ``since``; 0: from its start) show one that `matches`; returns that event."""
     import threading
+
+    from gfl_console.errors import NodeClientError
 
     from gfl.errors import GflError
 
@@ -253,20 +264,31 @@ def act_on_event(
 
     def follow() -> None:
         try:
-            for ev in net.client(i).events(dead_after=timeout):
+            for ev in client.events(since=since, dead_after=timeout):
                 seen.append((ev.get("type"), (ev.get("data") or {}).get("round")))
                 if matches(ev):
                     action()
                     hit.update(ev)
                     break
-        except GflError as exc:
+        except (GflError, NodeClientError) as exc:
             seen.append(exc)
         finally:
             done.set()
 
     threading.Thread(target=follow, daemon=True).start()
-    assert done.wait(timeout) and hit, f"node{i} never reached that phase: {seen[-12:]}"
+    assert done.wait(timeout) and hit, f"the node never reached that phase: {seen[-12:]}"
     return hit
+
+
+def act_on_event(
+    net: Any,
+    i: int,
+    matches: Callable[[dict[str, Any]], bool],
+    action: Callable[[], None],
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """`on_event` for node i of a devnet, from the events that follow the call."""
+    return on_event(net.client(i), matches, action, timeout, since=None)
 
 
 def job_events(net: Any, i: int, job_id: str, timeout: float = 30) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ import signal
 import time
 
 import pytest
+from gfl_console.errors import NodeClientError
+from skip_policy import in_ci
 
 from gfl.chain.devchain import find_anvil
 from gfl.errors import GflError
@@ -20,7 +22,7 @@ from gfl.node.devnet import demo_spec, running_devnet, watch_job
 pytestmark = pytest.mark.slow
 
 ANVIL = find_anvil() is not None
-IN_CI = os.environ.get("CI") == "true"
+IN_CI = in_ci()
 
 
 def _chains() -> list:
@@ -118,7 +120,7 @@ def test_sigkilled_node_restarts_resumes_and_ends_with_the_same_model(tmp_path):
             try:
                 net.client(3).status()
                 break
-            except GflError:
+            except (GflError, NodeClientError):
                 assert time.monotonic() < deadline, "the restarted node did not come up"
                 time.sleep(0.2)
         watch_job(net, jid, timeout=300, out=io.StringIO())

@@ -5,11 +5,14 @@ at start from eth-tester's first dev account (private key 1), so its address
 is the same on every embedded chain; node accounts are funded from it.
 
 Persistence: when a state directory is given, every transaction that reaches
-the chain is appended to ``chain.journal`` (JSON lines: the signed raw
-transaction and the block timestamp it was mined at, fsync'd) and replayed on
-the next start with those timestamps, so the contract sees the same
-``block.timestamp`` and reaches the same state. Block hashes differ between
-runs (py-evm draws prevrandao at random); transaction hashes and state do not.
+the chain is appended to ``chain.journal`` (`gfl.chain.journal`: one checksummed
+record per transaction, the signed raw transaction and the block timestamp it was
+mined at, fsync'd before the sender hears of it) and replayed on the next start
+with those timestamps, so the contract sees the same ``block.timestamp`` and
+reaches the same state. Block hashes differ between runs (py-evm draws prevrandao
+at random); transaction hashes and state do not. When a record cannot be written
+(disk full), the transaction is already in the chain's memory but would be gone
+after a restart: the chain then refuses every request, so nothing is built on it.
 
 Block timestamps follow a clock (wall time plus any `advance_time`), read when
 a transaction arrives: eth-tester alone would stamp a block with the time the
@@ -18,9 +21,7 @@ previous one was mined.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from web3.providers.eth_tester import EthereumTesterProvider
 
 from gfl.chain import artifact
 from gfl.chain.errors import ChainError
+from gfl.chain.journal import Journal
 from gfl.chain.transactions import TxSender
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class _EmbeddedProvider(EthereumTesterProvider):
 
     def make_request(self, method: Any, params: Any) -> Any:
         with self._chain.lock:
+            self._chain._check_journal()
             if method == "eth_sendRawTransaction":
                 return self._chain._send_raw(
                     params[0], lambda: super(_EmbeddedProvider, self).make_request(method, params)
@@ -73,34 +76,32 @@ class EmbeddedChain:
     def __init__(self, state_dir: Path | None = None) -> None:
         self.lock = threading.RLock()
         self._offset = 0.0
-        self._journal_path = Path(state_dir) / JOURNAL_FILE if state_dir else None
-        entries, genesis_ts = self._read_journal()
-        overrides = {"timestamp": genesis_ts} if genesis_ts else None
-        params = PyEVMBackend.generate_genesis_params(overrides=overrides)
-        self.genesis_timestamp: int = params["timestamp"]
-        self.tester = EthereumTester(PyEVMBackend(genesis_parameters=params))
-        self.w3 = Web3(_EmbeddedProvider(self))
-        self.chain_id: int = self.w3.eth.chain_id
-        self._journal = None
-        self._replay(entries)
-        if self._journal_path is not None:
-            self._journal_path.parent.mkdir(parents=True, exist_ok=True)
-            fresh = not self._journal_path.exists() or not entries
-            self._journal = open(self._journal_path, "a", encoding="utf-8")  # noqa: SIM115
-            if fresh:
-                self._journal.truncate(0)
+        self._journal = Journal(Path(state_dir) / JOURNAL_FILE) if state_dir else None
+        try:
+            entries, genesis_ts = self._read_journal()
+            overrides = {"timestamp": genesis_ts} if genesis_ts else None
+            params = PyEVMBackend.generate_genesis_params(overrides=overrides)
+            self.genesis_timestamp: int = params["timestamp"]
+            self.tester = EthereumTester(PyEVMBackend(genesis_parameters=params))
+            self.w3 = Web3(_EmbeddedProvider(self))
+            self.chain_id: int = self.w3.eth.chain_id
+            self._replay(entries)
+            if self._journal is not None and genesis_ts is None:
                 self._write(
                     {
                         "gfl_chain_journal": JOURNAL_VERSION,
                         "genesis_timestamp": self.genesis_timestamp,
                     }
                 )
-        self.registry_address: str = to_checksum_address(_create_address(DEV_ADDRESS, 0))
-        self._dev = TxSender(
-            self.w3, DEV_KEY, endpoint=self.endpoint, chain_id=self.chain_id, timeout=30
-        )
-        if not self.w3.eth.get_code(self.registry_address):
-            self._deploy()
+            self.registry_address: str = to_checksum_address(_create_address(DEV_ADDRESS, 0))
+            self._dev = TxSender(
+                self.w3, DEV_KEY, endpoint=self.endpoint, chain_id=self.chain_id, timeout=30
+            )
+            if not self.w3.eth.get_code(self.registry_address):
+                self._deploy()
+        except BaseException:
+            self.close()
+            raise
 
     # -- time ------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class EmbeddedChain:
     def advance_time(self, seconds: float) -> None:
         """Move the clock forward and mine an empty block stamped with the new time."""
         with self.lock:
+            self._check_journal()
             # relative to chain time, which runs ahead of the wall clock when
             # several blocks are mined within one second
             head = self.tester.backend.chain.get_canonical_head().timestamp
@@ -142,38 +144,34 @@ class EmbeddedChain:
         return response
 
     def _write(self, entry: dict[str, Any]) -> None:
-        if self._journal is None:
-            return
-        self._journal.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        if self._journal is not None:
+            self._journal.append(entry)
+
+    def _check_journal(self) -> None:
+        if self._journal is not None and self._journal.failed is not None:
+            raise ChainError(
+                f"the embedded chain stopped: {self._journal.failed}; restart the node "
+                "once there is room (the transaction it could not record is not kept)"
+            )
 
     def _read_journal(self) -> tuple[list[dict[str, Any]], int | None]:
-        if self._journal_path is None or not self._journal_path.exists():
+        if self._journal is None or not self._journal.records:
             return [], None
-        lines = self._journal_path.read_text("utf-8").splitlines()
-        entries: list[dict[str, Any]] = []
-        for n, line in enumerate(lines):
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                if n == len(lines) - 1:
-                    log.warning("dropping a truncated last line of %s", self._journal_path)
-                    break
-                raise ChainError(f"{self._journal_path} is corrupt at line {n + 1}") from None
-        if not entries:
-            return [], None
-        head = entries[0]
+        head, *entries = self._journal.records
         if head.get("gfl_chain_journal") != JOURNAL_VERSION:
-            raise ChainError(f"{self._journal_path} is not a GFL chain journal (version 1)")
-        return entries[1:], int(head["genesis_timestamp"])
+            raise ChainError(f"{self._journal.path} is not a GFL chain journal (version 1)")
+        return entries, int(head["genesis_timestamp"])
 
     def _replay(self, entries: list[dict[str, Any]]) -> None:
-        if not entries:
+        if not entries or self._journal is None:
             return
         started = time.monotonic()
+        chain = self.tester.backend.chain
         for n, entry in enumerate(entries):
-            self._stamp_pending(int(entry["ts"]))
+            # exactly the recorded time: py-evm stamps a new pending block with the wall
+            # clock, which during a replay is later than when the transaction first ran
+            ts = max(int(entry["ts"]), chain.get_canonical_head().timestamp + 1)
+            chain.header = chain.header.copy(timestamp=ts)
             if "offset" in entry:
                 self._offset = float(entry["offset"])  # the clock offset after advancing
                 self.tester.mine_blocks(1)
@@ -182,7 +180,7 @@ class EmbeddedChain:
                 self.tester.send_raw_transaction(entry["tx"])
             except Exception as exc:
                 raise ChainError(
-                    f"replaying {self._journal_path} failed at transaction {n + 1}: {exc}"
+                    f"replaying {self._journal.path} failed at transaction {n + 1}: {exc}"
                 ) from None
         log.info("replayed %d journal entries in %.1fs", len(entries), time.monotonic() - started)
 

@@ -6,13 +6,18 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gfl.errors import GflError
 
+if TYPE_CHECKING:
+    from gfl_console.client import NodeClient
+    from gfl_console.types import JobDetail, JobSummary
 
-def _client(args: argparse.Namespace) -> Any:
+
+def _client(args: argparse.Namespace) -> NodeClient:
     from gfl.cli.main import _client as cli_client
 
     return cli_client(args)
@@ -22,7 +27,7 @@ def _pct(v: Any) -> str:
     return f"{100 * v:5.1f}%" if isinstance(v, int | float) else "    -"
 
 
-def format_jobs(jobs: list[dict[str, Any]]) -> str:
+def format_jobs(jobs: Sequence[JobSummary]) -> str:
     if not jobs:
         return "no jobs"
     lines = [f"{'JOB':<12} {'NAME':<18} {'STATUS':<10} {'ROUND':>7} {'ACC':>6}  ROLE"]
@@ -34,7 +39,7 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_job(job: dict[str, Any]) -> str:
+def format_job(job: JobDetail) -> str:
     lines = [
         f"job       {job['job_id']}",
         f"name      {job['name']}",
@@ -65,23 +70,21 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     spec = load_job_file(args.file)  # validated here first: one clear line for a bad file
     with _client(args) as client:
-        job = client.request(
-            "POST", "/jobs", json={"spec": spec.to_dict(), "participate": not args.no_participate}
-        )
+        job = client.publish(spec.to_dict(), participate=not args.no_participate)
     print(f"published job {job['job_id']} ({spec.name}, {spec.rounds} rounds)")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        jobs = client.request("GET", "/jobs")
+        jobs = client.jobs()
     print(json.dumps(jobs, indent=2) if args.json else format_jobs(jobs))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = client.request("GET", f"/jobs/{args.job_id}")
+        job = client.job(args.job_id)
     print(json.dumps(job, indent=2) if args.json else format_job(job))
     return 0
 
@@ -91,7 +94,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     last = None
     with _client(args) as client:
         while True:
-            job = client.request("GET", f"/jobs/{args.job_id}")
+            job = client.job(args.job_id)
             line = (
                 f"round {job['round']}/{job['rounds']}  status {job['status']}  "
                 f"accuracy {_pct(job.get('accuracy'))}"
@@ -108,25 +111,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = client.request("POST", f"/jobs/{args.job_id}/cancel")
+        job = client.cancel(args.job_id)
     print(f"cancelled job {job['job_id']}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gfl.scheduler.report import plot_report, render_report
+    from gfl.scheduler.report import plot_report
 
     with _client(args) as client:
-        job = client.request("GET", f"/jobs/{args.job_id}")
-    fmt = "csv" if args.csv else "json"
-    text, _ = render_report(job, fmt)
+        if args.csv:
+            text = client.report(args.job_id, "csv")
+        else:
+            text = json.dumps(client.report(args.job_id), indent=2)
+        job = client.job(args.job_id) if args.plot else None
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    if args.plot:
-        plot_report(job, Path(args.plot))
+    if job is not None:
+        plot_report(dict(job), Path(args.plot))
         print(f"wrote {args.plot}")
     return 0
 

@@ -1,10 +1,10 @@
 """The `gfl` command line.
 
 Every command takes ``--home DIR`` (default ``$GFL_HOME`` or ``~/.gfl``) and
-``-v``. A mistake in the arguments is one line and exit 2; any `GflError` is
-one line ``gfl: <message>`` and exit 1; Ctrl-C is exit 130. Heavy imports
-(libp2p, web3, torch) happen inside the commands that need them so that
-``gfl --help`` and ``gfl status`` answer at once.
+``-v``. A mistake in the arguments is one line and exit 2; any `GflError` (or
+`gfl_console`'s `NodeClientError`) is one line ``gfl: <message>`` and exit 1;
+Ctrl-C is exit 130. Heavy imports (libp2p, web3, torch) happen inside the
+commands that need them so that ``gfl --help`` and ``gfl status`` answer at once.
 """
 
 from __future__ import annotations
@@ -12,16 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from gfl_console.errors import NodeClientError
 
 from gfl import __version__
 from gfl.errors import GflError
+
+if TYPE_CHECKING:
+    from gfl_console.client import NodeClient
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +90,13 @@ def _read_passphrase(args: argparse.Namespace) -> str | None:
         raise GflError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace) -> NodeClient:
     """A NodeClient for -H/-P (with a token) or for the node running with --home.
 
     Other command modules (gfl.cli.jobs) call this too; their parsers may lack -H/-P.
     """
-    from gfl_console.client import NodeClient, token_from_file
-
-    from gfl.node.config import DEFAULT_API_PORT
-    from gfl.node.datadir import DataDir
+    from gfl_console.client import NodeClient
+    from gfl_console.home import find_target
 
     host = getattr(args, "host", None)
     port = getattr(args, "port", None)
@@ -103,13 +105,8 @@ def _client(args: argparse.Namespace) -> Any:
         if token_file:
             raise GflError("--token-file needs -H/--host or -P/--port")
         return NodeClient.from_home(_home(args))
-    if token_file:
-        token = token_from_file(token_file)
-    elif os.environ.get("GFL_API_TOKEN"):
-        token = os.environ["GFL_API_TOKEN"]
-    else:
-        token = DataDir(_home(args)).read_token()
-    return NodeClient(host or "127.0.0.1", port or DEFAULT_API_PORT, token)
+    target = find_target(host, port, token_file=token_file, home=_home(args))
+    return NodeClient(target.host, target.port, target.token)
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -269,30 +266,27 @@ def _console_target(args: argparse.Namespace) -> tuple[str, int, str]:
     """(host, port, token) for the console: -H/-P with a token, or the datadir's node.
 
     Unlike the other commands this does not need the node to be running: the
-    console says so and connects when it comes up.
+    console says so and connects when it comes up (at the configured API address).
     """
-    from gfl_console.client import token_from_file
+    from gfl_console.home import find_target
 
-    from gfl.node.config import DEFAULT_API_PORT
     from gfl.node.datadir import DataDir
 
-    host, port = getattr(args, "host", None), getattr(args, "port", None)
-    token_file = getattr(args, "token_file", None)
-    datadir = DataDir(_home(args))
-    if token_file:
-        token = token_from_file(token_file)
-    elif (host or port) and os.environ.get("GFL_API_TOKEN"):
-        token = os.environ["GFL_API_TOKEN"]
-    else:
-        datadir.require_initialised()
-        token = datadir.read_token()
-    if host is None and port is None:
-        info = datadir.read_api_info() if datadir.is_initialised() else None
-        if info is not None:
-            return info.host, info.port, token
+    def configured() -> tuple[str, int]:
+        datadir = DataDir(_home(args))
         config = datadir.load_config()
-        return config.api.host, config.api.port, token
-    return host or "127.0.0.1", port or DEFAULT_API_PORT, token
+        if config.api.port == 0:  # the node picks its port at start: nothing to wait on
+            raise GflError(f"no node is running with datadir {datadir.root}; start it first")
+        return config.api.host, config.api.port
+
+    target = find_target(
+        getattr(args, "host", None),
+        getattr(args, "port", None),
+        token_file=getattr(args, "token_file", None),
+        home=_home(args),
+        fallback=configured,
+    )
+    return target.host, target.port, target.token
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
@@ -586,11 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error(exc: BaseException) -> GflError | None:
-    """The single GflError inside ``exc`` (trio wraps errors in exception groups)."""
+def _user_error(exc: BaseException) -> Exception | None:
+    """The single GflError (or API client error) inside ``exc`` (trio wraps errors in
+    exception groups)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, GflError) else None
+    return exc if isinstance(exc, GflError | NodeClientError) else None
 
 
 def _only_interrupts(exc: BaseException) -> bool:

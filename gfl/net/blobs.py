@@ -161,7 +161,9 @@ class BlobStore:
             self._check_fits(writer.size)
             self._make_room(writer.size)
             path = self._path(writer.hx)
-            path.parent.mkdir(exist_ok=True)
+            if not path.parent.is_dir():
+                path.parent.mkdir()
+                _fsync_dir(self.root)
             os.replace(writer.tmp, path)
             _fsync_dir(path.parent)
             self._sizes[writer.hx] = writer.size
@@ -326,7 +328,7 @@ class BlobWriter:
         except OSError as exc:
             raise self._fail(exc.strerror) from None
 
-    def _fail(self, why: str) -> BlobError:
+    def _fail(self, why: str | None) -> BlobError:
         """Give up: no partial file left behind (disk full, read-only); the error kept."""
         self.discard()
         self.error = BlobError(f"cannot store blob {self.hx[:16]}… in {self._store.root}: {why}")

@@ -9,7 +9,7 @@ reported through ``Network.stats()`` and ``on_event``.
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,26 +54,3 @@ class RateLimiter:
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         return ok
-
-
-@dataclass
-class Traffic:
-    """Counters exposed by ``Network.stats()``."""
-
-    msgs_in: int = 0
-    msgs_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    blobs_fetched: int = 0
-    blobs_served: int = 0
-    blob_bytes_in: int = 0
-    blob_bytes_out: int = 0
-    connections_refused: int = 0  # inbound connections closed by the max_peers limit
-    mdns_peers_found: int = 0  # distinct peers announced on the local network
-    reprovides: int = 0  # DHT provider records refreshed for blobs we hold
-    drops: Counter[str] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "drops"}
-        d["drops"] = dict(self.drops)
-        return d

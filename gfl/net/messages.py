@@ -94,7 +94,7 @@ def encode_message(msg: Mapping[str, Any], *, max_bytes: int = MAX_MESSAGE_BYTES
         raise MessageError("a message is a map")
     _check_tree(dict(msg))
     _check_envelope(msg)
-    data = msgpack.packb(dict(msg), use_bin_type=True)
+    data: bytes = msgpack.packb(dict(msg), use_bin_type=True)
     if len(data) > max_bytes:
         raise MessageError(
             f"message is {len(data)} bytes, over the {max_bytes}-byte limit: "

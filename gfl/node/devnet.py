@@ -23,10 +23,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gfl.errors import GflError
 from gfl.node.zygote import NODE_MODULES, ForkedProcess, Zygote, ZygoteError
+
+if TYPE_CHECKING:
+    from gfl_console.client import NodeClient
 
 START_TIMEOUT_S = 90.0
 START_PER_NODE_S = 4.0  # each node imports torch, web3 and libp2p: ~5 CPU-seconds on its own
@@ -68,9 +71,9 @@ class Devnet:
     _zygote: Zygote | None = None
     _cleanup_root: bool = False
 
-    _clients: dict[int, Any] = field(default_factory=dict, repr=False)
+    _clients: dict[int, NodeClient] = field(default_factory=dict, repr=False)
 
-    def client(self, i: int) -> Any:
+    def client(self, i: int) -> NodeClient:
         """Node i's API client, made once and reused (the progress loops poll often)."""
         if i not in self._clients:
             from gfl_console.client import NodeClient
@@ -79,9 +82,11 @@ class Devnet:
         return self._clients[i]
 
     def stop(self) -> None:
+        from gfl_console.client import NodeClientError
+
         for n in self.nodes:
             if n.process is not None and n.process.poll() is None:
-                with contextlib.suppress(GflError):
+                with contextlib.suppress(GflError, NodeClientError):
                     self.client(n.index).shutdown()
         deadline = time.monotonic() + 20
         for n in self.nodes:
@@ -326,7 +331,7 @@ def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout
     printed = 0
     while True:
         try:
-            infos = [net.client(n.index).request("GET", f"/jobs/{job_id}") for n in net.nodes]
+            infos = [net.client(n.index).job(job_id) for n in net.nodes]
         except ApiRequestError as exc:  # a node has not heard of the job yet
             if exc.status != 404 or time.monotonic() - t0 > 30:
                 raise
@@ -355,9 +360,9 @@ def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout
 
 def summarize(net: Devnet, job_id: str, result: dict, out: Any = sys.stdout) -> bool:
     """Print accuracy per round and the chain check; True when everything verifies."""
-    head = net.client(0).request("GET", f"/jobs/{job_id}")
+    head = net.client(0).job(job_id)
     print("\nround  accuracy   loss    model hash (node0)   on chain", file=out)
-    checks = [net.client(n.index).request("GET", f"/jobs/{job_id}/verify") for n in net.nodes]
+    checks = [net.client(n.index).verify(job_id) for n in net.nodes]
     ok = True
     for rd in head["rounds_detail"]:
         r = rd["round"]
@@ -414,7 +419,7 @@ def run(args: Any) -> int:
             )
         print(f"up in {time.monotonic() - t0:.1f}s; publishing the demo job", flush=True)
         spec = demo_spec(args.nodes, data=args.data, rounds=args.rounds)
-        job = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})
+        job = net.client(0).publish(spec.to_dict())
         print(
             f"job {job['job_id']} ({spec.name}: {spec.model} on {spec.dataset}, "
             f"{spec.rounds} rounds, {spec.strategy})",

@@ -4,7 +4,12 @@ It holds what a node needs to resume after being killed at any instant: the
 jobs it knows, how far each got, every commitment it has seen, per-round
 metrics, peers it met and counts of what it rejected. Each write is one
 transaction, so a SIGKILL leaves either the old row or the new one; the chain
-stays the authority and a restarted node reconciles with it.
+stays the authority and a restarted node reconciles with it. A committed
+transaction is in sqlite's write-ahead log, in the kernel's hands, before the
+call returns: a killed process loses none of them. A power cut may lose the last
+ones (``synchronous=NORMAL`` syncs the log at checkpoints, not at each commit:
+peers and counters are written often), never the database's consistency. A
+damaged database is refused at open, in one line, rather than half-read.
 
 Model checkpoints and update blobs are files (``models/``, ``blobs/``), written
 atomically elsewhere; this database only names them by hash.
@@ -127,6 +132,13 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+            problem = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                self._db.close()
+                raise StoreError(
+                    f"the node database {path} is damaged ({problem.splitlines()[0]}); move "
+                    "it away to start with an empty one (the chain keeps every job's record)"
+                )
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
@@ -153,7 +165,7 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"node database write failed: {exc}") from None
 
-    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 cur = self._db.execute(sql, args)

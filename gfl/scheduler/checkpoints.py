@@ -1,14 +1,25 @@
 """``models/<job>/``: the global model at the start of each round, kept on disk so that a node
-killed at any point resumes from its last checkpoint and the chain."""
+killed at any point resumes from its last checkpoint and the chain.
+
+A checkpoint is written whole to a temp file, synced and renamed into place, so a crash
+leaves the previous round's file and at most a stale temp file (removed by `latest`).
+Its header carries the sha256 of the model frame (the model hash committed on chain) and
+of the strategy state: a file damaged on disk is reported and skipped, never resumed
+from, and the newest intact one is used instead.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from gfl.errors import GflError
 from gfl.fl.codec import (
     CodecError,
     blob_hash,
@@ -19,6 +30,55 @@ from gfl.fl.codec import (
 )
 
 log = logging.getLogger(__name__)
+
+MAGIC = b"GFLM"
+VERSION = 1
+# magic, version, model frame length, state length, sha256 of each
+_HEADER = struct.Struct(">4sBQQ32s32s")
+
+
+class CheckpointError(GflError):
+    """A checkpoint cannot be written (disk full, read-only), or a file is damaged."""
+
+
+def encode_checkpoint(model: bytes, state: bytes) -> bytes:
+    """A checkpoint file's bytes: header (lengths and checksums), model frame, state."""
+    digest = hashlib.sha256(state).digest()
+    header = _HEADER.pack(MAGIC, VERSION, len(model), len(state), blob_hash(model), digest)
+    return header + model + state
+
+
+def decode_checkpoint(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(model frame, state, model hash) of a checkpoint file; `CheckpointError` when damaged."""
+    if not raw.startswith(MAGIC):
+        # the first format: the model frame's length, the frame, the state; no checksums
+        n = int.from_bytes(raw[:8], "big")
+        if len(raw) < 8 + n:
+            raise CheckpointError(f"truncated: {len(raw)} bytes, the model alone needs {8 + n}")
+        model = raw[8 : 8 + n]
+        return model, raw[8 + n :], blob_hash(model)
+    if len(raw) < _HEADER.size:
+        raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than its header")
+    _, version, n_model, n_state, model_hash, state_hash = _HEADER.unpack_from(raw)
+    if version != VERSION:
+        raise CheckpointError(f"written in format {version}; this GFL reads {VERSION}")
+    if len(raw) != _HEADER.size + n_model + n_state:
+        raise CheckpointError(
+            f"{len(raw)} bytes where its header says {_HEADER.size + n_model + n_state}"
+        )
+    model = raw[_HEADER.size : _HEADER.size + n_model]
+    state = raw[_HEADER.size + n_model :]
+    if blob_hash(model) != model_hash or hashlib.sha256(state).digest() != state_hash:
+        raise CheckpointError("its content fails its checksum")
+    return model, state, model_hash
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Checkpoints:
@@ -39,9 +99,14 @@ class Checkpoints:
 
         model = encode_frame(params)
         state = encode_params(dict(extra)) if extra else b""
-        self.root.mkdir(parents=True, exist_ok=True)
-        header = len(model).to_bytes(8, "big")
-        write_private_file(self.path(r), header + model + state)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_private_file(self.path(r), encode_checkpoint(model, state))
+            _fsync_dir(self.root)  # the rename itself survives a power cut too
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot write the checkpoint {self.path(r)}: {exc.strerror or exc}"
+            ) from None
         return blob_hash(model), model
 
     def save(
@@ -65,17 +130,17 @@ class Checkpoints:
         return self._read(r)[0]
 
     def latest(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], bytes] | None:
-        """(r, M_r, state, hash(M_r)) of the newest readable checkpoint, or None."""
+        """(r, M_r, state, hash(M_r)) of the newest intact checkpoint, or None."""
         if not self.root.exists():
             return None
+        for stale in self.root.glob("round-*.gflm.tmp"):  # a save cut short by a crash
+            stale.unlink(missing_ok=True)
         for p in sorted(self.root.glob("round-*.gflm"), reverse=True):
             try:
-                raw = p.read_bytes()
-                n = int.from_bytes(raw[:8], "big")
-                model, state = raw[8 : 8 + n], raw[8 + n :]
+                model, state, model_hash = decode_checkpoint(p.read_bytes())
                 params = decode_frame(model)
                 extra = decode_params(state) if state else {}
-                return int(p.stem.split("-")[1]), params, extra, blob_hash(model)
-            except (OSError, ValueError, CodecError) as exc:
-                log.warning("skipping unreadable checkpoint %s: %s", p, exc)
+                return int(p.stem.split("-")[1]), params, extra, model_hash
+            except (OSError, ValueError, CodecError, CheckpointError) as exc:
+                log.warning("skipping damaged checkpoint %s: %s", p, exc)
         return None

@@ -18,6 +18,7 @@ from support import running_node
 from gfl.errors import GflError
 from gfl.node.api.app import Endpoint, read_json
 from gfl.node.api.server import is_loopback
+from gfl.node.devnet import demo_spec
 from gfl.node.node import Node
 
 TIMEOUT = 30
@@ -70,27 +71,63 @@ async def test_every_endpoint_needs_the_token(init_home):
             await node.finished.wait()
 
 
+def _validate(schema: dict, method: str, path: str, response: httpx.Response) -> None:
+    """The response is a 200 of the media type the schema names, and matches its schema."""
+    assert response.status_code == 200, (method, path, response.text[:300])
+    [(media, body)] = schema["paths"][path][method.lower()]["responses"]["200"]["content"].items()
+    assert response.headers["content-type"].split(";")[0] == media, (method, path)
+    if media == "application/json":
+        jsonschema_rs.validator_for(body["schema"]).validate(response.json())
+
+
 @pytest.mark.trio
-async def test_responses_match_the_openapi_schema(init_home):
+async def test_every_route_answers_as_its_openapi_schema_says(init_home):
+    """A node as `gfl up` assembles it (job service, embedded chain), with a job: each
+    documented operation is called, and its answer validated against the schema."""
     async with (
-        running_node(init_home()) as node,
-        AsyncNodeClient(*node.api_address, node.datadir.read_token()) as client,
+        running_node(init_home(), full=True) as node,
+        httpx.AsyncClient(base_url=base_url(node), headers=auth(node), timeout=30) as http,
     ):
-        schema = await client.request("GET", "/openapi.json")
-        paths = schema["paths"]
+        schema = (await http.get("/openapi.json")).json()
+        ops = set(operations(schema))
+        checked = set()
 
-        def check(path: str, instance: object) -> None:
-            body = paths[path]["get"]["responses"]["200"]["content"]["application/json"]
-            jsonschema_rs.validator_for(body["schema"]).validate(instance)
+        async def call(method: str, path: str, **kw: object) -> httpx.Response:
+            url = path.replace("{job_id}", job_id)
+            if path == "/events":  # an endless stream: its head is enough
+                async with http.stream(method, url, params={"since": 0}) as r:
+                    _validate(schema, method, path, r)
+                    assert (await anext(r.aiter_lines())).startswith(("id:", ":"))
+            else:
+                r = await http.request(method, url, **kw)
+                _validate(schema, method, path, r)
+            checked.add((method, path))
+            return r
 
-        status = await client.status()
-        check("/status", status)
-        check("/peers", await client.peers())
+        spec = demo_spec(1, data="digits", rounds=2)
+        job_id = ""
+        published = await call("POST", "/jobs", json={"spec": spec.to_dict(), "participate": False})
+        job_id = published.json()["job_id"]
+        status = (await call("GET", "/status")).json()
+        assert status["chain"] is not None and status["chain"]["chain_id"] > 0
         assert status["peer_id"] == node.identity.peer_id
         assert status["address"] == node.identity.eth_address
-        assert status["chain"] is None or status["chain"]["chain_id"] > 0
+        last = [("POST", "/jobs/{job_id}/cancel"), ("POST", "/shutdown")]  # they change state
+        for method, path in sorted(ops - checked - set(last)):
+            await call(method, path)
+        report = await http.get(f"/jobs/{job_id}/report", params={"format": "csv"})
+        assert report.status_code == 200 and report.text.startswith("round,")
+        assert [j["job_id"] for j in (await call("GET", "/jobs")).json()] == [job_id]
+        for method, path in last:
+            await call(method, path)
+        assert checked == ops, ops - checked
         with pytest.raises(jsonschema_rs.ValidationError):  # the check can fail
-            check("/status", {**status, "peers": "none"})
+            body = schema["paths"]["/status"]["get"]["responses"]["200"]["content"]
+            jsonschema_rs.validator_for(body["application/json"]["schema"]).validate(
+                {**status, "peers": "none"}
+            )
+        with trio.fail_after(TIMEOUT):
+            await node.finished.wait()
 
 
 @pytest.mark.trio

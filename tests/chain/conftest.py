@@ -3,16 +3,16 @@
 - ``embedded``: eth-tester + py-evm in this process;
 - ``served``: the embedded chain behind HTTP JSON-RPC, reached by the rpc backend;
 - ``anvil``: the anvil binary from contracts/node_modules (skipped when missing,
-  except under CI=true, where a missing anvil fails the run).
+  except under CI, where a missing anvil fails the run).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from skip_policy import in_ci
 
 from gfl.chain import ContractRevert, JobParams, Registry, deploy_registry, open_chain
 from gfl.chain.devchain import (
@@ -44,7 +44,7 @@ def set_balance(url: str, address: str, wei: int) -> None:
 def require_anvil() -> str:
     binary = find_anvil()
     if binary is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("anvil is missing: CI must run `npm ci` in contracts/")
         pytest.skip("anvil not installed (run `npm ci` in contracts/)")
     return binary

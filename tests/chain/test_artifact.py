@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from skip_policy import in_ci
 
 from gfl.chain.artifact import decode_revert, load_artifact
 
@@ -28,7 +28,7 @@ def test_artifact_was_built_from_the_current_source():
 
 def test_fresh_build_matches_the_committed_artifact():
     if shutil.which("node") is None or not (CONTRACTS / "node_modules" / "solc").exists():
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("solc-js missing: CI must run `npm ci` in contracts/")
         pytest.skip("node or solc-js not installed")
     done = subprocess.run(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
-from gfl.chain import JobStatus, open_chain
+import pytest
+
+from gfl.chain import ChainError, JobStatus, open_chain
 from gfl.chain.embedded import JOURNAL_FILE, EmbeddedChain
+from gfl.chain.journal import encode_record, read_records
 from gfl.identity import NodeIdentity
 
 
@@ -47,17 +50,129 @@ def test_restart_replays_the_journal(tmp_path):
     a2.close()
 
 
-def test_a_truncated_last_journal_line_is_dropped(tmp_path):
-    identity = NodeIdentity.generate()
-    a = open_chain("embedded", identity, state_dir=tmp_path)
+def test_replay_stamps_each_block_with_its_recorded_time(tmp_path):
+    """A restart long after the transactions ran reaches the same state: the blocks get
+    the times the journal recorded, not the time of the replay (the contract's round
+    windows depend on them)."""
+    owner, member = NodeIdentity.generate(), NodeIdentity.generate()
+    a = open_chain("embedded", owner, state_dir=tmp_path)
+    b = a.for_identity(member)
     job_id = os.urandom(32)
-    a.register_job(job_id, b"\x01" * 32, 1, 1, 10)
+    a.register_job(job_id, b"\x01" * 32, 2, 2, 100)
+    a.join_job(job_id)
+    b.join_job(job_id)
+    a.commit_update(job_id, 0, b"\xaa" * 32, 3)
+    before = a.get_round(job_id, 0)
     a.close()
-    with open(tmp_path / JOURNAL_FILE, "a") as f:
-        f.write('{"ts": 12, "tx": "0x02f8')  # a crash in the middle of a write
-    a = open_chain("embedded", identity, state_dir=tmp_path)
-    assert a.get_job(job_id) is not None
+    # the same journal as if it had been written a day earlier
+    path, day = tmp_path / JOURNAL_FILE, 86_400
+    shifted = []
+    for record in read_records(path.read_bytes())[0]:
+        for key in ("ts", "genesis_timestamp"):
+            if key in record:
+                record[key] -= day
+        shifted.append(encode_record(record))
+    path.write_bytes(b"".join(shifted))
+    a = open_chain("embedded", owner, state_dir=tmp_path)
+    after = a.get_round(job_id, 0)
+    assert (after.opens_at, after.updates) == (before.opens_at - day, before.updates)
     a.close()
+
+
+def _register(chain, jobs: list[bytes]) -> bytes:
+    job_id = os.urandom(32)
+    chain.register_job(job_id, b"\x01" * 32, 1, 1, 10)
+    jobs.append(job_id)
+    return job_id
+
+
+def _restart(tmp_path, identity, jobs: list[bytes]):
+    """Reopen the chain from its journal; every job registered so far must be there."""
+    chain = open_chain("embedded", identity, state_dir=tmp_path)
+    missing = [j.hex()[:8] for j in jobs if chain.get_job(j) is None]
+    assert not missing, f"jobs lost across a restart: {missing}"
+    return chain
+
+
+def _journal_lines(tmp_path) -> list[bytes]:
+    data = (tmp_path / JOURNAL_FILE).read_bytes()
+    assert data.endswith(b"\n")
+    return data.split(b"\n")[:-1]
+
+
+def _whole(tmp_path) -> bool:
+    """True when the journal holds whole, checksummed records only."""
+    data = (tmp_path / JOURNAL_FILE).read_bytes()
+    return read_records(data)[1] == len(data)
+
+
+def test_a_crash_mid_record_loses_only_that_record_through_several_restarts(tmp_path):
+    """write, tear, restart, write, restart, write, restart: nothing committed goes."""
+    identity = NodeIdentity.generate()
+    path = tmp_path / JOURNAL_FILE
+    jobs: list[bytes] = []
+    chain = open_chain("embedded", identity, state_dir=tmp_path)
+    _register(chain, jobs)
+    size = path.stat().st_size
+    chain.register_job(os.urandom(32), b"\x01" * 32, 1, 1, 10)
+    chain.close()
+    # a crash half-way through writing the second job's record: it was never acknowledged
+    with open(path, "r+b") as f:
+        f.truncate(size + (path.stat().st_size - size) // 2)
+
+    # then two more crashes mid-record: a whole line whose checksum fails, a line cut short
+    for tear in (b'0badc0de {"ts":1,"tx":"0x02"}\n', b'1234abcd {"t', None):
+        chain = _restart(tmp_path, identity, jobs)
+        _register(chain, jobs)
+        chain.close()
+        chain = _restart(tmp_path, identity, jobs)
+        _register(chain, jobs)
+        chain.close()
+        # the file holds whole records only: the next one cannot glue onto torn bytes
+        assert _whole(tmp_path)
+        if tear is not None:
+            with open(path, "ab") as f:
+                f.write(tear)
+    chain = _restart(tmp_path, identity, jobs)
+    assert len(jobs) == 7
+    chain.close()
+
+
+def test_a_corrupt_record_is_reported_and_not_replayed(tmp_path):
+    identity = NodeIdentity.generate()
+    chain = open_chain("embedded", identity, state_dir=tmp_path)
+    for _ in range(3):
+        chain.register_job(os.urandom(32), b"\x01" * 32, 1, 1, 10)
+    chain.close()
+    path = tmp_path / JOURNAL_FILE
+    lines = _journal_lines(tmp_path)
+    for n in (0, 2, len(lines) - 2):  # the header, a transaction, the one before the last
+        bad = list(lines)
+        body = bytearray(bad[n])
+        body[20] ^= 0x01  # one flipped bit: still JSON-shaped, caught by the checksum only
+        bad[n] = bytes(body)
+        data = b"\n".join(bad) + b"\n"
+        path.write_bytes(data)
+        with pytest.raises(ChainError, match=f"corrupt at line {n + 1}") as err:
+            open_chain("embedded", identity, state_dir=tmp_path)
+        assert "\n" not in str(err.value)
+        assert path.read_bytes() == data  # left as it was, for whoever restores it
+
+
+def test_a_journal_without_checksums_is_rewritten_with_them(tmp_path):
+    identity = NodeIdentity.generate()
+    chain = open_chain("embedded", identity, state_dir=tmp_path)
+    jobs: list[bytes] = []
+    _register(chain, jobs)
+    chain.close()
+    path = tmp_path / JOURNAL_FILE
+    legacy = b"".join(line[9:] + b"\n" for line in _journal_lines(tmp_path))
+    path.write_bytes(legacy + b'{"ts": 12, "tx": "0x02f8')  # the old format, torn at the end
+    chain = _restart(tmp_path, identity, jobs)
+    _register(chain, jobs)
+    chain.close()
+    assert _whole(tmp_path)
+    _restart(tmp_path, identity, jobs).close()
 
 
 def test_registry_address_is_the_same_on_every_embedded_chain():

@@ -1,6 +1,7 @@
 """A full or read-only datadir: clear errors, nothing corrupt once there is room again.
 
-Uses a small tmpfs (root only; skipped elsewhere) so that ENOSPC is real, not simulated.
+Uses a small tmpfs so that ENOSPC is real, not simulated: root only, skipped elsewhere
+except under CI, which runs as root (tests/skip_policy.py).
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ def test_disk_full_gives_clear_errors_and_leaves_nothing_corrupt(small_fs):
             store.bump(f"counter.{i}." + "x" * 2000, 1)
     with pytest.raises(GflError, match=r"(?i)space|full"):
         blobs.put(os.urandom(300_000), tag="job")
-    with pytest.raises(OSError):
+    with pytest.raises(GflError, match=r"(?i)space|full"):
         cps.save(2, _params(2), {})
     os.truncate(filler, filler.stat().st_size - 8192)  # 8 KiB free: a 16 KiB file half fits
-    with pytest.raises(OSError):
+    with pytest.raises(GflError, match=r"(?i)space|full"):
         cps.save(1, _params(2), {})  # over the good round-1 checkpoint
     with pytest.raises(GflError, match=r"(?i)space|full"):
         blobs.put(os.urandom(100_000), tag="job")
@@ -101,6 +102,40 @@ def test_disk_full_gives_clear_errors_and_leaves_nothing_corrupt(small_fs):
     assert (r, h) == (1, h1)
     assert np.array_equal(params["w"], _params(1)["w"])
     store.close()
+
+
+def test_a_full_disk_stops_the_embedded_chain_and_it_loses_nothing_acknowledged(small_fs):
+    """A transaction whose journal record cannot be written is refused, and so is every
+    request after it (the chain's memory holds a transaction a restart would not have);
+    once there is room again the restarted chain holds every acknowledged transaction."""
+    from gfl.chain import open_chain
+    from gfl.identity import NodeIdentity
+
+    identity, state = NodeIdentity.generate(), small_fs / "chain"
+    chain = open_chain("embedded", identity, state_dir=state)
+    kept = [os.urandom(32) for _ in range(2)]
+    for job_id in kept:
+        chain.register_job(job_id, b"\x01" * 32, 1, 1, 10)
+    filler = _fill(small_fs)
+    with pytest.raises(GflError, match=r"(?i)no space"):  # once the journal's page is full
+        for _ in range(50):
+            refused = os.urandom(32)
+            chain.register_job(refused, b"\x01" * 32, 1, 1, 10)
+            kept.append(refused)
+    with pytest.raises(GflError, match="the embedded chain stopped"):
+        chain.get_job(kept[0])
+    chain.close()
+
+    filler.unlink()
+    chain = open_chain("embedded", identity, state_dir=state)
+    assert all(chain.get_job(j) is not None for j in kept)
+    assert chain.get_job(refused) is None
+    after = os.urandom(32)
+    chain.register_job(after, b"\x01" * 32, 1, 1, 10)
+    chain.close()
+    chain = open_chain("embedded", identity, state_dir=state)
+    assert all(chain.get_job(j) is not None for j in [*kept, after])
+    chain.close()
 
 
 @pytest.mark.trio

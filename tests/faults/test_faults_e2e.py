@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gfl_console.errors import NodeClientError
 from support import act_on_event, finished_alike, wait_job_round
 
 from gfl.errors import GflError
@@ -34,7 +35,7 @@ def _wait_api(net: Devnet, i: int, timeout: float = 90) -> None:
         try:
             net.client(i).status()
             return
-        except GflError:
+        except (GflError, NodeClientError):
             assert time.monotonic() < deadline, f"node{i} did not come back"
             time.sleep(0.2)
 
@@ -63,12 +64,24 @@ def _kill_when_file(home: Path, pattern: str, pid: int, timeout: float = 120) ->
     raise AssertionError(f"{pattern} never appeared")
 
 
-def _restart(net: Devnet, i: int, pause: float = 1.0) -> None:
+def _restart(net: Devnet, i: int) -> None:
     node = net.nodes[i]
-    node.process.wait(10)
-    time.sleep(pause)
+    node.process.wait(30)  # reaped: its datadir lock and ports are free
     node.process = _spawn(node, False)  # `gfl up --home node.home`, as an operator would
     _wait_api(net, i)
+
+
+def _until_every_node_lost_its_chain(net: Devnet, timeout: float = 90) -> None:
+    """Wait until each node's /status shows no chain block: its chain calls fail now."""
+    deadline = time.monotonic() + timeout
+    waiting = {n.index for n in net.nodes}
+    while waiting:
+        for i in sorted(waiting):
+            chain = net.client(i).status()["chain"]
+            if chain is not None and chain["block"] is None:
+                waiting.discard(i)
+        assert time.monotonic() < deadline, f"nodes {sorted(waiting)} still read the chain"
+        time.sleep(0.2)
 
 
 def _event(kind: str, min_round: int) -> Callable[[dict[str, Any]], bool]:
@@ -133,7 +146,7 @@ def test_chain_rpc_killed_and_restarted_mid_job(tmp_path, monkeypatch):
         jid = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})["job_id"]
         wait_job_round(net, 0, jid, 1)
         net._chain.close()
-        time.sleep(5)  # nodes see connection refused for a while
+        _until_every_node_lost_its_chain(net)
         for n in net.nodes:
             assert n.process.poll() is None, f"node{n.index} died without its chain"
         net._chain = serve_embedded("127.0.0.1", port, state_dir=state)

@@ -58,7 +58,7 @@ def test_a_late_lying_participant_is_named_and_the_job_ends_on_the_majority_mode
         liar.join_job(job_id)
         liar.commit_model(job_id, lied, hashlib.sha256(b"not the model").digest())
 
-        watch_job(net, jid, timeout=120, out=io.StringIO())
+        watch_job(net, jid, timeout=300, out=io.StringIO())
         final = finished_alike(net, jid, rounds)
 
         models = liar.get_round(job_id, lied).models

@@ -2,11 +2,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import mnist_dir
 
 from gfl.fl.data import DataError, load_dataset, load_partition, partition, split_holdout
 
-# the shared data folder lies beside the checkout (../shared), here and in CI
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+MNIST = mnist_dir()
 
 
 def labels(n=1000, classes=10, seed=0):
@@ -65,7 +65,9 @@ def test_digits_split_and_partition():
         load_partition("digits", 5, 5)
 
 
-@pytest.mark.skipif(not MNIST.is_dir(), reason="offline MNIST copy not present")
+@pytest.mark.skipif(
+    not MNIST.is_dir(), reason=f"no offline MNIST copy at {MNIST} (set GFL_MNIST_DIR)"
+)
 def test_mnist_offline_from_gzipped_idx():
     te = load_dataset("mnist", root=MNIST, train=False)
     assert te.x.shape == (10000, 1, 28, 28) and np.bincount(te.y).size == 10

@@ -34,7 +34,7 @@ async def test_fetch_switches_provider_when_the_first_disconnects_mid_transfer(t
         async def serve_half_then_leave(stream):
             await read_request(stream)
             await stream.write(struct.pack(">BQ", 0, len(data)) + data[: 20 * MiB])
-            await a._disconnect_all()
+            await a._parts.peers.disconnect_all()
 
         _serve_with(a, serve_half_then_leave)
         got = await b.fetch_blob(h, [a.peer_id, c.peer_id], max_size=64 * MiB, timeout=60)
@@ -142,9 +142,10 @@ async def test_concurrent_fetches_of_one_blob_transfer_it_once_and_tag_it_for_ea
 
         async with trio.open_nursery() as n:
             n.start_soon(fetch, "big", 16 * MiB)
-            await wait_for(lambda: h in b._fetching, timeout=5)
+            await wait_for(lambda: h in b._parts.client.flights, timeout=5)
             n.start_soon(fetch_small)
-            await wait_for(lambda: b._fetching[h].done.statistics().tasks_waiting == 1, 5)
+            flights = b._parts.client.flights
+            await wait_for(lambda: flights[h].done.statistics().tasks_waiting == 1, 5)
             release.set()
         assert got["big"] == data and b.blobs.tags() == ["big"]
 

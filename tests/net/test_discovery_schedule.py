@@ -6,31 +6,42 @@ from __future__ import annotations
 import pytest
 import trio
 
-from gfl.net.network import DISCOVERY_IDLE, DISCOVERY_INTERVAL, Network
+from gfl.net.discovery import DISCOVERY_IDLE, DISCOVERY_INTERVAL, Discovery
 
 
-class _Schedule:
-    """The state `Network._discovery_loop` reads, with lookups that find new peers until
-    ``fruitful_until`` (virtual seconds)."""
+class _Peers:
+    """What `Discovery.run_lookups` reads of `gfl.net.peers.Peers`."""
+
+    def __init__(self, peers: int, max_peers: int) -> None:
+        self.count, self.full = peers, peers >= max_peers
+        self.loss = trio.Event()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def clear_loss(self) -> None:
+        self.loss = trio.Event()
+
+
+class _Schedule(Discovery):
+    """`Discovery` whose lookups find new peers until ``fruitful_until`` (virtual seconds)."""
 
     def __init__(self, fruitful_until: float, peers: int = 3, max_peers: int = 64) -> None:
-        self._peers = {f"p{i}": {} for i in range(peers)}
-        self._max_peers = max_peers
-        self._peer_lost = trio.Event()
+        self._peers = _Peers(peers, max_peers)  # type: ignore[assignment]
         self.fruitful_until = fruitful_until
         self.lookups: list[float] = []
 
-    async def _discover_once(self) -> int:
+    async def discover_once(self) -> int:
         now = trio.current_time()
         self.lookups.append(round(now, 3))
         return 1 if now <= self.fruitful_until else 0
 
     async def run_for(self, seconds: float, lose_peer_at: float | None = None) -> None:
         async with trio.open_nursery() as n:
-            n.start_soon(Network._discovery_loop, self)  # type: ignore[arg-type]
+            n.start_soon(self.run_lookups)
             if lose_peer_at is not None:
                 await trio.sleep_until(lose_peer_at)
-                self._peer_lost.set()
+                self._peers.loss.set()
             await trio.sleep_until(seconds)
             n.cancel_scope.cancel()
 

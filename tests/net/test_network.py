@@ -53,5 +53,5 @@ async def test_a_peer_connecting_while_the_network_closes_is_no_crash(tmp_path):
     other = NodeIdentity.generate()
     from libp2p.peer.id import ID
 
-    net._peer_connected(ID.from_base58(other.peer_id), "outbound")  # must not raise
+    net._parts.peers.connected_to(ID.from_base58(other.peer_id), "outbound")  # must not raise
     assert other.peer_id in {p["peer_id"] for p in net.peers()}

@@ -4,11 +4,12 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+from libp2p.pubsub.pubsub import Pubsub
 from net_helpers import wait_for
 
 from gfl.identity import NodeIdentity
 from gfl.net import JOBS_TOPIC, open_network
-from gfl.net.patches import GflPubsub, Pubsub
+from gfl.net.pubsub import GflPubsub
 
 
 def _hold_first_pubsub_write(net, gate: trio.Event, held: trio.Event) -> None:

@@ -1,47 +1,56 @@
 """Yamux credit for small reads goes back in bulk, not one WINDOW_UPDATE frame per read
-(gfl.net.patches, tuning 4), bulk streams still flow, and a writer out of window waits
-for the credit itself, not for a 10 ms poll (tuning 7)."""
+(gfl.net.yamux), bulk streams still flow, and a writer out of window waits for the
+credit itself, not for a 10 ms poll."""
 
 from __future__ import annotations
 
 import pytest
 import trio
 from libp2p.stream_muxer.yamux import yamux
-from net_helpers import connected_pair, nodes, wait_for
+from net_helpers import connected_pair, wait_for
 
-from gfl.net import JOBS_TOPIC, patches
+from gfl.net import JOBS_TOPIC
+from gfl.net.yamux import TunedYamuxStream
 
 
 @pytest.fixture
-def updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The increments of every WINDOW_UPDATE frame sent."""
-    sent: list[int] = []
+def updates(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, int]]:
+    """Each WINDOW_UPDATE frame sent: its stream and its increment."""
+    sent: list[tuple[object, int]] = []
     original = yamux.YamuxStream.send_window_update
 
     async def counting(self, increment: int, skip_lock: bool = False) -> None:
         if increment > 0:
-            sent.append(increment)
+            sent.append((self, increment))
         await original(self, increment, skip_lock)
 
     monkeypatch.setattr(yamux.YamuxStream, "send_window_update", counting)
     return sent
 
 
-async def _gossip(tmp_path, updates: list[int], n_msgs: int) -> int:
-    """WINDOW_UPDATE frames sent while ``n_msgs`` small messages cross from a to b."""
-    async with nodes(2, tmp_path) as (a, b):
+def _gossip_stream_from(receiver, sender) -> object:
+    """The Yamux stream ``receiver`` reads ``sender``'s gossip from (the one it did not open)."""
+    own = receiver._pubsub.peers[sender._my_id]
+    (conn,) = receiver._host.get_network().get_connections(sender._my_id)
+    (stream,) = [
+        s for s in conn.get_streams() if "meshsub" in str(s.get_protocol()) and s is not own
+    ]
+    return stream.muxed_stream
+
+
+async def _gossip(tmp_path, updates: list[tuple[object, int]], n_msgs: int) -> int:
+    """WINDOW_UPDATE frames b sends for ``n_msgs`` small messages from a, each its own read."""
+    async with connected_pair(tmp_path) as (a, b):
         rb = await b.subscribe(JOBS_TOPIC)
         await a.subscribe(JOBS_TOPIC)
         await wait_for(lambda: a.stats()["mesh"][JOBS_TOPIC] >= 1)
-        await trio.sleep(0.5)  # set-up traffic done
-        before = len(updates)
-        for k in range(n_msgs):  # under the library's 10 messages/s per peer and topic
+        stream = _gossip_stream_from(b, a)
+        before = sum(1 for s, _ in updates if s is stream)
+        for k in range(n_msgs):  # one at a time: each arrives in a read of its own
             await a.publish(JOBS_TOPIC, {"v": 1, "type": "bench", "k": k})
-            await trio.sleep(0.12)
-        with trio.fail_after(10):
-            for _ in range(n_msgs):
-                await rb.receive()
-        return len(updates) - before
+            with trio.fail_after(10):
+                assert (await rb.receive()).payload["k"] == k
+        return sum(1 for s, _ in updates if s is stream) - before
 
 
 @pytest.mark.trio
@@ -52,7 +61,9 @@ async def test_small_reads_do_not_each_return_credit(tmp_path, updates):
 @pytest.mark.trio
 async def test_the_library_alone_answers_most_small_reads(tmp_path, updates, monkeypatch):
     monkeypatch.setattr(
-        yamux.YamuxStream, "_auto_tune_and_send_window_update", patches._original_window_update
+        TunedYamuxStream,
+        "_auto_tune_and_send_window_update",
+        yamux.YamuxStream._auto_tune_and_send_window_update,
     )
     assert await _gossip(tmp_path, updates, 30) >= 30
 
@@ -85,8 +96,8 @@ async def test_a_writer_out_of_window_is_woken_by_the_window_update(tmp_path):
         async with trio.open_nursery() as n:
             n.start_soon(stream.write, data)
             yamux_stream = stream.muxed_stream
-            await wait_for(lambda: patches._WAITER_ATTR in yamux_stream.__dict__, timeout=5)
-            waiter = yamux_stream.__dict__[patches._WAITER_ATTR]
+            await wait_for(lambda: yamux_stream.window_waiter is not None, timeout=5)
+            waiter = yamux_stream.window_waiter
             go.set()
         await wait_for(lambda: len(got) == len(data), timeout=10)
         assert got == data and waiter.is_set()
@@ -114,7 +125,7 @@ async def test_a_writer_out_of_window_learns_that_the_reader_reset_the_stream(tm
 
         async with trio.open_nursery() as n:
             n.start_soon(write)
-            await wait_for(lambda: patches._WAITER_ATTR in stream.muxed_stream.__dict__, 5)
+            await wait_for(lambda: stream.muxed_stream.window_waiter is not None, 5)
             reset.set()
         # not the 5 s zero-window timeout: the reset itself ends the wait
         assert failed and "closed" in failed[0] and "Timed out" not in failed[0]

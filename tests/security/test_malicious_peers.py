@@ -77,6 +77,8 @@ class ApiWatcher(threading.Thread):
         self.baseline: list[float] = []  # before the attack started (same nodes, same run)
         self.attack_started = threading.Event()
         self.failures: list[str] = []
+        self.sweeps = 0  # times every node was polled
+        self._swept = threading.Condition()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -92,9 +94,20 @@ class ApiWatcher(threading.Thread):
                     (self.latencies if self.attack_started.is_set() else self.baseline).append(lat)
                 except Exception as exc:
                     self.failures.append(f"node{i}: {type(exc).__name__}: {exc}")
+            with self._swept:
+                self.sweeps += 1
+                self._swept.notify_all()
             self._stop_event.wait(0.5)
         for c in clients:
             c.close()
+
+    def wait_sweeps(self, n: int, timeout: float = 60.0) -> None:
+        """Block until every node was polled ``n`` more times (a thread, not the trio loop)."""
+        with self._swept:
+            target = self.sweeps + n
+            assert self._swept.wait_for(lambda: self.sweeps >= target, timeout), (
+                f"the API watcher made {self.sweeps} of {target} sweeps in {timeout:g} s"
+            )
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -113,6 +126,7 @@ class Attack:
         self.sent_cat: Counter[tuple[int, str]] = Counter()  # (node index, category) -> count
         self.rng = random.Random(20261128)
         self.honest_job: bytes | None = None
+        self.job_published = trio.Event()  # honest_job is set
         self.captured_jobs: list[Any] = []
         self.captured_updates: list[Any] = []
         self.fake_hashes: set[bytes] = set()
@@ -125,6 +139,7 @@ class Attack:
         # topics a node is not subscribed to, so round-topic fuzz goes only to those)
         self.running: dict[int, bool] = {}
         self.join_delay: dict[int, float] = {}
+        self.rounds: dict[int, int] = {}  # node index -> its round of the honest job
 
 
 async def _fuzz(attack: Attack, spec_bytes: bytes, job_ids: list[bytes], total: int) -> None:
@@ -187,7 +202,7 @@ async def _forgeries(
                     attack.sent_to[ti] += 1
                     attack.sent_cat[ti, "forged_job"] += 1
                     attack.forged_ids.add(jid.hex())
-        await trio.sleep(2.0)
+        await trio.sleep(2.0)  # pacing: three waves spread over the attack, not one burst
 
 
 async def _blob_attacks(attack: Attack) -> None:
@@ -223,9 +238,9 @@ async def _capture(attack: Attack, peer: MaliciousPeer, topic: str, into: list) 
 
 async def _round_attacks(attack: Attack, liar: MaliciousPeer) -> None:
     """Once the honest job runs: announce updates whose blobs `liar` serves wrongly; replay."""
-    while attack.honest_job is None:
-        await trio.sleep(0.2)
+    await attack.job_published.wait()
     job = attack.honest_job
+    assert job is not None
     topic = _round_topic(job)
     attack.peers[0].nursery.start_soon(
         _capture, attack, attack.peers[0], topic, attack.captured_updates
@@ -261,7 +276,9 @@ async def _round_attacks(attack: Attack, liar: MaliciousPeer) -> None:
             old = list(attack.captured_updates)[:5] + list(attack.captured_jobs)[:2]
             if old and await attack.peers[1].replay(target, old):
                 attack.sent["replay"] += len(old)
-        await trio.sleep(4.0)
+        with trio.move_on_after(60):  # the next wave in the next round (if the job lasts)
+            while max(attack.rounds.values(), default=0) <= r:
+                await trio.sleep(0.2)
 
 
 async def _track_job(attack: Attack) -> None:
@@ -269,8 +286,8 @@ async def _track_job(attack: Attack) -> None:
     from gfl_console.client import NodeClientError
 
     t0 = trio.current_time()
-    while attack.honest_job is None:
-        await trio.sleep(0.1)
+    await attack.job_published.wait()
+    assert attack.honest_job is not None
     hx = attack.honest_job.hex()
     while True:
         for n in attack.net.nodes:
@@ -281,6 +298,7 @@ async def _track_job(attack: Attack) -> None:
             except NodeClientError:
                 continue
             attack.running[n.index] = bool(info["running"])
+            attack.rounds[n.index] = int(info["round"])
             if info["running"] and n.index not in attack.join_delay:
                 attack.join_delay[n.index] = trio.current_time() - t0
         await trio.sleep(0.3)
@@ -341,7 +359,8 @@ async def _attack(net: Devnet, result: dict, watcher: ApiWatcher) -> None:
             result["attack"] = attack
             outer.start_soon(_capture, attack, peers[0], JOBS_TOPIC, attack.captured_jobs)
             job_ids = [jobs["own"][0], jobs["copy"], b"\0" * 32]
-            await trio.sleep(4.0)  # a quiet baseline for the /status latency
+            # a quiet baseline for the /status latency: a few polls of every node
+            await trio.to_thread.run_sync(watcher.wait_sweeps, 3)
             watcher.attack_started.set()
             async with trio.open_nursery() as n:
                 n.start_soon(_fuzz, attack, jobs["own"][1], job_ids, FUZZ_MESSAGES)
@@ -349,13 +368,18 @@ async def _attack(net: Devnet, result: dict, watcher: ApiWatcher) -> None:
                 n.start_soon(_blob_attacks, attack)
                 n.start_soon(_bad_frames, attack)
                 n.start_soon(_round_attacks, attack, peers[2])
-                await trio.sleep(3.0)  # the honest job is published in the middle of the attack
+                # the honest job is published in the middle of the attack: once every
+                # attacker's gossip has reached every node
+                with trio.fail_after(120):
+                    while min(attack.sent_to[i] for i in range(len(targets))) < BATCH * len(peers):
+                        await trio.sleep(0.1)
                 t_pub = trio.current_time()
                 hx = await trio.to_thread.run_sync(_publish_honest, net)
                 n.start_soon(_track_job, attack)
                 result["t_pub"] = t_pub
                 result["job_id"] = hx
                 attack.honest_job = bytes.fromhex(hx)
+                attack.job_published.set()
                 deadline = trio.current_time() + JOB_TIMEOUT_S
                 while True:
                     states = await trio.to_thread.run_sync(_job_states, net, hx)
@@ -386,7 +410,7 @@ def test_hostile_peers_cannot_crash_stall_or_fool_a_devnet(tmp_path: Path) -> No
             trio.run(_attack, net, result, watcher)
         except BaseExceptionGroup as group:  # show the real error, not 10 nested groups
             raise _first_leaf(group) from group
-        time.sleep(2.0)  # the API keeps answering after the attack too
+        watcher.wait_sweeps(3)  # the API keeps answering after the attack too
         watcher.stop()
         attack: Attack = result["attack"]
         job_id = result["job_id"]

@@ -2,18 +2,22 @@
 
 The behavioural tests drive `ConsoleApp` with Textual's Pilot against a real
 `gfl up` process (the root conftest's ``start_node``); only the snapshot tests
-feed canned data, because live uptime and hashes change every run.
+feed canned data, because live uptime and hashes change every run. The canned
+node is an HTTP handler behind the real `AsyncNodeClient` (httpx's MockTransport),
+so the client's request building and error handling are the real ones there too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gfl.node.config import Config, load_config, write_config
@@ -25,7 +29,11 @@ def anyio_backend() -> str:
     return "asyncio"  # Textual runs on asyncio
 
 
-async def _wait_until(pilot: Any, condition: Callable[[], Any], timeout: float = 20.0) -> Any:
+# Generous: the live tests share two cores with node processes and other test runs.
+WAIT_S = 60.0
+
+
+async def _wait_until(pilot: Any, condition: Callable[[], Any], timeout: float = WAIT_S) -> Any:
     """Let the app run until ``condition()`` is truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -38,7 +46,7 @@ async def _wait_until(pilot: Any, condition: Callable[[], Any], timeout: float =
 
 @pytest.fixture
 def wait_until() -> Callable[..., Awaitable[Any]]:
-    """``await wait_until(pilot, lambda: ..., timeout=20)``."""
+    """``await wait_until(pilot, lambda: ..., timeout=60)``: the condition's truthy value."""
     return _wait_until
 
 
@@ -69,8 +77,9 @@ T0 = 1_795_832_700.0
 CANNED_PEERS = [
     {
         "peer_id": "16Uiu2HAm74Z8s3hJ7ApABAJKFoEEWtKjzCh6tD6pLqo75dC4GoAq",
-        "address": PEER,
+        "eth_address": PEER,
         "addrs": ["/ip4/127.0.0.1/tcp/41703"],
+        "connected_since": T0,
         "direction": "outbound",
         "msgs_in": 42,
     },
@@ -93,9 +102,14 @@ CANNED_STATUS = {
     "api": {"host": "127.0.0.1", "port": 9434},
     "home": "/home/alice/.gfl",
     "pid": 4242,
-    "jobs": {"active": 1, "finished": 1},
-    "alarms": {"divergence": 0},
-    "rejected": {"bad_signature": 2},
+    "net": None,
+    "jobs": {
+        "ready": True,
+        "jobs": {"active": 1, "finished": 1},
+        "running": 1,
+        "rejected": {"rejected.bad_signature": 2},
+        "alarms": {"alarms.divergence": 0},
+    },
 }
 
 
@@ -241,54 +255,57 @@ CANNED_EVENTS = [
 ]
 
 
-class CannedClient:
-    """Stands in for `AsyncNodeClient` with fixed answers, so that snapshots are stable."""
+def _sse(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(f"id: {e['seq']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
 
-    def __init__(self, refuse: Exception | None = None) -> None:
-        self.refuse = refuse
 
-    async def status(self) -> dict[str, Any]:
-        if self.refuse:
-            raise self.refuse
-        return CANNED_STATUS
+async def _stream(body: bytes) -> AsyncIterator[bytes]:
+    yield b": gfl events\n\n"
+    yield body
+    await asyncio.Event().wait()  # a live stream that stays quiet
 
-    async def peers(self) -> list[dict[str, Any]]:
-        return CANNED_PEERS
 
-    async def request(self, method: str, path: str, **kw: Any) -> Any:
-        from gfl_console.client import ApiRequestError
+def canned_node(token_refused: bool = False) -> httpx.MockTransport:
+    """A node that answers every route the console uses with the canned data above."""
+    routes: dict[tuple[str, str], Any] = {
+        ("GET", "/status"): CANNED_STATUS,
+        ("GET", "/peers"): CANNED_PEERS,
+        ("GET", "/jobs"): CANNED_JOBS,
+        ("GET", f"/jobs/{JOB_A}"): CANNED_DETAIL,
+        ("GET", f"/jobs/{JOB_A}/verify"): CANNED_VERIFY,
+    }
 
-        if self.refuse:
-            raise self.refuse
-        if (method, path) == ("GET", "/jobs"):
-            return CANNED_JOBS
-        if (method, path) == ("GET", f"/jobs/{JOB_A}"):
-            return CANNED_DETAIL
-        if (method, path) == ("GET", f"/jobs/{JOB_A}/verify"):
-            return CANNED_VERIFY
-        if (method, path) == ("POST", "/jobs"):
-            raise ApiRequestError("127.0.0.1:9434: rounds must be at least 1", 400)
-        raise ApiRequestError(f"127.0.0.1:9434: no route {method} {path}", 404)
+    def handle(request: httpx.Request) -> httpx.Response:
+        key = (request.method, request.url.path)
+        if token_refused:
+            return httpx.Response(401, json={"error": "a valid bearer token is required"})
+        if key == ("GET", "/events"):
+            return httpx.Response(
+                200,
+                headers={"content-type": "text/event-stream"},
+                content=_stream(_sse(CANNED_EVENTS)),
+            )
+        if key == ("POST", "/jobs"):
+            return httpx.Response(400, json={"error": "rounds must be at least 1"})
+        if key in routes:
+            return httpx.Response(200, json=routes[key])
+        return httpx.Response(404, json={"error": f"no route {request.method} {key[1]}"})
 
-    async def events(self, since: int | None = None, **kw: Any) -> Any:
-        for event in CANNED_EVENTS:
-            yield event
-        await asyncio.Event().wait()  # a live stream that stays quiet
-
-    async def aclose(self) -> None:
-        pass
+    return httpx.MockTransport(handle)
 
 
 @pytest.fixture
-def canned_app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
-    """``canned_app(refuse=None)`` → a `ConsoleApp` on canned data, log times in UTC."""
+def canned_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    """``canned_app(token_refused=False)`` → a `ConsoleApp` on canned data, log times in UTC."""
     from gfl_console.app import ConsoleApp
+    from gfl_console.client import AsyncNodeClient
 
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
 
-    def make(refuse: Exception | None = None) -> ConsoleApp:
-        return ConsoleApp("127.0.0.1", 9434, "token", client=CannedClient(refuse))
+    def make(token_refused: bool = False) -> ConsoleApp:
+        client = AsyncNodeClient("127.0.0.1", 9434, "token", transport=canned_node(token_refused))
+        return ConsoleApp("127.0.0.1", 9434, "token", client=client)
 
     yield make
     monkeypatch.undo()

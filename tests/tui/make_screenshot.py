@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gfl_console.app import ConsoleApp
 from gfl_console.detail import JobDetailScreen
-from gfl_console.publish import TEMPLATE
+from gfl_console.publish import TEMPLATE, PublishPane
 from support import NodeProcess, gfl_command, gfl_env, local_config
 
 from gfl.node.datadir import DataDir
@@ -33,9 +33,13 @@ async def capture(home: Path, out: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         deadline = time.monotonic() + 120
         while app.jobs is None:
+            assert time.monotonic() < deadline, "the console did not load the node"
             await pilot.pause(0.1)
-        app.publish_job(TEMPLATE.replace("rounds = 3", "rounds = 8"))
+        pane = app.query_one(PublishPane)
+        pane.text = TEMPLATE.replace("rounds = 3", "rounds = 8")
+        pane.submit()  # as the Publish button does
         while not app.jobs:
+            assert time.monotonic() < deadline, f"the job was not published: {pane.error}"
             await pilot.pause(0.1)
         app.open_job(app.jobs[0]["job_id"])
         while True:

@@ -19,18 +19,84 @@ from gfl_console.format import (
     short,
 )
 
+HEAVY = ("gfl", "torch", "libp2p", "web3", "trio")
 
-def test_the_console_imports_no_node_layers() -> None:
-    code = (
-        "import sys, gfl_console, gfl_console.app\n"
-        "heavy = ('libp2p', 'web3', 'torch', 'trio',\n"
-        "         'gfl.net', 'gfl.chain', 'gfl.fl', 'gfl.node.node')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n"
-    )
+
+def run_python(code: str, *args: str, timeout: float = 120) -> str:
+    """Run ``code`` in a fresh interpreter; its stdout (a failure shows its stderr)."""
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout
     )
-    assert out.stdout.strip() == "[]", out.stdout
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_the_console_and_client_import_no_node_layers() -> None:
+    code = (
+        "import sys\n"
+        "import gfl_console, gfl_console.app, gfl_console.client, gfl_console.__main__\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    assert run_python(code).strip() == "[]"
+
+
+# Installed first in the child: any import of these packages fails, as on a laptop with
+# only gfl-console installed.
+REFUSE = f"""
+import sys
+from importlib.abc import MetaPathFinder
+
+class Refuse(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {HEAVY[:4]!r}:
+            raise ModuleNotFoundError(f"{{name}} is not installed here", name=name)
+        return None
+
+sys.meta_path.insert(0, Refuse())
+try:
+    import gfl
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("the finder did not refuse gfl")
+"""
+
+WITHOUT_GFL = """
+import asyncio, sys, time
+from gfl_console.app import ConsoleApp
+from gfl_console.client import NodeClient
+from gfl_console.home import NodeHome
+from gfl_console.link import LinkState
+
+home, pid = sys.argv[1], int(sys.argv[2])
+with NodeClient.from_home(home) as client:
+    status = client.status()
+    assert status["pid"] == pid, status
+    assert client.jobs() == []
+
+
+async def console() -> None:
+    target = NodeHome(home).locate()
+    app = ConsoleApp(target.host, target.port, target.token)
+    async with app.run_test(size=(100, 32)) as pilot:
+        deadline = time.monotonic() + 60
+        while not (app.node_status and app.jobs is not None):
+            assert time.monotonic() < deadline, "the console never loaded the node"
+            await pilot.pause(0.1)
+        assert app.link_status.state is LinkState.CONNECTED
+        assert app.node_status["peer_id"] == status["peer_id"]
+
+
+asyncio.run(console())
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("gfl", "torch", "libp2p", "web3")))
+"""
+
+
+def test_the_console_and_client_work_where_gfl_cannot_be_imported(init_home, start_node) -> None:
+    node = start_node(init_home("a"))
+    out = run_python(REFUSE + WITHOUT_GFL, str(node.home), str(node.status["pid"]))
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gfl_console.client import Unauthorized
 from gfl_console.detail import JobDetailScreen
 
 SMALL = (80, 24)
@@ -27,7 +26,7 @@ async def settle(pilot: Any, condition: Callable[[], bool], timeout: float = 10.
 
 def loaded(pilot: Any) -> Callable[[], bool]:
     app = pilot.app
-    return lambda: bool(app.node_status) and app.jobs is not None
+    return lambda: bool(app.node_status) and app.jobs is not None and bool(app.peers)
 
 
 def pane(key: str) -> Callable[[Any], Any]:
@@ -92,7 +91,7 @@ def test_help_80x24(snap_compare, canned_app) -> None:
 
 
 def test_wrong_token_80x24(snap_compare, canned_app) -> None:
-    app = canned_app(Unauthorized("refused"))
+    app = canned_app(token_refused=True)
 
     async def run_before(pilot: Any) -> None:
         await settle(pilot, lambda: pilot.app.link_status.state.value == "unauthorized")

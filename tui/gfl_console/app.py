@@ -10,21 +10,20 @@ and a slow poll of ``/status`` for what has no event (uptime, chain block).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.message import Message
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import (
     DataTable,
     Footer,
     Header,
     Input,
-    Static,
     TabbedContent,
     TabPane,
     Tabs,
@@ -32,16 +31,19 @@ from textual.widgets import (
 )
 from textual.worker import Worker
 
-from gfl_console.client import AsyncNodeClient, NodeClientError, NodeNotRunning, Unauthorized
+from gfl_console.client import AsyncNodeClient
 from gfl_console.detail import JobDetailScreen
+from gfl_console.errors import NodeClientError, NodeNotRunning, Unauthorized
 from gfl_console.format import short
 from gfl_console.help import HelpScreen
-from gfl_console.jobs import JobsTable
+from gfl_console.jobs import JobsHint, JobsTable
 from gfl_console.link import LinkState, LinkStatus, NodeLink
+from gfl_console.linkbar import LinkBar
 from gfl_console.log import EventLog
 from gfl_console.overview import OverviewPane
 from gfl_console.peers import PeersTable
 from gfl_console.publish import PublishPane
+from gfl_console.types import Event, JobSummary, NodeStatus, PeerInfo
 
 STATUS_POLL_S = 2.0
 JOBS_POLL_S = 10.0
@@ -50,11 +52,15 @@ PEER_EVENTS = ("peer_connected", "peer_disconnected")
 
 
 class ConsoleApp(App[int]):
-    """Watch one node: overview, peers, jobs and their rounds, the event log; publish jobs."""
+    """Watch one node: overview, peers, jobs and their rounds, the event log; publish jobs.
+
+    The app holds what it learns from the node in reactive attributes; the widgets
+    are bound to them (`data_bind`) and redraw themselves when they change.
+    """
 
     CSS_PATH = "console.tcss"
     TITLE = "GFL console"
-    BINDINGS: ClassVar[list[Binding]] = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("o", "show_pane('overview')", "Overview"),
         Binding("p", "show_pane('peers')", "Peers"),
         Binding("j", "show_pane('jobs')", "Jobs"),
@@ -68,10 +74,16 @@ class ConsoleApp(App[int]):
         Binding("q", "quit", "Quit"),
     ]
 
+    link_status: reactive[LinkStatus] = reactive(LinkStatus(LinkState.CONNECTING, "connecting…"))
+    node_status: reactive[NodeStatus | None] = reactive(None)
+    peers: reactive[list[PeerInfo]] = reactive(list)
+    jobs: reactive[list[JobSummary] | None] = reactive(None)
+    jobs_error: reactive[str] = reactive("")
+
     class NodeEvent(Message):
         """An event from the node's stream."""
 
-        def __init__(self, event: dict[str, Any]) -> None:
+        def __init__(self, event: Event) -> None:
             super().__init__()
             self.event = event
 
@@ -82,31 +94,35 @@ class ConsoleApp(App[int]):
             super().__init__()
             self.status = status
 
-    def __init__(self, host: str, port: int, token: str, *, client: Any = None) -> None:
-        """``client`` replaces the HTTP client (the snapshot tests feed canned data)."""
+    def __init__(
+        self, host: str, port: int, token: str, *, client: AsyncNodeClient | None = None
+    ) -> None:
+        """``client`` replaces the default one (the snapshot tests serve canned answers)."""
         super().__init__()
         self.where = f"{host}:{port}"
-        self.client: Any = client or AsyncNodeClient(host, port, token)
+        self.client = client or AsyncNodeClient(host, port, token)
         self.link = NodeLink(self.client, self.where)
-        self.link_status = LinkStatus(LinkState.CONNECTING, f"connecting to {self.where}…")
-        self.node_status: dict[str, Any] = {}
-        self.jobs: list[dict[str, Any]] | None = None
+        self.set_reactive(
+            ConsoleApp.link_status, LinkStatus(LinkState.CONNECTING, f"connecting to {self.where}…")
+        )
         self._link_worker: Worker[None] | None = None
 
     # -- layout -----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")
-        yield Static(self.link_status.message, id="link")
+        yield LinkBar(self.link_status.message, id="link").data_bind(link=ConsoleApp.link_status)
         with TabbedContent(initial="overview", id="panes"):
             with TabPane("Overview", id="overview"):
-                yield OverviewPane(id="overview-pane")
-            with TabPane("Peers", id="peers"):
-                yield PeersTable(id="peers-table")
-            with TabPane("Jobs", id="jobs"):
-                yield Static(
-                    "Enter or click a job for its rounds; n publishes a new one.", id="jobs-hint"
+                yield OverviewPane(self.where, id="overview-pane").data_bind(
+                    status=ConsoleApp.node_status,
+                    jobs=ConsoleApp.jobs,
+                    link=ConsoleApp.link_status,
                 )
-                yield JobsTable(id="jobs-table")
+            with TabPane("Peers", id="peers"):
+                yield PeersTable(id="peers-table").data_bind(ConsoleApp.peers)
+            with TabPane("Jobs", id="jobs"):
+                yield JobsHint(id="jobs-hint").data_bind(error=ConsoleApp.jobs_error)
+                yield JobsTable(id="jobs-table").data_bind(ConsoleApp.jobs)
             with TabPane("Log", id="log"):
                 yield EventLog(id="event-log")
             with TabPane("Publish", id="publish"):
@@ -120,9 +136,7 @@ class ConsoleApp(App[int]):
         self.set_interval(JOBS_POLL_S, self.reload_jobs)
 
     async def on_unmount(self) -> None:
-        close = getattr(self.client, "aclose", None)
-        if close is not None:
-            await close()
+        await self.client.aclose()
 
     # -- the link ---------------------------------------------------------------------------
     async def _follow(self) -> None:
@@ -131,52 +145,36 @@ class ConsoleApp(App[int]):
             lambda st: self.post_message(self.LinkChanged(st)),
         )
 
+    def _event_log(self) -> EventLog | None:
+        try:
+            return self.query_one(EventLog)
+        except NoMatches:  # the link outlives the widgets while the console closes
+            return None
+
     def on_console_app_link_changed(self, message: LinkChanged) -> None:
         status, previous = message.status, self.link_status
         self.link_status = status
-        try:
-            bar = self.query_one("#link", Static)
-        except NoMatches:  # the link outlives the widgets while the console closes
-            return
-        icon = {
-            LinkState.CONNECTED: "●",
-            LinkState.CONNECTING: "…",
-            LinkState.DOWN: "✖",
-            LinkState.UNAUTHORIZED: "✖",
-        }[status.state]
-        bar.update(f"{icon} {status.message}")
-        for state in LinkState:
-            bar.set_class(status.state is state, f"-{state.value}")
-        log = self.query_one(EventLog)
+        log = self._event_log()
         if status.state is LinkState.CONNECTED:
-            if status.restarted:
+            if status.restarted and log is not None:
                 log.note("the node restarted")
             self.reload_status()
             self.reload_jobs()
             if isinstance(self.screen, JobDetailScreen):
                 self.screen.reload()
-        elif status.state in (LinkState.DOWN, LinkState.UNAUTHORIZED):
-            if previous.state is LinkState.CONNECTED:
-                log.note(status.message)
-            if status.state is LinkState.UNAUTHORIZED:
-                self.query_one(OverviewPane).query_one("#overview-body", Static).update(
-                    Text(status.message, style="bold red")
-                )
-            elif not self.node_status:
-                self.query_one(OverviewPane).query_one("#overview-body", Static).update(
-                    Text(
-                        f"No node is running at {self.where}. Start one with `gfl up`; "
-                        "the console connects as soon as it answers.",
-                        style="bold",
-                    )
-                )
+        elif (
+            status.state in (LinkState.DOWN, LinkState.UNAUTHORIZED)
+            and previous.state is LinkState.CONNECTED
+            and log is not None
+        ):
+            log.note(status.message)
 
     def on_console_app_node_event(self, message: NodeEvent) -> None:
         event = message.event
-        try:
-            self.query_one(EventLog).add(event)
-        except NoMatches:  # the console is closing
+        log = self._event_log()
+        if log is None:  # the console is closing
             return
+        log.add(event)
         kind = str(event.get("type", ""))
         if kind in PEER_EVENTS or kind.startswith("chain."):
             self.reload_status()
@@ -201,22 +199,18 @@ class ConsoleApp(App[int]):
         except NodeClientError:
             return  # the link reports the connection state
         self.node_status = status
-        self.query_one(OverviewPane).show(status, self.jobs)
-        self.query_one(PeersTable).show(status.get("peers") or [])
+        self.peers = status.get("peers") or []
 
     @work(exclusive=True, group="jobs")
     async def reload_jobs(self) -> None:
         if not self.connected:
             return
         try:
-            jobs = await self.client.request("GET", "/jobs")
+            self.jobs = await self.client.jobs()
         except NodeClientError as exc:
-            self.query_one("#jobs-hint", Static).update(Text(str(exc), style="bold red"))
+            self.jobs_error = str(exc)
             return
-        self.jobs = jobs
-        self.query_one(JobsTable).show(jobs)
-        if self.node_status:
-            self.query_one(OverviewPane).show(self.node_status, jobs)
+        self.jobs_error = ""
 
     @on(DataTable.RowSelected, "#jobs-table")
     def _open_job(self, event: DataTable.RowSelected) -> None:
@@ -224,26 +218,23 @@ class ConsoleApp(App[int]):
 
     def open_job(self, job_id: str) -> None:
         """Show one job's detail screen."""
-        self.push_screen(JobDetailScreen(job_id))
+        self.push_screen(JobDetailScreen(job_id, self.client))
 
     @on(PublishPane.Submitted)
     def _publish(self, message: PublishPane.Submitted) -> None:
-        self.publish_job(message.toml, message.participate)
+        self.publish_job(message.pane, message.toml, message.participate)
 
     @work(exclusive=True, group="publish")
-    async def publish_job(self, toml: str, participate: bool = True) -> None:
+    async def publish_job(self, pane: PublishPane, toml: str, participate: bool = True) -> None:
         """Send a job file to the node; its refusal is shown under the editor."""
-        pane = self.query_one(PublishPane)
-        pane.show_error("")
+        pane.error = ""
         try:
-            job = await self.client.request(
-                "POST", "/jobs", json={"toml": toml, "participate": participate}
-            )
+            job = await self.client.publish(toml=toml, participate=participate)
         except (NodeNotRunning, Unauthorized) as exc:
-            pane.show_error(str(exc))
+            pane.error = str(exc)
             return
         except NodeClientError as exc:
-            pane.show_error(str(exc).removeprefix(f"{self.where}: "))
+            pane.error = str(exc).removeprefix(f"{self.where}: ")
             return
         self.notify(f"published {job.get('name')} ({short(job.get('job_id'), 10)})")
         self.reload_jobs()
@@ -258,12 +249,12 @@ class ConsoleApp(App[int]):
         # Tables take the focus (arrows, Enter); elsewhere the tab strip does, so that the
         # single-letter keys keep working until the user clicks or tabs into a text box.
         widget = {"peers": "#peers-table", "jobs": "#jobs-table"}.get(pane)
-        (self.query_one(widget) if widget else tabs.query_one(Tabs)).focus()
+        (self.query_one(widget) if widget else self.query_one(Tabs)).focus()
 
     def action_leave_input(self) -> None:
         """Esc in a text box gives the keys back to the console."""
         if isinstance(self.focused, Input | TextArea):
-            self.query_one(TabbedContent).query_one(Tabs).focus()
+            self.query_one(Tabs).focus()
 
     def action_refresh_all(self) -> None:
         if self.link_status.state is LinkState.UNAUTHORIZED or (
@@ -284,10 +275,10 @@ class ConsoleApp(App[int]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    def action_quit(self) -> None:  # type: ignore[override]
+    async def action_quit(self) -> None:
         self.exit(0)
 
-    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for pane in PANES:
             yield SystemCommand(

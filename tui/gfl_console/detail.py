@@ -6,25 +6,27 @@ sees an event about this job (and every few seconds, in case one was missed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from gfl_console.client import NodeClientError
+from gfl_console.client import AsyncNodeClient
+from gfl_console.errors import NodeClientError
 from gfl_console.format import DASH, human_bytes, number, percent, short
+from gfl_console.types import Commitment, JobDetail, JobSummary, RoundCheck, RoundRecord
 
 POLL_S = 5.0
 
 
-def verify_cell(check: Mapping[str, Any] | None) -> Text:
+def verify_cell(check: RoundCheck | None) -> Text:
     """How a round's model hash compares with the chain's majority."""
     if check is None:
         return Text("…", style="dim")
@@ -35,21 +37,22 @@ def verify_cell(check: Mapping[str, Any] | None) -> Text:
     return Text("✗ differs", style="bold red")
 
 
-def commitment_check(c: Mapping[str, Any], check: Mapping[str, Any] | None) -> Text:
+def commitment_check(c: Commitment, check: RoundCheck | None) -> Text:
     """An update: whether this node fetched it and its hash matched. A model: whether it is
     the chain's majority for its round."""
     if c.get("verified") is True:
         return Text("✓ fetched, hash ok", style="green")
     if c.get("verified") is False:
         return Text("✗ hash mismatch", style="bold red")
-    if c.get("kind") == "model" and check and check.get("chain_majority"):
-        if check["chain_majority"] == c.get("hash"):
+    majority = check.get("chain_majority") if check else None
+    if c.get("kind") == "model" and majority:
+        if majority == c.get("hash"):
             return Text("✓ majority", style="green")
         return Text("✗ minority", style="bold red")
     return Text("–", style="dim")
 
 
-def title_text(job: Mapping[str, Any]) -> Text:
+def title_text(job: JobSummary) -> Text:
     status = str(job.get("status", "?"))
     text = Text(str(job.get("name", "?")), style="bold")
     text.append(f"  {short(job.get('job_id'), 16)}  ", style="dim")
@@ -60,7 +63,7 @@ def title_text(job: Mapping[str, Any]) -> Text:
     return text
 
 
-def traffic_text(job: Mapping[str, Any]) -> str:
+def traffic_text(job: JobSummary) -> str:
     divergent = job.get("divergent_rounds") or []
     return (
         f"sent {human_bytes(job.get('bytes_sent'))} · received "
@@ -69,21 +72,22 @@ def traffic_text(job: Mapping[str, Any]) -> str:
     )
 
 
-class JobDetailScreen(Screen):
-    """One job, live."""
+class JobDetailScreen(Screen[None]):
+    """One job, live: it loads itself through the client and redraws on `reload()`."""
 
-    BINDINGS = [  # noqa: RUF012 (Textual's convention)
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("r", "reload", "Refresh"),
         Binding("c", "cancel_job", "Cancel job"),
         Binding("question_mark", "app.help", "Help", key_display="?"),
     ]
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, client: AsyncNodeClient) -> None:
         super().__init__()
         self.job_id = job_id
-        self.detail: dict[str, Any] | None = None
-        self.checks: dict[int, Mapping[str, Any]] = {}
+        self.client = client
+        self.detail: JobDetail | None = None
+        self.checks: dict[int, RoundCheck] = {}
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")
@@ -118,19 +122,19 @@ class JobDetailScreen(Screen):
 
     @work(exclusive=True, group="detail")
     async def reload(self) -> None:
-        client = self.app.client  # type: ignore[attr-defined]
         try:
-            detail = await client.request("GET", f"/jobs/{self.job_id}")
+            detail = await self.client.job(self.job_id)
         except NodeClientError as exc:
             self.query_one("#detail-title", Static).update(Text(str(exc), style="bold red"))
             return
+        checks: list[RoundCheck]
         try:
-            checks = await client.request("GET", f"/jobs/{self.job_id}/verify")
+            checks = await self.client.verify(self.job_id)
         except NodeClientError:
-            checks = []
+            checks = []  # the chain may be unreachable: the rounds still show
         self.show(detail, checks)
 
-    def show(self, detail: dict[str, Any], checks: list[Mapping[str, Any]]) -> None:
+    def show(self, detail: JobDetail, checks: Sequence[RoundCheck]) -> None:
         """Draw the job from its API detail and its verification list."""
         self.detail = detail
         self.checks = {int(c["round"]): c for c in checks if "round" in c}
@@ -141,30 +145,33 @@ class JobDetailScreen(Screen):
         bar.update(total=max(total, 1), progress=min(done, max(total, 1)))
         self.query_one("#detail-round", Static).update(f"round {done}/{total}")
         self.query_one("#detail-traffic", Static).update(traffic_text(detail))
-        rounds = [r for r in detail.get("rounds_detail") or [] if isinstance(r, Mapping)]
+        rounds = list(detail.get("rounds_detail") or [])
         self._plot(rounds)
         self._rounds_table(rounds)
         self._commitments_table(detail.get("commitments") or [])
 
-    def _plot(self, rounds: list[Mapping[str, Any]]) -> None:
+    def _plot(self, rounds: Sequence[RoundRecord]) -> None:
         done = [r for r in rounds if (r.get("metrics") or {}).get("accuracy") is not None]
-        xs = [int(r["round"]) for r in done]
-        for key, title in (("accuracy", "accuracy"), ("loss", "loss")):
+        xs: list[float] = [int(r["round"]) for r in done]
+        series = {
+            "accuracy": [float(r["metrics"].get("accuracy") or 0.0) for r in done],
+            "loss": [float(r["metrics"].get("loss") or 0.0) for r in done],
+        }
+        for key, ys in series.items():
             widget = self.query_one(f"#plot-{key}", PlotextPlot)
             plt = widget.plt
             plt.clear_data()
             plt.clear_figure()
-            plt.title(title)
+            plt.title(key)
             plt.xlabel("round")
-            ys = [float(r["metrics"].get(key) or 0.0) for r in done]
             if xs:
                 plt.plot(xs, ys, marker="braille")
                 plt.scatter(xs, ys)
                 plt.xticks(xs)
             widget.refresh()
 
-    def _rounds_table(self, rounds: list[Mapping[str, Any]]) -> None:
-        table = self.query_one("#detail-rounds", DataTable)
+    def _rounds_table(self, rounds: Sequence[RoundRecord]) -> None:
+        table: DataTable[Any] = self.query_one("#detail-rounds", DataTable)
         table.clear()
         for r in rounds:
             m = r.get("metrics") or {}
@@ -183,8 +190,8 @@ class JobDetailScreen(Screen):
                 key=str(n),
             )
 
-    def _commitments_table(self, commitments: list[Mapping[str, Any]]) -> None:
-        table = self.query_one("#detail-commitments", DataTable)
+    def _commitments_table(self, commitments: Sequence[Commitment]) -> None:
+        table: DataTable[Any] = self.query_one("#detail-commitments", DataTable)
         table.clear()
         for c in commitments:
             table.add_row(
@@ -197,9 +204,8 @@ class JobDetailScreen(Screen):
             )
 
     async def action_cancel_job(self) -> None:
-        client = self.app.client  # type: ignore[attr-defined]
         try:
-            await client.request("POST", f"/jobs/{self.job_id}/cancel")
+            await self.client.cancel(self.job_id)
         except NodeClientError as exc:
             self.notify(str(exc), title="Cancel refused", severity="error")
             return

@@ -128,4 +128,4 @@ def matches(event: Mapping[str, Any], query: str) -> bool:
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 8.0) -> float:
     """Seconds to wait before reconnection attempt ``attempt`` (0, 1, ...): doubling, capped."""
-    return min(cap, base * 2 ** max(0, attempt))
+    return min(cap, base * 2.0 ** max(0, attempt))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text
-from textual.widgets import DataTable
+from textual.reactive import reactive
+from textual.widgets import DataTable, Static
 
 from gfl_console.format import percent, round_progress, short
+from gfl_console.types import JobSummary
 
 STATUS_STYLE = {
     "active": "bold green",
@@ -18,7 +20,10 @@ STATUS_STYLE = {
 }
 
 
-def job_cells(job: Mapping[str, Any]) -> tuple[Any, ...]:
+HINT = "Enter or click a job for its rounds; n publishes a new one."
+
+
+def job_cells(job: JobSummary) -> tuple[Any, ...]:
     """The table cells of one job summary."""
     status = str(job.get("status", "?"))
     divergent = job.get("divergent_rounds") or []
@@ -34,8 +39,22 @@ def job_cells(job: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-class JobsTable(DataTable):
+class JobsHint(Static):
+    """The line above the jobs: how to open one, or why the list could not be loaded."""
+
+    error: reactive[str] = reactive("")
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(HINT, id=id)
+
+    def watch_error(self, error: str) -> None:
+        self.update(Text(error, style="bold red") if error else HINT)
+
+
+class JobsTable(DataTable[Any]):
     """Jobs keyed by id; rows are updated in place so the cursor stays where the user put it."""
+
+    jobs: reactive[list[JobSummary] | None] = reactive(None)
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -52,9 +71,13 @@ class JobsTable(DataTable):
         ):
             self.add_column(label, key=key)
 
-    def show(self, jobs: list[Mapping[str, Any]]) -> None:
+    def watch_jobs(self, jobs: list[JobSummary] | None) -> None:
+        if jobs is not None:
+            self.show(jobs)
+
+    def show(self, jobs: Sequence[JobSummary]) -> None:
         rows = {str(j.get("job_id")): j for j in jobs}
-        for key in [k.value for k in self.rows if k.value not in rows]:
+        for key in [k for k in self.rows if k.value not in rows]:
             self.remove_row(key)
         ordered = sorted(rows.values(), key=lambda j: -(j.get("created_at") or 0))
         for job in ordered:

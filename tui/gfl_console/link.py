@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
-from gfl_console.client import NodeClientError, Unauthorized
+from gfl_console.client import AsyncNodeClient
+from gfl_console.errors import NodeClientError, Unauthorized
 from gfl_console.format import backoff
+from gfl_console.types import Event
 
 log = logging.getLogger(__name__)
 
 
 class LinkState(enum.Enum):
+    """Whether the console reaches the node (the value names the link bar's CSS class)."""
+
     CONNECTING = "connecting"
     CONNECTED = "connected"
     DOWN = "down"
@@ -40,20 +45,22 @@ class LinkStatus:
     restarted: bool = False
 
 
-EventHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
-StatusHandler = Callable[[LinkStatus], Awaitable[None] | None]
+A = TypeVar("A")
+#: Called with each event / each change of the link; may be async. Its result is ignored.
+EventHandler = Callable[[Event], object]
+StatusHandler = Callable[[LinkStatus], object]
 
 
-async def _call(handler: Callable[[Any], Any], arg: Any) -> None:
+async def _call(handler: Callable[[A], object], arg: A) -> None:
     result = handler(arg)
-    if asyncio.iscoroutine(result):
+    if inspect.isawaitable(result):
         await result
 
 
 class NodeLink:
     """Follow one node's events forever (until cancelled or the token is refused)."""
 
-    def __init__(self, client: Any, where: str, *, dead_after: float = 30.0) -> None:
+    def __init__(self, client: AsyncNodeClient, where: str, *, dead_after: float = 30.0) -> None:
         self.client = client
         self.where = where
         self.dead_after = dead_after
@@ -61,6 +68,7 @@ class NodeLink:
         self.pid: int | None = None
 
     async def run(self, on_event: EventHandler, on_status: StatusHandler) -> None:
+        """Follow the node, reporting every event and every change of the link."""
         attempt = 0
         while True:
             await _call(on_status, LinkStatus(LinkState.CONNECTING, f"connecting to {self.where}…"))

@@ -13,6 +13,7 @@ from textual.containers import Vertical
 from textual.widgets import Input, RichLog
 
 from gfl_console.format import clock, event_level, event_text, matches
+from gfl_console.types import Event
 
 LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "info": "", "console": "bold cyan"}
 KEEP = 2000
@@ -31,14 +32,14 @@ class EventLog(Vertical):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.events: collections.deque[Mapping[str, Any]] = collections.deque(maxlen=KEEP)
+        self.events: collections.deque[Event] = collections.deque(maxlen=KEEP)
         self.query_text = ""
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: words that every shown event contains", id="log-filter")
         yield RichLog(id="log-lines", max_lines=KEEP, wrap=True, markup=False)
 
-    def add(self, event: Mapping[str, Any]) -> None:
+    def add(self, event: Event) -> None:
         self.events.append(event)
         if matches(event, self.query_text):
             self.query_one(RichLog).write(event_line(event))
@@ -47,11 +48,12 @@ class EventLog(Vertical):
         """A line from the console itself (connection lost, node restarted)."""
         self.add({"seq": 0, "ts": time.time(), "type": "console", "data": {"message": text}})
 
-    def shown(self) -> list[Mapping[str, Any]]:
+    def shown(self) -> list[Event]:
         """The events the filter lets through, oldest first."""
         return [e for e in self.events if matches(e, self.query_text)]
 
     def on_input_changed(self, message: Input.Changed) -> None:
+        message.stop()
         self.query_text = message.value
         view = self.query_one(RichLog)
         view.clear()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from textual.reactive import reactive
 from textual.widgets import Static
 
 from gfl_console.format import DASH, counts, human_duration
+from gfl_console.link import LinkState, LinkStatus
+from gfl_console.types import JobSummary, NodeStatus
 
 
 def _grid() -> Table:
@@ -22,7 +26,12 @@ def _grid() -> Table:
     return table
 
 
-def overview_table(status: Mapping[str, Any], jobs: list[Mapping[str, Any]] | None) -> Table:
+def _unprefixed(counters: Mapping[str, int]) -> dict[str, int]:
+    """{"alarms.divergence": 1} -> {"divergence": 1}: the node keeps the group in the name."""
+    return {name.partition(".")[2] or name: n for name, n in counters.items()}
+
+
+def overview_table(status: NodeStatus, jobs: Sequence[JobSummary] | None) -> Table:
     """The node's status as a two-column grid of labels and values."""
     table = _grid()
     name = status.get("name") or DASH
@@ -45,17 +54,15 @@ def overview_table(status: Mapping[str, Any], jobs: list[Mapping[str, Any]] | No
     else:
         table.add_row("Chain", Text("not connected", style="italic"))
     table.add_row("Peers", str(len(status.get("peers") or [])))
-    job_counts = status.get("jobs")
-    if not isinstance(job_counts, Mapping):
-        job_counts = Counter(j.get("status", "?") for j in jobs) if jobs is not None else None
+    service = status.get("jobs")
+    job_counts: Mapping[str, Any] | None = service.get("jobs") if service else None
+    if job_counts is None and jobs is not None:
+        job_counts = Counter(j.get("status", "?") for j in jobs)
     table.add_row("Jobs", counts(job_counts) if job_counts is not None else DASH)
-    alarms = status.get("alarms")
-    if alarms is not None:
-        text = counts(alarms)
-        table.add_row("Alarms", Text(text, style="bold red" if text != "none" else ""))
-    rejected = status.get("rejected")
-    if rejected is not None:
-        table.add_row("Rejected", counts(rejected))
+    if service:
+        alarms = counts(_unprefixed(service.get("alarms") or {}))
+        table.add_row("Alarms", Text(alarms, style="bold red" if alarms != "none" else ""))
+        table.add_row("Rejected", counts(_unprefixed(service.get("rejected") or {})))
     home = status.get("home")
     if home:
         table.add_row("Datadir", home)
@@ -63,10 +70,43 @@ def overview_table(status: Mapping[str, Any], jobs: list[Mapping[str, Any]] | No
 
 
 class OverviewPane(VerticalScroll):
-    """Status of the node, refreshed by the app every few seconds."""
+    """Status of the node; redraws itself when the status, the jobs or the link change."""
+
+    status: reactive[NodeStatus | None] = reactive(None)
+    jobs: reactive[list[JobSummary] | None] = reactive(None)
+    link: reactive[LinkStatus | None] = reactive(None)
+
+    def __init__(self, where: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.where = where
 
     def compose(self) -> ComposeResult:
-        yield Static("Waiting for the node…", id="overview-body")
+        yield Static(self.body(), id="overview-body")
 
-    def show(self, status: Mapping[str, Any], jobs: list[Mapping[str, Any]] | None) -> None:
-        self.query_one("#overview-body", Static).update(overview_table(status, jobs))
+    def body(self) -> RenderableType:
+        """What the pane shows now: the status, or why there is none."""
+        link = self.link
+        if link is not None and link.state is LinkState.UNAUTHORIZED:
+            return Text(link.message, style="bold red")
+        if self.status:
+            return overview_table(self.status, self.jobs)
+        if link is not None and link.state is LinkState.DOWN:
+            return Text(
+                f"No node is running at {self.where}. Start one with `gfl up`; "
+                "the console connects as soon as it answers.",
+                style="bold",
+            )
+        return "Waiting for the node…"
+
+    def _redraw(self) -> None:
+        if self.is_mounted:
+            self.query_one("#overview-body", Static).update(self.body())
+
+    def watch_status(self) -> None:
+        self._redraw()
+
+    def watch_jobs(self) -> None:
+        self._redraw()
+
+    def watch_link(self) -> None:
+        self._redraw()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
+from textual.reactive import reactive
 from textual.widgets import DataTable
 
 from gfl_console.format import DASH, short
+from gfl_console.types import PeerInfo
 
 
-class PeersTable(DataTable):
+class PeersTable(DataTable[Any]):
     """One row per connected peer, keyed by peer id so the cursor survives refreshes."""
+
+    peers: reactive[list[PeerInfo]] = reactive(list)
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -22,14 +26,17 @@ class PeersTable(DataTable):
         self.add_column("Msgs", key="msgs")
         self.add_column("Addrs", key="addrs")
 
-    def show(self, peers: list[Mapping[str, Any]]) -> None:
+    def watch_peers(self, peers: list[PeerInfo]) -> None:
+        self.show(peers)
+
+    def show(self, peers: Sequence[PeerInfo]) -> None:
         rows = {p.get("peer_id", "?"): p for p in peers}
-        for key in [k.value for k in self.rows if k.value not in rows]:
+        for key in [k for k in self.rows if k.value not in rows]:
             self.remove_row(key)
         for pid, p in sorted(rows.items()):
             cells = (
                 short(pid, 18),
-                short(p.get("address"), 12),
+                short(p.get("eth_address"), 12),
                 p.get("direction") or DASH,
                 str(p.get("msgs_in", DASH)),
                 ", ".join(p.get("addrs") or []) or DASH,

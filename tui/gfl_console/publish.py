@@ -8,12 +8,12 @@ the editor, word for word.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.reactive import reactive
 from textual.widgets import Button, Checkbox, Input, Static, TextArea
 
 TEMPLATE = """\
@@ -53,12 +53,25 @@ def check_toml(text: str) -> None:
 
 
 class PublishPane(Vertical):
-    """A job editor with a file loader; posts `PublishPane.Submitted` for the app to send."""
+    """A job editor with a file loader; posts `PublishPane.Submitted` for the app to send.
 
-    @dataclass
+    ``error`` is shown under the editor: this pane's own TOML check, or the node's refusal.
+    """
+
+    error: reactive[str] = reactive("")
+
     class Submitted(Message):
-        toml: str
-        participate: bool
+        """The user asked to publish this text."""
+
+        def __init__(self, pane: PublishPane, toml: str, participate: bool) -> None:
+            super().__init__()
+            self.pane = pane
+            self.toml = toml
+            self.participate = participate
+
+        @property
+        def control(self) -> PublishPane:
+            return self.pane
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="publish-file"):
@@ -78,7 +91,7 @@ class PublishPane(Vertical):
     def text(self, value: str) -> None:
         self.query_one("#publish-toml", TextArea).load_text(value)
 
-    def show_error(self, message: str) -> None:
+    def watch_error(self, message: str) -> None:
         error = self.query_one("#publish-error", Static)
         error.update(message)
         error.set_class(bool(message), "visible")
@@ -87,13 +100,13 @@ class PublishPane(Vertical):
         try:
             text = Path(path).expanduser().read_text()
         except OSError as exc:
-            self.show_error(f"cannot read {path}: {exc.strerror or exc}")
+            self.error = f"cannot read {path}: {exc.strerror or exc}"
             return
         except UnicodeDecodeError:
-            self.show_error(f"{path} is not a text file")
+            self.error = f"{path} is not a text file"
             return
         self.text = text
-        self.show_error("")
+        self.error = ""
 
     def submit(self) -> None:
         """Check the text and hand it to the app."""
@@ -101,11 +114,11 @@ class PublishPane(Vertical):
         try:
             check_toml(text)
         except PublishError as exc:
-            self.show_error(str(exc))
+            self.error = str(exc)
             return
-        self.show_error("")
+        self.error = ""
         participate = self.query_one("#publish-participate", Checkbox).value
-        self.post_message(self.Submitted(text, participate))
+        self.post_message(self.Submitted(self, text, participate))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
