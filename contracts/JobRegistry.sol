@@ -255,7 +255,6 @@ contract JobRegistry {
     error AlreadyJoined(bytes32 jobId, address account);
     error JobFull(bytes32 jobId, uint32 maxParticipants);
     error NotMember(bytes32 jobId, address account);
-    error NotEligible(bytes32 jobId, uint32 round, address account, uint32 joinRound);
     error WrongRound(bytes32 jobId, uint32 round, uint32 collecting);
     error RoundOutOfRange(bytes32 jobId, uint32 round, uint32 rounds);
     error AlreadyCommitted(bytes32 jobId, uint32 round, address account);
@@ -677,10 +676,9 @@ contract JobRegistry {
         if (samples == 0 || samples > x.maxSamples) {
             revert InvalidSamples(x.id, samples, uint64(x.maxSamples));
         }
+        // Any active member may contribute; a mid-round joiner only does not count among
+        // the members the round waits for (it counts from the next round on).
         if (m.status != MemberStatus.Active) revert NotMember(x.id, m.account);
-        if (m.joinRound > round) {
-            revert NotEligible(x.id, uint32(round), m.account, uint32(m.joinRound));
-        }
         if (m.lastRound == round + 1) revert AlreadyCommitted(x.id, uint32(round), m.account);
         uint256 pos = x.updates;
         x.updates = pos + 1;

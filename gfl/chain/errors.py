@@ -74,7 +74,6 @@ _EXPLAIN = {
     "AlreadyJoined": "{account} is a member already",
     "JobFull": "the job has its {maxParticipants} members",
     "NotMember": "{account} is not an active member of the job",
-    "NotEligible": "{account} takes part from round {joinRound}, not {round}",
     "WrongRound": "round {round} is not the collecting round ({collecting})",
     "RoundOutOfRange": "the job has {rounds} rounds",
     "AlreadyCommitted": "{account} committed to round {round} already",

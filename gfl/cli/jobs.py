@@ -171,3 +171,6 @@ def register(job_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="JSON (the default)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument("--plot", metavar="PNG", help="also plot accuracy and loss per round")
+    from gfl.cli import bundle
+
+    bundle.register(add)

@@ -7,8 +7,9 @@ in seconds. No I/O, no threads.
 
 A job's rounds run like this (``docs/protocol.md``, "Rounds", says it for implementers):
 
-- **Collecting** round c accepts one update per eligible member (a member joined before c
-  received its first update, not left or ejected). Updates for c may arrive while c-1 is
+- **Collecting** round c accepts one update per active member; the members it waits for
+  (eligible for c) are those that joined before c received its first update, not left or
+  ejected (a later joiner may contribute, but counts from c + 1 on). Updates for c may arrive while c-1 is
   still being voted on; c's timeout clock starts only when c-1 is decided.
 - **Closing** c: at least ``min_updates`` updates and either every eligible member committed
   or the timeout passed, and c-1 decided. Closing fixes the update set S_c (chain order,
@@ -251,9 +252,9 @@ class JobRounds:
             raise RoundRuleError("the job is not active")
         if r != self.collecting:
             raise RoundRuleError(f"round {r} is not collecting (round {self.collecting} is)")
-        if not self.is_eligible(address, r):
-            raise RoundRuleError(f"{address} is not eligible for round {r}")
-        m = self.members[address.lower()]
+        m = self.members.get(address.lower())
+        if m is None or m.left:  # a mid-round joiner may contribute; the round does not wait
+            raise RoundRuleError(f"{address} is not a member")
         if m.last_update == r:
             raise RoundRuleError(f"{address} already committed in round {r}")
         if not 1 <= samples <= self.params.max_samples:

@@ -38,6 +38,10 @@ FUNDING_WEI = 100 * 10**18
 log = logging.getLogger(__name__)
 
 
+DEMO_BOND = "0.001 ether"
+DEMO_MAX_SAMPLES = 10_000
+
+
 class DevnetError(GflError):
     """The devnet could not be started or did not complete its demo."""
 
@@ -305,8 +309,17 @@ def _wait_up(net: Devnet) -> None:
             time.sleep(0.2)
 
 
-def demo_spec(nodes: int, *, data: str, rounds: int, model: str | None = None) -> Any:
-    """The demo job: McMahan's 2NN (or CNN) with FedAvg on the devnet's data."""
+def demo_spec(
+    nodes: int,
+    *,
+    data: str,
+    rounds: int,
+    model: str | None = None,
+    allow: Sequence[str] = (),
+) -> Any:
+    """The demo job: McMahan's 2NN (or CNN) with FedAvg on the devnet's data. Admission:
+    the ``allow`` addresses, or (none given) anyone paying a small bond (dev accounts are
+    funded); at most 10,000 samples per update."""
     from gfl.fl.spec import JobSpec
 
     if data == "digits":
@@ -315,12 +328,14 @@ def demo_spec(nodes: int, *, data: str, rounds: int, model: str | None = None) -
     else:
         b = JobSpec.builder("devnet-demo").model(model or "cnn").data(data)
         b = b.train(epochs=1, batch_size=10, lr=0.05)
-    return (
+    spec = (
         b.strategy("fedavg")
         .rounds(rounds, min_updates=max(1, nodes - 1), timeout=30)
         .seed(7)
         .build()
     )
+    admission = {"allow": list(allow)} if allow else {"bond": DEMO_BOND}
+    return spec.replace(max_samples=DEMO_MAX_SAMPLES, admission=admission)
 
 
 def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout) -> dict:
@@ -418,7 +433,12 @@ def run(args: Any) -> int:
                 f"node{node.index}: {node.address}  api 127.0.0.1:{node.api_port}  {node.multiaddr}"
             )
         print(f"up in {time.monotonic() - t0:.1f}s; publishing the demo job", flush=True)
-        spec = demo_spec(args.nodes, data=args.data, rounds=args.rounds)
+        spec = demo_spec(
+            args.nodes,
+            data=args.data,
+            rounds=args.rounds,
+            allow=[n.address for n in net.nodes],
+        )
         job = net.client(0).publish(spec.to_dict())
         print(
             f"job {job['job_id']} ({spec.name}: {spec.model} on {spec.dataset}, "

@@ -157,7 +157,7 @@ def test_a_dissenter_is_slashed(chain):
 
 
 def test_a_vote_with_another_mask_is_not_punished(chain):
-    from gfl.chain.proofs import mask_bytes
+    from gfl.fl.rounds import mask_bytes
 
     job_id, (a, b, c) = closed_round_0(chain, 3)
     a.vote(job_id, 0, h(50))
@@ -193,7 +193,7 @@ def test_an_equivocation_report_pays_the_reporter(chain):
 
 
 def test_a_withholder_is_ejected(chain):
-    from gfl.chain.proofs import mask_bytes
+    from gfl.fl.rounds import mask_bytes
 
     job_id, (a, b, c) = closed_round_0(chain, 3, rounds=3, min_updates=2)
     mask = mask_bytes([2], 3)  # c's update (position 2) could not be fetched

@@ -10,9 +10,7 @@ from gfl.chain import ChainError
 from gfl.chain.logchain import GENESIS, decode_log, event_hash_step, topic_of
 from gfl.chain.proofs import (
     candidate_key,
-    excluded_positions,
     job_id_for,
-    mask_bytes,
     merkle_proof,
     merkle_root,
     recover_update_signer,
@@ -25,27 +23,6 @@ from gfl.identity import NodeIdentity
 from .conftest import h, new_job
 
 _N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-
-
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 10_002])
-def test_masks_round_trip(n):
-    for excluded in ([0], [n - 1], list(range(0, n, 3))):
-        mask = mask_bytes(excluded, n)
-        assert len(mask) == (n + 7) // 8
-        assert excluded_positions(mask, n) == sorted(set(excluded))
-    assert mask_bytes([], n) == b"" and excluded_positions(b"", n) == []
-
-
-def test_malformed_masks_are_refused():
-    assert mask_bytes([0, 9], 10) == b"\x01\x02"  # bit i of byte i // 8, LSB first
-    with pytest.raises(ChainError, match="in \\[0, 10\\)"):
-        mask_bytes([10], 10)
-    with pytest.raises(ChainError, match="2 bytes"):
-        excluded_positions(b"\x01", 10)
-    with pytest.raises(ChainError, match="past position 10"):
-        excluded_positions(b"\x00\x04", 10)
-    with pytest.raises(ChainError, match="empty bytes"):
-        excluded_positions(b"\x00\x00", 10)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 9])

@@ -15,7 +15,8 @@ from gfl.chain import (
     MemberStatus,
     Registry,
 )
-from gfl.chain.proofs import candidate_key, mask_bytes, spec_hash_of
+from gfl.chain.proofs import candidate_key, spec_hash_of
+from gfl.fl.rounds import mask_bytes
 
 from .conftest import BOND, MODEL0, ChainEnv, h, job_params, new_job, refused
 
@@ -145,13 +146,25 @@ def test_joining_before_and_after_the_first_update(chain):
     assert (record.status, record.join_round, record.last_round) == (MemberStatus.ACTIVE, 1, None)
     job = a.get_job(job_id)
     assert (job.eligible, job.pending, job.active, job.joined) == (2, 1, 3, 3)
-    with refused("NotEligible"):
-        c.commit_update(job_id, 0, h(3), 1)
     b.commit_update(job_id, 0, h(2), 1)  # every eligible member committed: closes
     job = a.get_job(job_id)
     assert (job.round, job.eligible, job.pending) == (1, 3, 0)
     c.commit_update(job_id, 1, h(3), 1)  # a pre-open update: round 0's vote is on
     assert a.member(job_id, c.account).position_in(1) == 0
+
+
+def test_a_mid_round_joiner_may_contribute_so_an_early_update_cannot_stall_the_round(chain):
+    """One fast member commits before anyone else joined: the others join "mid-round", and
+    with minUpdates 2 the round could never close if they could not contribute to it."""
+    job_id = new_job(chain.first, min_updates=2, rounds=2)
+    (a,) = joined(chain, job_id, 1)
+    a.commit_update(job_id, 0, h(1), 1)
+    late = chain.node()
+    late.join_job(job_id)
+    assert a.get_job(job_id).eligible == 1  # the round does not wait for it...
+    late.commit_update(job_id, 0, h(2), 1)  # ...but it may contribute
+    job = a.get_job(job_id)
+    assert job.round == 1 and job.closed_updates == 2
 
 
 def test_leave(chain):

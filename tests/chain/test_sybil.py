@@ -17,7 +17,8 @@ import requests
 
 from gfl.chain import JobParams, JobStatus, Registry, deploy_registry, open_chain
 from gfl.chain.devchain import start_anvil
-from gfl.chain.proofs import candidate_key, mask_bytes
+from gfl.chain.proofs import candidate_key
+from gfl.fl.rounds import mask_bytes
 from gfl.identity import NodeIdentity
 
 from .conftest import MODEL0, h, require_anvil, set_balance

@@ -35,6 +35,15 @@ def _job(members=(A, B, C), **kw) -> JobRounds:
     return job
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 10_002])
+def test_masks_round_trip(n):
+    for excluded in ([0], [n - 1], list(range(0, n, 3))):
+        mask = mask_bytes(excluded, n)
+        assert len(mask) == (n + 7) // 8
+        assert excluded_positions(mask, n) == sorted(set(excluded))
+    assert mask_bytes([], n) == b"" and excluded_positions(b"", n) == []
+
+
 def test_masks_round_trip_and_refuse_non_canonical_forms():
     assert mask_bytes([], 5) == b""
     assert mask_bytes([0, 9], 10) == bytes([0b1, 0b10])
@@ -148,14 +157,14 @@ def test_next_round_updates_arrive_before_the_vote_and_its_clock_starts_at_the_d
     assert job.round(1).closed_at == 5
 
 
-def test_mid_round_joiners_count_from_the_next_round():
-    job = _job(members=(A, B))
+def test_mid_round_joiners_count_from_the_next_round_but_may_contribute():
+    job = _job(members=(A, B), min_updates=3)
     job.commit(A, 0, H1, 10, now=1)
     assert job.join(C, now=2) == 1
-    with pytest.raises(RoundRuleError, match="not eligible"):
-        job.commit(C, 0, H3, 10, now=3)
+    assert job.eligible(0) == [A, B]  # round 0 does not wait for C...
+    job.commit(C, 0, H3, 10, now=3)  # ...but C may contribute
     job.commit(B, 0, H2, 10, now=3)
-    assert job.round(0).closed_at == 3  # C did not count for round 0
+    assert job.round(0).closed_at == 3 and len(job.round(0).updates) == 3
 
 
 def test_samples_are_capped_and_the_job_ends_after_its_last_round():

@@ -214,9 +214,11 @@ CANNED_VERIFY = [
         "round": n,
         "closed": True,
         "updates": 2,
-        "model_commitments": 2,
-        "chain_majority": MODELS[n],
+        "votes": 2,
+        "decision": "finalized",
+        "chain_model": MODELS[n],
         "local_model": MODELS[n],
+        "dissenters": [],
         "verified": True,
     }
     for n in range(3)
