@@ -428,7 +428,7 @@ class JobRunner:
             and st.record.round == r
             and r < self.spec.rounds
             and self._refused_round != r
-            and st.log.eligible_for(self.me, r)
+            and st.log.is_member(self.me)  # a mid-round joiner may contribute too
             and (rd is None or rd.update_of(self.me) is None)
         )
 

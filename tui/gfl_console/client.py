@@ -29,6 +29,7 @@ from gfl_console.errors import ApiRequestError, NodeClientError, NodeNotRunning,
 from gfl_console.home import DEFAULT_HOST, DEFAULT_PORT, NodeHome, Target, token_from_file
 from gfl_console.types import (
     Event,
+    JobBundle,
     JobDetail,
     JobReport,
     JobSummary,
@@ -62,6 +63,7 @@ class Call(Generic[T]):
     params: Mapping[str, str] | None = None
     json: Any = None
     text: bool = False  # the answer is text (a CSV report), not JSON
+    raw: bool = False  # the answer is bytes (a blob)
     timeout: httpx.Timeout | None = field(default=None, compare=False)
 
 
@@ -168,6 +170,14 @@ class BaseNodeClient:
         return Call("GET", _job(job_id, "/report"), {"format": format}, text=format == "csv")
 
     @staticmethod
+    def _bundle(job_id: str) -> Call[JobBundle]:
+        return Call("GET", _job(job_id, "/bundle"))
+
+    @staticmethod
+    def _blob(h: str) -> Call[bytes]:
+        return Call("GET", f"/blobs/{quote(str(h), safe='')}", raw=True)
+
+    @staticmethod
     def _shutdown() -> Call[Any]:
         return Call("POST", "/shutdown")
 
@@ -215,6 +225,8 @@ class BaseNodeClient:
             raise error
         if call.text:
             return cast(T, response.text)
+        if call.raw:
+            return cast(T, response.content)
         try:
             return cast(T, response.json())
         except ValueError:
@@ -313,6 +325,14 @@ class NodeClient(BaseNodeClient):
     def report(self, job_id: str, format: str = "json") -> JobReport | str:
         """Per-round metrics: a `JobReport`, or the CSV text."""
         return cast(JobReport | str, self._send(self._report(job_id, format)))
+
+    def bundle(self, job_id: str) -> JobBundle:
+        """What a verifier needs of a job: its manifest, spec and the blobs to fetch."""
+        return self._send(self._bundle(job_id))
+
+    def blob(self, h: str) -> bytes:
+        """A blob the node holds, by its sha256 (hex)."""
+        return self._send(self._blob(h))
 
     def shutdown(self) -> None:
         """Ask the node to stop cleanly."""
@@ -424,6 +444,12 @@ class AsyncNodeClient(BaseNodeClient):
     async def report(self, job_id: str, format: Literal["csv"]) -> str: ...
     async def report(self, job_id: str, format: str = "json") -> JobReport | str:
         return cast(JobReport | str, await self._send(self._report(job_id, format)))
+
+    async def bundle(self, job_id: str) -> JobBundle:
+        return await self._send(self._bundle(job_id))
+
+    async def blob(self, h: str) -> bytes:
+        return await self._send(self._blob(h))
 
     async def shutdown(self) -> None:
         await self._send(self._shutdown())

@@ -27,28 +27,30 @@ POLL_S = 5.0
 
 
 def verify_cell(check: RoundCheck | None) -> Text:
-    """How a round's model hash compares with the chain's majority."""
+    """How a round's model hash compares with what the chain decided."""
     if check is None:
         return Text("…", style="dim")
     if check.get("verified"):
         return Text("✓ ok", style="bold green")
-    if check.get("chain_majority") is None:
+    if check.get("decision") == "void":
+        return Text("void", style="yellow")
+    if check.get("chain_model") is None:
         return Text("pending", style="yellow")
     return Text("✗ differs", style="bold red")
 
 
 def commitment_check(c: Commitment, check: RoundCheck | None) -> Text:
-    """An update: whether this node fetched it and its hash matched. A model: whether it is
-    the chain's majority for its round."""
+    """An update: whether this node fetched it and its hash matched. A vote: whether it is
+    for the model the chain finalized for its round."""
     if c.get("verified") is True:
         return Text("✓ fetched, hash ok", style="green")
     if c.get("verified") is False:
         return Text("✗ hash mismatch", style="bold red")
-    majority = check.get("chain_majority") if check else None
+    majority = check.get("chain_model") if check else None
     if c.get("kind") == "model" and majority:
         if majority == c.get("hash"):
-            return Text("✓ majority", style="green")
-        return Text("✗ minority", style="bold red")
+            return Text("✓ finalized", style="green")
+        return Text("✗ dissent", style="bold red")
     return Text("–", style="dim")
 
 

@@ -11,9 +11,11 @@ from typing import Any, NotRequired, TypedDict
 
 __all__ = [
     "ApiAddress",
+    "BundleBlob",
     "ChainInfo",
     "Commitment",
     "Event",
+    "JobBundle",
     "JobDetail",
     "JobReport",
     "JobServiceStatus",
@@ -162,15 +164,30 @@ class JobDetail(JobSummary):
 
 
 class RoundCheck(TypedDict):
-    """``GET /jobs/{id}/verify``: one round's local model hash against the chain's majority."""
+    """``GET /jobs/{id}/verify``: one round's local model hash against what the chain decided."""
 
     round: int
     closed: bool
     updates: int
-    model_commitments: int
-    chain_majority: str | None
+    votes: int
+    decision: str | None  # "finalized" | "void" | None while undecided
+    chain_model: str | None
     local_model: str | None
+    dissenters: list[str]
     verified: bool
+
+
+class BundleBlob(TypedDict):
+    hash: str
+    held: bool
+
+
+class JobBundle(TypedDict):
+    """``GET /jobs/{id}/bundle``: what `gfl job export` writes (docs/protocol.md, 7)."""
+
+    manifest: dict[str, Any]
+    spec: str
+    blobs: list[BundleBlob]
 
 
 class JobReport(TypedDict):
