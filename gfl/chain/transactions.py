@@ -68,10 +68,24 @@ def with_retry(fn: Callable[[], T], *, timeout: float, endpoint: str, what: str)
             delay = min(delay * 2, _MAX_BACKOFF)
 
 
-def as_chain_error(exc: BaseException, what: str) -> ChainError:
-    """Map a web3 / eth-tester failure to a typed chain error (custom errors decoded)."""
+def as_chain_error(
+    exc: BaseException, what: str, *, account: str | None = None, endpoint: str | None = None
+) -> ChainError:
+    """Map a web3 / eth-tester failure to a typed chain error (custom errors decoded; an
+    account that cannot pay for gas is named, with how to fund it)."""
     if isinstance(exc, ChainError):
         return exc
+    text = str(exc)
+    # geth and anvil say "insufficient funds ...", py-evm "... cannot afford txn gas ..."
+    if "insufficient funds" in text.lower() or "cannot afford txn gas" in text:
+        balance = re.search(r"(?:account balance|have) (\d+)", text)
+        has = f"{int(balance.group(1)) / 10**18:g} ETH, too little" if balance else "too little ETH"
+        rpc = endpoint if endpoint and endpoint.startswith("http") else "URL"
+        who = account or "ADDRESS"
+        return ChainError(
+            f"{what} failed: account {who} has {has} to pay for gas; fund it with "
+            f"`gfl chain fund --rpc {rpc} {who}` or from a funded account"
+        )
     data = revert_data_from(exc)
     if data is not None:
         decoded = decode_revert(data)
@@ -133,7 +147,9 @@ class TxSender:
             except ChainError:
                 raise
             except Exception as exc:
-                raise as_chain_error(exc, what) from None
+                raise as_chain_error(
+                    exc, what, account=self.address, endpoint=self._endpoint
+                ) from None
             fees = self._fees(what)
             signed_hash = self._sign_and_send(tx, gas, fees, what)
         return self._await_receipt(signed_hash, tx, what)
@@ -187,7 +203,9 @@ class TxSender:
                     pass
                 else:
                     self._nonce = None
-                    raise as_chain_error(exc, what) from None
+                    raise as_chain_error(
+                        exc, what, account=self.address, endpoint=self._endpoint
+                    ) from None
             break
         else:
             raise ChainError(f"{what} failed: the chain kept rejecting the nonce of {self.address}")
@@ -222,7 +240,9 @@ class TxSender:
                     receipt["blockNumber"],
                 )
             except Exception as exc:
-                raise as_chain_error(exc, what) from None
+                raise as_chain_error(
+                    exc, what, account=self.address, endpoint=self._endpoint
+                ) from None
             raise ChainError(f"{what}: transaction 0x{tx_hash.hex()} reverted")
         return Tx(bytes(tx_hash), receipt["blockNumber"], receipt["gasUsed"])
 
