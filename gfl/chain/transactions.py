@@ -167,9 +167,9 @@ class TxSender:
         except Exception:
             balance = "too little ETH"
         return InsufficientFunds(
-            f"account {self.address} has {balance}, not enough for {what}; fund it with "
-            f"`gfl chain fund --rpc {self._endpoint} {self.address}` (a dev chain) or from a "
-            "funded wallet"
+            f"{what} failed: account {self.address} has {balance}, too little to pay for gas; "
+            f"fund it with `gfl chain fund --rpc {self._endpoint} {self.address}` (a dev chain) "
+            "or from a funded account"
         )
 
     def _fees(self, what: str) -> dict[str, int]:

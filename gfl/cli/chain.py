@@ -22,25 +22,37 @@ CONFIG_FILE = "config.toml"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `chain` command group to the top-level CLI parser."""
-    chain = subparsers.add_parser("chain", help="Ethereum job registry: deploy, serve, fund")
+    from gfl.cli.options import common_options
+
+    common = [common_options()]  # --home and -v, before or after each command
+    chain = subparsers.add_parser(
+        "chain", help="Ethereum job registry: deploy, serve, fund", parents=common
+    )
     sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND")
     sub.required = True
 
     deploy = sub.add_parser(
-        "deploy", help="deploy the JobRegistry with the node key and record it in config.toml"
+        "deploy",
+        help="deploy the JobRegistry with the node key and record it in config.toml",
+        parents=common,
     )
     deploy.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC URL of the chain")
-    deploy.add_argument("--home", metavar="DIR", help="node datadir (default: $GFL_HOME or ~/.gfl)")
     deploy.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the chain")
     deploy.set_defaults(func=_guard(_deploy))
 
-    serve = sub.add_parser("serve", help="serve an embedded chain over HTTP JSON-RPC (devnets)")
+    serve = sub.add_parser(
+        "serve", help="serve an embedded chain over HTTP JSON-RPC (devnets)", parents=common
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8545)
     serve.add_argument("--state-dir", metavar="DIR", help="keep the chain across restarts here")
     serve.set_defaults(func=_guard(_serve))
 
-    fund = sub.add_parser("fund", help="send ether from a dev account to node addresses")
+    fund = sub.add_parser(
+        "fund",
+        help="send ether from a dev account (or a key you give) to addresses",
+        parents=common,
+    )
     fund.add_argument("--rpc", required=True, metavar="URL")
     fund.add_argument("addresses", nargs="+", metavar="ADDRESS")
     fund.add_argument("--eth", type=float, default=100.0, help="ether per address (default 100)")
@@ -105,7 +117,7 @@ def _deploy(args: argparse.Namespace) -> int:
     from gfl.chain import deploy_registry
     from gfl.identity import load_identity
 
-    home = home_dir(args.home)
+    home = home_dir(getattr(args, "home", None))
     identity = load_identity(home / "keys")
     address = deploy_registry(args.rpc, identity, timeout=args.timeout)
     path = write_chain_config(home, args.rpc, address)
@@ -135,6 +147,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _fund(args: argparse.Namespace) -> int:
     from web3 import HTTPProvider, Web3
+
+    for address in args.addresses:
+        if not Web3.is_address(address):
+            raise ConfigError(f"{address!r} is not an Ethereum address (0x and 40 hex digits)")
+    if not args.eth > 0:
+        raise ConfigError(f"--eth must be more than 0, not {args.eth:g}")
 
     from gfl.chain.devchain import ANVIL_DEV_KEY, EMBEDDED_DEV_KEY, fund
     from gfl.chain.errors import ChainError

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 
 def _client(args: argparse.Namespace) -> NodeClient:
-    from gfl.cli.main import _client as cli_client
+    from gfl.cli.options import node_client
 
-    return cli_client(args)
+    return node_client(args)
 
 
 def _pct(v: Any) -> str:
@@ -49,7 +49,8 @@ def format_job(job: JobDetail) -> str:
         f"model     {job.get('model_hash') or '-'}",
     ]
     if job.get("divergent_rounds"):
-        lines.append(f"ALARM     divergent rounds: {job['divergent_rounds']}")
+        shown = ", ".join(str(r + 1) for r in job["divergent_rounds"])
+        lines.append(f"ALARM     divergent rounds: {shown}")
     if job.get("error"):
         lines.append(f"error     {job['error']}")
     rounds = job.get("rounds_detail", [])
@@ -116,22 +117,43 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: str, what: str) -> None:
+    """Refuse an output path before fetching anything: its folder must exist."""
+    folder = Path(path).expanduser().absolute().parent
+    if not folder.is_dir():
+        raise GflError(f"cannot write {what} {path}: no folder {folder}")
+
+
+def _write(path: str, text: str, what: str) -> None:
+    try:
+        Path(path).expanduser().write_text(text)
+    except OSError as exc:
+        raise GflError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gfl.scheduler.report import plot_report
 
+    for path, what in ((args.output, "the report"), (args.plot, "the plot")):
+        if path:
+            _check_writable(path, what)
     with _client(args) as client:
         if args.csv:
             text = client.report(args.job_id, "csv")
         else:
             text = json.dumps(client.report(args.job_id), indent=2)
         job = client.job(args.job_id) if args.plot else None
+    if job is not None:  # first: a job with nothing to plot is refused before any output
+        try:
+            plot_report(dict(job), Path(args.plot).expanduser())
+        except OSError as exc:
+            raise GflError(f"cannot write the plot {args.plot}: {exc.strerror or exc}") from None
     if args.output:
-        Path(args.output).write_text(text)
+        _write(args.output, text, "the report")
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if job is not None:
-        plot_report(dict(job), Path(args.plot))
         print(f"wrote {args.plot}")
     return 0
 
@@ -140,7 +162,9 @@ def register(job_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add the `gfl job` subcommands to ``job_sub`` (the job group's subparsers)."""
 
     def add(name: str, help: str, func: Any) -> argparse.ArgumentParser:
-        p = job_sub.add_parser(name, help=help, description=help, parents=parents)
+        p: argparse.ArgumentParser = job_sub.add_parser(
+            name, help=help, description=help, parents=parents
+        )
         p.set_defaults(func=func)
         return p
 

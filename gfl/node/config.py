@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -280,9 +281,72 @@ def validate_config(config: Config) -> None:
     url = config.chain.url
     if url != "embedded" and not url.startswith(("http://", "https://")):
         raise ConfigError(f'config: chain.url must be "embedded" or an http(s) URL, not {url!r}')
-    for addr in [*config.net.listen, *config.net.bootstrap]:
-        if not addr.startswith("/"):
-            raise ConfigError(f"config: {addr!r} is not a multiaddr (it must start with '/')")
+    registry = config.chain.registry
+    if registry and not _ADDRESS.fullmatch(registry):
+        raise ConfigError(
+            f"config: chain.registry must be a contract address (0x and 40 hex digits) "
+            f'or "", not {registry!r}'
+        )
+    for addr in config.net.listen:
+        check_listen_addr(addr)
+    for addr in config.net.bootstrap:
+        check_bootstrap_addr(addr)
+    for name, value in config.data.items():
+        if isinstance(value, dict):
+            _check_partition(f"data.{name}", value)
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_LISTEN_EXAMPLE = "e.g. /ip4/0.0.0.0/tcp/4001"
+
+
+def _multiaddr(key: str, addr: str) -> Any:
+    from multiaddr import Multiaddr
+
+    if not addr.startswith("/"):
+        raise ConfigError(f"config: {key}: {addr!r} is not a multiaddr (it must start with '/')")
+    try:
+        return Multiaddr(addr)
+    except Exception as exc:  # py-multiaddr raises several types, all for a malformed address
+        why = str(exc).split(":", 1)[-1].split(" (string:")[0].strip()
+        raise ConfigError(f"config: {key}: {addr!r} is not a multiaddr: {why}") from None
+
+
+def check_listen_addr(addr: str) -> None:
+    """Refuse a listen address the libp2p host cannot bind: it is /ip4|ip6/HOST/tcp/PORT."""
+    names = [p.name for p in _multiaddr("net.listen", addr).protocols()]
+    if names != ["ip4", "tcp"] and names != ["ip6", "tcp"]:
+        raise ConfigError(
+            f"config: net.listen: {addr!r} is not /ip4|ip6/HOST/tcp/PORT ({_LISTEN_EXAMPLE})"
+        )
+
+
+def check_bootstrap_addr(addr: str) -> None:
+    """Refuse a bootstrap address without the peer id the node needs to dial it."""
+    names = [p.name for p in _multiaddr("net.bootstrap", addr).protocols()]
+    if not names or names[-1] != "p2p":
+        missing = "/p2p/<peer id>"
+    elif "tcp" not in names:
+        missing = "/tcp/PORT"
+    else:
+        return
+    raise ConfigError(
+        f"config: net.bootstrap: {addr!r} lacks {missing} (give a peer's full address as "
+        "its `gfl status` prints it: /ip4/HOST/tcp/PORT/p2p/<peer id>)"
+    )
+
+
+def _check_partition(key: str, table: dict[str, Any]) -> None:
+    index, of = table.get("index", 0), table.get("of", 1)
+    for name, value in (("index", index), ("of", of)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"config: {key}.{name} must be an integer, not {_type_name(value)}")
+    if of < 1:
+        raise ConfigError(f"config: {key}.of must be at least 1, not {of}")
+    if not 0 <= index < of:
+        raise ConfigError(
+            f"config: {key}.index must be between 0 and {key}.of - 1 = {of - 1}, not {index}"
+        )
 
 
 def parse_config(data: dict[str, Any]) -> Config:

@@ -10,8 +10,10 @@ job scheduler).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
@@ -97,20 +99,24 @@ class Node:
     async def chain_info(self) -> dict[str, Any] | None:
         if self.chain is None:
             return None
-        block = None
+        chain = self.chain
+        block = balance = None
         with trio.move_on_after(CHAIN_STATUS_TIMEOUT):
             try:
-                block = await trio.to_thread.run_sync(
-                    self.chain.block_number, limiter=self._chain_lock, abandon_on_cancel=True
+                block, balance = await trio.to_thread.run_sync(
+                    lambda: (chain.block_number(), chain.balance()),
+                    limiter=self._chain_lock,
+                    abandon_on_cancel=True,
                 )
             except Exception as exc:
-                log.warning("cannot read the chain's block number: %s", exc)
+                log.warning("cannot read the chain's block number and balance: %s", exc)
         return {
-            "endpoint": str(self.chain.endpoint),
-            "chain_id": self.chain.chain_id,
+            "endpoint": str(chain.endpoint),
+            "chain_id": chain.chain_id,
             "block": block,
-            "registry": self.chain.registry_address,
-            "account": str(self.chain.account),
+            "registry": chain.registry_address,
+            "account": str(chain.account),
+            "balance_wei": balance,
         }
 
     async def status(self) -> dict[str, Any]:
@@ -171,6 +177,22 @@ class Node:
         self.events.publish(
             "chain.connected", {"endpoint": str(chain.endpoint), "chain_id": chain.chain_id}
         )
+        await self._check_funding()
+
+    async def _check_funding(self) -> None:
+        """Warn once at start when the account cannot pay for a round (it would fail later,
+        at its first job, far from the cause)."""
+        from gfl.node.funding import check_funding
+
+        funding = None
+        with trio.move_on_after(CHAIN_STATUS_TIMEOUT):
+            try:
+                funding = await self.chain_call(check_funding, self.chain, self.config.chain.url)
+            except Exception as exc:  # a warning, not a reason to refuse the start
+                log.warning("cannot read the account's balance: %s", exc)
+        if funding is not None and not funding.enough:
+            log.warning("%s", funding.warning())
+            self.events.publish("chain.underfunded", funding.as_event())
 
     async def _open_network(self, stack: AsyncExitStack) -> None:
         from gfl.net import open_network
@@ -214,6 +236,7 @@ class Node:
             self.finished.set()
 
     async def _run_locked(self, sock: Any, task_status: trio.TaskStatus[Node]) -> None:
+        check_listen_ports(self.config.net.listen)
         token = self.datadir.read_token()
         app = build_app(self, self._endpoints, token=token)
         self.started_at = time.monotonic()
@@ -241,6 +264,35 @@ class Node:
                 services.cancel_scope.cancel()
             self.nursery = None
         log.info("node stopped")
+
+
+def check_listen_ports(listen: Sequence[str]) -> None:
+    """Refuse a TCP port another process listens on (`NodeStartError`).
+
+    py-libp2p binds with SO_REUSEPORT, so a second node on a port in use would start
+    and the kernel would share the incoming connections between the two. A plain bind
+    (SO_REUSEADDR only, so our own last run's TIME_WAIT is no conflict) fails while any
+    socket listens there; the probe is closed at once and libp2p binds next.
+    """
+    from multiaddr import Multiaddr
+
+    for addr in listen:
+        ma = Multiaddr(addr)
+        port = int(ma.value_for_protocol("tcp"))
+        if port == 0:
+            continue
+        names = [p.name for p in ma.protocols()]
+        family = socket.AF_INET6 if names[0] == "ip6" else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((ma.value_for_protocol(names[0]), port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise NodeStartError(
+                        f"tcp/{port} is in use by another process: choose another with --listen"
+                    ) from None
+                raise NodeStartError(f"cannot listen on {addr}: {exc.strerror}") from None
 
 
 async def job_service(node: Node, task_status: trio.TaskStatus[None]) -> None:

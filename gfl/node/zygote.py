@@ -191,7 +191,7 @@ class Zygote:
                 return None
         # the zygote is gone, and the child's status with it: watch the pid instead
         deadline = None if timeout is None else time.monotonic() + timeout
-        while _alive(pid):
+        while pid_alive(pid):
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(REAP_EVERY_S)
@@ -230,7 +230,8 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"

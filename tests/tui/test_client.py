@@ -74,9 +74,10 @@ def test_the_typed_client_on_a_training_node(training_home, start_node) -> None:
         assert [c["round"] for c in checks] == [0, 1] and all(c["verified"] for c in checks)
 
         report = client.report(job_id)
-        assert report["job_id"] == job_id and [r["round"] for r in report["rounds"]] == [0, 1]
+        # the report is for people: rounds from 1 (the detail and /verify count from 0)
+        assert report["job_id"] == job_id and [r["round"] for r in report["rounds"]] == [1, 2]
         rows = list(csv.DictReader(io.StringIO(client.report(job_id, "csv"))))
-        assert [int(r["round"]) for r in rows] == [0, 1]
+        assert [int(r["round"]) for r in rows] == [1, 2]
         assert [float(r["accuracy"]) for r in rows] == [r["accuracy"] for r in report["rounds"]]
 
     async def the_same_async() -> None:

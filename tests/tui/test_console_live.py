@@ -14,7 +14,7 @@ from gfl_console.link import LinkState
 from gfl_console.log import EventLog
 from gfl_console.publish import PublishPane
 from rich.console import Console
-from textual.widgets import ProgressBar, Static, TabbedContent
+from textual.widgets import DataTable, ProgressBar, Static, TabbedContent
 
 from gfl.node.config import update_config
 from gfl.node.datadir import DataDir
@@ -214,6 +214,8 @@ async def test_publish_from_the_form_and_follow_the_rounds(
         await wait_until(pilot, finished, timeout=180)
         assert min(seen) < 4, "the screen only ever showed the finished job"
         assert "round 4/4" in text_of(screen, "#detail-round")
+        rounds = screen.query_one("#detail-rounds", DataTable)
+        assert [str(rounds.get_row_at(i)[0]) for i in range(4)] == ["1", "2", "3", "4"]
         await wait_until(pilot, lambda: all(c.get("verified") for c in screen.checks.values()))
         assert len(screen.checks) == 4
         assert screen.query_one("#detail-commitments").row_count >= 8  # 4 updates + 4 models

@@ -129,7 +129,8 @@ def test_event_text_and_filter() -> None:
         "data": {"job_id": "ab" * 32, "round": 2, "accuracy": 0.5, "loss": 1.25},
     }
     text = event_text(event)
-    assert text.startswith("job.round_finished job_id=abababababab… round=2")
+    # the node's round 2 (from 0, as on chain) is the third round people count
+    assert text.startswith("job.round_finished job_id=abababababab… round=3")
     assert "accuracy=50.0%" in text and "loss=1.25" in text
     assert matches(event, "") and matches(event, "ROUND_finished abab")
     assert not matches(event, "round_finished divergence")

@@ -5,7 +5,7 @@
     gfl-console -H 127.0.0.1 -P 9434 --token-file token
 
 The token is ``--token``, else ``--token-file``, else ``$GFL_API_TOKEN`` when
-``-H``/``-P`` name the node, else the datadir's ``api.token``.
+``-H``/``-P`` name the node or the datadir has no token, else the datadir's ``api.token``.
 """
 
 from __future__ import annotations

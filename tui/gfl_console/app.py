@@ -49,6 +49,7 @@ STATUS_POLL_S = 2.0
 JOBS_POLL_S = 10.0
 PANES = ("overview", "peers", "jobs", "log", "publish")
 PEER_EVENTS = ("peer_connected", "peer_disconnected")
+PANE_FOCUS = {"peers": "#peers-table", "jobs": "#jobs-table", "publish": "#publish-path"}
 
 
 class ConsoleApp(App[int]):
@@ -246,9 +247,20 @@ class ConsoleApp(App[int]):
             self.pop_screen()
         tabs = self.query_one(TabbedContent)
         tabs.active = pane
-        # Tables take the focus (arrows, Enter); elsewhere the tab strip does, so that the
-        # single-letter keys keep working until the user clicks or tabs into a text box.
-        widget = {"peers": "#peers-table", "jobs": "#jobs-table"}.get(pane)
+        self._focus_pane(pane)
+
+    @on(TabbedContent.TabActivated, "#panes")
+    def _pane_shown(self, event: TabbedContent.TabActivated) -> None:
+        # a click on a tab focuses as its key does, unless an action already focused inside
+        focused = self.focused
+        if event.pane.id is not None and (focused is None or event.pane not in focused.ancestors):
+            self._focus_pane(event.pane.id)
+
+    def _focus_pane(self, pane: str) -> None:
+        # Tables take the focus (arrows, Enter), and the Publish pane's path box, so that a
+        # path typed at once is text, not shortcuts (Esc gives the keys back); elsewhere the
+        # tab strip does, so that the single-letter keys keep working.
+        widget = PANE_FOCUS.get(pane)
         (self.query_one(widget) if widget else self.query_one(Tabs)).focus()
 
     def action_leave_input(self) -> None:

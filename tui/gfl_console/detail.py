@@ -2,6 +2,7 @@
 
 It reloads ``GET /jobs/{id}`` and ``GET /jobs/{id}/verify`` whenever the app
 sees an event about this job (and every few seconds, in case one was missed).
+The API numbers rounds from 0, as the chain does; this screen shows them from 1.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
 from gfl_console.client import AsyncNodeClient
+from gfl_console.confirm import ConfirmScreen
 from gfl_console.errors import NodeClientError
-from gfl_console.format import DASH, human_bytes, number, percent, short
+from gfl_console.format import DASH, human_bytes, number, percent, round_label, short
 from gfl_console.types import Commitment, JobDetail, JobSummary, RoundCheck, RoundRecord
 
 POLL_S = 5.0
@@ -70,7 +72,7 @@ def traffic_text(job: JobSummary) -> str:
     return (
         f"sent {human_bytes(job.get('bytes_sent'))} · received "
         f"{human_bytes(job.get('bytes_received'))} · participants {job.get('participants', DASH)}"
-        f" · divergent rounds: {', '.join(map(str, divergent)) if divergent else 'none'}"
+        f" · divergent rounds: {', '.join(map(round_label, divergent)) if divergent else 'none'}"
     )
 
 
@@ -154,7 +156,7 @@ class JobDetailScreen(Screen[None]):
 
     def _plot(self, rounds: Sequence[RoundRecord]) -> None:
         done = [r for r in rounds if (r.get("metrics") or {}).get("accuracy") is not None]
-        xs: list[float] = [int(r["round"]) for r in done]
+        xs: list[float] = [int(r["round"]) + 1 for r in done]
         series = {
             "accuracy": [float(r["metrics"].get("accuracy") or 0.0) for r in done],
             "loss": [float(r["metrics"].get("loss") or 0.0) for r in done],
@@ -179,7 +181,7 @@ class JobDetailScreen(Screen[None]):
             m = r.get("metrics") or {}
             n = int(r.get("round", 0))
             table.add_row(
-                str(n),
+                round_label(n),
                 str(r.get("phase") or DASH),
                 percent(m.get("accuracy")),
                 number(m.get("loss")),
@@ -197,7 +199,7 @@ class JobDetailScreen(Screen[None]):
         table.clear()
         for c in commitments:
             table.add_row(
-                str(c.get("round", DASH)),
+                round_label(c.get("round")),
                 str(c.get("kind", DASH)),
                 short(c.get("participant"), 12),
                 short(c.get("hash"), 12),
@@ -205,7 +207,20 @@ class JobDetailScreen(Screen[None]):
                 commitment_check(c, self.checks.get(int(c.get("round", -1)))),
             )
 
-    async def action_cancel_job(self) -> None:
+    def action_cancel_job(self) -> None:
+        """Ask first: a cancelled job cannot be resumed."""
+        name = (self.detail.get("name") if self.detail else None) or short(self.job_id, 10)
+        question = f"Cancel job {name}? Every participant stops training it; this cannot be undone."
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.cancel_job()
+
+        self.app.push_screen(ConfirmScreen(question, yes="Cancel the job"), answered)
+
+    @work(exclusive=True, group="cancel")
+    async def cancel_job(self) -> None:
+        """Cancel the job on the node (owner only); the refusal is shown as a notification."""
         try:
             await self.client.cancel(self.job_id)
         except NodeClientError as exc:

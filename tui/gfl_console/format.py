@@ -59,6 +59,11 @@ def number(value: float | None, digits: int = 4) -> str:
     return DASH if value is None else f"{float(value):.{digits}f}"
 
 
+def round_label(index: Any) -> str:
+    """A round as people count it: the API's (and the chain's) round 0 is round "1"."""
+    return str(int(index) + 1) if isinstance(index, int) and not isinstance(index, bool) else DASH
+
+
 def round_progress(job: Mapping[str, Any]) -> str:
     """Rounds completed out of the job's total: "2/3"."""
     return f"{int(job.get('round') or 0)}/{int(job.get('rounds') or 0)}"
@@ -78,6 +83,8 @@ def clock(ts: float | None) -> str:
 
 
 def _value(key: str, value: Any) -> str:
+    if key == "round":
+        return round_label(value)
     if isinstance(value, float):
         if key in ("accuracy",):
             return percent(value)

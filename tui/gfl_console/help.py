@@ -10,11 +10,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEYS = (
-    ("o / p / j / l / n", "Overview, Peers, Jobs, Log, Publish"),
+    ("o / p / j / l / n", "Overview, Peers, Jobs, Log, Publish (its path box takes the keys)"),
     ("Enter (on a job)", "open the job's detail: rounds, plots, commitments"),
     ("Esc", "back from a job's detail; close this help"),
     ("r", "refresh now (and retry a refused connection)"),
-    ("c (in a job)", "cancel the job (owner only)"),
+    ("c (in a job)", "cancel the job (owner only; asks first)"),
     ("/", "filter the log"),
     ("d", "toggle dark / light theme"),
     ("Ctrl+P", "command palette: every action by name"),

@@ -148,18 +148,20 @@ def find_target(
     """Where to connect and with which token; the node need not be running yet.
 
     The token is ``token``, else ``token_file``'s, else ``$GFL_API_TOKEN`` when an
-    address is given, else the datadir's. The address is ``host``/``port``, else
-    the datadir's ``api.json``, else ``fallback()``, else 127.0.0.1:9434.
+    address is given or the datadir has no token, else the datadir's. The address is
+    ``host``/``port``, else the datadir's ``api.json``, else ``fallback()``, else
+    127.0.0.1:9434. Neither a token from outside nor an address needs a datadir.
     """
     datadir = NodeHome(home)
     named = host is not None or port is not None
     if token is not None and not token.strip():
         raise NodeClientError("the API token is empty")
     if token is None:
+        env = os.environ.get(TOKEN_ENV, "").strip()
         if token_file is not None:
             token = token_from_file(token_file)
-        elif named and os.environ.get(TOKEN_ENV):
-            token = os.environ[TOKEN_ENV]
+        elif env and (named or not datadir.token_path.exists()):
+            token = env
         else:
             token = datadir.token()
     if named:

@@ -11,6 +11,9 @@ from textual.widgets import DataTable
 from gfl_console.format import DASH, short
 from gfl_console.types import PeerInfo
 
+# who dialled whom; the node says "unknown" when libp2p does not tell it
+DIRECTIONS = {"inbound": "in", "outbound": "out"}
+
 
 class PeersTable(DataTable[Any]):
     """One row per connected peer, keyed by peer id so the cursor survives refreshes."""
@@ -21,7 +24,7 @@ class PeersTable(DataTable[Any]):
         self.cursor_type = "row"
         self.zebra_stripes = True
         self.add_column("Peer ID", key="peer_id")
-        self.add_column("Address", key="address")
+        self.add_column("Eth address", key="address")
         self.add_column("Dir", key="direction")
         self.add_column("Msgs", key="msgs")
         self.add_column("Addrs", key="addrs")
@@ -37,7 +40,7 @@ class PeersTable(DataTable[Any]):
             cells = (
                 short(pid, 18),
                 short(p.get("eth_address"), 12),
-                p.get("direction") or DASH,
+                DIRECTIONS.get(str(p.get("direction")), DASH),
                 str(p.get("msgs_in", DASH)),
                 ", ".join(p.get("addrs") or []) or DASH,
             )

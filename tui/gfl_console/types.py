@@ -47,6 +47,7 @@ class ChainInfo(TypedDict):
     block: int | None
     registry: str | None
     account: str | None
+    balance_wei: NotRequired[int | None]
 
 
 class ApiAddress(TypedDict):

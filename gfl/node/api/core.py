@@ -35,6 +35,10 @@ CHAIN_SCHEMA: dict[str, Any] = {
         "block": {"type": ["integer", "null"]},
         "registry": {"type": ["string", "null"]},
         "account": {"type": ["string", "null"]},
+        "balance_wei": {
+            "type": ["integer", "null"],
+            "description": "the account's balance (null when the chain did not answer in time)",
+        },
     },
 }
 
