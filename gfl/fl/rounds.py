@@ -9,8 +9,9 @@ A job's rounds run like this (``docs/protocol.md``, "Rounds", says it for implem
 
 - **Collecting** round c accepts one update per active member; the members it waits for
   (eligible for c) are those that joined before c received its first update, not left or
-  ejected (a later joiner may contribute, but counts from c + 1 on). Updates for c may arrive while c-1 is
-  still being voted on; c's timeout clock starts only when c-1 is decided.
+  ejected (a later joiner may contribute, but counts from c + 1 on). Updates for c may
+  arrive while c-1 is still being voted on; c's timeout clock starts only when c-1 is
+  decided.
 - **Closing** c: at least ``min_updates`` updates and either every eligible member committed
   or the timeout passed, and c-1 decided. Closing fixes the update set S_c (chain order,
   positions 0..n-1). It closes "at" the block that completes it, or at opens_at + timeout.
