@@ -45,10 +45,10 @@ def export_bundle(client: Any, job_id: str, out: Path) -> tuple[str, int, list[s
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gfl.cli.jobs import _client
+    from gfl.cli.options import node_client
 
     out = Path(args.output)
-    with _client(args) as client:
+    with node_client(args) as client:
         job_id, written, missing = export_bundle(client, args.job_id, out)
     print(f"bundle of job {job_id[:16]}… in {out}: {written} blobs")
     if missing:

@@ -268,12 +268,18 @@ class JobRounds:
         return update
 
     def vote(self, address: str, r: int, model_hash: bytes, mask: bytes, now: float) -> None:
-        """A vote on round r (raises `RoundRuleError` where the contract refuses it)."""
+        """A vote on round r (raises `RoundRuleError` where the contract refuses it). Votes
+        stay open until the deadline also after a decision: they are then only recorded."""
         self.settle(now)
-        rd = self.voting
-        if rd is None or rd.number != r:
+        rd = self.rounds[r] if 0 <= r == self.collecting - 1 else None
+        if rd is None or rd.closed_at is None:
             raise RoundRuleError(f"round {r} is not being voted on")
+        if now >= rd.closed_at + self.params.vote_timeout:
+            raise RoundRuleError(f"the vote on round {r} has closed")
         key = address.lower()
+        member = self.members.get(key)
+        if member is None or member.left:
+            raise RoundRuleError(f"{address} is not a member")
         mine = [u for u in rd.updates if u.author.lower() == key]
         if not mine:
             raise RoundRuleError(f"{address} has no update in round {r}")
@@ -283,7 +289,8 @@ class JobRounds:
         if mine[0].position in excluded:
             raise RoundRuleError("a vote cannot exclude the voter's own update")
         rd.votes[key] = Vote(address, bytes(model_hash), bytes(mask))
-        if finalizes_now(rd.tally()[(bytes(model_hash), bytes(mask))], len(rd.updates)):
+        votes = rd.tally()[(bytes(model_hash), bytes(mask))]
+        if rd.decision is None and finalizes_now(votes, len(rd.updates)):
             self._decide(rd, Decision.FINALIZED, now, rd.votes[key])
             self._try_close(now)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -234,34 +233,3 @@ class Processes(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def open_backend(
-    kind: str,
-    spec: JobSpec,
-    data: ClientData,
-    *,
-    device: str,
-    threads: int,
-    workers: int,
-    parallel: int,
-    ray_options: Any = None,
-) -> Backend:
-    """Build the backend `kind` for a run that trains at most `parallel` clients at once."""
-    if kind == "inprocess":
-        return InProcess(spec, data, device=device, threads=threads)
-    if kind == "processes":
-        n = min(workers or os.cpu_count() or 1, parallel)
-        return Processes(spec, data, device=device, threads=threads, workers=n)
-    if kind == "ray":
-        from gfl.simulate.ray_backend import RayBackend, RayOptions
-
-        return RayBackend(
-            spec,
-            data,
-            device=device,
-            threads=threads,
-            max_actors=min(workers or parallel, parallel),
-            options=ray_options or RayOptions(),
-        )
-    raise SimulateError(f"backend {kind!r} is unknown; known: {', '.join(BACKENDS)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gfl.fl.rounds import RoundRuleError
 from gfl.simulate.attacks import parse_attack, poison
 from gfl.simulate.backends import (
     BACKENDS,
@@ -32,8 +34,9 @@ from gfl.simulate.backends import (
     ClientData,
     ClientTask,
     DataUnavailable,
+    InProcess,
+    Processes,
     SimulateError,
-    open_backend,
 )
 
 if TYPE_CHECKING:
@@ -185,7 +188,7 @@ class _Run:
         progress: Callable[[Progress], None] | None,
     ) -> None:
         from gfl.fl.codec import ErrorFeedback
-        from gfl.fl.rounds import JobRounds
+        from gfl.fl.rounds import JobRounds, RoundParams
         from gfl.fl.strategies import make_strategy
         from gfl.fl.trainer import initial_params
 
@@ -197,9 +200,21 @@ class _Run:
         min_updates = min(spec.min_updates, per_round)
         if min_updates < spec.min_updates:
             log.info("min_updates lowered to %d: only %d clients per round", min_updates, per_round)
-        self.machine = JobRounds(spec.rounds, min_updates, spec.round_timeout, registered_at=0.0)
+        # the contract's rules, mirrored: every client a member; the sampled ones commit, the
+        # round closes by its timeout (or when every member committed), all of them vote
+        self.machine = JobRounds(
+            RoundParams(
+                rounds=spec.rounds,
+                min_updates=min_updates,
+                max_participants=max(num_clients, min_updates),
+                round_timeout=spec.round_timeout,
+                vote_timeout=spec.vote_timeout,
+                max_samples=spec.sample_cap or 2**63 - 1,
+            ),
+            registered_at=0.0,
+        )
         for a in self.clients:
-            self.machine.on_join(a, 0.0)
+            self.machine.join(a, 0.0)
         self.feedback = {a: ErrorFeedback() for a in self.clients}
         self.strategy = make_strategy(spec.strategy, spec.strategy_kwargs)
         self.params = initial_params(spec)
@@ -244,7 +259,7 @@ class _Run:
 
     def round(self, r: int) -> dict[str, Any]:
         from gfl.fl.codec import blob_hash, decode_params, encode_params, params_hash
-        from gfl.fl.rounds import Aggregate
+        from gfl.fl.rounds import Decision
         from gfl.fl.strategies import ClientUpdate
         from gfl.fl.trainer import evaluate
 
@@ -269,22 +284,36 @@ class _Run:
             # virtual clock: every sampled update lands before the round timeout, however many
             # clients (1 s each made rounds of > round_timeout clients close early)
             self.now += min(1.0, spec.round_timeout / (2 * self.per_round))
-            if not machine.on_update(r, a, h, res.num_samples, self.now):
-                raise SimulateError(f"round {r}: the round machine refused {a}'s update")
-        if not machine.is_closed(r, self.now):  # not everyone sampled: the timeout closes it
-            self.now = machine.opens_at(r) + spec.round_timeout
-        action = machine.next_action(self.clients[0], self.now)
-        if not isinstance(action, Aggregate) or action.round != r:
-            raise SimulateError(f"round {r}: expected to aggregate, the round machine: {action}")
+            samples = 1 if spec.weighting == "equal" else res.num_samples
+            if spec.sample_cap:
+                samples = min(samples, spec.sample_cap)
+            try:
+                machine.commit(a, r, h, samples, self.now)
+            except RoundRuleError as exc:
+                raise SimulateError(
+                    f"round {r}: the round rules refused {a}'s update: {exc}"
+                ) from None
+        rd = machine.round(r)
+        if not rd.closed:  # not everyone sampled: the timeout closes it
+            assert rd.opens_at is not None
+            self.now = max(self.now, rd.opens_at + spec.round_timeout)
+            machine.settle(self.now)
+        if not rd.closed:
+            raise SimulateError(f"round {r} did not close: {len(rd.updates)} updates")
         updates = []
-        for c in action.updates:
-            blob = blobs[c.update_hash]
-            if blob_hash(blob) != c.update_hash:
+        for u in rd.updates:  # chain order; the strategy sorts them canonically
+            blob = blobs[u.update_hash]
+            if blob_hash(blob) != u.update_hash:
                 raise SimulateError("blob hash mismatch")
-            updates.append(ClientUpdate(c.address, c.samples, decode_params(blob)))
+            updates.append(ClientUpdate(u.author, u.samples, decode_params(blob)))
         self.params = self.strategy.aggregate(self.params, updates)
         mhash = params_hash(self.params)
-        machine.on_model(r, self.clients[0], mhash)
+        for u in rd.updates:  # every contributor computes the same model and votes for it
+            if rd.decision is not None:
+                break
+            machine.vote(u.author, r, mhash, b"", self.now)
+        if rd.decision is not Decision.FINALIZED:
+            raise SimulateError(f"round {r} was not finalized by its contributors' votes")
         ev = evaluate(spec, self.params, self.test, device=self.device)
         return {
             "round": r + 1,
@@ -311,3 +340,34 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
             w.writeheader()
             w.writerows(rows)
     tmp.replace(path)
+
+
+def open_backend(
+    kind: str,
+    spec: JobSpec,
+    data: ClientData,
+    *,
+    device: str,
+    threads: int,
+    workers: int,
+    parallel: int,
+    ray_options: Any = None,
+) -> Backend:
+    """Build the backend `kind` for a run that trains at most `parallel` clients at once."""
+    if kind == "inprocess":
+        return InProcess(spec, data, device=device, threads=threads)
+    if kind == "processes":
+        n = min(workers or os.cpu_count() or 1, parallel)
+        return Processes(spec, data, device=device, threads=threads, workers=n)
+    if kind == "ray":
+        from gfl.simulate.ray_backend import RayBackend, RayOptions
+
+        return RayBackend(
+            spec,
+            data,
+            device=device,
+            threads=threads,
+            max_actors=min(workers or parallel, parallel),
+            options=ray_options or RayOptions(),
+        )
+    raise SimulateError(f"backend {kind!r} is unknown; known: {', '.join(BACKENDS)}")

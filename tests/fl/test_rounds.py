@@ -111,8 +111,20 @@ def test_only_contributors_vote_once_before_the_deadline_and_never_exclude_thems
     job.settle(100 + 50)  # the deadline: one vote of three, no majority of the set...
     # ...but the unique top with a majority of the updates it used wins? 1 * 2 > 3: no
     assert job.round(0).decision is Decision.VOID
-    with pytest.raises(RoundRuleError):
+    with pytest.raises(RoundRuleError, match="closed"):
         job.vote(B, 0, b"M" * 32, b"", now=151)
+
+
+def test_votes_after_an_early_majority_are_recorded_until_the_deadline():
+    job = _job()
+    for m, h in zip((A, B, C), (H1, H2, H3), strict=True):
+        job.commit(m, 0, h, 10, now=1)
+    job.vote(A, 0, b"M" * 32, b"", now=2)
+    job.vote(B, 0, b"M" * 32, b"", now=2)
+    assert job.round(0).decision is Decision.FINALIZED
+    job.vote(C, 0, b"N" * 32, b"", now=3)  # a dissenter, recorded (and evidence)
+    assert job.round(0).final is not None and job.round(0).final.model_hash == b"M" * 32
+    assert len(job.round(0).votes) == 3
 
 
 def test_at_the_deadline_the_unique_top_wins_over_the_updates_it_used():
