@@ -44,6 +44,7 @@ class NetSection:
     max_peers: int = 64
     reprovide_s: float = 600.0
     blob_keep_s: float = 600.0
+    archive: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ reprovide_s = {net_reprovide_s}
 # still finishing its last round; then they are evicted, all but its final model (kept while
 # blob_cap_mb allows).
 blob_keep_s = {net_blob_keep_s}
+# An archive node keeps every blob of every job (M_0, updates, models), never evicting them,
+# so that anyone can export and verify a job long after it ended (`gfl job export`).
+archive = {net_archive}
 
 [api]
 # The control API (used by the CLI, `gfl attach` and the Python client).

@@ -229,7 +229,8 @@ def _set_chain_and_peers(node: DevnetNode, net: Devnet) -> None:
     boot = [net.nodes[0].multiaddr] if node.index else []
     cfg = node.home / "config.toml"
     update_config(cfg, "chain", url=net.chain_url, registry=net.registry)
-    update_config(cfg, "net", bootstrap=boot)
+    # archive nodes: a devnet's jobs are small, and `gfl job export` then works on any node
+    update_config(cfg, "net", bootstrap=boot, archive=True)
 
 
 def _start_zygote(root: Path, data: str) -> Zygote | None:

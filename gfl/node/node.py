@@ -320,6 +320,7 @@ async def job_service(node: Node, task_status: trio.TaskStatus[None]) -> None:
                 device=cfg.train.device,
                 models_dir=node.datadir.models_dir,
                 blob_keep_s=cfg.net.blob_keep_s,
+                archive=cfg.net.archive,
             ),
         )
         await node.jobs.serve(task_status=task_status)

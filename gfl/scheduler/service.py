@@ -66,6 +66,7 @@ class ServiceSettings:
     device: str = "cpu"
     models_dir: Path = Path("models")
     blob_keep_s: float = 600.0
+    archive: bool = False  # keep every blob of every job (no eviction)
 
 
 @dataclass
@@ -398,6 +399,8 @@ class JobService:
         """A job that ended here (finished, cancelled or failed): its blobs stay
         ``blob_keep_s`` after that for peers still finishing its last round, then they are
         evicted, all but its final model (which stays under the store's cap)."""
+        if self.settings.archive:
+            return
         keep_s = self.settings.blob_keep_s
         row = self.store.job(hx)
         if row is None or row.status == JobStatus.ACTIVE:
