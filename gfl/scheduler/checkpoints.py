@@ -115,19 +115,15 @@ class Checkpoints:
         """Store M_r (+ strategy state) and return M_r's hash."""
         return self.save_with_frame(r, params, extra)[0]
 
-    def _read(self, r: int) -> tuple[bytes, bytes]:
-        raw = self.path(r).read_bytes()
-        n = int.from_bytes(raw[:8], "big")
-        return raw[8 : 8 + n], raw[8 + n :]
-
     def load(self, r: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bytes]:
-        """(M_r, the strategy's state, hash(M_r)) of checkpoint r (raises if unreadable)."""
-        model, state = self._read(r)
-        return decode_frame(model), (decode_params(state) if state else {}), blob_hash(model)
+        """(M_r, the strategy's state, hash(M_r)) of checkpoint r (`CheckpointError` if it
+        is damaged)."""
+        model, state, model_hash = decode_checkpoint(self.path(r).read_bytes())
+        return decode_frame(model), (decode_params(state) if state else {}), model_hash
 
     def frame(self, r: int) -> bytes:
         """M_r's frame: the model blob peers fetch (its sha256 is the model hash)."""
-        return self._read(r)[0]
+        return decode_checkpoint(self.path(r).read_bytes())[0]
 
     def latest(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], bytes] | None:
         """(r, M_r, state, hash(M_r)) of the newest intact checkpoint, or None."""
