@@ -122,7 +122,7 @@ def test_every_finalized_model_is_rederived_bit_for_bit_from_the_page(tmp_path, 
     from gfl.node.devnet import demo_spec, running_devnet, watch_job
 
     with running_devnet(3, root=tmp_path / "net", prefer_anvil=False) as net:
-        spec = demo_spec(net, data="digits", rounds=3).replace(
+        spec = demo_spec(3, data="digits", rounds=3, allow=[n.address for n in net.nodes]).replace(
             strategy=strategy, compression="none", min_updates=3
         )
         job = net.client(0).publish(spec_dict=spec.to_dict())
