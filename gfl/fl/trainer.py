@@ -133,8 +133,10 @@ def train_local(
     opt = _optimizer(spec, model.parameters())
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(spec.seed if seed is None else seed)
-    x_all = torch.from_numpy(train_data.x)
-    y_all = torch.from_numpy(train_data.y)
+    # C order whatever the caller's layout: torch picks convolution kernels by strides, and
+    # the same data in another layout would train to other bits
+    x_all = torch.from_numpy(np.ascontiguousarray(train_data.x))
+    y_all = torch.from_numpy(np.ascontiguousarray(train_data.y))
     model.train()
     total_loss = 0.0
     seen = 0
