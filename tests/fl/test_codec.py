@@ -171,7 +171,7 @@ def test_unstructured_updates_stay_plain_int8():
 def test_low_rank_prediction_is_an_exact_integer_product():
     """Extreme factors still give the integer product that int64 arithmetic gives: the
     float64 matrix product can never round, whatever the BLAS does."""
-    from gfl.fl.codec import _LOWRANK_MAX_EXP, _LOWRANK_MAX_RANK, _lowrank_predict
+    from gfl.fl.lowrank import _LOWRANK_MAX_EXP, _LOWRANK_MAX_RANK, _lowrank_predict
 
     rng = np.random.default_rng(3)
     m, n, r = 40, 70, _LOWRANK_MAX_RANK
