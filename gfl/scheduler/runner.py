@@ -22,10 +22,9 @@ pauses the job; it is asked again until it answers.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -33,14 +32,16 @@ import trio
 
 from gfl.content import MAX_BLOB_BYTES, content_hash
 from gfl.errors import GflError
-from gfl.fl.codec import ErrorFeedback, UpdateMeta, decode_frame, encode_params, parse_compression
-from gfl.fl.data import ArrayDataset
+from gfl.fl.codec import ErrorFeedback, UpdateMeta, decode_frame, parse_compression
 from gfl.fl.rounds import Decision
 from gfl.fl.spec import JobSpec
 from gfl.scheduler import aggregation
+from gfl.scheduler.budget import PrivacyBudget
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.duties import Duties
+from gfl.scheduler.evaluation import Evaluator
 from gfl.scheduler.joblog import Ended
+from gfl.scheduler.patience import CHAIN_RETRY_S, Patience, until_due
 from gfl.scheduler.ports import (
     Ballot,
     Exchange,
@@ -51,13 +52,13 @@ from gfl.scheduler.ports import (
     LedgerUnavailable,
     NodeData,
 )
+from gfl.scheduler.update import RoundMetrics, Update, make_update
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_S = 0.1  # between looks at the chain, for a runner that nothing wakes
 WOKEN_POLL_S = 1.0  # the same for a runner that chain events wake (a node's): a fallback
-CHAIN_RETRY_S = 1.0  # while the chain does not answer, ask again this often
 FETCH_TIMEOUT_S = 60.0
 RIDE_MARGIN_S = 5.0  # a vote rides on the next update only with this much time to spare
 
@@ -70,16 +71,6 @@ _ENDED = {
 
 class RunnerError(GflError):
     """A job cannot go on on this node (its data, model or state is unusable)."""
-
-
-@dataclass
-class RoundMetrics:
-    """Figures of one round on this node (also written to the store)."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def phase(self, name: str, started: float) -> None:
-        self.values[f"t_{name}_s"] = round(time.monotonic() - started, 4)
 
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -135,12 +126,14 @@ class JobRunner:
         self.model_hash = b""
         self.ballot: Ballot | None = None  # our vote on round - 1, not cast yet
         self.duties = Duties(ledger, self.me, self._event)
+        self.patience = Patience(job_id, self._event, self._nap, lambda: self.round)
         self._settled: set[int] = set()  # rounds whose decision M_{r+1} follows
         self._refused_round = -1  # the round whose update the chain refused (no retraining)
+        self.budget: PrivacyBudget | None = None  # a job with [privacy]: what we spent
+        self._spent = False  # the next round would overspend it: we only follow from here
         self._train_s = 0.0
-        self._chain_down = False
         self._wake = trio.Event()
-        self._eval_limiter = trio.CapacityLimiter(1)
+        self.evaluator = Evaluator(spec, device, record, self._event)
         lossy = parse_compression(spec.compression).lossy
         self._feedback = ErrorFeedback() if lossy else None
         self._background: trio.Nursery
@@ -169,14 +162,15 @@ class JobRunner:
             return await self._run()
 
     async def _run(self) -> JobStatus:
-        st = await self._until_answered(self.ledger.sync)
+        st = await self.patience.until_answered(self.ledger.sync)
         await self._restore(st)
-        if self.participate and not st.log.is_member(self.me):
+        await self._open_budget()
+        if self.participate and not st.log.is_member(self.me) and not self._spent:
             if st.record.status != 1:
                 self.participate = False
             else:
                 try:
-                    await self._until_answered(self.ledger.join)
+                    await self.patience.until_answered(self.ledger.join)
                     self._event("joined")
                 except LedgerRefused as exc:
                     log.info("job %s: cannot join (%s); following it", self.job_id[:10], exc)
@@ -186,7 +180,7 @@ class JobRunner:
             try:
                 status = await self._step()
             except LedgerUnavailable as exc:  # a read failed: look again from the top
-                self._chain_lost(exc)
+                self.patience.lost(exc)
                 await self._nap(CHAIN_RETRY_S)
                 continue
             if status is not None:
@@ -194,7 +188,7 @@ class JobRunner:
 
     async def _step(self) -> JobStatus | None:
         st = await self.ledger.sync()
-        self._chain_answered()
+        self.patience.answered()
         await self.duties.perform(st)  # evidence first: a member's slot keeps its last vote only
         if await self._reconcile(st):
             return None
@@ -208,10 +202,13 @@ class JobRunner:
             return None
         if ended is not None:
             return await self._end(st, ended)
+        if self._spent and self._may_leave(st):
+            await self._leave()
+            return None
         if self._should_train(st):
             await self._train(st)
             return None
-        await self._nap(self._until_due(st))
+        await self._nap(until_due(st, self.poll_s))
         return None
 
     # -- state ------------------------------------------------------------------------------
@@ -326,7 +323,7 @@ class JobRunner:
                 "t_fetch_s": round(time.monotonic() - t0, 4),
             },
         )
-        self._evaluate_soon(r, self.params)
+        self.evaluator.soon(self._background, r, self.params, self.data.test)
         self._event("round_adopted", round=r, model_hash=self.model_hash.hex())
 
     # -- 2. aggregate a closed round --------------------------------------------------------------
@@ -386,7 +383,7 @@ class JobRunner:
             ],
         )
         self.record(r, metrics.values)
-        self._evaluate_soon(r, model.params)
+        self.evaluator.soon(self._background, r, model.params, self.data.test)
         self._event(
             "round_finished",
             round=r,
@@ -410,7 +407,7 @@ class JobRunner:
     async def _vote(self, st: JobState, ballot: Ballot) -> None:
         self.ballot = None
         try:
-            await self._until_answered(lambda: self.ledger.vote(ballot))
+            await self.patience.until_answered(lambda: self.ledger.vote(ballot))
         except LedgerRefused as exc:
             log.info("job %s round %d: vote refused: %s", self.job_id[:10], ballot.round, exc)
             self._event("vote_refused", round=ballot.round, reason=str(exc))
@@ -428,29 +425,19 @@ class JobRunner:
             and st.record.round == r
             and r < self.spec.rounds
             and self._refused_round != r
+            and not self._spent
             and st.log.is_member(self.me)  # a mid-round joiner may contribute too
             and (rd is None or rd.update_of(self.me) is None)
         )
 
     async def _train(self, st: JobState) -> None:
-        from gfl.fl.trainer import train_local
-
         r = self.round
+        budget = self.budget
+        if budget is not None and not await trio.to_thread.run_sync(budget.allows_next):
+            await self._budget_spent(r, budget)
+            return
         metrics = RoundMetrics()
         self._event("training", round=r)
-        t0 = time.monotonic()
-        async with self.train_limiter:
-            result = await trio.to_thread.run_sync(
-                lambda: train_local(
-                    self.spec,
-                    self.params,
-                    self.data.train,
-                    device=self.device,
-                    seed=self.spec.seed + r,
-                )
-            )
-        self._train_s = time.monotonic() - t0
-        metrics.phase("train", t0)
         meta = UpdateMeta(
             chain=self.place.chain_id,
             registry=self.place.registry,
@@ -459,49 +446,56 @@ class JobRunner:
             author=bytes.fromhex(self.me.removeprefix("0x").lower()),
             base=self.model_hash,
         )
-        t0 = time.monotonic()
-        blob = await trio.to_thread.run_sync(
-            lambda: encode_params(
-                result.update, self.spec.compression, feedback=self._feedback, meta=meta
+        data = self.data.train
+        async with self.train_limiter:
+            update = await trio.to_thread.run_sync(
+                lambda: make_update(
+                    self.spec,
+                    self.params,
+                    data,
+                    meta,
+                    device=self.device,
+                    feedback=self._feedback,
+                    metrics=metrics,
+                )
             )
-        )
-        metrics.phase("encode", t0)
-        samples = min(result.num_samples, self.spec.sample_cap) if self.spec.sample_cap else 1
+        self._train_s = update.train_s
+        if budget is not None and update.privacy is not None:  # spent before the update leaves
+            spend = budget.spend
+            metrics.values["epsilon"] = await trio.to_thread.run_sync(spend, r, update.privacy)
         t0 = time.monotonic()
-        update_hash = content_hash(blob)
-        signature = self.ledger.sign_update(r, update_hash)
-        await self.exchange.publish("update", r, blob, samples, signature)
+        signature = self.ledger.sign_update(r, update.hash)
+        await self.exchange.publish("update", r, update.blob, update.samples, signature)
         ballot = self.ballot if self._can_ride(st) else None
-        self.ballot = None if ballot is not None else self.ballot
-        try:
-            await self._until_answered(lambda: self.ledger.commit(r, update_hash, samples, ballot))
-        except LedgerRefused as exc:
-            if ballot is not None:  # the vote may be what the chain refused: keep the update
-                self.ballot = ballot
-                try:
-                    await self._until_answered(lambda: self.ledger.commit(r, update_hash, samples))
-                except LedgerRefused as exc2:
-                    await self._update_refused(r, exc2)
-                    return
-            else:
-                await self._update_refused(r, exc)
-                return
+        if not await self._commit(r, update, ballot):
+            return
         metrics.phase("commit", t0)
-        metrics.values.update(
-            {f"train_{k}": v for k, v in result.metrics.items()},
-            samples=samples,
-            bytes_sent_update=len(blob),
-            update_hash=update_hash.hex(),
-        )
+        metrics.values["update_hash"] = update.hash.hex()
         self.record(r, metrics.values)
         self._event(
             "update_committed",
             round=r,
-            hash=update_hash.hex(),
-            samples=samples,
-            bytes=len(blob),
+            hash=update.hash.hex(),
+            samples=update.samples,
+            bytes=len(update.blob),
             vote=ballot is not None,
         )
+
+    async def _commit(self, r: int, update: Update, ballot: Ballot | None) -> bool:
+        """Commit the update (with our vote riding on it); if the chain refuses the pair,
+        the vote may be what it refused: keep the ballot and commit the update alone."""
+        self.ballot = None if ballot is not None else self.ballot
+        for vote in (ballot, None) if ballot is not None else (None,):
+            try:
+                await self.patience.until_answered(
+                    lambda v=vote: self.ledger.commit(r, update.hash, update.samples, v)
+                )
+                return True
+            except LedgerRefused as exc:
+                refused = exc
+                self.ballot = ballot
+        await self._update_refused(r, refused)
+        return False
 
     async def _update_refused(self, r: int, exc: LedgerRefused) -> None:
         """The chain would not take our update for round r (it closed meanwhile, we are not
@@ -509,6 +503,49 @@ class JobRunner:
         self._refused_round = r
         self._event("update_refused", round=r, reason=str(exc))
         log.info("job %s round %d: update refused: %s", self.job_id[:10], r, exc)
+
+    # -- privacy budget ---------------------------------------------------------------------------
+
+    async def _open_budget(self) -> None:
+        """A job with [privacy]: what this node spent on it (before a restart too), and
+        whether it may spend one more round."""
+        if not self.spec.privacy or not self.participate:
+            return
+        n = len(self.data.train)
+        root = self.checkpoints.root
+        budget = await trio.to_thread.run_sync(PrivacyBudget.open, self.spec, n, root)
+        self.budget = budget
+        if budget is not None and not await trio.to_thread.run_sync(budget.allows_next):
+            await self._budget_spent(self.round, budget)
+
+    async def _budget_spent(self, r: int, budget: PrivacyBudget) -> None:
+        """Round r would spend more ε than the job allows: no more updates from this node;
+        it follows the job to its end (and leaves it, so that no round waits for it)."""
+        self._spent = True
+        spent = await trio.to_thread.run_sync(budget.spent)
+        self.record(r, {"epsilon": spent})
+        self._event("privacy_spent", round=r, epsilon=spent, budget=budget.budget)
+        log.info(
+            "job %s: privacy budget spent (ε %.3g of %g)", self.job_id[:10], spent, budget.budget
+        )
+
+    def _may_leave(self, st: JobState) -> bool:
+        """We are still a member, and no round we contributed to needs our vote any more."""
+        if not self.participate or not st.log.is_member(self.me) or self.ballot is not None:
+            return False
+        last = st.log.last_update_round(self.me)
+        rd = st.log.rounds.get(last) if last is not None else None
+        return rd is None or rd.decision is not None or self.me.lower() in rd.votes
+
+    async def _leave(self) -> None:
+        """Leave the job (its rounds stop waiting for us); we keep following it."""
+        try:
+            await self.patience.until_answered(self.ledger.leave)
+        except LedgerRefused as exc:
+            log.info("job %s: cannot leave (%s)", self.job_id[:10], exc)
+            self.participate = False  # not a member any more, or the job ended: we follow
+            return
+        self._event("left", round=self.round, reason="privacy budget spent")
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -522,61 +559,3 @@ class JobRunner:
             ended=ended.value,
         )
         return status
-
-    # -- timing ---------------------------------------------------------------------------------
-
-    def _until_due(self, st: JobState) -> float:
-        """How long to wait before looking again: rounds also close and votes also end by
-        time alone (no event says so), so never sleep past the next deadline."""
-        rec = st.record
-        deadlines = []
-        if rec.voting and rec.closed_at:
-            deadlines.append(rec.closed_at + rec.params.vote_timeout)
-        elif rec.opens_at:
-            deadlines.append(rec.opens_at + rec.params.round_timeout)
-        left = min(deadlines, default=math.inf) - st.now
-        return self.poll_s if left <= 0 else min(self.poll_s, left + 0.05)
-
-    async def _until_answered(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``await call()``, asked again for as long as the chain does not answer: an
-        outage pauses the job instead of ending it, and work already done is committed
-        once the chain is back, not redone."""
-        while True:
-            try:
-                result = await call()
-            except LedgerUnavailable as exc:
-                self._chain_lost(exc)
-                await self._nap(CHAIN_RETRY_S)
-                continue
-            self._chain_answered()
-            return result
-
-    def _chain_lost(self, exc: Exception) -> None:
-        if not self._chain_down:
-            self._chain_down = True
-            self._event("chain_unavailable", round=self.round, reason=str(exc))
-            log.warning("job %s: waiting for the chain: %s", self.job_id[:10], exc)
-
-    def _chain_answered(self) -> None:
-        if self._chain_down:
-            self._chain_down = False
-            self._event("chain_back", round=self.round)
-            log.info("job %s: the chain answers again", self.job_id[:10])
-
-    # -- evaluation -----------------------------------------------------------------------------
-
-    def _evaluate_soon(self, r: int, params: Mapping[str, np.ndarray]) -> None:
-        if self.data.test is not None:
-            self._background.start_soon(self._evaluate, r, params, self.data.test)
-
-    async def _evaluate(self, r: int, params: Mapping[str, np.ndarray], test: ArrayDataset) -> None:
-        """Test loss and accuracy of M_{r+1}, recorded as round r's figures."""
-        from gfl.fl.trainer import evaluate
-
-        async with self._eval_limiter:
-            t0 = time.monotonic()
-            out = await trio.to_thread.run_sync(
-                lambda: evaluate(self.spec, params, test, device=self.device)
-            )
-        self.record(r, {**out, "t_eval_s": round(time.monotonic() - t0, 4)})
-        self._event("round_evaluated", round=r, accuracy=out.get("accuracy"), loss=out.get("loss"))
