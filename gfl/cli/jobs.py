@@ -1,4 +1,5 @@
-"""`gfl job ...`: publish, list, show, watch, cancel and report jobs through a node's API."""
+"""`gfl job ...`: publish, list, show, watch, join, leave, cancel and report jobs through a
+node's API."""
 
 from __future__ import annotations
 
@@ -32,11 +33,19 @@ def format_jobs(jobs: Sequence[JobSummary]) -> str:
         return "no jobs"
     lines = [f"{'JOB':<12} {'NAME':<18} {'STATUS':<10} {'ROUND':>7} {'ACC':>6}  ROLE"]
     for j in jobs:
+        priority = f"  priority {j['priority']}" if j.get("priority") else ""
         lines.append(
-            f"{j['job_id'][:12]:<12} {j['name'][:18]:<18} {j['status']:<10} "
+            f"{j['job_id'][:12]:<12} {j['name'][:18]:<18} {status_word(j):<10} "
             f"{j['round']:>3}/{j['rounds']:<3} {_pct(j.get('accuracy'))}  {j.get('role', '')}"
+            f"{priority}"
         )
     return "\n".join(lines)
+
+
+def status_word(job: JobSummary) -> str:
+    """A job's status, with its place in the queue while queued (``queued #2``)."""
+    place = job.get("queue_position")
+    return f"{job['status']} #{place}" if place else str(job["status"])
 
 
 def format_job(job: JobDetail) -> str:
@@ -44,23 +53,38 @@ def format_job(job: JobDetail) -> str:
         f"job       {job['job_id']}",
         f"name      {job['name']}",
         f"owner     {job['owner']}",
-        f"status    {job['status']} ({job.get('role')})",
+        f"status    {status_word(job)} ({job.get('role')})",
         f"round     {job['round']}/{job['rounds']}",
         f"model     {job.get('model_hash') or '-'}",
     ]
     if job.get("divergent_rounds"):
         shown = ", ".join(str(r + 1) for r in job["divergent_rounds"])
         lines.append(f"ALARM     divergent rounds: {shown}")
+    if job.get("queue_position"):
+        lines.append(
+            f"queue     #{job['queue_position']}, priority {job.get('priority', 0)}: it starts "
+            "when one of the node's max_concurrent slots is free"
+        )
     if job.get("error"):
         lines.append(f"error     {job['error']}")
+    privacy = (job.get("spec") or {}).get("privacy")
+    if privacy:
+        spent = job.get("epsilon")
+        lines.append(
+            f"privacy   ε {spent if spent is not None else 0:.3g} spent of {privacy['epsilon']:g} "
+            f"(δ {privacy['delta']:g}, clip {privacy['max_grad_norm']:g}, DP-SGD)"
+        )
     rounds = job.get("rounds_detail", [])
     if rounds:
-        lines.append("\nround  accuracy    loss  updates  model hash")
+        eps_head = "      ε" if privacy else ""
+        lines.append(f"\nround  accuracy    loss{eps_head}  updates  model hash")
         for r in rounds:
             m = r["metrics"]
+            eps = m.get("epsilon")
+            eps_cell = (f"  {eps:5.3g}" if eps is not None else "      -") if privacy else ""
             lines.append(
                 f"{r['round'] + 1:>5}  {_pct(m.get('accuracy')):>8}  "
-                f"{m.get('loss', float('nan')):6.4f}  {m.get('updates', '-'):>7}  "
+                f"{m.get('loss', float('nan')):6.4f}{eps_cell}  {m.get('updates', '-'):>7}  "
                 f"{(r.get('model_hash') or '-')[:16]}{'  DIVERGENT' if r['divergent'] else ''}"
             )
     return "\n".join(lines)
@@ -71,8 +95,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     spec = load_job_file(args.file)  # validated here first: one clear line for a bad file
     with _client(args) as client:
-        job = client.publish(spec.to_dict(), participate=not args.no_participate)
-    print(f"published job {job['job_id']} ({spec.name}, {spec.rounds} rounds)")
+        job = client.publish(
+            spec.to_dict(), participate=not args.no_participate, priority=args.priority
+        )
+    queued = f"; queued #{job.get('queue_position')}" if job["status"] == "queued" else ""
+    print(f"published job {job['job_id']} ({spec.name}, {spec.rounds} rounds){queued}")
     return 0
 
 
@@ -103,11 +130,31 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if line != last:
                 print(line, flush=True)
                 last = line
-            if job["status"] != "active":
+            if job["status"] not in ("queued", "active"):
                 return 0 if job["status"] == "finished" else 1
             if deadline is not None and time.monotonic() > deadline:
                 raise GflError(f"job {args.job_id} still running after {args.timeout:g}s")
             time.sleep(0.5)
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.join(args.job_id, priority=args.priority)
+    if job["status"] == "queued":
+        print(
+            f"job {job['job_id']} queued #{job.get('queue_position')} "
+            f"(priority {job.get('priority', 0)}): it starts when a slot is free"
+        )
+    else:
+        print(f"joined job {job['job_id']}: {job['status']}")
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.leave(args.job_id)
+    print(f"left job {job['job_id']}: this node no longer trains it ({job['role']})")
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -158,6 +205,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _priority_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="place in the job queue: higher starts first (default 0; equal ones in order)",
+    )
+
+
 def register(job_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add the `gfl job` subcommands to ``job_sub`` (the job group's subparsers)."""
 
@@ -173,6 +229,7 @@ def register(job_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--no-participate", action="store_true", help="only publish; this node does not train"
     )
+    _priority_option(p)
     p = add("list", "list the jobs this node knows", cmd_list)
     p.add_argument("--json", action="store_true", help="print JSON")
     p = add("show", "show one job with its rounds", cmd_show)
@@ -187,6 +244,11 @@ def register(job_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="give up after SECONDS (default: never)",
     )
+    p = add("join", "take part in a job (queued until a slot is free)", cmd_join)
+    p.add_argument("job_id", help="job id (a unique prefix is enough)")
+    _priority_option(p)
+    p = add("leave", "stop taking part in a job (leaves it on chain)", cmd_leave)
+    p.add_argument("job_id", help="job id (a unique prefix is enough)")
     p = add("cancel", "cancel a job you own", cmd_cancel)
     p.add_argument("job_id", help="job id (a unique prefix is enough)")
     p = add("report", "per-round metrics as JSON or CSV, and a PNG plot", cmd_report)

@@ -10,6 +10,7 @@ refused start.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -45,6 +46,12 @@ class NetSection:
     reprovide_s: float = 600.0
     blob_keep_s: float = 600.0
     archive: bool = False
+    reachability: str = "auto"
+    relay_service: bool = False
+    relay_max_reservations: int = 32
+    relay_max_circuits: int = 8
+    relay_circuit_mb: int = 64
+    relay_circuit_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,13 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class PrivacySection:
+    """[privacy]: the most differential-privacy budget (ε) this node spends on one job."""
+
+    max_epsilon: float = math.inf
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config.toml."""
 
@@ -96,6 +110,7 @@ class Config:
     data: dict[str, str | dict[str, Any]] = field(default_factory=dict)
     jobs: JobsSection = field(default_factory=JobsSection)
     train: TrainSection = field(default_factory=TrainSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with some keys of one section changed (command-line overrides)."""
@@ -133,6 +148,19 @@ blob_keep_s = {net_blob_keep_s}
 # An archive node keeps every blob of every job (M_0, updates, models), never evicting them,
 # so that anyone can export and verify a job long after it ended (`gfl job export`).
 archive = {net_archive}
+# Whether other nodes can dial this one: "auto" asks peers to dial back (AutoNAT), "public"
+# or "private" says so. A private node reserves a slot on up to 3 relays (bootstrap peers
+# first), advertises the relayed addresses, and upgrades relayed connections to direct ones
+# where its NAT allows (hole punching).
+reachability = {net_reachability}
+# Relay for private nodes while this node is publicly reachable.
+relay_service = {net_relay_service}
+# A relay's limits: peers holding a slot, circuits open at once per peer, and per circuit
+# the MiB it carries (both ways together) and the seconds it stays open.
+relay_max_reservations = {net_relay_max_reservations}
+relay_max_circuits = {net_relay_max_circuits}
+relay_circuit_mb = {net_relay_circuit_mb}
+relay_circuit_s = {net_relay_circuit_s}
 
 [api]
 # The control API (used by the CLI, `gfl attach` and the Python client).
@@ -158,11 +186,12 @@ registry = {chain_registry}
 # digits = {{partition = "iid", index = 0, of = 3, seed = 0}}
 {data_lines}
 [jobs]
-# Join every valid gossiped job automatically (otherwise only jobs you accept).
+# Join every valid gossiped job automatically (otherwise only jobs you accept:
+# gfl job join ID).
 auto_join = {jobs_auto_join}
 # Only jobs owned by these Ethereum addresses are joined automatically ([] = any owner).
 allow_owners = {jobs_allow_owners}
-# Jobs trained at the same time.
+# Jobs trained at the same time; the others wait in the queue (gfl job list).
 max_concurrent = {jobs_max_concurrent}
 
 [train]
@@ -173,6 +202,12 @@ threads = {train_threads}
 # Each node tests every new global model on (at most) this many examples of its test
 # split, beside the next round's training; 0 = the whole split.
 eval_limit = {train_eval_limit}
+
+[privacy]
+# The most ε (differential privacy) this node spends on one job: it never joins a job whose
+# [privacy] epsilon is larger, nor, below inf, a job trained without [privacy]. Within a job
+# it stops sending updates once the job's own budget is spent. inf = no ceiling.
+max_epsilon = {privacy_max_epsilon}
 """
 
 
@@ -192,7 +227,7 @@ def _toml_value(value: Any) -> str:
 def render_config(config: Config) -> str:
     """The commented config.toml text for ``config``."""
     values: dict[str, str] = {}
-    for section in ("node", "net", "api", "chain", "jobs", "train"):
+    for section in ("node", "net", "api", "chain", "jobs", "train", "privacy"):
         for key, value in dataclasses.asdict(getattr(config, section)).items():
             values[f"{section}_{key}"] = _toml_value(value)
     values["data_lines"] = "".join(
@@ -272,6 +307,8 @@ def validate_config(config: Config) -> None:
         raise ConfigError("config: api.heartbeat_s must be positive")
     if config.jobs.max_concurrent < 1:
         raise ConfigError("config: jobs.max_concurrent must be at least 1")
+    if not config.privacy.max_epsilon > 0:
+        raise ConfigError("config: privacy.max_epsilon must be a number above 0 (inf: none)")
     if config.train.threads < 0:
         raise ConfigError("config: train.threads must be 0 or more")
     if config.net.blob_cap_mb < 1:
@@ -282,6 +319,17 @@ def validate_config(config: Config) -> None:
         raise ConfigError("config: net.reprovide_s must be at least 10 (seconds)")
     if not 0 <= config.net.blob_keep_s < float("inf"):
         raise ConfigError("config: net.blob_keep_s must be 0 or more (seconds)")
+    if config.net.reachability not in ("auto", "public", "private"):
+        raise ConfigError(
+            f'config: net.reachability must be "auto", "public" or "private", '
+            f"not {config.net.reachability!r}"
+        )
+    for key in ("relay_max_reservations", "relay_max_circuits"):
+        if getattr(config.net, key) < 1:
+            raise ConfigError(f"config: net.{key} must be at least 1")
+    for key in ("relay_circuit_mb", "relay_circuit_s"):
+        if getattr(config.net, key) < 0:
+            raise ConfigError(f"config: net.{key} must be 0 (no limit) or more")
     url = config.chain.url
     if url != "embedded" and not url.startswith(("http://", "https://")):
         raise ConfigError(f'config: chain.url must be "embedded" or an http(s) URL, not {url!r}')

@@ -30,6 +30,7 @@ from gfl.node.zygote import NODE_MODULES, ForkedProcess, Zygote, ZygoteError
 
 if TYPE_CHECKING:
     from gfl_console.client import NodeClient
+    from gfl_console.types import NodeStatus
 
 START_TIMEOUT_S = 90.0
 START_PER_NODE_S = 4.0  # each node imports torch, web3 and libp2p: ~5 CPU-seconds on its own
@@ -149,12 +150,14 @@ def start_devnet(
     data_limit: int | None = None,
     host: str = "127.0.0.1",
     fork: bool = True,
+    jobs: dict[str, Any] | None = None,
 ) -> Devnet:
     """Start a chain and `n` node processes; returns once every node's API answers.
 
     ``host`` is the IPv4 address the nodes' libp2p hosts listen on (their APIs stay
     on loopback). With ``fork`` the nodes are forked from a zygote (one import of torch,
     web3 and py-libp2p for all, shared memory); else each is a fresh ``gfl up`` process.
+    ``jobs``: more ``[jobs]`` settings for every node (``max_concurrent=1``).
     """
     if not 1 <= n <= 64:
         raise DevnetError("--nodes must be between 1 and 64")
@@ -193,7 +196,7 @@ def start_devnet(
                 .replace("net", listen=[f"/ip4/{host}/tcp/{p2p_port}"])
                 .replace("api", port=api_port, heartbeat_s=2.0)
                 .replace("chain", url=url)
-                .replace("jobs", auto_join=True)
+                .replace("jobs", auto_join=True, **(jobs or {}))
                 .replace("node", name=f"node{i}")
             )
             src: dict[str, Any] = {"partition": partition, "index": i, "of": n, "seed": seed}
@@ -297,7 +300,7 @@ def _wait_up(net: Devnet) -> None:
     # wait until each node has torch and its data loaded, so round 1 costs what round 2 does
     deadline = time.monotonic() + limit
     for node in net.nodes:
-        while not (net.client(node.index).status().get("jobs") or {}).get("ready"):
+        while not _warmed_up(net.client(node.index).status()):
             if time.monotonic() > deadline:
                 raise DevnetError(f"node{node.index} did not warm up within {limit:.0f}s")
             time.sleep(0.2)
@@ -308,6 +311,12 @@ def _wait_up(net: Devnet) -> None:
             if time.monotonic() > deadline:
                 raise DevnetError(f"node{node.index} found no peers within 30s")
             time.sleep(0.2)
+
+
+def _warmed_up(status: NodeStatus) -> bool:
+    """Whether the node's job service has torch and its data loaded."""
+    jobs = status.get("jobs")
+    return bool(jobs and jobs.get("ready"))
 
 
 def demo_spec(
@@ -339,7 +348,7 @@ def demo_spec(
     return spec.replace(max_samples=DEMO_MAX_SAMPLES, admission=admission)
 
 
-def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout) -> dict:
+def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout) -> dict[str, Any]:
     """Follow the job until every node finished it; print a line per evaluated round."""
     from gfl_console.client import ApiRequestError
 
@@ -374,7 +383,7 @@ def watch_job(net: Devnet, job_id: str, *, timeout: float, out: Any = sys.stdout
         time.sleep(0.25)
 
 
-def summarize(net: Devnet, job_id: str, result: dict, out: Any = sys.stdout) -> bool:
+def summarize(net: Devnet, job_id: str, result: dict[str, Any], out: Any = sys.stdout) -> bool:
     """Print accuracy per round and the chain check; True when everything verifies."""
     head = net.client(0).job(job_id)
     print("\nround  accuracy   loss    model hash (node0)   on chain", file=out)

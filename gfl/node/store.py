@@ -29,7 +29,7 @@ from typing import Any
 
 from gfl.errors import GflError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     model_hash TEXT,
     error TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    queued_at REAL
 );
 CREATE TABLE IF NOT EXISTS rounds (
     job_id TEXT NOT NULL,
@@ -81,6 +83,15 @@ CREATE TABLE IF NOT EXISTS peers (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+#: Columns added since schema 1, with their definitions: a node.db written by an older
+#: node gets them at open (ALTER TABLE keeps every row).
+_ADDED_COLUMNS = {
+    "jobs": (
+        ("priority", "INTEGER NOT NULL DEFAULT 0"),  # 2: the job queue's order
+        ("queued_at", "REAL"),
+    ),
+}
+
 
 class StoreError(GflError):
     """The node database cannot be opened or written (disk full, read-only, corrupt)."""
@@ -103,6 +114,8 @@ class JobRow:
     error: str | None
     created_at: float
     updated_at: float
+    priority: int = 0
+    queued_at: float | None = None  # when it entered the queue (status "queued")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -116,6 +129,7 @@ class JobRow:
             "model_hash": self.model_hash,
             "spec_hash": self.spec_hash,
             "error": self.error,
+            "priority": self.priority,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -140,12 +154,28 @@ class Store:
                     "it away to start with an empty one (the chain keeps every job's record)"
                 )
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the node database {path}: {exc}") from None
+
+    def _migrate(self) -> None:
+        """Bring a node.db of an older schema up to this one, in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                for name, definition in columns:
+                    if name not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -191,19 +221,45 @@ class Store:
         rounds: int,
         status: str,
         role: str,
+        *,
+        priority: int = 0,
     ) -> bool:
-        """Record a job once; returns False when it was already known."""
+        """Record a job once; returns False when it was already known. A job recorded as
+        queued enters the queue now."""
         now = time.time()
+        queued_at = now if status == "queued" else None
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO jobs (job_id, spec, spec_hash, owner, name, status, role,"
-                " rounds, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (job_id, spec, spec_hash, owner, name, status, role, rounds, now, now),
+                " rounds, created_at, updated_at, priority, queued_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job_id,
+                    spec,
+                    spec_hash,
+                    owner,
+                    name,
+                    status,
+                    role,
+                    rounds,
+                    now,
+                    now,
+                    priority,
+                    queued_at,
+                ),
             )
             return cur.rowcount == 1
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        allowed = {"status", "role", "current_round", "model_hash", "error"}
+        allowed = {
+            "status",
+            "role",
+            "current_round",
+            "model_hash",
+            "error",
+            "priority",
+            "queued_at",
+        }
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"unknown job fields {sorted(bad)}")

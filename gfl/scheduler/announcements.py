@@ -178,7 +178,7 @@ class Announcements:
             mine = {
                 row.job_id: row.spec
                 for row in self._store.jobs()
-                if row.status == JobStatus.ACTIVE and row.owner.lower() == self._me
+                if not JobStatus(row.status).ended and row.owner.lower() == self._me
             }
             for job_id in set(self._due) - set(mine):  # finished or cancelled
                 del self._due[job_id]

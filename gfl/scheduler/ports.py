@@ -2,8 +2,8 @@
 
 - a `Ledger` (the chain, seen as one job): join, commit, vote, settle, and read the job and
   its rounds as the chain holds them now;
-- an `Exchange` (the network, seen as one job): publish a blob (store it, announce it) and
-  fetch a blob by hash from whoever holds it.
+- an `Exchange` (the network, seen as one job): publish a blob (store it, announce it),
+  fetch a blob by hash from whoever holds it, and pass round messages (shard statements).
 
 The runner knows nothing of libp2p or web3; `gfl.scheduler.ledger` and
 `gfl.scheduler.exchange` adapt the chain registry and the network to these ports, and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gfl.errors import GflError
 from gfl.fl.data import ArrayDataset
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 class JobStatus(enum.StrEnum):
     """A job's status on this node: the one vocabulary of the store, the API and the CLI."""
 
+    QUEUED = "queued"  # accepted here, waiting for one of the node's max_concurrent slots
     ACTIVE = "active"
     FINISHED = "finished"
     CANCELLED = "cancelled"
@@ -35,7 +36,7 @@ class JobStatus(enum.StrEnum):
 
     @property
     def ended(self) -> bool:
-        return self is not JobStatus.ACTIVE
+        return self not in (JobStatus.QUEUED, JobStatus.ACTIVE)
 
 
 class JobRole(enum.StrEnum):
@@ -84,6 +85,8 @@ class Ledger(Protocol):
 
     async def join(self) -> None: ...
 
+    async def leave(self) -> None: ...
+
     async def commit(
         self, r: int, update_hash: bytes, samples: int, ballot: Ballot | None = None
     ) -> None: ...
@@ -104,6 +107,8 @@ class Ledger(Protocol):
 
     def sign_update(self, r: int, update_hash: bytes) -> bytes: ...
 
+    def sign_shard(self, r: int, shard: int, reduced_hash: bytes, mask: bytes) -> bytes: ...
+
 
 class Exchange(Protocol):
     """Blob storage and transfer for one job."""
@@ -117,6 +122,18 @@ class Exchange(Protocol):
     ) -> bytes: ...
 
     async def load_local(self, blob: bytes) -> bytes | None: ...
+
+    async def hold(self, data: bytes) -> bytes:
+        """Store a blob and serve it, without announcing it (a shard of an update)."""
+        ...
+
+    async def post(self, body: dict[str, Any]) -> None:
+        """Send a round message (a shard statement) to the job's members, ourselves too."""
+        ...
+
+    def heard(self, kind: str, r: int) -> list[dict[str, Any]]:
+        """The round messages of ``kind`` for round ``r`` heard so far (unverified)."""
+        ...
 
 
 @dataclass

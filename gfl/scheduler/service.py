@@ -1,11 +1,11 @@
 """The job service: the Scheduler of one node.
 
-It hears job announcements (checked by `Announcements`), joins per the node's policy
-(`JoinPolicy`), runs one `JobRunner` per job, several at once with a limit on concurrent
-training, starts fetching an update as soon as its announcement arrives, wakes runners on
-chain events (`watch_chain`), and evicts an ended job's blobs after a while. It is built
-from what it uses — the network, the chain registry and its executor, the store, the event
-bus, the data sources — never from the node itself.
+It hears job announcements (checked by `Announcements`), accepts jobs per the node's policy
+(`JoinPolicy`) or the operator's word (`join`, `leave`), queues them (`JobQueue`) and runs
+one `JobRunner` per job, at most ``max_concurrent`` at once, starts fetching an update as
+soon as its announcement arrives, wakes runners on chain events (`watch_chain`), and evicts
+an ended job's blobs after a while. It is built from what it uses — the network, the chain
+registry and its executor, the store, the event bus, the data sources — never from the node.
 """
 
 from __future__ import annotations
@@ -20,21 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gfl.content import MAX_BLOB_BYTES, content_hash
+from gfl.content import content_hash
 from gfl.errors import GflError
 from gfl.fl.spec import JobSpec
-from gfl.scheduler import audit, messages
+from gfl.scheduler import audit, history, messages
 from gfl.scheduler.announcements import Announcements
 from gfl.scheduler.chain_watch import watch_chain
-from gfl.scheduler.checkpoints import Checkpoints
-from gfl.scheduler.exchange import NetExchange, PeerBook
+from gfl.scheduler.checks import model0_frame
+from gfl.scheduler.exchange import PeerBook
 from gfl.scheduler.ledger import ChainLedger
-from gfl.scheduler.policy import JoinPolicy
-from gfl.scheduler.ports import JobRole, JobStatus
+from gfl.scheduler.membership import Membership
+from gfl.scheduler.policy import JoinPolicy, bond_refusal, chain_refusal
+from gfl.scheduler.ports import JobRole, JobState, JobStatus
+from gfl.scheduler.queue import JobQueue
 from gfl.scheduler.registration import job_params
-from gfl.scheduler.runner import WOKEN_POLL_S, ChainPlace, JobRunner
+from gfl.scheduler.slots import JobSlots
 from gfl.scheduler.sources import DataSources
-from gfl.scheduler.views import JobNotFound, JobViews
+from gfl.scheduler.views import JobNotFound, JobViews, verify_rows
 
 if TYPE_CHECKING:
     from gfl.chain.records import ChainEvent
@@ -42,20 +44,26 @@ if TYPE_CHECKING:
     from gfl.net.gossip import GossipMessage
     from gfl.net.network import Network
     from gfl.node.events import EventBus
-    from gfl.node.store import Store
+    from gfl.node.store import JobRow, Store
 
 log = logging.getLogger(__name__)
 
-PREFETCH_LIMIT = 4
-PREFETCH_TIMEOUT_S = 60.0
+STOP_WAIT_S = 5.0  # a leave waits this long for the job's runner to stop
+_CHAIN_STATUS = {2: JobStatus.FINISHED, 3: JobStatus.CANCELLED, 4: JobStatus.EXPIRED}
 
 ChainCall = Callable[..., Awaitable[Any]]
 
-__all__ = ["JobError", "JobNotFound", "JobService", "ServiceSettings"]
+__all__ = ["JobError", "JobNotFound", "JobRefused", "JobService", "ServiceSettings"]
 
 
 class JobError(GflError):
     """A job request the node refuses (bad spec, unknown job, no such dataset, ...)."""
+
+
+class JobRefused(JobError):
+    """The node will not join or leave a job now; the message says why."""
+
+    status = 409
 
 
 @dataclass(frozen=True)
@@ -67,18 +75,6 @@ class ServiceSettings:
     models_dir: Path = Path("models")
     blob_keep_s: float = 600.0
     archive: bool = False  # keep every blob of every job (no eviction)
-
-
-@dataclass
-class RunningJob:
-    job_id: bytes
-    spec: JobSpec
-    ledger: ChainLedger
-    runner: JobRunner | None = None  # built once the job's nursery and data exist
-
-    def poke(self) -> None:
-        if self.runner is not None:
-            self.runner.poke()
 
 
 class JobService:
@@ -103,17 +99,35 @@ class JobService:
         self.sources = sources
         self.settings = settings
         self.address: str = registry.account if registry is not None else ""
-        self.running: dict[bytes, RunningJob] = {}
         self.ready = False
-        self.train_limiter = trio.CapacityLimiter(settings.policy.max_concurrent)
         self.book = PeerBook(network)
-        self.views = JobViews(store, lambda hx: bytes.fromhex(hx) in self.running)
+        self.queue = JobQueue(store)
+        self.slots = JobSlots(
+            store=store,
+            network=network,
+            book=self.book,
+            registry=registry,
+            chain_call=chain_call,
+            events=events,
+            sources=sources,
+            settings=settings,
+            gossip=self._gossip,
+            on_free=self.queue.poke,
+        )
+        self.running = self.slots.jobs  # job id -> its RunningJob, while it runs here
+        self.views = JobViews(
+            store, lambda hx: bytes.fromhex(hx) in self.running, self.queue.positions
+        )
         self.announcements = (
             Announcements(registry, chain_call, store, events, self._gossip, self.address)
             if registry is not None
             else None
         )
-        self._prefetch = trio.CapacityLimiter(PREFETCH_LIMIT)
+        self.membership = (
+            Membership(registry, chain_call, sources, settings.policy, self.address)
+            if registry is not None
+            else None
+        )
         self._nursery: trio.Nursery | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -124,39 +138,6 @@ class JobService:
         except GflError as exc:
             log.warning("gossip publish on %s failed: %s", topic, exc)
 
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.publish(kind, data)
-        jid = data.get("job_id")
-        if kind == "job.divergence" and jid:
-            r = int(data["round"])
-            self.store.upsert_round(jid, r, divergent=1, majority_hash=data.get("majority"))
-            # who committed another model than the majority: shown in the round's detail
-            self.store.merge_round_metrics(jid, r, {"dissenters": data.get("dissenters", [])})
-            self.store.bump("alarms.divergence")
-
-    def _record(self, job_id: str) -> Callable[[int, dict[str, Any]], None]:
-        def record(r: int, values: dict[str, Any]) -> None:
-            values = dict(values)
-            for seq, (addr, hash_hex, samples) in enumerate(values.pop("updates_verified", ())):
-                # the chain poller may not have stored the commitment yet: store it too
-                self.store.add_commitment(
-                    job_id, r, "update", seq, addr, hash_hex, samples, replace=True
-                )
-                self.store.mark_verified(job_id, r, "update", addr, True)
-            self.store.merge_round_metrics(job_id, r, values)
-            fields: dict[str, Any] = {}
-            if "update_hash" in values:
-                fields["phase"] = "committed"
-                fields["update_hash"] = values["update_hash"]
-            if "model_hash" in values:
-                fields["phase"] = "done"
-                fields["model_hash"] = values["model_hash"]
-                fields["finished_at"] = time.time()
-                self.store.update_job(job_id, current_round=r + 1, model_hash=values["model_hash"])
-            self.store.upsert_round(job_id, r, **fields)
-
-        return record
-
     # -- the service task -------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -166,7 +147,7 @@ class JobService:
                 channel = await self.network.subscribe(
                     messages.JOBS_TOPIC, self.announcements.validate
                 )
-                nursery.start_soon(self._job_announcements, nursery, channel)
+                nursery.start_soon(self._job_announcements, channel)
                 nursery.start_soon(self.announcements.repeat_own)
             if self.registry is not None:
                 nursery.start_soon(
@@ -178,9 +159,16 @@ class JobService:
             held = set(self.network.blobs.tags())
             for row in self.store.jobs():
                 if row.status == JobStatus.ACTIVE and row.role == JobRole.PARTICIPANT:
-                    self._start(nursery, bytes.fromhex(row.job_id), JobSpec.from_bytes(row.spec))
-                elif row.status != JobStatus.ACTIVE and row.job_id in held:
-                    nursery.start_soon(self._evict_blobs, row.job_id)
+                    # it ran when the node stopped: it runs again first, as slots allow
+                    if self.slots.free() > 0:
+                        self.slots.start(
+                            nursery, bytes.fromhex(row.job_id), JobSpec.from_bytes(row.spec)
+                        )
+                    else:
+                        self.queue.put(row.job_id, at=row.created_at)
+                elif JobStatus(row.status).ended and row.job_id in held:
+                    nursery.start_soon(self.slots.evict_blobs, row.job_id)
+            nursery.start_soon(self.queue.keep, self.slots.free, self._admit, self._start_queued)
             task_status.started()
 
     def _busy(self) -> bool:
@@ -216,12 +204,12 @@ class JobService:
 
     # -- announcements --------------------------------------------------------------------------
 
-    async def _job_announcements(self, nursery: trio.Nursery, channel: Any) -> None:
+    async def _job_announcements(self, channel: Any) -> None:
         async with channel:
             async for msg in channel:
-                await self._on_job_announcement(nursery, msg)
+                await self._on_job_announcement(msg)
 
-    async def _on_job_announcement(self, nursery: trio.Nursery, msg: GossipMessage) -> None:
+    async def _on_job_announcement(self, msg: GossipMessage) -> None:
         assert self.announcements is not None
         job_id = msg.payload["job_id"]
         hx = job_id.hex()
@@ -235,9 +223,10 @@ class JobService:
         if int(rec.status) != 1:
             self.announcements.reject("not_active", job_id=hx)
             return
-        join, why = self.settings.policy.decide(
-            spec, rec.owner, self.sources.names(), len(self.running)
-        )
+        join, why = self.settings.policy.decide(spec, rec.owner, self.address, self.sources.names())
+        if join and self.membership is not None:
+            unfit = await self.membership.fit_refusal(spec)
+            join, why = unfit is None, unfit or why
         self.store.add_job(
             hx,
             spec.to_bytes(),
@@ -245,7 +234,7 @@ class JobService:
             rec.owner,
             spec.name,
             spec.rounds,
-            JobStatus.ACTIVE,
+            JobStatus.QUEUED if join else JobStatus.ACTIVE,
             JobRole.PARTICIPANT if join else JobRole.OBSERVER,
         )
         self.events.publish(
@@ -253,46 +242,7 @@ class JobService:
             {"job_id": hx, "name": spec.name, "owner": rec.owner, "joining": join, "why": why},
         )
         if join:
-            self._start(nursery, job_id, spec)
-
-    # -- round gossip: provider hints and prefetch ------------------------------------------------
-
-    @staticmethod
-    def _round_validator(job_id: bytes) -> Callable[[GossipMessage], bool]:
-        """Round topics carry this job's update/model announcements only (others: dropped)."""
-
-        def validate(msg: GossipMessage) -> bool:
-            p = msg.payload
-            return p.get("type") in ("update", "model") and p.get("job_id") == job_id
-
-        return validate
-
-    async def _round_messages(self, nursery: trio.Nursery, job_id: bytes, channel: Any) -> None:
-        async with channel:
-            async for msg in channel:
-                p = msg.payload
-                self.book.saw(msg.sender_address, msg.sender_peer_id)
-                self.book.announced(p["hash"], msg.sender_peer_id)
-                running = self.running.get(job_id)
-                if running is not None:
-                    running.poke()
-                    if p["type"] == "update":
-                        nursery.start_soon(self._prefetch_one, job_id, p["hash"], p["size"])
-
-    async def _prefetch_one(self, job_id: bytes, h: bytes, size: int) -> None:
-        if self.network.blobs.has(h) or size > MAX_BLOB_BYTES:
-            return
-        async with self._prefetch:
-            try:
-                await self.network.store_blob(
-                    h,
-                    self.book.providers(h, None),
-                    max_size=size,
-                    timeout=PREFETCH_TIMEOUT_S,
-                    tag=job_id.hex(),
-                )
-            except GflError as exc:
-                log.debug("prefetch of %s failed: %s", h.hex()[:12], exc)
+            self.queue.poke()
 
     # -- chain events -----------------------------------------------------------------------------
 
@@ -300,118 +250,47 @@ class JobService:
         by_job: dict[bytes, list[ChainEvent]] = {}
         for ev in events:
             by_job.setdefault(ev.job_id, []).append(ev)
-            self._store_chain_event(ev)
+            history.record_chain_event(self.store, ev, running=ev.job_id in self.running)
         for job_id, evs in by_job.items():
             running = self.running.get(job_id)
             if running is not None:
                 running.ledger.feed(evs)
                 running.poke()
 
-    def _store_chain_event(self, ev: ChainEvent) -> None:
-        """Keep what the API shows of a job's history (the chain stays the authority)."""
-        hx = ev.job_id.hex()
-        if self.store.job(hx) is None:
-            return
-        a = ev.args
-        if ev.name in ("JobCancelled", "JobExpired"):
-            status = JobStatus.CANCELLED if ev.name == "JobCancelled" else JobStatus.EXPIRED
-            self.store.update_job(hx, status=status)
-        elif ev.name == "UpdateCommitted":
-            self.store.add_commitment(
-                hx,
-                int(a["round"]),
-                "update",
-                ev.seq,
-                a["author"],
-                bytes(a["updateHash"]).hex(),
-                int(a["samples"]),
-            )
-        elif ev.name == "Voted":
-            self.store.add_commitment(
-                hx, int(a["round"]), "model", ev.seq, a["voter"], bytes(a["modelHash"]).hex()
-            )
+    # -- the queue --------------------------------------------------------------------------------
 
-    # -- running ----------------------------------------------------------------------------------
+    def _start_queued(self, row: JobRow) -> None:
+        if self._nursery is not None:
+            self.slots.start(self._nursery, bytes.fromhex(row.job_id), JobSpec.from_bytes(row.spec))
 
-    def _start(self, nursery: trio.Nursery, job_id: bytes, spec: JobSpec) -> None:
-        if job_id in self.running or self.registry is None:
-            return
-        if spec.dataset not in self.sources:
-            self.store.update_job(
-                job_id.hex(), status=JobStatus.ERROR, error=f"no dataset {spec.dataset!r}"
-            )
-            return
-        ledger = ChainLedger(self.registry, job_id, self._call, allow=spec.allow_list)
-        running = RunningJob(job_id, spec, ledger)
-        self.running[job_id] = running
-        nursery.start_soon(self._run, nursery, running)
+    async def _drain(self) -> None:
+        """Start what the queue's head may start now (publish and join answer with it)."""
+        if self._nursery is not None:
+            await self.queue.drain(self.slots.free, self._admit, self._start_queued)
 
-    async def _run(self, service_nursery: trio.Nursery, running: RunningJob) -> None:
-        """One job from start to end, in a nursery of its own (its round gossip, its DHT
-        provides and its runner end with it)."""
-        assert self.registry is not None
-        job_id, hx = running.job_id, running.job_id.hex()
-        topic = messages.round_topic(job_id)
+    async def _admit(self, row: JobRow) -> bool:
+        """May the queue start this job now? One that ended on chain, or can no longer be
+        joined, leaves the queue with the reason; an unreadable chain keeps it waiting."""
+        if self.membership is None:
+            return False
         try:
-            async with trio.open_nursery() as nursery:
-                channel = await self.network.subscribe(topic, self._round_validator(job_id))
-                nursery.start_soon(self._round_messages, nursery, job_id, channel)
-                try:
-                    running.runner = JobRunner(
-                        job_id=hx,
-                        spec=running.spec,
-                        ledger=running.ledger,
-                        exchange=NetExchange(
-                            self.network, self.book, job_id, self._gossip, nursery
-                        ),
-                        data=await self.sources.load(running.spec.dataset),
-                        checkpoints=Checkpoints(self.settings.models_dir / hx),
-                        train_limiter=self.train_limiter,
-                        emit=self._emit,
-                        record=self._record(hx),
-                        place=ChainPlace(
-                            self.registry.chain_id,
-                            bytes.fromhex(self.registry.registry_address.removeprefix("0x")),
-                        ),
-                        device=self.settings.device,
-                        poll_s=WOKEN_POLL_S,  # chain events wake it
-                    )
-                    status = await running.runner.run()
-                    self.store.update_job(hx, status=status)
-                except Exception as exc:  # one job's failure must not stop the node
-                    if isinstance(exc, GflError):
-                        log.error("job %s stopped: %s", hx[:10], exc)
-                    else:
-                        log.exception("job %s failed", hx[:10])
-                    self.store.update_job(hx, status=JobStatus.ERROR, error=str(exc))
-                    self.events.publish("job.error", {"job_id": hx, "error": str(exc)})
-                nursery.cancel_scope.cancel()
-        finally:
-            self.running.pop(job_id, None)
-            service_nursery.start_soon(self._evict_blobs, hx)  # if it ended (not on shutdown)
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                try:
-                    await self.network.unsubscribe(topic)
-                except Exception as exc:  # the network may be closing
-                    log.debug("unsubscribe %s: %s", topic, exc)
-
-    async def _evict_blobs(self, hx: str) -> None:
-        """A job that ended here (finished, cancelled or failed): its blobs stay
-        ``blob_keep_s`` after that for peers still finishing its last round, then they are
-        evicted, all but its final model (which stays under the store's cap)."""
-        if self.settings.archive:
-            return
-        keep_s = self.settings.blob_keep_s
-        row = self.store.job(hx)
-        if row is None or row.status == JobStatus.ACTIVE:
-            return
-        await trio.sleep(min(keep_s, max(0.0, row.updated_at + keep_s - time.time())))
-        row = self.store.job(hx)
-        final = [bytes.fromhex(row.model_hash)] if row is not None and row.model_hash else []
-        blobs = self.network.blobs
-        n = await trio.to_thread.run_sync(lambda: blobs.evict(hx, keep=final))
-        log.info("job %s ended: %d of its blobs evicted", hx[:10], n)
-        self.events.publish("job.blobs_evicted", {"job_id": hx, "blobs": n})
+            rec, member, balance = await self.membership.chain_view(bytes.fromhex(row.job_id))
+        except GflError as exc:
+            log.warning("queued job %s waits for the chain: %s", row.job_id[:10], exc)
+            return False
+        why = chain_refusal(rec, member, balance, self.address)
+        if why is None:
+            return True
+        status = JobStatus.ERROR if rec is None else _CHAIN_STATUS.get(int(rec.status))
+        self.store.update_job(
+            row.job_id,
+            status=status or JobStatus.ACTIVE,
+            role=JobRole.OBSERVER,
+            error=why if status is JobStatus.ERROR else None,
+        )
+        log.info("job %s left the queue: %s", row.job_id[:10], why)
+        self.events.publish("job.dequeued", {"job_id": row.job_id, "reason": why})
+        return False
 
     # -- API operations ---------------------------------------------------------------------------
 
@@ -420,41 +299,109 @@ class JobService:
             raise JobError("this node has no chain backend; cannot register jobs")
         return self.registry
 
-    async def publish_job(self, spec: JobSpec, *, participate: bool = True) -> dict[str, Any]:
-        """Register `spec` on chain, announce it, and (if we have the data) take part."""
+    async def publish_job(
+        self, spec: JobSpec, *, participate: bool = True, priority: int = 0
+    ) -> dict[str, Any]:
+        """Register `spec` on chain and announce it; unless told not to, this node takes part
+        (queued like any job). Refused before any transaction when this node could not run
+        the job itself, or could not take part in it."""
         chain = self._registry()
         problems = spec.publish_problems()
+        me = self.address
+        if participate:
+            why = self.settings.policy.refusal(spec, me, me, self.sources.names())
+            if why is not None:
+                problems.append(
+                    f"{why}; to publish a job this node does not train: --no-participate"
+                )
         if problems:
             raise JobError("; ".join(problems))
-        spec_bytes = spec.to_bytes()
+        data = (await self.sources.load(spec.dataset)).train if participate else None
         # M_0 is made once, here, and registered by hash: every node starts from these bytes
-        frame = await trio.to_thread.run_sync(_initial_frame, spec)
+        frame = await trio.to_thread.run_sync(model0_frame, spec, data)
+        if participate:
+            why = bond_refusal(spec.bond_wei, await self._call(chain.balance), me)
+            if why is not None:
+                raise JobError(f"{why}, or publish with --no-participate")
         params = job_params(spec, spec.deadline_after(int(time.time())))
         job_id, _tx = await self._call(
             chain.register_job, secrets.token_bytes(32), spec.spec_hash, content_hash(frame), params
         )
-        hx = job_id.hex()
+        hx, spec_bytes = job_id.hex(), spec.to_bytes()
         blobs = self.network.blobs
         model0 = await trio.to_thread.run_sync(lambda: blobs.put(frame, tag=hx))
         if self._nursery is not None:
             self._nursery.start_soon(self._provide, model0)
-        join = participate and spec.dataset in self.sources
         self.store.add_job(
             hx,
             spec_bytes,
             spec.spec_hash.hex(),
-            self.address,
+            me,
             spec.name,
             spec.rounds,
-            JobStatus.ACTIVE,
-            JobRole.PARTICIPANT if join else JobRole.OWNER,
+            JobStatus.QUEUED if participate else JobStatus.ACTIVE,
+            JobRole.PARTICIPANT if participate else JobRole.OWNER,
+            priority=priority,
         )
         await self._gossip(messages.JOBS_TOPIC, messages.job_announcement(job_id, spec_bytes))
         assert self.announcements is not None
         self.announcements.announce_soon(hx)
         self.events.publish("job.published", {"job_id": hx, "name": spec.name})
-        if join and self._nursery is not None:
-            self._start(self._nursery, job_id, spec)
+        if participate:
+            await self._drain()
+        return self.views.summary(hx)
+
+    def _membership(self) -> Membership:
+        if self.membership is None:
+            raise JobError("this node has no chain backend; cannot join or leave jobs")
+        return self.membership
+
+    async def join_job(self, ref: str, *, priority: int | None = None) -> dict[str, Any]:
+        """Take part in a job this node knows (queued until a slot is free), after the checks
+        auto-join makes; a queued job gets ``priority``. Refused with the reason."""
+        row, membership = self.views.row(ref), self._membership()
+        hx, jid = row.job_id, bytes.fromhex(row.job_id)
+        if jid in self.running:
+            return self.views.summary(hx)
+        if row.status != JobStatus.QUEUED:
+            if JobStatus(row.status).ended:
+                raise JobRefused(f"job 0x{hx[:10]} is {row.status}: there is nothing to join")
+            why = await membership.join_refusal(JobSpec.from_bytes(row.spec), row.owner, jid)
+            if why is not None:
+                raise JobRefused(f"cannot join job 0x{hx[:10]}: {why}")
+            self.events.publish("job.accepted", {"job_id": hx})
+        self.queue.put(hx, priority)
+        await self._drain()
+        return self.views.summary(hx)
+
+    async def leave_job(self, ref: str) -> dict[str, Any]:
+        """Stop taking part in a job: out of the queue, or its runner stopped and (a member)
+        out of its member set on chain, which the registry refuses once this node committed
+        an update to the collecting round."""
+        row, membership = self.views.row(ref), self._membership()
+        hx, jid = row.job_id, bytes.fromhex(row.job_id)
+        running = self.running.get(jid)
+        if running is None and row.status != JobStatus.QUEUED:
+            state = row.status if JobStatus(row.status).ended else f"its {row.role}"
+            raise JobRefused(f"this node does not take part in job 0x{hx[:10]} ({state})")
+        if running is not None:
+            why = await membership.leave_refusal(jid)
+            if why is not None:
+                raise JobRefused(f"cannot leave job 0x{hx[:10]}: {why}")
+            running.scope.cancel()
+            with trio.move_on_after(STOP_WAIT_S):
+                await running.done.wait()
+            try:  # it may have committed before it stopped
+                why = await membership.leave_refusal(jid)
+                if why is None:
+                    await membership.leave(jid)
+            except GflError as exc:
+                why = str(exc)
+            if why is not None:
+                self.queue.put(hx, at=row.created_at)  # it goes on, first in the queue
+                raise JobRefused(f"cannot leave job 0x{hx[:10]}: {why}")
+        self.store.update_job(hx, status=JobStatus.ACTIVE, role=JobRole.OBSERVER, queued_at=None)
+        self.events.publish("job.left", {"job_id": hx})
         return self.views.summary(hx)
 
     async def _provide(self, h: bytes) -> None:
@@ -472,61 +419,36 @@ class JobService:
             running.poke()
         return self.views.summary(row.job_id)
 
+    async def _chain_state(self, row: JobRow) -> JobState:
+        """The job as the chain holds it (its running job's ledger when it runs here)."""
+        jid = bytes.fromhex(row.job_id)
+        running = self.running.get(jid)
+        ledger = running.ledger if running else ChainLedger(self._registry(), jid, self._call)
+        try:
+            return await ledger.sync()
+        except GflError as exc:
+            raise JobError(f"cannot read job 0x{row.job_id[:10]} from the chain: {exc}") from None
+
     async def verify_rounds(self, ref: str) -> list[dict[str, Any]]:
         """Each round this node recorded, against what the chain decided (its events, checked
         against the contract's running hash)."""
         row = self.views.row(ref)
-        jid = bytes.fromhex(row.job_id)
-        running = self.running.get(jid)
-        ledger = running.ledger if running is not None else None
-        if ledger is None:
-            ledger = ChainLedger(self._registry(), jid, self._call)
-        try:
-            state = await ledger.sync()
-        except GflError as exc:
-            raise JobError(f"cannot read job 0x{row.job_id[:10]} from the chain: {exc}") from None
-        out = []
-        for r in self.store.rounds(row.job_id):
-            rd = state.log.rounds.get(r["round"])
-            final = rd.final.model_hash.hex() if rd is not None and rd.final is not None else None
-            decision = rd.decision.value if rd is not None and rd.decision is not None else None
-            local = r.get("model_hash")
-            out.append(
-                {
-                    "round": r["round"],
-                    "closed": rd is not None and rd.closed,
-                    "updates": len(rd.updates) if rd is not None else 0,
-                    "votes": len(rd.votes) if rd is not None else 0,
-                    "decision": decision,
-                    "chain_model": final,
-                    "local_model": local,
-                    "dissenters": rd.dissenters() if rd is not None else [],
-                    "verified": final is not None and final == local,
-                }
-            )
-        return out
+        state = await self._chain_state(row)
+        return verify_rows(self.store.rounds(row.job_id), state.log)
 
     async def bundle(self, ref: str) -> dict[str, Any]:
         """What ``gfl job export`` writes: the manifest, the spec bytes, and the blobs a
         verifier needs (with whether this node holds each)."""
         row = self.views.row(ref)
-        jid = bytes.fromhex(row.job_id)
-        chain = self._registry()
-        running = self.running.get(jid)
-        ledger = running.ledger if running is not None else ChainLedger(chain, jid, self._call)
-        try:
-            state = await ledger.sync()
-        except GflError as exc:
-            raise JobError(f"cannot read job 0x{row.job_id[:10]} from the chain: {exc}") from None
-        spec = JobSpec.from_bytes(row.spec)
+        state, chain = await self._chain_state(row), self._registry()
         manifest = audit.bundle_manifest(
             chain_id=chain.chain_id,
             registry=chain.registry_address,
-            job_id=jid,
-            spec=spec,
+            job_id=bytes.fromhex(row.job_id),
+            spec=JobSpec.from_bytes(row.spec),
             joblog=state.log,
         )
-        needed = audit.blobs_needed(state.log)
+        needed = await trio.to_thread.run_sync(audit.blobs_needed, state.log, self.network.blobs)
         return {
             "manifest": manifest,
             "spec": row.spec.hex(),
@@ -550,14 +472,6 @@ class JobService:
 
     def status(self) -> dict[str, Any]:
         return {"ready": self.ready, "running": len(self.running), **self.views.counts()}
-
-
-def _initial_frame(spec: JobSpec) -> bytes:
-    """M_0's blob: the model the spec describes, initialised from its seed on this machine."""
-    from gfl.fl.codec import encode_frame
-    from gfl.fl.trainer import initial_params
-
-    return encode_frame(initial_params(spec))
 
 
 def _touch_training() -> None:

@@ -57,6 +57,10 @@ class DataSource:
 
     def load(self, eval_limit: int = 0) -> NodeData:
         """The training data and (up to `eval_limit` examples of) the test split."""
+        # scipy (under sklearn's digits) looks at torch while it is imported; if another
+        # thread is half-way through importing torch that fails, so wait for that import
+        import torch  # noqa: F401
+
         # only the examples kept are converted to floats (the limits apply before that)
         if self.partition:
             train = load_partition(

@@ -306,6 +306,14 @@ class ConsoleApp(App[int]):
             yield SystemCommand(
                 "Cancel job", "Cancel this job (owner only)", screen.action_cancel_job
             )
+            yield SystemCommand(
+                "Join job",
+                "Take part in this job (queued until a slot is free)",
+                screen.action_join_job,
+            )
+            yield SystemCommand(
+                "Leave job", "Stop taking part in this job (asks first)", screen.action_leave_job
+            )
             yield SystemCommand("Back", "Back to the panes", self.pop_screen)
         else:
             jobs = self.jobs or []

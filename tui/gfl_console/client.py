@@ -155,13 +155,30 @@ class BaseNodeClient:
         return Call("POST", _job(job_id, "/cancel"))
 
     @staticmethod
+    def _join(job_id: str, priority: int | None) -> Call[JobSummary]:
+        body = {} if priority is None else {"priority": priority}
+        return Call("POST", _job(job_id, "/join"), json=body)
+
+    @staticmethod
+    def _leave(job_id: str) -> Call[JobSummary]:
+        return Call("POST", _job(job_id, "/leave"))
+
+    @staticmethod
     def _publish(
-        spec_dict: Mapping[str, Any] | None, toml: str | None, participate: bool
+        spec_dict: Mapping[str, Any] | None,
+        toml: str | None,
+        participate: bool,
+        priority: int | None = None,
     ) -> Call[JobSummary]:
         if (spec_dict is None) == (toml is None):
             raise ValueError("publish takes exactly one of spec_dict and toml")
-        body = {"toml": toml} if toml is not None else {"spec": dict(spec_dict or {})}
-        return Call("POST", "/jobs", json={**body, "participate": participate})
+        body: dict[str, Any] = (
+            {"toml": toml} if toml is not None else {"spec": dict(spec_dict or {})}
+        )
+        body["participate"] = participate
+        if priority is not None:
+            body["priority"] = priority
+        return Call("POST", "/jobs", json=body)
 
     @staticmethod
     def _report(job_id: str, format: str) -> Call[Any]:
@@ -308,15 +325,26 @@ class NodeClient(BaseNodeClient):
         """Cancel a job on chain (its owner only)."""
         return self._send(self._cancel(job_id))
 
+    def join(self, job_id: str, *, priority: int | None = None) -> JobSummary:
+        """Take part in a job the node knows: queued (``priority``: higher starts first)
+        until a slot is free; `ApiRequestError` (409) says why the node refuses."""
+        return self._send(self._join(job_id, priority))
+
+    def leave(self, job_id: str) -> JobSummary:
+        """Stop taking part in a job (out of the queue, or out of its member set on chain)."""
+        return self._send(self._leave(job_id))
+
     def publish(
         self,
         spec_dict: Mapping[str, Any] | None = None,
         *,
         toml: str | None = None,
         participate: bool = True,
+        priority: int | None = None,
     ) -> JobSummary:
-        """Register a job (a spec table or a job file's text) on chain and announce it."""
-        return self._send(self._publish(spec_dict, toml, participate))
+        """Register a job (a spec table or a job file's text) on chain and announce it;
+        taking part in it, the node queues it with ``priority`` (default 0)."""
+        return self._send(self._publish(spec_dict, toml, participate, priority))
 
     @overload
     def report(self, job_id: str, format: Literal["json"] = "json") -> JobReport: ...
@@ -429,14 +457,21 @@ class AsyncNodeClient(BaseNodeClient):
     async def cancel(self, job_id: str) -> JobSummary:
         return await self._send(self._cancel(job_id))
 
+    async def join(self, job_id: str, *, priority: int | None = None) -> JobSummary:
+        return await self._send(self._join(job_id, priority))
+
+    async def leave(self, job_id: str) -> JobSummary:
+        return await self._send(self._leave(job_id))
+
     async def publish(
         self,
         spec_dict: Mapping[str, Any] | None = None,
         *,
         toml: str | None = None,
         participate: bool = True,
+        priority: int | None = None,
     ) -> JobSummary:
-        return await self._send(self._publish(spec_dict, toml, participate))
+        return await self._send(self._publish(spec_dict, toml, participate, priority))
 
     @overload
     async def report(self, job_id: str, format: Literal["json"] = "json") -> JobReport: ...

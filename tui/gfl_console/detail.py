@@ -23,9 +23,12 @@ from gfl_console.client import AsyncNodeClient
 from gfl_console.confirm import ConfirmScreen
 from gfl_console.errors import NodeClientError
 from gfl_console.format import DASH, human_bytes, number, percent, round_label, short
+from gfl_console.jobs import status_word
 from gfl_console.types import Commitment, JobDetail, JobSummary, RoundCheck, RoundRecord
 
 POLL_S = 5.0
+ROUND_COLUMNS = ("Round", "Phase", "Acc", "Loss", "Upd", "Train s", "Model", "Chain")
+PRIVATE_ROUND_COLUMNS = ("Round", "Phase", "Acc", "Loss", "ε", "Upd", "Train s", "Model", "Chain")
 
 
 def verify_cell(check: RoundCheck | None) -> Text:
@@ -60,7 +63,8 @@ def title_text(job: JobSummary) -> Text:
     status = str(job.get("status", "?"))
     text = Text(str(job.get("name", "?")), style="bold")
     text.append(f"  {short(job.get('job_id'), 16)}  ", style="dim")
-    text.append(status, style={"error": "bold red", "active": "bold green"}.get(status, "bold"))
+    style = {"error": "bold red", "active": "bold green", "queued": "cyan"}.get(status, "bold")
+    text.append(status_word(job), style=style)
     text.append(f" · {job.get('role') or DASH} · owner {short(job.get('owner'), 10)}")
     if job.get("error"):
         text.append(f"\nerror: {job['error']}", style="bold red")
@@ -69,10 +73,12 @@ def title_text(job: JobSummary) -> Text:
 
 def traffic_text(job: JobSummary) -> str:
     divergent = job.get("divergent_rounds") or []
+    spent = job.get("epsilon")
     return (
         f"sent {human_bytes(job.get('bytes_sent'))} · received "
         f"{human_bytes(job.get('bytes_received'))} · participants {job.get('participants', DASH)}"
         f" · divergent rounds: {', '.join(map(round_label, divergent)) if divergent else 'none'}"
+        + (f" · ε spent {number(spent, 2)}" if spent is not None else "")
     )
 
 
@@ -83,6 +89,8 @@ class JobDetailScreen(Screen[None]):
         Binding("escape", "app.pop_screen", "Back"),
         Binding("r", "reload", "Refresh"),
         Binding("c", "cancel_job", "Cancel job"),
+        Binding("a", "join_job", "Join job", show=False),
+        Binding("x", "leave_job", "Leave job", show=False),
         Binding("question_mark", "app.help", "Help", key_display="?"),
     ]
 
@@ -92,6 +100,7 @@ class JobDetailScreen(Screen[None]):
         self.client = client
         self.detail: JobDetail | None = None
         self.checks: dict[int, RoundCheck] = {}
+        self.private = False  # the job has a [privacy] table: rounds show the ε spent
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")
@@ -112,7 +121,7 @@ class JobDetailScreen(Screen[None]):
         self.sub_title = f"job {short(self.job_id, 12)}"
         rounds = self.query_one("#detail-rounds", DataTable)
         rounds.border_title = "Rounds"
-        for label in ("Round", "Phase", "Acc", "Loss", "Upd", "Train s", "Model", "Chain"):
+        for label in ROUND_COLUMNS:
             rounds.add_column(label)
         commitments = self.query_one("#detail-commitments", DataTable)
         commitments.border_title = "Commitments"
@@ -142,6 +151,13 @@ class JobDetailScreen(Screen[None]):
         """Draw the job from its API detail and its verification list."""
         self.detail = detail
         self.checks = {int(c["round"]): c for c in checks if "round" in c}
+        private = bool((detail.get("spec") or {}).get("privacy"))
+        if private != self.private:
+            self.private = private
+            table: DataTable[Any] = self.query_one("#detail-rounds", DataTable)
+            table.clear(columns=True)
+            for label in PRIVATE_ROUND_COLUMNS if private else ROUND_COLUMNS:
+                table.add_column(label)
         total = int(detail.get("rounds") or 0)
         done = int(detail.get("round") or 0)
         self.query_one("#detail-title", Static).update(title_text(detail))
@@ -180,11 +196,13 @@ class JobDetailScreen(Screen[None]):
         for r in rounds:
             m = r.get("metrics") or {}
             n = int(r.get("round", 0))
+            epsilon = [number(m.get("epsilon"), 2)] if self.private else []
             table.add_row(
                 round_label(n),
                 str(r.get("phase") or DASH),
                 percent(m.get("accuracy")),
                 number(m.get("loss")),
+                *epsilon,
                 str(m.get("updates", DASH)),
                 number(m.get("t_train_s"), 2),
                 short(r.get("model_hash"), 8),
@@ -227,4 +245,44 @@ class JobDetailScreen(Screen[None]):
             self.notify(str(exc), title="Cancel refused", severity="error")
             return
         self.notify(f"job {short(self.job_id, 10)} cancelled")
+        self.reload()
+
+    def action_join_job(self) -> None:
+        self.join_job()
+
+    @work(exclusive=True, group="membership")
+    async def join_job(self) -> None:
+        """Ask the node to take part in the job (queued until a slot is free); a refusal
+        says why, in a notification."""
+        try:
+            job = await self.client.join(self.job_id)
+        except NodeClientError as exc:
+            self.notify(str(exc), title="Join refused", severity="error")
+            return
+        self.notify(f"job {short(self.job_id, 10)}: {status_word(job)}")
+        self.reload()
+
+    def action_leave_job(self) -> None:
+        """Ask first: the registry admits an account to a job once."""
+        name = (self.detail.get("name") if self.detail else None) or short(self.job_id, 10)
+        question = (
+            f"Leave job {name}? This node stops training it and leaves its member set; "
+            "it cannot join the job again."
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.leave_job()
+
+        self.app.push_screen(ConfirmScreen(question, yes="Leave the job"), answered)
+
+    @work(exclusive=True, group="membership")
+    async def leave_job(self) -> None:
+        """Ask the node to leave the job; a refusal says why, in a notification."""
+        try:
+            await self.client.leave(self.job_id)
+        except NodeClientError as exc:
+            self.notify(str(exc), title="Leave refused", severity="error")
+            return
+        self.notify(f"left job {short(self.job_id, 10)}")
         self.reload()

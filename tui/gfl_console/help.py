@@ -15,6 +15,7 @@ KEYS = (
     ("Esc", "back from a job's detail; close this help"),
     ("r", "refresh now (and retry a refused connection)"),
     ("c (in a job)", "cancel the job (owner only; asks first)"),
+    ("a / x (in a job)", "join the job (queued until a slot is free) / leave it (asks first)"),
     ("/", "filter the log"),
     ("d", "toggle dark / light theme"),
     ("Ctrl+P", "command palette: every action by name"),

@@ -13,6 +13,7 @@ from gfl_console.format import percent, round_progress, short
 from gfl_console.types import JobSummary
 
 STATUS_STYLE = {
+    "queued": "cyan",
     "active": "bold green",
     "finished": "bold",
     "cancelled": "yellow",
@@ -23,6 +24,12 @@ STATUS_STYLE = {
 HINT = "Enter or click a job for its rounds; n publishes a new one."
 
 
+def status_word(job: JobSummary) -> str:
+    """A job's status, with its place in the queue while queued (``queued #2``)."""
+    place = job.get("queue_position")
+    return f"{job.get('status', '?')} #{place}" if place else str(job.get("status", "?"))
+
+
 def job_cells(job: JobSummary) -> tuple[Any, ...]:
     """The table cells of one job summary."""
     status = str(job.get("status", "?"))
@@ -30,7 +37,7 @@ def job_cells(job: JobSummary) -> tuple[Any, ...]:
     return (
         str(job.get("name", "?")),
         short(job.get("job_id"), 8),
-        Text(status, style=STATUS_STYLE.get(status, "")),
+        Text(status_word(job), style=STATUS_STYLE.get(status, "")),
         round_progress(job),
         str(job.get("role") or "–"),
         str(job.get("participants", "–")),

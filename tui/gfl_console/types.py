@@ -85,13 +85,13 @@ class NodeStatus(TypedDict):
 
 
 class JobSummary(TypedDict):
-    """One job as ``GET /jobs`` lists it (also the answer to publish and cancel)."""
+    """One job as ``GET /jobs`` lists it (also the answer to publish, join, leave, cancel)."""
 
     job_id: str
     name: str
     owner: str
-    status: str
-    role: str
+    status: str  # queued, active, finished, cancelled, expired, error
+    role: str  # participant, observer, owner
     rounds: int
     round: int
     model_hash: str | None
@@ -106,6 +106,9 @@ class JobSummary(TypedDict):
     divergent_rounds: list[int]
     bytes_received: int
     bytes_sent: int
+    priority: NotRequired[int]  # its place in the queue: higher starts first
+    queue_position: NotRequired[int | None]  # 1 starts next; None unless queued
+    epsilon: NotRequired[float | None]  # DP budget this node spent (a job with [privacy])
 
 
 class RoundMetrics(TypedDict, total=False):
@@ -113,6 +116,7 @@ class RoundMetrics(TypedDict, total=False):
 
     accuracy: float
     loss: float
+    epsilon: float  # DP budget this node spent so far (a job with [privacy])
     train_loss: float
     train_accuracy: float
     updates: int

@@ -1,4 +1,5 @@
-"""Job endpoints of the control API: publish, list, inspect, cancel, verify, report."""
+"""Job endpoints of the control API: publish, list, inspect, join, leave, cancel, verify,
+report."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.responses import Response
 
 from gfl.fl.spec import JobSpec
 from gfl.node.api.app import ApiError, Endpoint, Param, read_json
+from gfl.scheduler.queue import MAX_PRIORITY, MIN_PRIORITY, check_priority
 
 if TYPE_CHECKING:
     from gfl.scheduler.service import JobService
@@ -21,16 +23,33 @@ JOB_SCHEMA: dict[str, Any] = {
         "job_id": {"type": "string"},
         "name": {"type": "string"},
         "owner": {"type": "string"},
-        "status": {"type": "string"},
-        "role": {"type": "string"},
+        "status": {
+            "type": "string",
+            "description": "queued, active, finished, cancelled, expired or error",
+        },
+        "role": {"type": "string", "description": "participant, observer or owner"},
+        "error": {"type": ["string", "null"], "description": "why it failed, one sentence"},
+        "running": {"type": "boolean", "description": "a runner runs it on this node now"},
+        "priority": {"type": "integer", "description": "its priority in the queue"},
+        "queue_position": {
+            "type": ["integer", "null"],
+            "description": "its place in the queue while queued (1 starts next), else null",
+        },
         "rounds": {"type": "integer"},
         "round": {"type": "integer"},
         "accuracy": {"type": ["number", "null"]},
         "loss": {"type": ["number", "null"]},
+        "epsilon": {"type": ["number", "null"], "description": "DP budget spent here"},
         "model_hash": {"type": ["string", "null"]},
         "participants": {"type": "integer"},
         "divergent_rounds": {"type": "array", "items": {"type": "integer"}},
     },
+}
+_PRIORITY = {
+    "type": "integer",
+    "minimum": MIN_PRIORITY,
+    "maximum": MAX_PRIORITY,
+    "description": "higher starts first; equal priorities start in the order they came",
 }
 PUBLISH_BODY: dict[str, Any] = {
     "type": "object",
@@ -39,7 +58,14 @@ PUBLISH_BODY: dict[str, Any] = {
         "toml": {"type": "string", "maxLength": 65536},
         "spec": {"type": "object"},
         "participate": {"type": "boolean", "default": True},
+        "priority": {**_PRIORITY, "default": 0},
     },
+    "additionalProperties": False,
+}
+JOIN_BODY: dict[str, Any] = {
+    "type": "object",
+    "description": "Optional: the job's priority in the queue (a queued job: its new one).",
+    "properties": {"priority": _PRIORITY},
     "additionalProperties": False,
 }
 _JOB_ID = Param(
@@ -71,8 +97,10 @@ async def list_jobs(request: Request) -> list[dict[str, Any]]:
 
 async def publish_job(request: Request) -> dict[str, Any]:
     body = await read_json(request)
-    if not isinstance(body, dict) or set(body) - {"toml", "spec", "participate"}:
-        raise ApiError('send {"toml": ...} or {"spec": {...}}, optionally "participate"')
+    if not isinstance(body, dict) or set(body) - {"toml", "spec", "participate", "priority"}:
+        raise ApiError(
+            'send {"toml": ...} or {"spec": {...}}, optionally "participate" and "priority"'
+        )
     if ("toml" in body) == ("spec" in body):
         raise ApiError('send exactly one of "toml" and "spec"')
     participate = body.get("participate", True)
@@ -84,11 +112,24 @@ async def publish_job(request: Request) -> dict[str, Any]:
         spec = JobSpec.from_toml(body["toml"])
     else:
         spec = JobSpec.from_dict(body["spec"])
-    return await _service(request).publish_job(spec, participate=participate)
+    priority = check_priority(body.get("priority", 0))
+    return await _service(request).publish_job(spec, participate=participate, priority=priority)
 
 
 async def get_job(request: Request) -> dict[str, Any]:
     return _service(request).job_detail(_job_id(request))
+
+
+async def join_job(request: Request) -> dict[str, Any]:
+    body = await read_json(request) if await request.body() else {}
+    if not isinstance(body, dict) or set(body) - {"priority"}:
+        raise ApiError('send nothing, or {"priority": N}')
+    priority = check_priority(body["priority"]) if "priority" in body else None
+    return await _service(request).join_job(_job_id(request), priority=priority)
+
+
+async def leave_job(request: Request) -> dict[str, Any]:
+    return await _service(request).leave_job(_job_id(request))
 
 
 async def cancel_job(request: Request) -> dict[str, Any]:
@@ -156,6 +197,34 @@ def job_endpoints() -> list[Endpoint]:
             tag="jobs",
             errors=(404,),
             path_params=(_JOB_ID,),
+        ),
+        Endpoint(
+            "POST",
+            "/jobs/{job_id}/join",
+            join_job,
+            "Take part in a job: queued until one of max_concurrent slots is free",
+            JOB_SCHEMA,
+            request_body=JOIN_BODY,
+            tag="jobs",
+            errors=(404, 409),
+            path_params=(_JOB_ID,),
+            description="The checks of auto-join first: the dataset, [jobs] allow_owners, "
+            "the job's allow-list, whether the model takes this node's data, the job's state "
+            "on chain and the bond against the account's balance; a refusal (409) says why. "
+            "The body is optional.",
+        ),
+        Endpoint(
+            "POST",
+            "/jobs/{job_id}/leave",
+            leave_job,
+            "Stop taking part in a job: out of the queue, or its runner stopped and its member "
+            "slot left on chain",
+            JOB_SCHEMA,
+            tag="jobs",
+            errors=(404, 409),
+            path_params=(_JOB_ID,),
+            description="Refused (409) while this node's update to the collecting round is "
+            "committed: the registry lets a member leave only before it commits.",
         ),
         Endpoint(
             "POST",

@@ -1,0 +1,238 @@
+"""The jobs this node runs now, one slot each (at most ``max_concurrent``; the rest queue).
+
+Each job runs in a nursery of its own — its round gossip, the prefetch of the updates
+announced there, its blob transfers and its `JobRunner` — so everything a job started ends
+with it, and a leave stops it through its cancel scope. A job that fails keeps one sentence
+saying why (`failures.reason`) and logs no traceback on stderr. Once a job ended here its
+blobs are evicted after a while.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gfl.content import MAX_BLOB_BYTES
+from gfl.errors import GflError
+from gfl.fl.spec import JobSpec
+from gfl.scheduler import failures, history, messages
+from gfl.scheduler.checkpoints import Checkpoints
+from gfl.scheduler.exchange import NetExchange, PeerBook
+from gfl.scheduler.ledger import ChainLedger
+from gfl.scheduler.ports import JobRole, JobStatus
+from gfl.scheduler.runner import WOKEN_POLL_S, ChainPlace, JobRunner
+
+if TYPE_CHECKING:
+    from gfl.chain.registry import Registry
+    from gfl.net.gossip import GossipMessage
+    from gfl.net.network import Network
+    from gfl.node.events import EventBus
+    from gfl.node.store import Store
+    from gfl.scheduler.service import ServiceSettings
+    from gfl.scheduler.sources import DataSources
+
+log = logging.getLogger(__name__)
+
+PREFETCH_LIMIT = 4
+PREFETCH_TIMEOUT_S = 60.0
+
+ChainCall = Callable[..., Awaitable[Any]]
+Gossip = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class RunningJob:
+    job_id: bytes
+    spec: JobSpec
+    ledger: ChainLedger
+    runner: JobRunner | None = None  # built once the job's nursery and data exist
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # cancelled: it stops
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def poke(self) -> None:
+        if self.runner is not None:
+            self.runner.poke()
+
+
+class JobSlots:
+    """The running jobs by id; `start` one, cancel its ``scope`` to stop it."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        network: Network,
+        book: PeerBook,
+        registry: Registry | None,
+        chain_call: ChainCall,
+        events: EventBus,
+        sources: DataSources,
+        settings: ServiceSettings,
+        gossip: Gossip,
+        on_free: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.network = network
+        self.book = book
+        self.registry = registry
+        self._call = chain_call
+        self.events = events
+        self.sources = sources
+        self.settings = settings
+        self._gossip = gossip
+        self._on_free = on_free
+        self.jobs: dict[bytes, RunningJob] = {}
+        self.train_limiter = trio.CapacityLimiter(settings.policy.max_concurrent)
+        self._prefetch = trio.CapacityLimiter(PREFETCH_LIMIT)
+
+    def free(self) -> int:
+        """Slots left: jobs that may start now."""
+        return self.settings.policy.max_concurrent - len(self.jobs)
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.events.publish(kind, data)
+        if kind == "job.divergence" and data.get("job_id"):
+            history.record_divergence(self.store, data)
+
+    # -- a job's life ---------------------------------------------------------------------------
+
+    def start(self, nursery: trio.Nursery, job_id: bytes, spec: JobSpec) -> None:
+        """Run the job in ``nursery`` (the service's) until it ends, fails or is stopped."""
+        if job_id in self.jobs or self.registry is None:
+            return
+        if spec.dataset not in self.sources:
+            self.store.update_job(
+                job_id.hex(), status=JobStatus.ERROR, error=f"no dataset {spec.dataset!r}"
+            )
+            return
+        self.store.update_job(job_id.hex(), status=JobStatus.ACTIVE, role=JobRole.PARTICIPANT)
+        ledger = ChainLedger(self.registry, job_id, self._call, allow=spec.allow_list)
+        running = RunningJob(job_id, spec, ledger)
+        self.jobs[job_id] = running
+        nursery.start_soon(self._run, nursery, running)
+
+    async def _run(self, service_nursery: trio.Nursery, running: RunningJob) -> None:
+        job_id, hx = running.job_id, running.job_id.hex()
+        topic = messages.round_topic(job_id)
+        try:
+            with running.scope:
+                await self._run_job(running, topic)
+        except BaseException as exc:  # one job's failure must not stop the node
+            if failures.failure(exc) is None:
+                raise  # cancelled: the node stops
+            self._failed(hx, exc)
+        finally:
+            running.done.set()
+            self.jobs.pop(job_id, None)
+            self._on_free()
+            service_nursery.start_soon(self.evict_blobs, hx)  # if it ended (not on shutdown)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await self.network.unsubscribe(topic)
+                except Exception as exc:  # the network may be closing
+                    log.debug("unsubscribe %s: %s", topic, exc)
+
+    async def _run_job(self, running: RunningJob, topic: str) -> None:
+        assert self.registry is not None
+        job_id, hx = running.job_id, running.job_id.hex()
+        async with trio.open_nursery() as nursery:
+            channel = await self.network.subscribe(topic, _round_validator(job_id))
+            nursery.start_soon(self._round_messages, nursery, job_id, channel)
+            running.runner = JobRunner(
+                job_id=hx,
+                spec=running.spec,
+                ledger=running.ledger,
+                exchange=NetExchange(self.network, self.book, job_id, self._gossip, nursery),
+                data=await self.sources.load(running.spec.dataset),
+                checkpoints=Checkpoints(self.settings.models_dir / hx),
+                train_limiter=self.train_limiter,
+                emit=self._emit,
+                record=history.round_recorder(self.store, hx),
+                place=ChainPlace(
+                    self.registry.chain_id,
+                    bytes.fromhex(self.registry.registry_address.removeprefix("0x")),
+                ),
+                device=self.settings.device,
+                poll_s=WOKEN_POLL_S,  # chain events wake it
+            )
+            status = await running.runner.run()
+            self.store.update_job(hx, status=status)
+            nursery.cancel_scope.cancel()
+
+    def _failed(self, hx: str, exc: BaseException) -> None:
+        """A job stopped by an error: one sentence in its record, its event and the log (the
+        traceback of an unexpected error goes to the log file only)."""
+        why = failures.reason(exc)
+        log.error("job %s failed: %s", hx[:10], why)
+        leaf = failures.failure(exc)
+        if leaf is not None and not isinstance(leaf, GflError):
+            log.info("job %s: how it failed", hx[:10], exc_info=leaf)
+        self.store.update_job(hx, status=JobStatus.ERROR, error=why)
+        self.events.publish("job.error", {"job_id": hx, "error": why})
+
+    async def evict_blobs(self, hx: str) -> None:
+        """A job that ended here (finished, cancelled or failed): its blobs stay
+        ``blob_keep_s`` after that for peers still finishing its last round, then they are
+        evicted, all but its final model (which stays under the store's cap)."""
+        if self.settings.archive:
+            return
+        keep_s = self.settings.blob_keep_s
+        row = self.store.job(hx)
+        if row is None or not JobStatus(row.status).ended:
+            return
+        await trio.sleep(min(keep_s, max(0.0, row.updated_at + keep_s - time.time())))
+        row = self.store.job(hx)
+        final = [bytes.fromhex(row.model_hash)] if row is not None and row.model_hash else []
+        blobs = self.network.blobs
+        n = await trio.to_thread.run_sync(lambda: blobs.evict(hx, keep=final))
+        log.info("job %s ended: %d of its blobs evicted", hx[:10], n)
+        self.events.publish("job.blobs_evicted", {"job_id": hx, "blobs": n})
+
+    # -- round gossip: provider hints and prefetch ------------------------------------------------
+
+    async def _round_messages(self, nursery: trio.Nursery, job_id: bytes, channel: Any) -> None:
+        async with channel:
+            async for msg in channel:
+                p = msg.payload
+                self.book.saw(msg.sender_address, msg.sender_peer_id)
+                self.book.announced(p["hash"], msg.sender_peer_id)
+                running = self.jobs.get(job_id)
+                if running is not None:
+                    if p["type"] == "shard" and running.runner is not None:
+                        exchange = running.runner.exchange
+                        if isinstance(exchange, NetExchange):
+                            exchange.hear(p)
+                    running.poke()
+                    if p["type"] == "update":
+                        nursery.start_soon(self._prefetch_one, job_id, p["hash"], p["size"])
+
+    async def _prefetch_one(self, job_id: bytes, h: bytes, size: int) -> None:
+        if self.network.blobs.has(h) or size > MAX_BLOB_BYTES:
+            return
+        async with self._prefetch:
+            try:
+                await self.network.store_blob(
+                    h,
+                    self.book.providers(h, None),
+                    max_size=size,
+                    timeout=PREFETCH_TIMEOUT_S,
+                    tag=job_id.hex(),
+                )
+            except GflError as exc:
+                log.debug("prefetch of %s failed: %s", h.hex()[:12], exc)
+
+
+def _round_validator(job_id: bytes) -> Callable[[GossipMessage], bool]:
+    """Round topics carry this job's update/model announcements and shard statements only
+    (others: dropped)."""
+
+    def validate(msg: GossipMessage) -> bool:
+        p = msg.payload
+        return p.get("type") in ("update", "model", "shard") and p.get("job_id") == job_id
+
+    return validate

@@ -1,0 +1,259 @@
+"""Sharded rounds (docs/protocol.md, section 8) with in-process runners on the embedded chain.
+
+Blobs go through a shared in-memory table and shard statements through a shared board (the
+libp2p exchange and gossip are covered elsewhere); the chain, the training, the codec, the
+strategies and the signatures are the real ones. The digits MLP has 2,410 parameters, one
+shard by the derived rule, so every job here forces ``shards = 4``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import trio
+from support import MemoryExchange, registered_job
+
+from gfl.content import content_hash
+from gfl.fl.codec import encode_frame
+from gfl.fl.data import load_dataset, load_partition
+from gfl.fl.rounds import Decision
+from gfl.fl.shards import Mode, manifest_hashes
+from gfl.fl.spec import JobSpec
+from gfl.identity import NodeIdentity
+from gfl.scheduler import audit, messages
+from gfl.scheduler.checkpoints import Checkpoints
+from gfl.scheduler.ledger import ChainLedger
+from gfl.scheduler.ports import NodeData
+from gfl.scheduler.runner import ChainPlace, JobRunner
+from gfl.scheduler.sharding import Reduced
+
+torch.set_num_threads(1)
+
+BOND = 10**15
+N = 4
+
+
+def _spec(members, rounds: int, **kw: Any) -> JobSpec:
+    return (
+        JobSpec.builder("sharded")
+        .model("mlp", in_features=64, hidden=32)
+        .data("digits")
+        .train(epochs=1, batch_size=16, lr=0.05)
+        .strategy(kw.pop("strategy", "fedavg"))
+        .rounds(rounds, min_updates=len(members), timeout=60)
+        .seed(3)
+        .build()
+        .replace(
+            max_samples=10_000,
+            vote_timeout=40,
+            availability_timeout=5,
+            admission={"allow": [m.eth_address for m in members], "bond": str(BOND)},
+            shards=4,
+            **kw,
+        )
+    )
+
+
+class Saboteur:
+    """Makes the first node to state shard 0 a faulty aggregator (so that it surely is one):
+    ``silent`` never states a shard, ``killed`` stops dead there, ``liar`` states a reduced
+    shard with other bytes, signed with its own key."""
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+        self.victim: int | None = None
+        self.scopes: dict[int, trio.CancelScope] = {}
+
+    def install(self, i: int, runner: JobRunner) -> None:
+        honest = runner.sharded.publish
+
+        async def publish(ctx, k: int, red: Reduced, n: int) -> None:
+            if self.victim is None and k == 0:
+                self.victim = i
+            if self.victim != i:
+                return await honest(ctx, k, red, n)
+            if self.fault == "killed":
+                self.scopes[i].cancel()
+                await trio.lowlevel.checkpoint()
+            if self.fault == "liar":
+                assert red.pieces is not None
+                wrong = {name: a + 0.5 for name, a in red.pieces.items()}
+                frame = encode_frame(wrong)
+                await honest(ctx, k, Reduced(red.excluded, wrong, frame, content_hash(frame)), n)
+
+        runner.sharded.publish = publish  # type: ignore[method-assign]
+
+
+async def _run_job(
+    tmp_path: Path, ids: list[NodeIdentity], spec: JobSpec, saboteur: Saboteur | None = None
+) -> dict[str, Any]:
+    table: dict[bytes, bytes] = {}
+    board: list[dict[str, Any]] = []
+    owner, job_id, call = registered_job(tmp_path, spec, b"\x01", table)
+    place = ChainPlace(owner.chain_id, bytes.fromhex(owner.registry_address[2:]))
+    test = load_dataset("digits", train=False)
+    records: list[dict[int, dict[str, Any]]] = [{} for _ in ids]
+    runners = []
+    for i, ident in enumerate(ids):
+        runner = JobRunner(
+            job_id=job_id.hex(),
+            spec=spec,
+            ledger=ChainLedger(owner.for_identity(ident), job_id, call, allow=spec.allow_list),
+            exchange=MemoryExchange(table, board),
+            data=NodeData(load_partition("digits", i, len(ids), "iid", 0), test),
+            checkpoints=Checkpoints(tmp_path / f"n{i}"),
+            train_limiter=trio.CapacityLimiter(1),
+            emit=lambda kind, data: None,
+            record=lambda r, values, i=i: records[i].setdefault(r, {}).update(values),
+            place=place,
+        )
+        if saboteur is not None:
+            saboteur.install(i, runner)
+        runners.append(runner)
+
+    async def run(i: int) -> None:
+        scope = trio.CancelScope()
+        if saboteur is not None:
+            saboteur.scopes[i] = scope
+        with scope:
+            await runners[i].run()
+
+    with trio.fail_after(240):
+        async with trio.open_nursery() as nursery:
+            for i in range(len(ids)):
+                nursery.start_soon(run, i)
+    state = await ChainLedger(owner, job_id, call).sync()
+    for r, rd in state.log.rounds.items():
+        assert rd.decision is Decision.FINALIZED and rd.final is not None, r
+    assert owner.log_head(job_id) == (state.log.seq, state.log.head)
+    return {
+        "chain": owner,
+        "job_id": job_id,
+        "state": state,
+        "runners": runners,
+        "records": records,
+        "table": table,
+        "board": board,
+        "finals": [state.log.rounds[r].final.model_hash for r in sorted(state.log.rounds)],
+    }
+
+
+def _verify_bundle(tmp_path: Path, job: dict[str, Any], spec: JobSpec) -> audit.Verdict:
+    """What `gfl job export` then `gfl job verify --bundle` do, in process."""
+    table = job["table"]
+
+    class Held:
+        def size_of(self, h: bytes) -> int | None:
+            return len(table[h]) if h in table else None
+
+        def get(self, h: bytes) -> bytes | None:
+            return table.get(h)
+
+    chain, job_id, log = job["chain"], job["job_id"], job["state"].log
+    folder = tmp_path / "bundle"
+    (folder / audit.BLOBS_DIR).mkdir(parents=True)
+    manifest = audit.bundle_manifest(
+        chain_id=chain.chain_id,
+        registry=chain.registry_address,
+        job_id=job_id,
+        spec=spec,
+        joblog=log,
+    )
+    (folder / audit.BUNDLE_FILE).write_text(json.dumps(manifest))
+    (folder / audit.SPEC_FILE).write_bytes(spec.to_bytes())
+    needed = audit.blobs_needed(log, Held())
+    for h in needed:
+        (folder / audit.BLOBS_DIR / h.hex()).write_bytes(table[h])
+    used = [u.update_hash for rd in log.rounds.values() for u in rd.updates]
+    assert all(manifest_hashes(table[h]) for h in used), "every update is a manifest"
+    assert len(needed) > len(used) * 4, "the shard frames are in the bundle"
+    return audit.verify(folder, chain.verify_log(job_id), job_id)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    ("strategy", "compression"), [("fedavg", "none"), ("median", "int8"), ("fedavgm", "int8")]
+)
+async def test_sharded_and_all_to_all_jobs_end_with_the_same_bits(tmp_path, strategy, compression):
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    kw = {"strategy": strategy, "compression": compression}
+    sharded = _spec(ids, 2, aggregation="sharded", **kw)
+    a = await _run_job(tmp_path / "sharded", ids, sharded)
+    b = await _run_job(tmp_path / "all", ids, _spec(ids, 2, aggregation="all", **kw))
+    assert a["finals"] == b["finals"]
+    assert {r.model_hash for r in a["runners"] + b["runners"]} == {a["finals"][-1]}
+    for rec in a["records"]:
+        assert rec[0]["mode"] == Mode.SHARDED and rec[0]["shards"] == 4
+        assert rec[0]["role"] == "author" and not rec[0]["recomputed"]
+    assert {rec[0]["mode"] for rec in b["records"]} == {"all"}
+    # every shard has 3 aggregators among the 4 authors, and each states it once
+    assert sum(len(rec[0]["aggregated"]) for rec in a["records"]) == 4 * 3
+    statements = [m for m in a["board"] if m["round"] == 0]
+    assert len(statements) == 12 and all(messages.check_shard(m) for m in statements)
+    # bytes by phase: manifests, shards as aggregator, settled shards it did not aggregate
+    for rec in a["records"]:
+        r0 = rec[0]
+        assert r0["bytes_manifests"] > 0 and r0["bytes_shards"] > 0
+        assert (r0.get("bytes_settled", 0) > 0) == (len(r0["aggregated"]) < 4)
+        phases = ("manifests", "shards", "settled", "recomputed")
+        assert r0["bytes_received"] == sum(r0.get(f"bytes_{p}", 0) for p in phases)
+    verdict = _verify_bundle(tmp_path, a, sharded)
+    assert verdict.ok, verdict
+    assert [r.derived_model for r in verdict.rounds] == [h.hex() for h in a["finals"]]
+
+
+@pytest.mark.trio
+async def test_a_killed_aggregator_leaves_the_round_finishing_with_the_honest_model(tmp_path):
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    saboteur = Saboteur("killed")
+    spec = _spec(ids, 1, aggregation="sharded")
+    job = await _run_job(tmp_path / "killed", ids, spec, saboteur)
+    honest = await _run_job(tmp_path / "all", ids, _spec(ids, 1, aggregation="all"))
+    assert saboteur.victim is not None
+    assert job["finals"] == honest["finals"]
+    rd = job["state"].log.rounds[0]
+    assert ids[saboteur.victim].eth_address.lower() not in rd.votes  # it died before voting
+    alive = [rec for i, rec in enumerate(job["records"]) if i != saboteur.victim]
+    assert all(rec[0]["model_hash"] == job["finals"][0].hex() for rec in alive)
+    assert not any(rec[0]["recomputed"] for rec in alive), "2 of 3 replicas settle each shard"
+    assert _verify_bundle(tmp_path, job, spec).ok
+
+
+@pytest.mark.trio
+async def test_a_lying_aggregator_is_outvoted_and_the_round_ends_with_the_honest_model(tmp_path):
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    saboteur = Saboteur("liar")
+    spec = _spec(ids, 2, aggregation="sharded")
+    job = await _run_job(tmp_path / "liar", ids, spec, saboteur)
+    honest = await _run_job(tmp_path / "all", ids, _spec(ids, 2, aggregation="all"))
+    assert saboteur.victim is not None
+    assert job["finals"] == honest["finals"]
+    lies = [m for m in job["board"] if m["round"] == 0 and m["shard"] == 0]
+    assert len(lies) == 3 and len({m["hash"] for m in lies}) == 2, "a signed lie was heard"
+    for r in (0, 1):  # every member used the honest majority's shard: no dissent
+        rd = job["state"].log.rounds[r]
+        assert len(rd.votes) == N and not rd.dissenters()
+    assert {r.model_hash for r in job["runners"]} == {job["finals"][-1]}
+    assert _verify_bundle(tmp_path, job, spec).ok
+
+
+@pytest.mark.trio
+async def test_a_shard_without_a_majority_is_recomputed_by_every_member(tmp_path):
+    """Two replicas, one silent: shard 0 never settles, each member that did not aggregate
+    it recomputes it after the shard deadline, and all agree with all-to-all."""
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    saboteur = Saboteur("silent")
+    spec = _spec(ids, 1, aggregation="sharded", replicas=2)
+    job = await _run_job(tmp_path / "silent", ids, spec, saboteur)
+    honest = await _run_job(tmp_path / "all", ids, _spec(ids, 1, aggregation="all", replicas=2))
+    assert job["finals"] == honest["finals"]
+    recomputing = [rec[0] for rec in job["records"] if 0 in rec[0]["recomputed"]]
+    assert len(recomputing) == 2  # the two members that are not shard 0's replicas
+    assert all(r["bytes_recomputed"] > 0 for r in recomputing)
+    rd = job["state"].log.rounds[0]
+    assert len(rd.votes) == N and not rd.dissenters()
+    assert all(rec[0]["model_hash"] == job["finals"][0].hex() for rec in job["records"])
