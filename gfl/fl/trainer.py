@@ -21,6 +21,14 @@ from gfl.errors import GflError
 from gfl.fl.data import ArrayDataset
 from gfl.fl.models import RNG_LOCK, build_model, get_params, set_params
 from gfl.fl.optim import LocalOptimizer, OptimizerOptionError, make_optimizer
+from gfl.fl.privacy import (
+    PrivacyError,
+    PrivacySettings,
+    StepPlan,
+    make_private,
+    private_model,
+    round_plan,
+)
 from gfl.fl.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -34,11 +42,13 @@ class TrainError(GflError):
 
 @dataclass
 class LocalResult:
-    """What a participant commits: its update (local - global), sample count and metrics."""
+    """What a participant commits: its update (local - global), sample count and metrics;
+    with a job's ``[privacy]``, what this round's DP-SGD cost (for the node's accountant)."""
 
     update: dict[str, np.ndarray]
     num_samples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    privacy: StepPlan | None = None
 
 
 class TrainHooks(Protocol):
@@ -106,7 +116,8 @@ def train_local(
     eval_data: ArrayDataset | None = None,
     seed: int | None = None,
 ) -> LocalResult:
-    """Train locally per the spec and return the update; FedProx's term applies when mu > 0."""
+    """Train locally per the spec and return the update; FedProx's term applies when mu > 0,
+    DP-SGD when the spec has a ``[privacy]`` table."""
     if spec.trainer != "default":
         result: LocalResult = _custom_trainer(spec.trainer)(
             spec,
@@ -124,22 +135,62 @@ def train_local(
     dev = check_device(device)
     model = build_model(spec.model, **spec.model_kwargs)
     set_params(model, global_params)
+    privacy = spec.privacy_settings
+    if privacy is not None:
+        try:
+            model = private_model(model)
+        except PrivacyError as e:
+            raise TrainError(str(e)) from None
     model.to(dev)
     for h in _hooks(hooks):
         if hasattr(h, "before_train"):
             h.before_train(model, spec)
+    gen = torch.Generator().manual_seed(spec.seed if seed is None else seed)
+    x_all = torch.from_numpy(train_data.x)
+    y_all = torch.from_numpy(train_data.y)
+    model.train()
+    plan = None
+    if privacy is None:
+        train_loss = _train_epochs(spec, model, x_all, y_all, gen, dev)
+    else:
+        plan = round_plan(privacy, n, spec.batch_size, spec.local_epochs, spec.rounds)
+        train_loss = _train_private(spec, privacy, model, x_all, y_all, plan, dev)
+    local = get_params(model)
+    update = {}
+    for k, g in global_params.items():
+        g = np.asarray(g)
+        if g.dtype.kind == "f":
+            update[k] = (local[k].astype(np.float64) - g).astype(g.dtype)
+        else:
+            update[k] = (local[k] - g).astype(g.dtype)
+    metrics = {"train_loss": train_loss}
+    if plan is not None:
+        metrics.update(dp_noise_multiplier=plan.noise_multiplier, dp_steps=plan.steps)
+    if eval_data is not None and len(eval_data):
+        ev = _evaluate_model(model, eval_data, dev)
+        metrics.update({"loss": ev["loss"], "accuracy": ev["accuracy"]})
+    result = LocalResult(update, n, metrics, plan)
+    for h in _hooks(hooks):
+        if hasattr(h, "after_train"):
+            h.after_train(model, spec, result)
+    return result
+
+
+def _train_epochs(
+    spec: JobSpec,
+    model: nn.Module,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    gen: torch.Generator,
+    dev: torch.device,
+) -> float:
+    """E epochs of shuffled minibatches; the last epoch's mean loss."""
+    n = len(x_all)
     mu = spec.proximal_mu
     anchor = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
     opt = _optimizer(spec, model.parameters())
     loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(spec.seed if seed is None else seed)
-    # C order whatever the caller's layout: torch picks convolution kernels by strides, and
-    # the same data in another layout would train to other bits
-    x_all = torch.from_numpy(np.ascontiguousarray(train_data.x))
-    y_all = torch.from_numpy(np.ascontiguousarray(train_data.y))
-    model.train()
-    total_loss = 0.0
-    seen = 0
+    total_loss, seen = 0.0, 0
     for _epoch in range(spec.local_epochs):
         total_loss, seen = 0.0, 0
         perm = torch.randperm(n, generator=gen)
@@ -157,23 +208,34 @@ def train_local(
             opt.step()
             total_loss += float(loss.detach()) * len(idx)
             seen += len(idx)
-    local = get_params(model)
-    update = {}
-    for k, g in global_params.items():
-        g = np.asarray(g)
-        if g.dtype.kind == "f":
-            update[k] = (local[k].astype(np.float64) - g).astype(g.dtype)
-        else:
-            update[k] = (local[k] - g).astype(g.dtype)
-    metrics = {"train_loss": total_loss / max(seen, 1)}
-    if eval_data is not None and len(eval_data):
-        ev = _evaluate_model(model, eval_data, dev)
-        metrics.update({"loss": ev["loss"], "accuracy": ev["accuracy"]})
-    result = LocalResult(update, n, metrics)
-    for h in _hooks(hooks):
-        if hasattr(h, "after_train"):
-            h.after_train(model, spec, result)
-    return result
+    return total_loss / max(seen, 1)
+
+
+def _train_private(
+    spec: JobSpec,
+    privacy: PrivacySettings,
+    model: nn.Module,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    plan: StepPlan,
+    dev: torch.device,
+) -> float:
+    """DP-SGD: ``plan.steps`` Poisson-sampled batches, each sample's gradient clipped, the
+    sum noised (`gfl.fl.privacy`), then the job's optimizer; the mean loss over the round."""
+    dp = make_private(model, privacy, plan, spec.batch_size, dev)
+    opt = _optimizer(spec, model.parameters())
+    total_loss, seen = 0.0, 0
+    for idx in dp.batches(len(x_all)):
+        xb, yb = x_all[idx].to(dev), y_all[idx].to(dev)
+        dp.zero_grad()
+        opt.zero_grad()
+        loss = dp.criterion(dp.module(xb), yb)
+        loss.backward()
+        dp.step(opt.step)  # an empty batch still takes a step: noise only, as accounted
+        if len(idx):
+            total_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+    return total_loss / max(seen, 1)
 
 
 @torch.no_grad()
