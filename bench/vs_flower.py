@@ -153,7 +153,7 @@ def summarize(
 
 def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[str, Any]:
     from gfl.fl.spec import JobSpec
-    from gfl.node.devnet import start_devnet
+    from gfl.node.devnet import DEMO_BOND, start_devnet
     from gfl.scheduler.report import PHASES
 
     os.environ["GFL_DATA_DIR"] = DATA
@@ -172,6 +172,7 @@ def run_gfl(rounds: int, limit: int, compression: str, timeout: float) -> dict[s
                 .compression(compression)
                 .seed(7)
                 .build()
+                .replace(max_samples=limit, admission={"bond": DEMO_BOND})
             )
             job = net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})
             jid = job["job_id"]

@@ -25,6 +25,7 @@ def _spec(rounds: int = 2) -> JobSpec:
         .train(epochs=1, batch_size=32, lr=0.05)
         .rounds(rounds, min_updates=1, timeout=60)
         .build()
+        .replace(max_samples=2000, admission={"bond": "0.001 ether"})
     )
 
 
@@ -47,11 +48,11 @@ async def test_a_finished_jobs_blobs_are_evicted_all_but_its_final_model(init_ho
         row = node.jobs.store.job(hx)
         assert row.status == "finished"
         blobs = node.network.blobs
-        # two updates and two models were stored under the job's tag; the final model stays
-        assert evicted["blobs"] == 3
+        # M_0, two updates and two models were stored under the job's tag; the final model stays
+        assert evicted["blobs"] == 4
         assert blobs.has(bytes.fromhex(row.model_hash)) and len(blobs) == 1
         assert hx not in blobs.tags()
-        assert node.network.stats()["blobs"]["evicted"] == 3  # in `gfl status`
+        assert node.network.stats()["blobs"]["evicted"] == 4  # in `gfl status`
 
 
 @pytest.mark.trio

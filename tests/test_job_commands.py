@@ -19,6 +19,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
 def test_every_example_job_file_is_valid(path):
     spec = load_job_file(path)
+    assert spec.publish_problems() == [], spec.publish_problems()
     assert spec.to_bytes() == type(spec).from_bytes(spec.to_bytes()).to_bytes()
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import httpx
 import jsonschema_rs
 import pytest
@@ -13,7 +16,7 @@ from gfl_console.client import (
     NodeNotRunning,
     Unauthorized,
 )
-from support import running_node
+from support import local_config, running_node
 
 from gfl.errors import GflError
 from gfl.node.api.app import Endpoint, read_json
@@ -84,8 +87,9 @@ def _validate(schema: dict, method: str, path: str, response: httpx.Response) ->
 async def test_every_route_answers_as_its_openapi_schema_says(init_home):
     """A node as `gfl up` assembles it (job service, embedded chain), with a job: each
     documented operation is called, and its answer validated against the schema."""
+    config = dataclasses.replace(local_config(), data={"digits": ""})  # it may join the job
     async with (
-        running_node(init_home(), full=True) as node,
+        running_node(init_home(config=config), full=True) as node,
         httpx.AsyncClient(base_url=base_url(node), headers=auth(node), timeout=30) as http,
     ):
         schema = (await http.get("/openapi.json")).json()
@@ -93,7 +97,7 @@ async def test_every_route_answers_as_its_openapi_schema_says(init_home):
         checked = set()
 
         async def call(method: str, path: str, **kw: object) -> httpx.Response:
-            url = path.replace("{job_id}", job_id)
+            url = path.replace("{job_id}", job_id).replace("{hash}", blob_hash)
             if path == "/events":  # an endless stream: its head is enough
                 async with http.stream(method, url, params={"since": 0}) as r:
                     _validate(schema, method, path, r)
@@ -104,10 +108,20 @@ async def test_every_route_answers_as_its_openapi_schema_says(init_home):
             checked.add((method, path))
             return r
 
-        spec = demo_spec(1, data="digits", rounds=2)
-        job_id = ""
+        spec = demo_spec(1, data="digits", rounds=20)  # still running when it is cancelled
+        job_id = blob_hash = ""
         published = await call("POST", "/jobs", json={"spec": spec.to_dict(), "participate": False})
         job_id = published.json()["job_id"]
+        # the owner holds M_0 at once: the bundle names it, /blobs serves it by its hash
+        bundle = (await call("GET", "/jobs/{job_id}/bundle")).json()
+        assert bundle["manifest"]["job_id"].removeprefix("0x") == job_id.removeprefix("0x")
+        assert bytes.fromhex(bundle["spec"]) == spec.to_bytes()
+        blob_hash = bundle["manifest"]["model0"]
+        assert {"hash": blob_hash, "held": True} in bundle["blobs"], bundle["blobs"]
+        blob = await call("GET", "/blobs/{hash}")
+        assert hashlib.sha256(blob.content).hexdigest() == blob_hash
+        missing = await http.get(f"/blobs/{'ab' * 32}")
+        assert missing.status_code == 404 and "no blob" in missing.json()["error"]
         status = (await call("GET", "/status")).json()
         assert status["chain"] is not None and status["chain"]["chain_id"] > 0
         assert status["peer_id"] == node.identity.peer_id

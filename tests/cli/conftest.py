@@ -30,10 +30,14 @@ local_epochs = 1
 batch_size = 32
 lr = 0.05
 seed = 1
+max_samples = 2000
 
 [model_kwargs]
 in_features = 64
 hidden = 16
+
+[admission]
+bond = "0.001 ether"
 """
 JOB_TIMEOUT_S = 180.0
 

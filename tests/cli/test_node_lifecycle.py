@@ -3,6 +3,7 @@ a stop that returns once the process is gone, a clean stop on every signal."""
 
 from __future__ import annotations
 
+import argparse
 import signal
 
 import pytest
@@ -119,29 +120,30 @@ def test_every_command_takes_home_and_verbose(tmp_path, monkeypatch):
     """Before or after the command, as the README says (the error names the datadir)."""
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    leaves: list[list[str]] = []
+    leaves: list[tuple[list[str], argparse.ArgumentParser]] = []
     for name, sub in commands.items():
-        groups = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+        groups = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
         if groups:
-            leaves += [[name, child] for child in groups[0].choices]
+            leaves += [([name, child], p) for child, p in groups[0].choices.items()]
         else:
-            leaves.append([name])
-    assert ["chain", "fund"] in leaves and ["job", "report"] in leaves and ["simulate"] in leaves
-    for words in leaves:
-        args = parser.parse_args([*words, "--home", str(tmp_path), "-vv", *_required(words)])
+            leaves.append(([name], sub))
+    words_seen = [words for words, _ in leaves]
+    assert ["chain", "fund"] in words_seen and ["job", "report"] in words_seen
+    assert ["job", "export"] in words_seen and ["simulate"] in words_seen
+    for words, sub in leaves:
+        args = parser.parse_args([*words, "--home", str(tmp_path), "-vv", *_required(sub)])
         assert args.home == str(tmp_path) and args.verbose == 2, words
-        args = parser.parse_args(["--home", str(tmp_path), "-v", *words, *_required(words)])
+        args = parser.parse_args(["--home", str(tmp_path), "-v", *words, *_required(sub)])
         assert args.home == str(tmp_path) and args.verbose == 1, words
 
 
-def _required(words: list[str]) -> list[str]:
-    """Just enough positional arguments for each command to parse."""
-    return {
-        ("job", "publish"): ["job.toml"],
-        ("job", "show"): ["abcd"],
-        ("job", "watch"): ["abcd"],
-        ("job", "cancel"): ["abcd"],
-        ("job", "report"): ["abcd"],
-        ("chain", "deploy"): ["--rpc", "http://127.0.0.1:1"],
-        ("chain", "fund"): ["--rpc", "http://127.0.0.1:1", "0x" + "11" * 20],
-    }.get(tuple(words), [])
+def _required(command: argparse.ArgumentParser) -> list[str]:
+    """Just enough arguments for a command to parse: a word for each positional it needs
+    and each required option (none of them is typed)."""
+    out: list[str] = []
+    for action in command._actions:
+        if action.option_strings:
+            out += [action.option_strings[0], "x"] if action.required else []
+        elif action.nargs not in ("?", "*"):
+            out.append("x")
+    return out

@@ -11,6 +11,7 @@ for, floods requests for unknown hashes, and holds streams open (slowloris).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import struct
@@ -32,6 +33,11 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import encode_uvarint, encode_varint_prefixed
+
+from gfl.chain.registry import Registry
+from gfl.fl.spec import JobSpec
+from gfl.scheduler.messages import VERSION as V
+from gfl.scheduler.registration import job_params
 
 MESHSUB = TProtocol("/meshsub/1.1.0")
 BLOB = TProtocol("/gfl/blob/1.0.0")
@@ -131,6 +137,12 @@ class MaliciousPeer:
             except Exception:
                 self.stream_errors += 1
         return sent
+
+    async def capture(self, topic: str, into: list[Any]) -> None:
+        """Subscribe to ``topic`` (stock gossipsub) and keep every message heard, for ever."""
+        sub = await self.pubsub.subscribe(topic)
+        while True:
+            into.append(await sub.get())
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -240,6 +252,16 @@ async def open_malicious_peer(key_bytes: bytes | None = None) -> AsyncIterator[M
                         await host.disconnect(p)
 
 
+def register_job(chain: Registry, spec: JobSpec, salt: bytes, **skew: int) -> bytes:
+    """The attacker registers ``spec`` as its own job (``skew``: params other than the
+    spec's); the M_0 hash is made up, since nobody fetches it."""
+    params = job_params(spec, spec.deadline_after(chain.chain_time()))
+    job_id, _ = chain.register_job(
+        salt * 32, spec.spec_hash, b"\7" * 32, dataclasses.replace(params, **skew)
+    )
+    return job_id
+
+
 def _random_key() -> bytes:
     order = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
     while True:
@@ -272,36 +294,37 @@ def fuzz_message(rng: random.Random, job_ids: list[bytes], spec: bytes) -> tuple
     if k < 0.22:
         full = _pack(
             {
-                "v": 1,
+                "v": V,
                 "type": "update",
                 "job_id": jid,
                 "round": 1,
                 "hash": rng.randbytes(32),
                 "size": 10,
                 "samples": 5,
+                "sig": rng.randbytes(65),
             }
         )
         return "truncated", full[: rng.randint(0, len(full) - 1)]
     if k < 0.28:
-        return "not_a_map", _pack(rng.choice([[1, 2], 7, "job", b"\0" * 40, None, [{"v": 1}]]))
+        return "not_a_map", _pack(rng.choice([[1, 2], 7, "job", b"\0" * 40, None, [{"v": V}]]))
     if k < 0.36:
         env = {"v": rng.choice([None, "1", -1, 2**16, True, 1.0]), "type": "job"}
         if rng.random() < 0.5:
-            env = {"type": rng.choice([None, 1, "", "t" * 65, b"job"]), "v": 1}
+            env = {"type": rng.choice([None, 1, "", "t" * 65, b"job"]), "v": V}
         return "bad_envelope", _pack(env)
     if k < 0.46:
         t = rng.choice(["ping", "x", "update2", "JOB", "model.", "\u00e9"])
-        body = {"v": 1, "type": t}
+        body = {"v": V, "type": t}
         if rng.random() < 0.5:
             body |= {"job_id": jid, "round": 0, "hash": rng.randbytes(32)}
         return "unknown_type", _pack(body)
     if k < 0.70:
         kind = rng.choice(["job", "update", "model"])
         if kind == "job":
-            body = {"v": 1, "type": "job", "job_id": jid, "spec": spec}
+            body = {"v": V, "type": "job", "job_id": jid, "spec": spec}
         else:
             body = {
-                "v": 1,
+                "v": V,
                 "type": kind,
                 "job_id": jid,
                 "round": 0,
@@ -309,7 +332,7 @@ def fuzz_message(rng: random.Random, job_ids: list[bytes], spec: bytes) -> tuple
                 "size": 100,
             }
             if kind == "update":
-                body["samples"] = 10
+                body |= {"samples": 10, "sig": rng.randbytes(65)}
         key = rng.choice([*body.keys(), "extra"])
         if key in ("v", "type") or rng.random() < 0.15:
             body.pop(rng.choice([k for k in body if k not in ("v", "type")]))
@@ -320,14 +343,14 @@ def fuzz_message(rng: random.Random, job_ids: list[bytes], spec: bytes) -> tuple
         nest: Any = 1
         for _ in range(rng.randint(9, 40)):
             nest = [nest] if rng.random() < 0.5 else {"a": nest}
-        return "too_deep", _pack({"v": 1, "type": "job", "x": nest})
+        return "too_deep", _pack({"v": V, "type": "job", "x": nest})
     if k < 0.80:
         n = rng.randint(4097, 20000)
-        return "huge_container", _pack({"v": 1, "type": "job", "x": list(range(n))})
+        return "huge_container", _pack({"v": V, "type": "job", "x": list(range(n))})
     if k < 0.84:
         ext = msgpack.ExtType(rng.randint(0, 127), rng.randbytes(4))
         return "ext_or_int_key", rng.choice(
-            [_pack({"v": 1, "type": "job", "e": ext}), _pack({"v": 1, "type": "job", 1: 2})]
+            [_pack({"v": V, "type": "job", "e": ext}), _pack({"v": V, "type": "job", 1: 2})]
         )
     if k < 0.97:
         bad = rng.choice(
@@ -339,7 +362,7 @@ def fuzz_message(rng: random.Random, job_ids: list[bytes], spec: bytes) -> tuple
                 _pack({"name": "x", "model": "mlp", "dataset": "digits", "rounds": -1}),
             ]
         )
-        return "bad_spec", _pack({"v": 1, "type": "job", "job_id": rng.randbytes(32), "spec": bad})
+        return "bad_spec", _pack({"v": V, "type": "job", "job_id": rng.randbytes(32), "spec": bad})
     return "unregistered_job", _pack(
-        {"v": 1, "type": "job", "job_id": rng.randbytes(32), "spec": spec}
+        {"v": V, "type": "job", "job_id": rng.randbytes(32), "spec": spec}
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import re
@@ -69,6 +70,11 @@ def test_the_typed_client_on_a_training_node(training_home, start_node) -> None:
             assert time.monotonic() < deadline, "the job did not finish"
             time.sleep(0.2)
 
+        # the chain's votes (one per round) reach node.db with the chain watcher's next poll
+        deadline = time.monotonic() + 15
+        while len([c for c in client.job(job_id)["commitments"] if c["kind"] == "model"]) < 2:
+            assert time.monotonic() < deadline, "the job's votes never reached its detail"
+            time.sleep(0.2)
         detail = client.job(job_id)
         assert detail["status"] == "finished", detail.get("error")
         assert [r["round"] for r in detail["rounds_detail"]] == [0, 1]
@@ -76,6 +82,21 @@ def test_the_typed_client_on_a_training_node(training_home, start_node) -> None:
         assert {c["kind"] for c in detail["commitments"]} == {"update", "model"}
         checks = client.verify(job_id)
         assert [c["round"] for c in checks] == [0, 1] and all(c["verified"] for c in checks)
+
+        # what a verifier needs: the chain's decisions, and every blob by its hash
+        bundle = client.bundle(job_id)
+        decided = bundle["manifest"]["rounds"]
+        assert [r["round"] for r in decided] == [0, 1]
+        assert all(r["decision"] == "finalized" for r in decided), decided
+        assert decided[-1]["model"] == detail["model_hash"]
+        hashes = {b["hash"] for b in bundle["blobs"]}
+        assert {bundle["manifest"]["model0"], detail["model_hash"]} <= hashes
+        assert all(b["held"] for b in bundle["blobs"]), bundle["blobs"]
+        for h in hashes:
+            assert hashlib.sha256(client.blob(h)).hexdigest() == h
+        with pytest.raises(ApiRequestError) as refused:
+            client.blob("00" * 32)
+        assert refused.value.status == 404
 
         report = client.report(job_id)
         # the report is for people: rounds from 1 (the detail and /verify count from 0)
