@@ -41,6 +41,7 @@ check-system:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { echo "setup: the venv module is missing; on Debian: sudo apt-get install python3.11-venv" >&2; exit 1; }
 	@command -v cc >/dev/null || { echo "setup: no C compiler; on Debian: sudo apt-get install build-essential" >&2; exit 1; }
 	@ls /usr/include/gmp.h /usr/include/*/gmp.h /usr/local/include/gmp.h 2>/dev/null | grep -q . || { echo "setup: GMP headers missing (fastecdsa needs them); on Debian: sudo apt-get install libgmp-dev" >&2; exit 1; }
+	@command -v ip >/dev/null && command -v nft >/dev/null || echo "setup: note: the network tests that build namespaces and NATs (tests/faults/test_partition.py, tests/nat; root only) need ip and nft; on Debian: sudo apt-get install iproute2 nftables" >&2
 
 # Node packages in contracts/: solc (to rebuild the contract) and anvil (a real local
 # Ethereum node for the devnet and the anvil variant of the tests). The compiled artifact

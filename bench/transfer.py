@@ -16,6 +16,9 @@ client process pair:
   returned in one object), stock and tuned;
 - blob into the store: `Network.store_blob`, what a node does with each update it
   prefetches (the same, without joining the pieces into one object);
+- blob through a relay: the blob protocol between two nodes that can only reach each
+  other through a third process relaying for them (circuit relay v2, no limits), i.e.
+  what a node behind a NAT that defeats hole punching gets;
 - with ``--before-root DIR``: the blob protocol of another checkout (e.g. a git
   worktree of an older commit), for before/after figures in the same run;
 - with ``--parts``: instead, the floor of any verified, stored blob fetch over Noise
@@ -28,6 +31,7 @@ median and the range over the runs, and the median CPU seconds (`time.process_ti
 all threads) of the receiving client around the transfer and of the sending server
 inside its stream handler. Usage:
 python bench/transfer.py [--mib 50] [--runs 3] [--transfers N] [--before-root DIR] [--parts]
+[--relayed]
 """
 
 from __future__ import annotations
@@ -55,12 +59,35 @@ NOISE_KEY = bytes(32)  # a benchmark's fixed key: this row measures the cost, no
 
 
 STOCK = False  # this process's hosts use the library's stock transport (--stock)
+RELAY = ""  # the relay's address: this process's host is reachable only through it (--relay)
 
 
 def _transport() -> dict[str, Any]:
     """`open_network`'s transport argument: only ``--stock`` passes one, so that a
-    ``--before-root`` checkout without the argument still runs."""
+    ``--before-root`` checkout without the argument still runs; with ``--relay``, a host
+    that listens nowhere and takes a slot on the relay."""
+    if RELAY:
+        return {"listen": [], "bootstrap": [RELAY], "reachability": "private"}
     return {"tuned": False} if STOCK else {}
+
+
+async def relay_server(_: int) -> None:
+    """A public node relaying for the other two, without limits."""
+    from gfl.identity import NodeIdentity
+    from gfl.net import open_network
+    from gfl.net.relay import RelaySettings
+
+    unlimited = RelaySettings(serve=True, circuit_bytes=0, circuit_s=0)
+    with tempfile.TemporaryDirectory() as d:
+        async with open_network(
+            NodeIdentity.generate(),
+            blob_dir=Path(d),
+            discover=False,
+            reachability="public",
+            relay=unlimited,
+        ) as net:
+            print(net.listen_addrs()[0], flush=True)
+            await trio.to_thread.run_sync(sys.stdin.readline)
 
 
 def _nonce(n: int) -> bytes:
@@ -219,7 +246,10 @@ async def p2p_server(size: int) -> None:
             net._host.set_stream_handler(
                 TProtocol(blob_protocol.PROTOCOL), cpu_timed(net._serve_blob, spent)
             )
-            print(net.listen_addrs()[0], h.hex(), flush=True)
+            addrs = net.listen_addrs()
+            while RELAY and not (addrs := [a for a in net.listen_addrs() if "p2p-circuit" in a]):
+                await trio.sleep(0.05)  # until it holds a slot on the relay
+            print(addrs[0], h.hex(), flush=True)
             await trio.to_thread.run_sync(sys.stdin.readline)
     print(per_transfer(spent), flush=True)
 
@@ -265,6 +295,15 @@ def run_pair(
     """Transfers in a fresh server/client pair: (seconds, client CPU s, server CPU s)."""
     me = [sys.executable, __file__, "--root", str(root), *(["--stock"] if stock else [])]
     me += ["--transfers", str(transfers)]
+    relay = None
+    if kind == "relayed":
+        relay = subprocess.Popen(
+            [*me, "--role", "relay-server", "--bytes", "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        me += ["--relay", relay.stdout.readline().strip()]  # type: ignore[union-attr]
     server = "tcp-server" if kind.startswith("tcp") else "p2p-server"
     srv = subprocess.Popen(
         [*me, "--role", server, "--bytes", str(size)],
@@ -283,17 +322,19 @@ def run_pair(
         )
         dt, cpu = map(float, out.stdout.strip().splitlines()[-1].split())
     finally:
-        srv.stdin.write("\n")  # type: ignore[union-attr]
-        srv.stdin.flush()  # type: ignore[union-attr]
-        srv.wait(timeout=30)
+        for proc in (srv, relay):
+            if proc is not None:
+                proc.stdin.write("\n")  # type: ignore[union-attr]
+                proc.stdin.flush()  # type: ignore[union-attr]
+                proc.wait(timeout=30)
     return dt, cpu, float(srv.stdout.read().split()[-1])  # type: ignore[union-attr]
 
 
 def role(a: argparse.Namespace) -> None:
     sys.path.insert(0, str(a.root))
-    global STOCK
-    STOCK = a.stock
-    servers = {"tcp-server": tcp_server, "p2p-server": p2p_server}
+    global STOCK, RELAY
+    STOCK, RELAY = a.stock, a.relay
+    servers = {"tcp-server": tcp_server, "p2p-server": p2p_server, "relay-server": relay_server}
     if a.role in servers:
         trio.run(servers[a.role], a.bytes)
         return
@@ -417,8 +458,14 @@ def main() -> None:
     ap.add_argument(
         "--parts", action="store_true", help="a verified, stored blob's floor, from its parts"
     )
+    ap.add_argument(
+        "--relayed",
+        action="store_true",
+        help="only plain TCP, the blob protocol direct, and through a relay",
+    )
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--stock", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--relay", default="", help=argparse.SUPPRESS)
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -437,7 +484,10 @@ def main() -> None:
         "blob, stock libp2p": ("blob", ROOT, True),
         "blob protocol": ("blob", ROOT, False),
         "blob into the store": ("store", ROOT, False),
+        "blob through a relay": ("relayed", ROOT, False),
     }
+    if a.relayed:
+        rows = {k: v for k, v in rows.items() if v[0] in ("tcp", "blob", "relayed") and not v[2]}
     if a.before_root:
         rows["blob, --before-root"] = ("blob", a.before_root.resolve(), False)
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in rows}

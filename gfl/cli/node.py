@@ -35,7 +35,15 @@ def format_status(status: Mapping[str, Any]) -> str:
     peers = status.get("peers") or []
     lines.append(f"peers     {len(peers)}")
     for peer in peers:
-        lines.append(f"          {peer.get('peer_id')}  {peer.get('eth_address') or ''}".rstrip())
+        via = "(relayed)" if peer.get("path") == "relayed" else ""
+        lines.append(
+            f"          {peer.get('peer_id')}  {peer.get('eth_address') or ''}  {via}".rstrip()
+        )
+    if status.get("net"):
+        from gfl_console.format import bytes_by_path, reachability
+
+        lines.append(f"reach     {reachability(status['net'])}")
+        lines.append(f"bytes     {bytes_by_path(status['net'])}")
     chain = status.get("chain")
     if chain:
         lines.append(

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from gfl.net.errors import BlobError
+from gfl.net.errors import BlobError, RelayLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,12 @@ async def abort(stream: Any) -> None:
 
 
 async def request_blob(
-    stream: Any, h: bytes, *, max_size: int, on_piece: Callable[[bytes], None] | None = None
+    stream: Any,
+    h: bytes,
+    *,
+    max_size: int,
+    on_piece: Callable[[bytes], None] | None = None,
+    budget: int | None = None,
 ) -> list[bytes]:
     """Ask for ``h`` on an open stream; returns the blob in pieces, as they arrived:
     their concatenation's sha256 is ``h`` (checked). Joining them costs a copy of the
@@ -61,7 +66,8 @@ async def request_blob(
     checked yet); an exception from it ends the request.
 
     Raises `BlobError` for not found, busy, oversize, a short read or a hash
-    mismatch, and ``trio.TooSlowError`` when the provider stalls. The caller owns
+    mismatch, `RelayLimitError` for a blob over ``budget`` (what the relay between us
+    still carries), and ``trio.TooSlowError`` when the provider stalls. The caller owns
     the overall timeout.
     """
     await stream.write(bytes([VERSION]) + h)
@@ -75,6 +81,10 @@ async def request_blob(
         raise BlobError(f"the peer answered with unknown status {status}")
     if size > max_size:
         raise BlobError(f"the peer declares a blob of {size} bytes, over the {max_size}-byte limit")
+    if budget is not None and size > budget:
+        raise RelayLimitError(
+            f"a blob of {size} bytes is over what the relay still carries ({budget} bytes)"
+        )
     # Each piece is kept as it arrives (no buffer grown, then copied) and hashed while it
     # is still in the cache, right after its decryption on this thread: a piece is at most
     # READ_CHUNK bytes, so well under a millisecond of hashing, like its decryption. Small

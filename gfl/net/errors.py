@@ -13,3 +13,7 @@ class MessageError(NetError):
 
 class BlobError(NetError):
     """A blob could not be fetched or stored (missing, oversize, wrong hash, timeout)."""
+
+
+class RelayLimitError(BlobError):
+    """A blob is larger than what the relay between us and its holder still carries."""

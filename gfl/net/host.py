@@ -10,6 +10,12 @@ The host is built with GFL's tuned Noise (``new_host``'s security option,
 `gfl.net.noise`) and Yamux (installed on the host's upgrader, `gfl.net.yamux`), for
 this host alone; ``tuned=False`` gives the library's stock transport
 (bench/transfer.py compares the two).
+
+Every host learns whether others can dial it (`gfl.net.reachability`), accepts relayed
+connections and upgrades them to direct ones where the NATs allow (`gfl.net.relay`,
+`gfl.net.holepunch`); a private one holds slots on a few relays and advertises its
+relayed addresses (`gfl.net.relay_client`); a public one with ``relay.serve`` relays for
+others.
 """
 
 from __future__ import annotations
@@ -34,12 +40,17 @@ from gfl.net import blob_protocol, noise, yamux
 from gfl.net.blobs import BlobStore
 from gfl.net.discovery import Discovery
 from gfl.net.errors import NetError
+from gfl.net.holepunch import HolePunch, HolePunchNotifee
 from gfl.net.mdns import SERVICE_TYPE as MDNS_SERVICE
 from gfl.net.mdns import open_mdns
 from gfl.net.network import Network, Parts
+from gfl.net.paths import count_tcp
 from gfl.net.peers import PeerNotifee, Peers, peer_info
 from gfl.net.providers import REPROVIDE_INTERVAL, Providers
 from gfl.net.pubsub import GflGossipSub, GflPubsub, Gossip
+from gfl.net.reachability import MODES, PUBLIC, Reachability
+from gfl.net.relay import RelayProtocol, RelaySettings
+from gfl.net.relay_client import Relays
 from gfl.net.traffic import EventCallback, Reporter
 from gfl.net.transfer import BlobClient, BlobServer
 
@@ -108,6 +119,8 @@ async def open_network(
     reprovide_interval: float = REPROVIDE_INTERVAL,
     mdns_service: str = MDNS_SERVICE,
     tuned: bool = True,
+    reachability: str = "auto",
+    relay: RelaySettings = RelaySettings(),
 ) -> AsyncIterator[Network]:
     """Start a libp2p host for ``identity`` and yield its `Network`; stops it cleanly on exit.
 
@@ -117,8 +130,12 @@ async def open_network(
     ``_p2p-NAME._udp.local.`` keeps separate networks apart). ``max_peers`` bounds
     the connected peers that inbound connections may reach; ``reprovide_interval``
     is how often held blobs are announced again in the DHT. ``tuned=False``: the
-    library's stock Yamux and Noise.
+    library's stock Yamux and Noise. ``reachability`` "auto" finds out whether others can
+    dial us (AutoNAT), "public" or "private" says so; ``relay`` says whether and how much
+    we relay for others while public.
     """
+    if reachability not in MODES:
+        raise NetError(f"reachability must be one of {', '.join(MODES)}, not {reachability!r}")
     if max_peers < 1:
         raise NetError("max_peers must be at least 1")
     if reprovide_interval <= 0:
@@ -134,9 +151,13 @@ async def open_network(
             blob_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gfl-blobs-")))
         blobs = BlobStore(Path(blob_dir), blob_cap_bytes)
         host = build_host(identity, maddrs, max_peers=max_peers, tuned=tuned)
+        report = Reporter(on_event)
+        wrap_inbound = count_tcp(host, report.traffic.paths)
         gossipsub = build_gossipsub()
         pubsub = GflPubsub(host, gossipsub, strict_signing=True)
         dht = KadDHT(host, DHTMode.SERVER)
+        relay_protocol = RelayProtocol(host, relay, report.traffic.paths, report)
+        holepunch = HolePunch(host, report)
 
         try:
             await stack.enter_async_context(host.run(maddrs))
@@ -145,13 +166,20 @@ async def open_network(
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await stack.enter_async_context(background_trio_service(dht))
+        await stack.enter_async_context(background_trio_service(relay_protocol))
+        await stack.enter_async_context(background_trio_service(holepunch))
         with trio.fail_after(PUBSUB_READY_TIMEOUT):
             await pubsub.wait_until_ready()
 
         nursery = await stack.enter_async_context(trio.open_nursery())
-        report = Reporter(on_event)
         peers = Peers(host, dht, report, max_peers, nursery)
+        holepunch.peers = peers
         providers = Providers(host, dht, blobs, report)
+        boot_ids = [b.peer_id.to_base58() for b in boot]
+        reach = Reachability(host, peers, report, mode=reachability, bootstrap=boot_ids)
+        relays = Relays(host, peers, relay_protocol, report, bootstrap=boot_ids)
+        relays.advertise_on(host)
+        peers.use_relays(relays)
         parts = Parts(
             host=host,
             pubsub=pubsub,
@@ -160,13 +188,31 @@ async def open_network(
             peers=peers,
             gossip=Gossip(pubsub, peers, report),
             providers=providers,
-            client=BlobClient(host, blobs, peers, providers, report),
+            client=BlobClient(
+                host, blobs, peers, providers, report, circuit_to=relay_protocol.circuit_to
+            ),
             server=BlobServer(blobs, report),
+            reachability=reach,
+            relays=relays,
+            relay=relay_protocol,
+            holepunch=holepunch,
         )
         net = Network(identity.eth_address, blobs, parts)
-        peers.gate_inbound()
+        peers.gate_inbound(wrap_inbound)
         host.get_network().register_notifee(PeerNotifee(peers))
+        host.get_network().register_notifee(HolePunchNotifee(holepunch, peers))
         host.set_stream_handler(TProtocol(blob_protocol.PROTOCOL), parts.server.serve)
+
+        def serve_relay(status: str) -> None:
+            on = relay.serve and status == PUBLIC
+            if on != relay_protocol.serving:
+                relay_protocol.serve(on)
+                peers.start_soon(relays.announce)  # peers learn the protocol list changed
+
+        reach.on_change(relays.on_reachability)
+        reach.on_change(serve_relay)
+        nursery.start_soon(reach.run)
+        nursery.start_soon(relays.run)
 
         discovery = Discovery(host, dht, peers, report, lookups=discover)
         for info in boot:

@@ -3,8 +3,10 @@
 Each concern lives in its own module and object, built and wired by
 `gfl.net.host.open_network`: connected peers and the inbound limit
 (`gfl.net.peers`), finding peers (`gfl.net.discovery`), gossip
-(`gfl.net.pubsub`), blob transfers (`gfl.net.transfer`) and DHT provider
-records (`gfl.net.providers`). `Network` only forwards to them.
+(`gfl.net.pubsub`), blob transfers (`gfl.net.transfer`), DHT provider
+records (`gfl.net.providers`), and NAT traversal: reachability
+(`gfl.net.reachability`), relays (`gfl.net.relay`, `gfl.net.relay_client`) and
+hole punching (`gfl.net.holepunch`). `Network` only forwards to them.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import trio
 
 from gfl.net.blobs import BlobStore
 from gfl.net.gossip import GossipMessage
+from gfl.net.holepunch import HolePunch
 from gfl.net.peers import Peers, peer_info
 from gfl.net.providers import Providers
 from gfl.net.pubsub import GflPubsub, Gossip, Validator
+from gfl.net.reachability import Reachability
+from gfl.net.relay import RelayProtocol
+from gfl.net.relay_client import Relays
 from gfl.net.traffic import Reporter, Traffic
 from gfl.net.transfer import BlobClient, BlobServer
 
@@ -37,6 +43,10 @@ class Parts:
     providers: Providers
     client: BlobClient
     server: BlobServer
+    reachability: Reachability
+    relays: Relays
+    relay: RelayProtocol
+    holepunch: HolePunch
 
 
 class Network:
@@ -63,15 +73,41 @@ class Network:
         return out
 
     def peers(self) -> list[dict[str, Any]]:
-        """Connected peers: id, eth address, addresses, since when, direction, messages."""
-        return self._parts.peers.listing()
+        """Connected peers: id, eth address, addresses, since when, direction, messages,
+        path ("direct" or "relayed") and, where this node started one, the latest hole
+        punch's outcome."""
+        punched = self._parts.holepunch.last
+        return [
+            {**p, "hole_punch": punched[p["peer_id"]]} if p["peer_id"] in punched else p
+            for p in self._parts.peers.listing()
+        ]
+
+    @property
+    def reachability(self) -> str:
+        """Whether others can dial us: public, private or unknown (`gfl.net.reachability`)."""
+        return self._parts.reachability.status
+
+    def nat(self) -> dict[str, Any]:
+        """Reachability verdicts, relays held, the relay service, hole punches by outcome."""
+        parts = self._parts
+        return {
+            "autonat": parts.reachability.as_dict(),
+            **parts.relays.as_dict(),
+            "relay_service": parts.relay.service_stats(),
+            "hole_punches": dict(parts.holepunch.outcomes),
+        }
 
     def stats(self) -> dict[str, Any]:
-        """Peers, topics, traffic and discovery counters, drops by reason."""
+        """Peers, topics, traffic and discovery counters, drops by reason, reachability, NAT
+        traversal, and bytes by path (direct, relayed, relayed for others)."""
         gossip = self._parts.gossip
+        paths = [p["path"] for p in self._parts.peers.listing()]
         return {
             "peer_id": self.peer_id,
+            "reachability": self.reachability,
             "peers": len(self._parts.peers),
+            "connections": {"direct": paths.count("direct"), "relayed": paths.count("relayed")},
+            "nat": self.nat(),
             "max_peers": self._parts.peers.max_peers,
             "providing": len(self._parts.providers.providing),
             "topics": gossip.topics,

@@ -7,6 +7,10 @@ and drops extra inbound ones silently, so `Peers.gate_inbound` wraps this host's
 ``Swarm._handle_inbound_connection`` (the listener's per-connection handler): a
 full node spends no Noise handshake on them. Several handshakes can pass that gate
 at once, so the connect notification checks the limit again.
+
+A peer behind NAT is dialled through a relay (`gfl.net.relay_client`) when its addresses
+include relayed ones: the direct dial goes first, the relayed one `RELAY_DIAL_DELAY` later
+or as soon as the direct one failed, and the first connection wins.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from contextlib import suppress
-from typing import Any
+from typing import Any, Protocol
 
 import multiaddr
 import trio
@@ -25,12 +29,18 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from gfl.identity import address_from_peer_id
 from gfl.net.errors import NetError
+from gfl.net.paths import is_circuit_addr, is_relayed
 from gfl.net.traffic import Reporter
 
 logger = logging.getLogger(__name__)
 
 DIAL_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
+RELAY_DIAL_DELAY = 1.0  # a direct dial that has not succeeded by then is raced by a relayed one
+
+
+class RelayedDialer(Protocol):
+    async def dial(self, peer: ID, addrs: Any) -> None: ...
 
 
 def peer_info(maddr: str, what: str = "multiaddr") -> PeerInfo:
@@ -61,6 +71,12 @@ class Peers:
         self.connected: dict[str, dict[str, Any]] = {}  # peer id (base58) -> what we know
         self.msgs_in: Counter[str] = Counter()  # gossip messages each peer originated
         self.loss = trio.Event()  # set when a peer is lost; `clear_loss` re-arms it
+        self._relays: RelayedDialer | None = None
+        self._wrap_inbound: Any = None
+
+    def use_relays(self, relays: RelayedDialer) -> None:
+        """Dial peers with relayed addresses through ``relays`` too."""
+        self._relays = relays
 
     def __contains__(self, pid: str) -> bool:
         return pid in self.connected
@@ -85,11 +101,62 @@ class Peers:
                 addrs = [str(a) for a in store.addrs(ID.from_base58(pid))]
             except Exception:
                 addrs = []
-            out.append({**info, "addrs": addrs, "msgs_in": self.msgs_in[pid]})
+            out.append(
+                {**info, "addrs": addrs, "msgs_in": self.msgs_in[pid], "path": self.path(pid)}
+            )
         return out
 
+    def path(self, pid: str) -> str | None:
+        """How we reach peer ``pid``: direct when some connection is, relayed when all run
+        through a relay, None when not connected."""
+        try:
+            conns = self._host.get_network().get_connections(ID.from_base58(pid))
+        except Exception:  # not a peer id
+            return None
+        if not conns:
+            return None
+        return "relayed" if all(is_relayed(c) for c in conns) else "direct"
+
     async def dial(self, info: PeerInfo) -> None:
-        """Connect to ``info`` within `DIAL_TIMEOUT`; raises `NetError`."""
+        """Connect to ``info`` within `DIAL_TIMEOUT`, through a relay if it has relayed
+        addresses and the direct dial does not get through; raises `NetError`."""
+        relayed = [a for a in info.addrs if is_circuit_addr(a)]
+        if self._relays is None or not relayed:
+            await self._dial_direct(info)
+            return
+        errors: list[str] = []
+        direct_failed = trio.Event()
+        connected = False
+
+        async def direct(cancel: trio.CancelScope) -> None:
+            nonlocal connected
+            try:
+                await self._dial_direct(info)
+                connected = True
+                cancel.cancel()
+            except NetError as exc:
+                errors.append(str(exc))
+                direct_failed.set()
+
+        async def via_relay(cancel: trio.CancelScope) -> None:
+            nonlocal connected
+            with trio.move_on_after(RELAY_DIAL_DELAY):
+                await direct_failed.wait()
+            assert self._relays is not None
+            try:
+                await self._relays.dial(info.peer_id, relayed)
+                connected = True
+                cancel.cancel()
+            except NetError as exc:
+                errors.append(str(exc))
+
+        async with trio.open_nursery() as race:
+            race.start_soon(direct, race.cancel_scope)
+            race.start_soon(via_relay, race.cancel_scope)
+        if not connected:
+            raise NetError("; ".join(errors) or f"could not connect to {info.peer_id}")
+
+    async def _dial_direct(self, info: PeerInfo) -> None:
         swarm = self._host.get_network()
         # A failed dial blocks the peer for 60 s in the swarm; our callers back off themselves.
         swarm.unblock_peer(info.peer_id)
@@ -118,7 +185,7 @@ class Peers:
             return
         if direction == "inbound" and self.full:
             self._refuse_inbound(pid)
-            self._start_soon(self._close_refused, peer)
+            self.start_soon(self._close_refused, peer)
             return
         try:
             addr = address_from_peer_id(pid)
@@ -130,7 +197,7 @@ class Peers:
             "connected_since": time.time(),
             "direction": direction,
         }
-        self._start_soon(self._add_to_routing_table, peer)
+        self.start_soon(self._add_to_routing_table, peer)
         self._report.emit("peer_connected", peer_id=pid, eth_address=addr, direction=direction)
 
     def disconnected_from(self, peer: ID) -> None:
@@ -141,8 +208,10 @@ class Peers:
             self.loss.set()
             self._report.emit("peer_disconnected", peer_id=pid)
 
-    def gate_inbound(self) -> None:
-        """Close inbound connections past ``max_peers`` before their handshake."""
+    def gate_inbound(self, wrap: Any = None) -> None:
+        """Close inbound connections past ``max_peers`` before their handshake; ``wrap``
+        (if given) wraps each one that passes."""
+        self._wrap_inbound = wrap
         swarm = self._host.get_network()
         handle = getattr(swarm, "_handle_inbound_connection", None)
         if handle is None:  # another py-libp2p: connected_to still enforces the limit
@@ -155,6 +224,8 @@ class Peers:
                 with trio.move_on_after(1.0), suppress(Exception):
                     await read_write_closer.close()
                 return
+            if self._wrap_inbound is not None:  # count its bytes (`gfl.net.paths.count_tcp`)
+                read_write_closer = self._wrap_inbound(read_write_closer)
             await handle(read_write_closer, maddr)
 
         swarm._handle_inbound_connection = gated
@@ -168,7 +239,7 @@ class Peers:
                 except Exception as exc:
                     logger.debug("disconnecting %s: %s", peer, exc)
 
-    def _start_soon(self, fn: Any, *args: Any) -> None:
+    def start_soon(self, fn: Any, *args: Any) -> None:
         """Follow-up work in the network's nursery; once it is closing, the work is moot."""
         try:
             self._nursery.start_soon(fn, *args)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gfl.net.paths import PathBytes
+
 logger = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
@@ -29,10 +31,12 @@ class Traffic:
     mdns_peers_found: int = 0  # distinct peers announced on the local network
     reprovides: int = 0  # DHT provider records refreshed for blobs we hold
     drops: Counter[str] = field(default_factory=Counter)
+    paths: PathBytes = field(default_factory=PathBytes)  # all bytes, direct vs relayed
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "drops"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("drops", "paths")}
         d["drops"] = dict(self.drops)
+        d["bytes"] = self.paths.as_dict()
         return d
 
 

@@ -2,14 +2,16 @@
 
 `BlobClient` fetches a blob from the first provider that delivers it (the ones
 named, then the DHT's), writing it to the store while it arrives; a fetch of a
-blob another task is already fetching waits for that one. `BlobServer` streams
-stored blobs to whoever asks, a few at a time.
+blob another task is already fetching waits for that one. Providers we reach
+directly are asked first, those only reachable through a relay last, and only for
+a blob the relay still carries (`circuit_to`); a larger one is left to another
+holder. `BlobServer` streams stored blobs to whoever asks, a few at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -20,9 +22,10 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from gfl.net import blob_protocol
 from gfl.net.blobs import BlobReader, BlobStore, BlobWriter
-from gfl.net.errors import BlobError, NetError
+from gfl.net.errors import BlobError, NetError, RelayLimitError
 from gfl.net.peers import Peers
 from gfl.net.providers import Providers
+from gfl.net.relay import Circuit
 from gfl.net.traffic import Reporter
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,10 @@ MAX_CONCURRENT_SERVES = 8
 SERVE_PIECE = 2 << 20  # a served blob is read from disk in pieces this big...
 SERVE_READ_AHEAD = 2  # ...this many ahead of the send (a thread hop per piece costs ms)
 CLOSE_TIMEOUT = 1.0
+# What a blob may take of a circuit's remaining bytes: the circuit also carries Noise and
+# Yamux framing (under 0.1 %) and whatever else flows meanwhile (gossip).
+RELAY_SHARE = 0.95
+PATH_ORDER = {"direct": 0, None: 1, "relayed": 2}  # not connected yet: between the two
 
 
 class Flight:
@@ -45,13 +52,20 @@ class BlobClient:
     """Fetches blobs by hash into the store."""
 
     def __init__(
-        self, host: Any, blobs: BlobStore, peers: Peers, providers: Providers, report: Reporter
+        self,
+        host: Any,
+        blobs: BlobStore,
+        peers: Peers,
+        providers: Providers,
+        report: Reporter,
+        circuit_to: Callable[[ID], Circuit | None] = lambda peer: None,
     ) -> None:
         self._host = host
         self._blobs = blobs
         self._peers = peers
         self._providers = providers
         self._report = report
+        self._circuit_to = circuit_to
         self.flights: dict[bytes, Flight] = {}  # blob hash -> the fetch in progress
 
     async def fetch(
@@ -140,7 +154,8 @@ class BlobClient:
         self, pids: Sequence[str], h: bytes, max_size: int, errors: list[str], tried: set[str]
     ) -> list[bytes] | None:
         """The first of ``pids`` not ``tried`` yet that delivers the blob (each is
-        added to ``tried``); None if none did."""
+        added to ``tried``), direct ones first; None if none did."""
+        pids = sorted(pids, key=lambda pid: PATH_ORDER[self._peers.path(pid)])
         for pid in pids:
             if pid in tried:
                 continue
@@ -182,6 +197,10 @@ class BlobClient:
         try:
             if pid not in self._peers:
                 await self._peers.dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
+            budget = None
+            circuit = self._circuit_to(peer)
+            if circuit is not None and circuit.budget() is not None:
+                budget = int(RELAY_SHARE * (circuit.budget() or 0))
             stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
             failure: Exception | None = None
             complete = False
@@ -189,7 +208,7 @@ class BlobClient:
                 nursery.start_soon(trio.to_thread.run_sync, writer.drain)
                 try:
                     pieces = await blob_protocol.request_blob(
-                        stream, h, max_size=max_size, on_piece=writer.feed
+                        stream, h, max_size=max_size, on_piece=writer.feed, budget=budget
                     )
                     complete = True
                 except Exception as exc:  # raised below, outside the nursery's group
@@ -198,6 +217,12 @@ class BlobClient:
                     writer.end(complete=complete)
             if failure is not None:
                 raise failure
+        except RelayLimitError as exc:  # another holder may be closer
+            errors.append(f"{pid[-8:]}: {exc}")
+            self._report.emit("blob_over_relay_limit", hash=bytes(h).hex(), peer_id=pid)
+            if stream is not None:
+                await blob_protocol.abort(stream)
+            return None
         except (BlobError, NetError) as exc:
             errors.append(f"{pid[-8:]}: {exc}")
             if "hash" in str(exc):

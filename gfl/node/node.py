@@ -196,6 +196,7 @@ class Node:
 
     async def _open_network(self, stack: AsyncExitStack) -> None:
         from gfl.net import open_network
+        from gfl.net.relay import RelaySettings
         from gfl.node.logs import adopt_library_loggers
 
         adopt_library_loggers()
@@ -212,6 +213,14 @@ class Node:
                 blob_dir=self.datadir.blobs_dir,
                 blob_cap_bytes=net_cfg.blob_cap_mb << 20,
                 on_event=self.events.on_event,
+                reachability=net_cfg.reachability,
+                relay=RelaySettings(
+                    serve=net_cfg.relay_service,
+                    max_reservations=net_cfg.relay_max_reservations,
+                    max_circuits=net_cfg.relay_max_circuits,
+                    circuit_bytes=net_cfg.relay_circuit_mb << 20,
+                    circuit_s=net_cfg.relay_circuit_s,
+                ),
             )
         )
         stack.callback(setattr, self, "network", None)
@@ -315,7 +324,10 @@ async def job_service(node: Node, task_status: trio.TaskStatus[None]) -> None:
             sources=DataSources(cfg.data, eval_limit=cfg.train.eval_limit),
             settings=ServiceSettings(
                 policy=JoinPolicy.from_config(
-                    cfg.jobs.auto_join, cfg.jobs.allow_owners, cfg.jobs.max_concurrent
+                    cfg.jobs.auto_join,
+                    cfg.jobs.allow_owners,
+                    cfg.jobs.max_concurrent,
+                    max_epsilon=cfg.privacy.max_epsilon,
                 ),
                 device=cfg.train.device,
                 models_dir=node.datadir.models_dir,

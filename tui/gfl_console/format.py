@@ -77,6 +77,39 @@ def counts(mapping: Mapping[str, Any] | None) -> str:
     return " · ".join(parts) if parts else "none"
 
 
+def reachability(net: Mapping[str, Any] | None) -> str:
+    """A node's reachability and what it does about it: "private · relays 2 · 1 relayed peer"."""
+    if not net:
+        return DASH
+    nat = net.get("nat") or {}
+    parts = [str(net.get("reachability") or "unknown")]
+    held = len(nat.get("reservations") or {})
+    if held:
+        parts.append(f"relays {held}")
+    service = nat.get("relay_service") or {}
+    if service.get("serving"):
+        parts.append(f"relaying for {service.get('reservations', 0)}")
+    relayed = (net.get("connections") or {}).get("relayed", 0)
+    if relayed:
+        parts.append(f"{relayed} relayed peer{'s' if relayed != 1 else ''}")
+    return " · ".join(parts)
+
+
+def bytes_by_path(net: Mapping[str, Any] | None) -> str:
+    """Bytes in/out on direct and on relayed connections: "direct 1.2 MiB/300 KiB · relayed …"."""
+    moved = (net or {}).get("bytes") or {}
+    if not moved:
+        return DASH
+    parts = []
+    for path in ("direct", "relayed", "relay_service"):
+        got, sent = ((moved.get(path) or {}).get(k, 0) for k in ("in", "out"))
+        if path == "relay_service" and not (got or sent):
+            continue
+        label = "relayed for others" if path == "relay_service" else path
+        parts.append(f"{label} {human_bytes(got)} in/{human_bytes(sent)} out")
+    return " · ".join(parts)
+
+
 def clock(ts: float | None) -> str:
     """A Unix time as local HH:MM:SS."""
     return DASH if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))

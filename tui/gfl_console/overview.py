@@ -1,4 +1,5 @@
-"""The Overview pane: who this node is, where it listens, its chain and what it is doing."""
+"""The Overview pane: who this node is, where it listens, whether others can dial it (and
+how its bytes travel: direct or through relays), its chain and what it is doing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from gfl_console.format import DASH, counts, human_duration
+from gfl_console.format import DASH, bytes_by_path, counts, human_duration, reachability
 from gfl_console.link import LinkState, LinkStatus
 from gfl_console.types import JobSummary, NodeStatus
 
@@ -42,6 +43,12 @@ def overview_table(status: NodeStatus, jobs: Sequence[JobSummary] | None) -> Tab
     table.add_row("Peer ID", status.get("peer_id") or DASH)
     addrs = status.get("listen_addrs") or []
     table.add_row("Listening", "\n".join(addrs) if addrs else DASH)
+    net = status.get("net")
+    if net:
+        state = str(net.get("reachability") or "unknown")
+        style = {"public": "green", "private": "yellow"}.get(state, "italic")
+        table.add_row("Reachable", Text(reachability(net), style=style))
+        table.add_row("Traffic", bytes_by_path(net))
     table.add_row("Uptime", human_duration(status.get("uptime_s")))
     chain = status.get("chain")
     if chain:
