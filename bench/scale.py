@@ -8,6 +8,16 @@ fraction 1.0): rounds per minute and peak RSS of the simulator process.
 Every run is bounded (--timeout per size) and stops all its processes.
 
     .venv/bin/python bench/scale.py --nodes 8,16,32 --clients 100,1000
+
+`--sharding` compares the two ways to aggregate (docs/protocol.md, section 8) instead: on one
+devnet per size, the MNIST CNN (6.6 MB updates, lossless; a few hundred images per node, one
+local epoch, 200 test images: the rounds measure aggregation, not training) runs once all-to-
+all and once sharded. Per mode: round wall (median of rounds 2..R), blob bytes each node
+downloaded per round (libp2p counters, prefetches included; M_0 left out) as a multiple of
+M (one update), mean and max over nodes, and node CPU per round; then an extrapolation to
+N = 100 and 1000 from the measured per-node bytes and CPU (`sharding_table`).
+
+    .venv/bin/python bench/scale.py --sharding --nodes 4,8,16,32 --rounds 3
 """
 
 from __future__ import annotations
@@ -17,8 +27,11 @@ import contextlib
 import csv
 import itertools
 import json
+import math
 import os
 import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -195,6 +208,178 @@ def run_simulate(clients: int, rounds: int, minutes: float) -> dict[str, Any]:
     }
 
 
+# -- sharded against all-to-all ------------------------------------------------------------------
+
+SHARD_MODES = ("all", "sharded")
+
+
+def _node_counters(net: Any) -> dict[int, tuple[int, float]]:
+    """Per node: (blob bytes received so far, CPU seconds so far)."""
+    import psutil
+
+    out = {}
+    for node in net.nodes:
+        st = net.client(node.index).status()
+        cpu = 0.0
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(node.process.pid).cpu_times()
+            cpu = t.user + t.system
+        out[node.index] = (int((st.get("net") or {}).get("blob_bytes_in", 0)), cpu)
+    return out
+
+
+def run_mode(net: Any, n: int, mode: str, rounds: int, timeout: float) -> dict[str, Any]:
+    """One job on a running devnet, aggregated ``mode``; its figures."""
+    from gfl.node.devnet import demo_spec
+
+    spec = demo_spec(n, data="mnist", rounds=rounds, model="cnn").replace(
+        name=f"scale-{mode}",
+        aggregation=mode,
+        min_updates=n,
+        round_timeout=600,
+        availability_timeout=300,
+        vote_timeout=900,
+    )
+    before = _node_counters(net)
+    t_post = time.time()
+    jid = net.client(0).publish(spec.to_dict())["job_id"]
+    ends: list[float] = []
+    deadline = time.monotonic() + timeout
+    infos: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            r = net.client(0).job(jid)["round"]
+            while len(ends) < r:
+                ends.append(time.time())
+        with contextlib.suppress(Exception):
+            infos = [net.client(node.index).job(jid) for node in net.nodes]
+            if all(i["status"] == "finished" for i in infos):
+                break
+        time.sleep(0.2)
+    else:
+        return {"nodes": n, "mode": mode, "error": f"not finished in {timeout:.0f} s"}
+    after = _node_counters(net)
+    details = infos
+    update = [
+        m["metrics"].get("bytes_sent_update", 0)
+        for d in details
+        for m in d.get("rounds_detail", [])
+        if m["metrics"].get("bytes_sent_update")
+    ]
+    size_m = statistics.mean(update) if update else float("nan")
+    model0, shards = _model0(spec)
+    down = [(after[i][0] - before[i][0] - (model0 if i else 0)) / rounds for i in sorted(after)]
+    cpu = [(after[i][1] - before[i][1]) / rounds for i in sorted(after)]
+    walls = [b - a for a, b in itertools.pairwise([t_post, *ends])][1:]
+    phases: dict[str, float] = {}
+    for d in details:
+        for rd in d.get("rounds_detail", []):
+            for k, v in rd["metrics"].items():
+                if k.startswith("bytes_") and k not in ("bytes_sent_update", "bytes_received"):
+                    phases[k] = phases.get(k, 0) + v / (n * rounds)
+    return {
+        "nodes": n,
+        "mode": mode,
+        "rounds": rounds,
+        "update_bytes": size_m,
+        "round_wall": statistics.median(walls) if walls else float("nan"),
+        "walls": walls,
+        "down_mean_m": statistics.mean(down) / size_m,
+        "down_max_m": max(down) / size_m,
+        "cpu_node_s": statistics.mean(cpu),
+        "phases_m": {k: v / size_m for k, v in sorted(phases.items())},
+        "shards": shards,
+        "load": os.getloadavg()[0],
+    }
+
+
+def _model0(spec: Any) -> tuple[int, int]:
+    """(M_0's size in bytes: what every node but the owner fetches once, the job's shards)."""
+    from gfl.fl.codec import encode_frame
+    from gfl.fl.shards import layout_of
+    from gfl.fl.trainer import initial_params
+
+    params = initial_params(spec)
+    return len(encode_frame(params)), layout_of(params, spec.shards).count
+
+
+def run_sharding(n: int, rounds: int, timeout: float, per_node: int) -> list[dict[str, Any]]:
+    from gfl.node.devnet import start_devnet
+
+    out = []
+    t0 = time.time()
+    net = start_devnet(
+        n,
+        data="mnist",
+        data_limit=per_node,
+        prefer_anvil=True,
+        train={"eval_limit": 200},
+    )
+    try:
+        startup = time.time() - t0
+        with MemSampler() as mem:
+            for mode in SHARD_MODES:
+                res = run_mode(net, n, mode, rounds, timeout)
+                res["startup"] = startup
+                out.append(res)
+                print(json.dumps(res), flush=True)
+        for res in out:
+            res["pss_total_mb"] = mem.peak_pss / 2**20
+    finally:
+        logs = ROOT / "bench" / "out" / "scale-logs" / f"n{n}"
+        logs.mkdir(parents=True, exist_ok=True)
+        for node in net.nodes:  # the nodes' own logs, for a round that went wrong
+            with contextlib.suppress(OSError):
+                shutil.copy(node.home / "logs" / "node.log", logs / f"node{node.index}.log")
+        net.stop()
+    return out
+
+
+def sharding_table(rows: list[dict[str, Any]], replicas: int = 3) -> str:
+    """The measured rows, then N = 100 and 1000 extrapolated: bytes from the per-node
+    formulas calibrated on the largest measured N, CPU by a least-squares line in N."""
+    lines = [
+        f"{'N':>5} {'mode':>8} {'round s':>8} {'down mean':>9} {'down max':>8} "
+        f"{'N-1':>5} {'CPU/node s':>10} {'shards':>6}"
+    ]
+    by_mode: dict[str, list[dict[str, Any]]] = {m: [] for m in SHARD_MODES}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['nodes']:>5} {r['mode']:>8} FAILED: {r['error']}")
+            continue
+        by_mode[r["mode"]].append(r)
+        lines.append(
+            f"{r['nodes']:>5} {r['mode']:>8} {r['round_wall']:8.1f} {r['down_mean_m']:8.2f}M "
+            f"{r['down_max_m']:7.2f}M {r['nodes'] - 1:>5} {r['cpu_node_s']:10.1f} {r['shards']:>6}"
+        )
+    for mode, rs in by_mode.items():
+        if len(rs) < 2:
+            continue
+        xs = [float(r["nodes"]) for r in rs]
+        ys = [r["cpu_node_s"] for r in rs]
+        slope, icpt = statistics.linear_regression(xs, ys)
+        s = rs[-1]["shards"]
+        for big in (100, 1000):
+            if mode == "all":
+                mean = mx = big - 1
+            else:  # aggregators: replicas per shard; settled: the S - own float64 shards
+                mean = replicas * (big - 1) / big + 2 * (1 - replicas / big)
+                mx = (
+                    math.ceil(replicas * s / big) * (big - 1) / s + 2
+                    if big > replicas * s
+                    else mean
+                )
+            lines.append(
+                f"{big:>5} {mode:>8} {'(extrap.)':>8} {mean:8.2f}M {mx:7.2f}M {big - 1:>5} "
+                f"{icpt + slope * big:10.1f} {s:>6}"
+            )
+    return "\n".join(lines)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nodes", default="8,16,32")
@@ -204,8 +389,19 @@ def main() -> int:
     ap.add_argument("--sim-minutes", type=float, default=3)
     ap.add_argument("--json", default="bench/out/scale.json")
     ap.add_argument("--profile", type=Path, help="py-spy the last node of each devnet into DIR")
+    ap.add_argument("--sharding", action="store_true", help="all-to-all vs sharded, MNIST CNN")
+    ap.add_argument("--per-node", type=int, default=300, help="--sharding: images per node")
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
+    if args.sharding:
+        signal.signal(signal.SIGTERM, _interrupt)  # a stopped run still stops its devnet
+        rows: list[dict[str, Any]] = []
+        for n in [int(x) for x in args.nodes.split(",") if x]:
+            rows += run_sharding(n, args.rounds, args.timeout, args.per_node)
+        print("\n" + sharding_table(rows))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"sharding": rows}, indent=1))
+        return 0
     res: dict[str, list[dict[str, Any]]] = {"devnet": [], "simulate": []}
     for c in [int(x) for x in args.clients.split(",") if x]:
         res["simulate"].append(run_simulate(c, args.rounds, args.sim_minutes))

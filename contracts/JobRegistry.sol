@@ -214,8 +214,14 @@ contract JobRegistry {
         uint64 samples,
         uint32 position
     );
+    /// `seed` draws the round's shard aggregators (docs/protocol.md, section 8).
     event RoundClosed(
-        bytes32 indexed jobId, uint32 indexed round, uint64 seq, uint32 updates, uint32 closedAt
+        bytes32 indexed jobId,
+        uint32 indexed round,
+        uint64 seq,
+        uint32 updates,
+        uint32 closedAt,
+        bytes32 seed
     );
     event Voted(
         bytes32 indexed jobId,
@@ -998,14 +1004,19 @@ contract JobRegistry {
         return uint64(seq);
     }
 
+    /// The seed is unknown while authors commit: the closing block's randomness over the
+    /// running hash, which covers every update of the round.
     function _logClosed(Ctx memory x, uint256 round, uint256 at) private {
+        bytes32 seed = keccak256(abi.encode(block.prevrandao, x.logHash));
         uint64 seq = _chain(
             x,
             keccak256(
-                abi.encode(RoundClosed.selector, x.id, round, x.seq + 1, x.closedUpdates, at)
+                abi.encode(
+                    RoundClosed.selector, x.id, round, x.seq + 1, x.closedUpdates, at, seed
+                )
             )
         );
-        emit RoundClosed(x.id, uint32(round), seq, uint32(x.closedUpdates), uint32(at));
+        emit RoundClosed(x.id, uint32(round), seq, uint32(x.closedUpdates), uint32(at), seed);
     }
 
     /// RoundFinalized with `key`, or RoundVoid when `key` is 0.

@@ -339,10 +339,14 @@ def registered_job(
 
 
 class MemoryExchange:
-    """Blobs shared by the participants of one runner test (a stand-in for the blob protocol)."""
+    """Blobs shared by the participants of one runner test (a stand-in for the blob protocol);
+    round messages go on ``board``, shared the same way (a stand-in for gossip)."""
 
-    def __init__(self, table: dict[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self, table: dict[bytes, bytes] | None = None, board: list[dict[str, Any]] | None = None
+    ) -> None:
         self.table = {} if table is None else table
+        self.board = [] if board is None else board
 
     async def publish(
         self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
@@ -363,3 +367,12 @@ class MemoryExchange:
 
     async def load_local(self, blob: bytes) -> bytes | None:
         return None
+
+    async def hold(self, data: bytes) -> bytes:
+        return await self.publish("part", 0, data)
+
+    async def post(self, body: dict[str, Any]) -> None:
+        self.board.append(body)
+
+    def heard(self, kind: str, r: int) -> list[dict[str, Any]]:
+        return [m for m in self.board if m["type"] == kind and m["round"] == r]

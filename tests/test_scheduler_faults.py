@@ -7,21 +7,32 @@ participant's ledger is wrapped to fail the way the node's chain adapter does.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import trio
 from support import MemoryExchange, registered_job
 
 from gfl.fl.data import load_partition
+from gfl.fl.rounds import Decision, Update
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
+from gfl.scheduler import aggregation
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.ledger import ChainLedger
-from gfl.scheduler.ports import LedgerRefused, LedgerUnavailable, NodeData
-from gfl.scheduler.runner import JobRunner
+from gfl.scheduler.ports import (
+    Ballot,
+    JobState,
+    JobStatus,
+    LedgerRefused,
+    LedgerUnavailable,
+    NodeData,
+)
+from gfl.scheduler.runner import ChainPlace, JobRunner
 
 torch.set_num_threads(1)
 
@@ -30,9 +41,11 @@ FAULTY = 2
 
 
 class FaultyLedger:
-    """A `ChainLedger` that fails on demand: every call raises `LedgerUnavailable` while
-    `down` is set; with `refuse_from` set, the first update for a round >= refuse_from is
-    refused (and that round is noted in `refused`)."""
+    """A `ChainLedger` that fails on demand: every chain call raises `LedgerUnavailable`
+    while `down` is set; with `refuse_from` set, the chain refuses every update for the
+    first round >= refuse_from this participant commits to (noted in `refused`), as it
+    does once that round closed; with `vote_when` set, a vote on round r waits until
+    ``vote_when(r)`` is true."""
 
     def __init__(self, inner: ChainLedger) -> None:
         self._inner = inner
@@ -40,40 +53,46 @@ class FaultyLedger:
         self.down = False
         self.refuse_from: int | None = None
         self.refused: int | None = None
+        self.vote_when: Callable[[int], bool] | None = None
 
     def _check(self) -> None:
         if self.down:
             raise LedgerUnavailable("the chain did not answer within 30s (test outage)")
 
-    async def job(self) -> Any:
-        self._check()
-        return await self._inner.job()
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr  # local work: signing a statement, folding events
 
-    async def round(self, r: int) -> Any:
-        self._check()
-        return await self._inner.round(r)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self._check()
+            return await attr(*args, **kwargs)
 
-    async def join(self) -> None:
-        self._check()
-        await self._inner.join()
+        return call
 
-    async def commit_update(self, r: int, update_hash: bytes, samples: int) -> None:
+    async def commit(
+        self, r: int, update_hash: bytes, samples: int, ballot: Ballot | None = None
+    ) -> None:
         self._check()
-        if self.refuse_from is not None and r >= self.refuse_from and self.refused is None:
+        if self.refuse_from is not None and r >= self.refuse_from and self.refused in (None, r):
             self.refused = r
             raise LedgerRefused("WrongRound (test refusal)")
-        await self._inner.commit_update(r, update_hash, samples)
+        await self._hold(ballot)
+        await self._inner.commit(r, update_hash, samples, ballot)
 
-    async def commit_model(self, r: int, model_hash: bytes) -> None:
+    async def vote(self, ballot: Ballot) -> None:
         self._check()
-        await self._inner.commit_model(r, model_hash)
+        await self._hold(ballot)
+        await self._inner.vote(ballot)
 
-    async def settle(self) -> None:
-        self._check()
-        await self._inner.settle()
+    async def _hold(self, ballot: Ballot | None) -> None:
+        if self.vote_when is not None and ballot is not None:
+            with trio.fail_after(60):
+                while not self.vote_when(ballot.round):
+                    await trio.sleep(0.05)
 
 
-def _spec(rounds: int, timeout: int = 3) -> JobSpec:
+def _spec(members: list[NodeIdentity], rounds: int, timeout: int = 3) -> JobSpec:
     return (
         JobSpec.builder("faults")
         .model("mlp", in_features=64, hidden=32)
@@ -83,21 +102,42 @@ def _spec(rounds: int, timeout: int = 3) -> JobSpec:
         .rounds(rounds, min_updates=N - 1, timeout=timeout)
         .seed(3)
         .build()
+        .replace(
+            max_samples=10_000,
+            vote_timeout=30,
+            availability_timeout=5,
+            admission={"allow": [m.eth_address for m in members]},
+        )
     )
 
 
 Hook = Callable[[FaultyLedger, int, str, dict], None]
 
 
-async def _run(tmp_path, spec: JobSpec, hook: Hook) -> tuple[list[JobRunner], FaultyLedger, list]:
-    """Run the job on N participants; `hook(faulty ledger, participant, kind, data)` sees
-    every event as it is emitted."""
-    owner, job_id, call = registered_job(tmp_path, spec, b"\x02")
-    blobs, events, runners = MemoryExchange(), [], []
+async def _run(
+    tmp_path,
+    rounds: int,
+    hook: Hook,
+    timeout: int = 3,
+    liar: Callable[[str], Callable[..., aggregation.RoundModel]] | None = None,
+) -> tuple[list[JobRunner], FaultyLedger, list, JobState]:
+    """Run a job on N participants to its end, each finishing it; `hook(faulty ledger,
+    participant, kind, data)` sees every event as it is emitted; ``liar(address)`` makes
+    the faulty participant's aggregation. Returns the runners, the faulty ledger, the
+    events and the job as the chain holds it at the end."""
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    spec = _spec(ids, rounds, timeout)
+    table: dict[bytes, bytes] = {}
+    owner, job_id, call = registered_job(tmp_path, spec, b"\x02", table)
+    place = ChainPlace(owner.chain_id, bytes.fromhex(owner.registry_address[2:]))
+    events: list[tuple[int, str, dict]] = []
     ledgers = [
-        ChainLedger(owner.for_identity(NodeIdentity.generate()), job_id, call) for _ in range(N)
+        ChainLedger(owner.for_identity(ids[i]), job_id, call, allow=spec.allow_list)
+        for i in range(N)
     ]
     faulty = FaultyLedger(ledgers[FAULTY])
+    lying = liar(ids[FAULTY].eth_address) if liar is not None else aggregation.aggregate
+    runners = []
     for i in range(N):
 
         def emit(kind: str, data: dict, i: int = i) -> None:
@@ -109,45 +149,73 @@ async def _run(tmp_path, spec: JobSpec, hook: Hook) -> tuple[list[JobRunner], Fa
                 job_id=job_id.hex(),
                 spec=spec,
                 ledger=faulty if i == FAULTY else ledgers[i],
-                exchange=blobs,
+                exchange=MemoryExchange(table),
                 data=NodeData(load_partition("digits", i, N, "iid", 0), None),
                 checkpoints=Checkpoints(tmp_path / f"n{i}"),
                 train_limiter=trio.CapacityLimiter(1),
                 emit=emit,
                 record=lambda r, values: None,
+                place=place,
+                aggregate=lying if i == FAULTY else aggregation.aggregate,
             )
         )
+    ended: list[JobStatus] = []
+
+    async def run(runner: JobRunner) -> None:
+        ended.append(await runner.run())
+
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             for runner in runners:
-                nursery.start_soon(runner.run)
-    return runners, faulty, events
+                nursery.start_soon(run, runner)
+    assert ended == [JobStatus.FINISHED] * N, ended
+    state = await ChainLedger(owner, job_id, call).sync()
+    return runners, faulty, events, state
+
+
+def _all_finalized_alike(runners: list[JobRunner], state: JobState, rounds: int) -> None:
+    """Every round finalized by the chain, and every runner ended on the last one's model."""
+    decided = [state.log.rounds[r].decision for r in range(rounds)]
+    assert decided == [Decision.FINALIZED] * rounds, decided
+    final = state.log.rounds[rounds - 1].final
+    assert final is not None
+    assert {r.model_hash for r in runners} == {final.model_hash}
 
 
 @pytest.mark.trio
 async def test_a_chain_outage_longer_than_a_call_pauses_the_job_instead_of_ending_it(tmp_path):
     """The faulty participant's chain goes away when it starts training a round after the
-    first and comes back once the others finished a round without it (every call of its ledger fails
-    meanwhile, as the node's does once a call's retry budget is spent). It must wait,
-    commit what it can, catch up and finish with the others' model."""
-    state: dict = {"cut": None, "back": False}  # cut: the round the outage began in
+    first and comes back once the others decided a round without it (every call of its
+    ledger fails meanwhile, as the node's does once a call's retry budget is spent). It must
+    wait, commit what it can, catch up and finish with the others' model."""
+    state: dict = {"cut": None, "back": False, "full": set()}  # cut: the round the outage began
 
     def hook(faulty: FaultyLedger, i: int, kind: str, data: dict) -> None:
-        if i == FAULTY and kind == "job.training" and data["round"] >= 1 and state["cut"] is None:
+        if i == FAULTY and kind == "job.round_finished" and data["updates"] == N:
+            state["full"].add(data["round"])
+        # cut while our vote on the round before waits to ride on this round's update: the
+        # others' two votes must finalize that round, so it must hold all three updates
+        training = i == FAULTY and kind == "job.training" and data["round"] - 1 in state["full"]
+        if training and state["cut"] is None:
             state["cut"], faulty.down = data["round"], True
         cut = state["cut"]
         if i == FAULTY or cut is None or state["back"]:
             return
         # another node's news of an earlier round (late, on a loaded machine) does not count
-        if kind == "job.finished" or (kind == "job.round_finished" and data["round"] >= cut):
+        if kind == "job.finished" or (kind == "job.round_decided" and data["round"] >= cut):
             state["back"] = True
             faulty.down = False
 
-    runners, _, events = await _run(tmp_path, _spec(rounds=3), hook)
+    runners, _, events, chain = await _run(tmp_path, 3, hook, timeout=8)
     assert state["back"]
-    assert {r.status for r in runners} == {"finished"}
-    assert len({r.model_hash for r in runners}) == 1
-    kinds = [kind for i, kind, _ in events if i == FAULTY]
+    _all_finalized_alike(runners, chain, 3)
+    assert chain.log.rounds[state["cut"]].update_of(runners[FAULTY].me) is None
+    mine = [(kind, d.get("round")) for i, kind, d in events if i == FAULTY]
+    # the update it trained meanwhile is offered once the chain is back, not dropped (the
+    # chain refuses it: the round closed without it)
+    assert mine.count(("job.training", state["cut"])) == 1, mine
+    assert ("job.update_refused", state["cut"]) in mine, mine
+    kinds = [kind for kind, _ in mine]
     assert "job.chain_unavailable" in kinds and "job.chain_back" in kinds, kinds
     assert kinds.index("job.chain_unavailable") < kinds.index("job.chain_back")
     assert kinds.count("job.chain_unavailable") == 1  # one warning per outage, not per call
@@ -164,12 +232,55 @@ async def test_a_refused_update_is_not_trained_again(tmp_path):
             faulty.refuse_from = 1
 
     # the refused round stays open for a while: time enough to train it again, were it to
-    runners, faulty, events = await _run(tmp_path, _spec(rounds=3, timeout=8), hook)
-    assert {r.status for r in runners} == {"finished"}
-    assert len({r.model_hash for r in runners}) == 1
+    runners, faulty, events, chain = await _run(tmp_path, 3, hook, timeout=8)
+    _all_finalized_alike(runners, chain, 3)
     r = faulty.refused
     assert r is not None, "the faulty participant never sent an update after round 0"
     mine = [(kind, d.get("round")) for i, kind, d in events if i == FAULTY]
     assert ("job.update_refused", r) in mine
     assert mine.count(("job.training", r)) == 1, mine
     assert ("job.update_committed", r) not in mine
+    refused = chain.log.rounds[r]
+    assert len(refused.updates) == N - 1 and refused.update_of(runners[FAULTY].me) is None
+
+
+def _lying_once(me: str) -> Callable[..., aggregation.RoundModel]:
+    """The aggregation of `me` that lies on the first round it aggregates whose updates are
+    its own (so that it votes) and the others' (a majority of honest votes): every weight
+    moved, a different model for the same mask."""
+    lied: list[int] = []
+
+    def aggregate(
+        spec: JobSpec, params: Any, state: Any, updates: list[Update], *rest: Any
+    ) -> aggregation.RoundModel:
+        model = aggregation.aggregate(spec, params, state, updates, *rest)
+        if lied or len(updates) < N or all(u.author.lower() != me.lower() for u in updates):
+            return model
+        lied.append(1)
+        moved = {k: (v + np.float32(0.5)).astype(v.dtype) for k, v in model.params.items()}
+        return aggregation.RoundModel(moved, model.state, model.mask, model.excluded, model.used)
+
+    return aggregate
+
+
+@pytest.mark.trio
+async def test_a_dissenting_vote_after_the_decision_is_still_slashed(tmp_path):
+    """The faulty participant votes on a round for a model of its own once the two others
+    finalized it and saw it decided (votes count until the deadline): it is named a
+    dissenter, the designated member slashes it, and all end on the majority's model."""
+    decided: set[tuple[int, int]] = set()  # (participant, round) seen decided
+    honest = [j for j in range(N) if j != FAULTY]
+
+    def hook(faulty: FaultyLedger, i: int, kind: str, data: dict) -> None:
+        faulty.vote_when = lambda r: all((j, r) in decided for j in honest)
+        if kind == "job.round_decided":
+            decided.add((i, data["round"]))
+
+    runners, _, events, chain = await _run(tmp_path, 3, hook, timeout=30, liar=_lying_once)
+    liar = runners[FAULTY].me
+    (lied,) = [r for r, rd in chain.log.rounds.items() if rd.dissenters()]
+    seen = [d for i, kind, d in events if kind == "job.round_decided" and i in honest]
+    assert [d["dissenters"] for d in seen if d["round"] == lied] == [[], []]  # it came late
+    assert chain.log.rounds[lied].dissenters() == [liar]
+    assert chain.log.slashed == [(liar, lied)]
+    _all_finalized_alike(runners, chain, 3)

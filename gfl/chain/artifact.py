@@ -12,8 +12,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_utils import keccak, to_checksum_address
+from eth_abi.abi import decode as abi_decode
+from eth_typing import HexStr
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 ARTIFACT_NAME = "JobRegistry.json"
 
@@ -22,15 +24,17 @@ ARTIFACT_NAME = "JobRegistry.json"
 def load_artifact() -> dict[str, Any]:
     """The artifact JSON: abi, bytecode, deployedBytecode, compiler, settings."""
     text = resources.files("gfl.chain").joinpath("artifacts", ARTIFACT_NAME).read_text("utf-8")
-    return json.loads(text)
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
 def abi() -> list[dict[str, Any]]:
-    return load_artifact()["abi"]
+    entries: list[dict[str, Any]] = load_artifact()["abi"]
+    return entries
 
 
-def bytecode() -> str:
-    return load_artifact()["bytecode"]
+def bytecode() -> HexStr:
+    return HexStr(load_artifact()["bytecode"])
 
 
 @cache
@@ -58,10 +62,10 @@ def decode_revert(data: bytes) -> tuple[str, dict[str, Any]] | None:
         values = abi_decode(types, bytes(data[4:]))
     except Exception:
         return None
-    values = [
+    shown = [
         to_checksum_address(v) if t == "address" else v for t, v in zip(types, values, strict=True)
     ]
-    return name, dict(zip(names, values, strict=True))
+    return name, dict(zip(names, shown, strict=True))
 
 
 def revert_data_from(exc: BaseException) -> bytes | None:

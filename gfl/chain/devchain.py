@@ -26,8 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3 import HTTPProvider, Web3
+from web3.types import Wei
 
 from gfl.chain.artifact import revert_data_from
 from gfl.chain.embedded import DEV_KEY, EmbeddedChain
@@ -62,7 +63,8 @@ def free_port() -> int:
             return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        bound: int = s.getsockname()[1]
+        return bound
 
 
 def _ephemeral_low() -> int:
@@ -103,7 +105,10 @@ class DevChainServer:
         self._request = chain.w3.provider.request_func(chain.w3, chain.w3.middleware_onion)
         self._httpd = _QuietServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
-        self.host, self.port = self._httpd.server_address[:2]
+        # an AF_INET server's bound (host, port)
+        self.host: str
+        self.port: int
+        self.host, self.port = self._httpd.socket.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="gfl-devchain", daemon=True
@@ -364,5 +369,5 @@ def fund(
     sender = TxSender(w3, funder_key, endpoint=url, chain_id=chain_id, timeout=timeout)
     for address in addresses:
         sender.send(
-            {"to": to_checksum_address(address), "value": int(wei)}, what=f"funding {address}"
+            {"to": to_checksum_address(address), "value": Wei(int(wei))}, what=f"funding {address}"
         )

@@ -29,9 +29,11 @@ from typing import Any
 
 from eth_account import Account
 from eth_tester import EthereumTester, PyEVMBackend
-from eth_utils import to_checksum_address
+from eth_typing import Hash32
+from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
+from web3.types import Wei
 
 from gfl.chain import artifact
 from gfl.chain.errors import ChainError
@@ -186,7 +188,7 @@ class EmbeddedChain:
 
     def _deploy(self) -> None:
         tx = self._dev.send({"data": artifact.bytecode()}, what="deploying the JobRegistry")
-        receipt = self.w3.eth.get_transaction_receipt(tx.tx_hash)
+        receipt = self.w3.eth.get_transaction_receipt(Hash32(tx.tx_hash))
         if receipt["contractAddress"] != self.registry_address:
             raise ChainError("the embedded JobRegistry landed at an unexpected address")
 
@@ -194,11 +196,10 @@ class EmbeddedChain:
 
     def fund(self, address: str, wei: int = NODE_FUNDING_WEI) -> None:
         """Top `address` up from the dev account when it holds less than half of `wei`."""
-        if self.w3.eth.get_balance(address) >= wei // 2:
+        checksummed = to_checksum_address(address)
+        if self.w3.eth.get_balance(checksummed) >= wei // 2:
             return
-        self._dev.send(
-            {"to": to_checksum_address(address), "value": wei}, what="funding a node account"
-        )
+        self._dev.send({"to": checksummed, "value": Wei(wei)}, what="funding a node account")
 
     def close(self) -> None:
         with self.lock:
@@ -209,6 +210,6 @@ class EmbeddedChain:
 
 def _create_address(sender: str, nonce: int) -> str:
     import rlp
-    from eth_utils import keccak
+    from eth_utils.crypto import keccak
 
     return "0x" + keccak(rlp.encode([bytes.fromhex(sender[2:]), nonce]))[12:].hex()

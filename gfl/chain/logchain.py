@@ -17,9 +17,10 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from gfl.chain import artifact
 from gfl.chain.errors import ChainError
@@ -52,7 +53,7 @@ def topic_of(name: str) -> bytes:
 
 
 def _type(item: Mapping[str, Any]) -> str:
-    t = item["type"]
+    t: str = item["type"]
     if t.startswith("tuple"):
         return "(" + ",".join(_type(c) for c in item["components"]) + ")" + t[len("tuple") :]
     return t

@@ -8,14 +8,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-from eth_abi import encode as abi_encode
+from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from gfl.chain.errors import ChainError
 
 UPDATE_TAG = "GFL update"
+SHARD_TAG = "GFL shard"
 #: secp256k1n / 2: the contract refuses the high-s twin of a signature.
 _HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
@@ -123,9 +125,7 @@ def sign_update_statement(
     update_hash: bytes,
 ) -> bytes:
     """The 65-byte EIP-191 (personal_sign) signature of the update statement."""
-    statement = update_statement(chain_id, registry, job_id, round, update_hash)
-    signed = Account.sign_message(encode_defunct(primitive=statement), private_key)
-    return bytes(signed.signature)
+    return _sign(private_key, update_statement(chain_id, registry, job_id, round, update_hash))
 
 
 def recover_update_signer(
@@ -137,14 +137,89 @@ def recover_update_signer(
     update_hash: bytes,
 ) -> str | None:
     """Who signed the update statement, or None for a malformed signature."""
+    return _recover(signature, update_statement(chain_id, registry, job_id, round, update_hash))
+
+
+# ---------------------------------------------------------- shard statements
+
+
+def shard_statement(
+    chain_id: int,
+    registry: str,
+    job_id: bytes,
+    round: int,
+    shard: int,
+    reduced_hash: bytes,
+    mask: bytes,
+) -> bytes:
+    """keccak256(abi.encode("GFL shard", chainid, registry, jobId, round, shard, hash,
+    keccak256(mask))): what an aggregator signs for a reduced shard it publishes."""
+    return keccak(
+        abi_encode(
+            ["string", "uint256", "address", "bytes32", "uint32", "uint32", "bytes32", "bytes32"],
+            [
+                SHARD_TAG,
+                chain_id,
+                _addr(registry),
+                _b32(job_id),
+                round,
+                shard,
+                _b32(reduced_hash),
+                keccak(bytes(mask)),
+            ],
+        )
+    )
+
+
+def sign_shard_statement(
+    private_key: bytes,
+    chain_id: int,
+    registry: str,
+    job_id: bytes,
+    round: int,
+    shard: int,
+    reduced_hash: bytes,
+    mask: bytes,
+) -> bytes:
+    """The 65-byte EIP-191 (personal_sign) signature of the shard statement."""
+    statement = shard_statement(chain_id, registry, job_id, round, shard, reduced_hash, mask)
+    return _sign(private_key, statement)
+
+
+def recover_shard_signer(
+    signature: bytes,
+    chain_id: int,
+    registry: str,
+    job_id: bytes,
+    round: int,
+    shard: int,
+    reduced_hash: bytes,
+    mask: bytes,
+) -> str | None:
+    """Who signed the shard statement, or None for a malformed signature or statement."""
+    try:
+        statement = shard_statement(chain_id, registry, job_id, round, shard, reduced_hash, mask)
+    except Exception:  # eth_abi refuses out-of-range values with its own exception types
+        return None
+    return _recover(signature, statement)
+
+
+def _sign(private_key: bytes, statement: bytes) -> bytes:
+    signed = Account.sign_message(encode_defunct(primitive=statement), private_key)
+    return bytes(signed.signature)
+
+
+def _recover(signature: bytes, statement: bytes) -> str | None:
     signature = bytes(signature)
     if len(signature) != 65 or int.from_bytes(signature[32:64], "big") > _HALF_N:
         return None
-    statement = update_statement(chain_id, registry, job_id, round, update_hash)
     try:
-        return Account.recover_message(encode_defunct(primitive=statement), signature=signature)
+        signer: str = Account.recover_message(
+            encode_defunct(primitive=statement), signature=signature
+        )
     except Exception:
         return None
+    return signer
 
 
 def _addr(value: str) -> str:

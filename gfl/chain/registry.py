@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
-from eth_utils import to_checksum_address
+from eth_typing import ChecksumAddress, HexStr
+from eth_utils.address import to_checksum_address
 from web3 import Web3
+from web3.types import BlockIdentifier, FilterParams, RPCEndpoint, TopicFilter, Wei
 
 from gfl.chain import artifact, proofs
 from gfl.chain.errors import AnnouncementRejected, ChainError, NoRegistry
@@ -67,7 +70,7 @@ class Registry:
         self._timeout = timeout
         self._on_close = on_close
         self._embedded = embedded
-        self.registry_address: str = to_checksum_address(registry_address)
+        self.registry_address: ChecksumAddress = to_checksum_address(registry_address)
         self._contract = w3.eth.contract(address=self.registry_address, abi=artifact.abi())
         self._sender = TxSender(
             w3, identity.private_key, endpoint=endpoint, chain_id=chain_id, timeout=timeout
@@ -95,7 +98,7 @@ class Registry:
     def _write(self, fn_name: str, *args: Any, what: str, value: int = 0) -> Tx:
         data = self._contract.encode_abi(fn_name, args=list(args))
         return self._sender.send(
-            {"to": self.registry_address, "data": data, "value": value}, what=what
+            {"to": self.registry_address, "data": data, "value": Wei(value)}, what=what
         )
 
     def check_registry(self) -> None:
@@ -161,7 +164,7 @@ class Registry:
         provider = self._w3.provider
         for method, params in (("evm_increaseTime", [int(seconds)]), ("evm_mine", [])):
             response = self._read(
-                lambda m=method, p=params: provider.make_request(m, p), "advancing time"
+                partial(provider.make_request, RPCEndpoint(method), params), "advancing time"
             )
             if isinstance(response, dict) and response.get("error"):
                 raise ChainError(f"{self.endpoint} does not support time travel ({method})")
@@ -282,6 +285,21 @@ class Registry:
             update_hash,
         )
 
+    def sign_shard(
+        self, job_id: bytes, round: int, shard: int, reduced_hash: bytes, mask: bytes
+    ) -> bytes:
+        """This account's signed statement for a reduced shard it publishes as aggregator."""
+        return proofs.sign_shard_statement(
+            self._identity.private_key,
+            self.chain_id,
+            self.registry_address,
+            job_id,
+            round,
+            shard,
+            reduced_hash,
+            mask,
+        )
+
     def report_equivocation(
         self,
         job_id: bytes,
@@ -375,15 +393,16 @@ class Registry:
         return bytes(key) if any(key) else None
 
     def tally(self, job_id: bytes, round: int, key: bytes) -> int:
-        return self._call(
+        count: int = self._call(
             "tally",
             _b32(job_id, "job id"),
             _uint(round, _UINT32, "round"),
             _b32(key, "key"),
             what="reading a tally",
         )
+        return count
 
-    def log_head(self, job_id: bytes, block: int | str = "latest") -> tuple[int, bytes]:
+    def log_head(self, job_id: bytes, block: BlockIdentifier = "latest") -> tuple[int, bytes]:
         """(number of the job's events, running hash over them)."""
         jid = _b32(job_id, "job id")
         seq, h = self._read(
@@ -431,19 +450,21 @@ class Registry:
         the returned cursor.
         """
         latest = self.block_number() if to_block is None else to_block
-        topics = [None, "0x" + _b32(job_id, "job id").hex()] if job_id is not None else None
+        topics: list[TopicFilter] | None = None
+        if job_id is not None:
+            topics = [None, HexStr("0x" + _b32(job_id, "job id").hex())]
         events: list[ChainEvent] = []
         start = max(0, from_block)
         while start <= latest:
             end = min(latest, start + LOG_CHUNK - 1)
-            params: dict[str, Any] = {
+            params: FilterParams = {
                 "address": self.registry_address,
                 "fromBlock": start,
                 "toBlock": end,
             }
             if topics:
                 params["topics"] = topics
-            logs = self._read(lambda p=params: self._w3.eth.get_logs(p), "reading events")
+            logs = self._read(partial(self._w3.eth.get_logs, params), "reading events")
             events.extend(e for e in map(decode_log, logs) if e is not None)
             start = end + 1
         return events, max(from_block, latest + 1)

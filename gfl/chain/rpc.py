@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from eth_typing import Hash32
 from web3 import HTTPProvider, IPCProvider, Web3
 
 from gfl.chain import artifact
@@ -19,6 +20,7 @@ CHAIN_STATE_FILE = "chain.json"
 
 def connect(url: str, timeout: float) -> tuple[Web3, int]:
     """A Web3 for `url` and the chain id it serves; `ChainUnavailable` when it does not answer."""
+    provider: HTTPProvider | IPCProvider
     if url.startswith(("http://", "https://")):
         provider = HTTPProvider(
             url,
@@ -26,7 +28,8 @@ def connect(url: str, timeout: float) -> tuple[Web3, int]:
             exception_retry_configuration=None,  # we retry ourselves, with a deadline
         )
     elif url.startswith("ipc://") or url.endswith(".ipc"):
-        provider = IPCProvider(url.removeprefix("ipc://"), timeout=timeout)
+        # web3 annotates the timeout as int but hands it to a float-valued Timeout
+        provider = IPCProvider(url.removeprefix("ipc://"), timeout=timeout)  # type: ignore[arg-type]
     else:
         raise ChainError(
             f"unsupported chain URL {url!r}: use 'embedded', http(s)://host:port or a .ipc path"
@@ -68,11 +71,13 @@ def deploy_registry(url: str, identity: NodeIdentity, *, timeout: float = 30) ->
     sender = TxSender(w3, identity.private_key, endpoint=url, chain_id=chain_id, timeout=timeout)
     tx = sender.send({"data": artifact.bytecode()}, what="deploying the JobRegistry")
     receipt = with_retry(
-        lambda: w3.eth.get_transaction_receipt(tx.tx_hash),
+        lambda: w3.eth.get_transaction_receipt(Hash32(tx.tx_hash)),
         timeout=timeout,
         endpoint=url,
         what="reading the deployment receipt",
     )
     address = receipt["contractAddress"]
+    if address is None:
+        raise ChainError(f"deploying the JobRegistry on {url}: the receipt names no contract")
     log.info("deployed JobRegistry at %s on %s (gas %d)", address, url, tx.gas_used)
     return Web3.to_checksum_address(address)

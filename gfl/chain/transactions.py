@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import requests
 from eth_account import Account
+from eth_typing import ChecksumAddress, Hash32
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
+from web3.types import TxParams, Wei
 
 from gfl.chain.artifact import decode_revert, revert_data_from
 from gfl.chain.errors import ChainError, ChainUnavailable, ContractRevert, InsufficientFunds
@@ -131,7 +134,7 @@ class TxSender:
     ) -> None:
         self._w3 = w3
         self._account = Account.from_key(private_key)
-        self.address: str = self._account.address
+        self.address: ChecksumAddress = self._account.address
         self._endpoint = endpoint
         self._chain_id = chain_id
         self._timeout = timeout
@@ -143,9 +146,9 @@ class TxSender:
     def _rpc(self, fn: Callable[[], T], what: str) -> T:
         return with_retry(fn, timeout=self._timeout, endpoint=self._endpoint, what=what)
 
-    def send(self, tx: dict[str, Any], *, what: str) -> Tx:
+    def send(self, tx: TxParams, *, what: str) -> Tx:
         """Estimate, sign, send and wait for `tx` (`to`/`data`/`value`); raise on revert."""
-        tx = {"from": self.address, "value": 0, **tx}
+        tx = {"from": self.address, "value": Wei(0), **tx}
         with self._lock:
             try:
                 gas = self._rpc(lambda: self._w3.eth.estimate_gas(tx), what)
@@ -178,9 +181,11 @@ class TxSender:
             return self._fee_cache[1]
         block = self._rpc(lambda: self._w3.eth.get_block("latest"), what)
         base = block.get("baseFeePerGas")
+        fees: dict[str, int]
         if base is None:
             fees = {"gasPrice": self._rpc(lambda: self._w3.eth.gas_price, what)}
         else:
+            tip: int
             try:
                 tip = self._rpc(lambda: self._w3.eth.max_priority_fee, what)
             except ChainUnavailable:
@@ -191,21 +196,20 @@ class TxSender:
         self._fee_cache = (now, fees)
         return fees
 
-    def _sign_and_send(
-        self, tx: dict[str, Any], gas: int, fees: dict[str, int], what: str
-    ) -> bytes:
+    def _sign_and_send(self, tx: TxParams, gas: int, fees: dict[str, int], what: str) -> bytes:
         for _attempt in range(3):
             if self._nonce is None:
                 self._nonce = self._rpc(
                     lambda: self._w3.eth.get_transaction_count(self.address, "pending"), what
                 )
-            full = {k: v for k, v in tx.items() if k in ("to", "data", "value")}
+            # eth-account's transaction dict: no "from", the key decides the sender
+            full: dict[str, Any] = {k: v for k, v in tx.items() if k in ("to", "data", "value")}
             full |= fees
             full |= {"gas": gas * 5 // 4 + 10_000, "nonce": self._nonce, "chainId": self._chain_id}
             signed = self._account.sign_transaction(full)
             raw = signed.raw_transaction
             try:
-                self._rpc(lambda raw=raw: self._w3.eth.send_raw_transaction(raw), what)
+                self._rpc(partial(self._w3.eth.send_raw_transaction, raw), what)
             except ChainUnavailable:
                 self._nonce = None  # unknown whether it arrived: re-read next time
                 raise
@@ -232,16 +236,18 @@ class TxSender:
 
     def _known(self, tx_hash: bytes) -> bool:
         try:
-            self._w3.eth.get_transaction(tx_hash)
+            self._w3.eth.get_transaction(Hash32(tx_hash))
             return True
         except Exception:
             return False
 
-    def _await_receipt(self, tx_hash: bytes, tx: dict[str, Any], what: str) -> Tx:
+    def _await_receipt(self, tx_hash: bytes, tx: TxParams, what: str) -> Tx:
         deadline = time.monotonic() + self._timeout
         while True:
             try:
-                receipt = self._rpc(lambda: self._w3.eth.get_transaction_receipt(tx_hash), what)
+                receipt = self._rpc(
+                    lambda: self._w3.eth.get_transaction_receipt(Hash32(tx_hash)), what
+                )
                 break
             except TransactionNotFound:
                 if time.monotonic() > deadline:
@@ -253,13 +259,12 @@ class TxSender:
         if receipt["status"] != 1:
             # Re-run it as a call at the block it failed in to learn why.
             try:
-                self._w3.eth.call(
-                    {k: v for k, v in tx.items() if k in ("from", "to", "data", "value")},
-                    receipt["blockNumber"],
-                )
+                self._w3.eth.call(tx, receipt["blockNumber"])
             except Exception as exc:
                 raise as_chain_error(exc, what) from None
-            raise ChainError(f"{what}: transaction 0x{tx_hash.hex()} reverted")
+            # it reverts no more (the state or the clock moved on, or it ran out of gas):
+            # still a refusal, not a broken chain
+            raise ContractRevert("Reverted", {"detail": f"{what}: 0x{tx_hash.hex()}"})
         return Tx(bytes(tx_hash), receipt["blockNumber"], receipt["gasUsed"])
 
 

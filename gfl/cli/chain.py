@@ -14,13 +14,14 @@ import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gfl.errors import ConfigError, GflError
 
 CONFIG_FILE = "config.toml"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `chain` command group to the top-level CLI parser."""
     from gfl.cli.options import common_options
 
@@ -89,19 +90,21 @@ def write_chain_config(home: Path, url: str, registry: str) -> Path:
     try:
         from gfl.node.config import update_config
     except ImportError:  # the node's config module is optional for this command
-        update_config = None
-    if update_config is not None and path.exists():
-        update_config(path, "chain", url=url, registry=registry)
-        return path
+        pass
+    else:
+        if path.exists():
+            update_config(path, "chain", url=url, registry=registry)
+            return path
     import tomli_w
 
-    config: dict = {}
+    config: dict[str, Any] = {}
     if path.exists():
         try:
             config = tomllib.loads(path.read_text("utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    table = config.get("chain") if isinstance(config.get("chain"), dict) else {}
+    chain = config.get("chain")
+    table = chain if isinstance(chain, dict) else {}
     config["chain"] = {**table, "url": url, "registry": registry}
     home.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -24,6 +24,7 @@ anything is allocated, and every failure is one `CodecError`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import struct
@@ -59,6 +60,7 @@ class CodecError(GflError):
 
 
 _META_KEYS = ("author", "base", "chain", "job", "registry", "round")
+_SHARD_KEYS = ("shard", "shards")  # only in the frames of a sharded update
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ class UpdateMeta:
     """What an update's frame says about itself: the chain and registry, the job and round
     it is for, its author's address and the hash of the model it was computed from. A node
     refuses an update whose meta names anything else than what the chain recorded for it,
-    so a copied update hash gains its copier nothing."""
+    so a copied update hash gains its copier nothing. A sharded update's frames also say
+    which shard of how many each one is (`gfl.fl.shards`)."""
 
     chain: int
     registry: bytes  # 20 bytes
@@ -74,6 +77,8 @@ class UpdateMeta:
     round: int
     author: bytes  # 20 bytes
     base: bytes  # 32 bytes: hash of M_round as this author held it
+    shard: int | None = None  # k of a sharded update's frame k
+    shards: int | None = None  # S, the job's shard count (> 1), with ``shard``
 
     def __post_init__(self) -> None:
         for name, size in (("registry", 20), ("job", 32), ("author", 20), ("base", 32)):
@@ -84,15 +89,30 @@ class UpdateMeta:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
                 raise CodecError(f"update meta: {name} must be an integer in [0, 2^63)")
+        if (self.shard is None) != (self.shards is None):
+            raise CodecError("update meta: shard and shards go together")
+        if self.shards is not None:
+            k, s = self.shard, self.shards
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (k, s)):
+                raise CodecError("update meta: shard and shards must be integers")
+            assert k is not None
+            if not (2 <= s <= 1 << 16 and 0 <= k < s):
+                raise CodecError("update meta: shard must be in [0, shards), shards in [2, 2^16]")
 
     def to_map(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in _META_KEYS}
+        keys = _META_KEYS + (_SHARD_KEYS if self.shards is not None else ())
+        return {k: getattr(self, k) for k in sorted(keys)}
 
     @classmethod
     def from_map(cls, m: Mapping[str, Any]) -> UpdateMeta:
-        if set(m) != set(_META_KEYS):
+        keys = set(m)
+        if keys != set(_META_KEYS) and keys != set(_META_KEYS + _SHARD_KEYS):
             raise CodecError("the update's frame does not carry its meta")
-        return cls(**{k: m[k] for k in _META_KEYS})
+        return cls(**m)
+
+    def for_shard(self, k: int, shards: int) -> UpdateMeta:
+        """The meta of frame k of this update sharded ``shards`` ways."""
+        return dataclasses.replace(self, shard=k, shards=shards)
 
 
 @dataclass(frozen=True)
@@ -364,7 +384,7 @@ def _parse_frame(frame: bytes, max_bytes: int) -> tuple[dict[str, np.ndarray], U
             max_bin_len=32,
             max_str_len=_MAX_NAME * 8,
             max_array_len=_MAX_TENSORS,
-            max_map_len=len(_META_KEYS),
+            max_map_len=len(_META_KEYS) + len(_SHARD_KEYS),
             max_ext_len=0,
         )
     except Exception as e:  # msgpack raises many exception types on garbage

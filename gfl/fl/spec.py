@@ -14,11 +14,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from gfl.errors import GflError
+
+if TYPE_CHECKING:
+    from gfl.fl.privacy import PrivacySettings
 
 SPEC_VERSION = 2
 MAX_SPEC_BYTES = 64 * 1024
@@ -27,6 +30,7 @@ _MAX_DEPTH = 4
 
 TASKS = ("classification",)
 WEIGHTINGS = ("samples", "equal")
+AGGREGATIONS = ("auto", "all", "sharded")  # docs/protocol.md, section 8
 MAX_PARTICIPANTS = (1 << 24) - 1
 MAX_TIMEOUT_S = 7 * 86400
 MAX_LIFETIME_S = 365 * 86400
@@ -110,6 +114,15 @@ def _admission(value: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _privacy(table: Mapping[str, Any]) -> PrivacySettings:
+    from gfl.fl.privacy import PrivacyError, PrivacySettings
+
+    try:
+        return PrivacySettings.from_table(table)
+    except PrivacyError as e:
+        raise SpecError(str(e)) from None
+
+
 def _sorted(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: _sorted(obj[k]) for k in sorted(obj)}
@@ -149,16 +162,22 @@ class JobSpec:
     max_missed: int = 2
     lifetime: int = 0  # seconds from registration to the job's deadline; 0: from the timeouts
     admission: Mapping[str, Any] = field(default_factory=dict)
+    privacy: Mapping[str, Any] = field(default_factory=dict)  # DP-SGD; {}: none (not encoded)
+    aggregation: str = "auto"  # "all", "sharded", or "auto": sharded when the round is large
+    replicas: int = 3  # aggregators per shard in a sharded round
+    shards: int = 0  # shards per update; 0: one per 2^18 parameters of the model (1..256)
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        for name in ("model_kwargs", "optimizer_kwargs", "strategy_kwargs", "admission"):
+        for name in ("model_kwargs", "optimizer_kwargs", "strategy_kwargs", "admission", "privacy"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
                 raise SpecError(f"{name} must be a table of settings, got {value!r}")
             set_(self, name, _check_value(value, name))
         set_(self, "admission", _admission(self.admission))
+        if self.privacy:
+            set_(self, "privacy", _privacy(self.privacy).to_table())
         if isinstance(self.lr, int) and not isinstance(self.lr, bool):
             set_(self, "lr", float(self.lr))
         self._validate()
@@ -248,20 +267,53 @@ class JobSpec:
         except CodecError as e:
             raise SpecError(str(e)) from None
         try:
-            make_strategy(self.strategy, self.strategy_kwargs)  # checks its settings
+            strategy = make_strategy(self.strategy, self.strategy_kwargs)  # checks its settings
         except StrategyError as e:
             raise SpecError(str(e)) from None
+        self._validate_aggregation(strategy.coordinatewise)
         mu = self.strategy_kwargs.get("mu", 0.0)
         need(
             isinstance(mu, int | float) and not isinstance(mu, bool) and mu >= 0,
             f"strategy_kwargs.mu must be a number >= 0, got {mu!r}",
         )
+        if self.privacy:
+            need(
+                self.trainer == "default",
+                "[privacy] needs the default trainer (its accounting is what nodes check)",
+            )
+            need(
+                not mu,
+                "[privacy] with FedProx (strategy_kwargs.mu > 0) is not supported: the "
+                "proximal term's gradient is not clipped per sample",
+            )
+
+    def _validate_aggregation(self, coordinatewise: bool) -> None:
+        from gfl.fl.shards import MAX_REPLICAS, MAX_SHARDS
+
+        if self.aggregation not in AGGREGATIONS:
+            raise SpecError(
+                f"aggregation {self.aggregation!r} is unknown; known: {', '.join(AGGREGATIONS)}"
+            )
+        for f, lo, hi in (("replicas", 1, MAX_REPLICAS), ("shards", 0, MAX_SHARDS)):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise SpecError(f"{f} must be an integer in [{lo}, {hi}], got {v!r}")
+        if self.aggregation == "sharded" and not coordinatewise:
+            raise SpecError(
+                f'aggregation = "sharded" needs a per-coordinate strategy; {self.strategy} '
+                'compares whole updates (use "all" or "auto")'
+            )
 
     # -- canonical encoding ---------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (kwargs as plain dicts)."""
-        return {f.name: _sorted(getattr(self, f.name)) for f in fields(self)}
+        """Plain dict of every field (kwargs as plain dicts); ``privacy`` only when set, so a
+        job without it keeps the bytes and hash it had before the table existed."""
+        return {
+            f.name: _sorted(getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "privacy" or self.privacy
+        }
 
     def to_bytes(self) -> bytes:
         """The canonical bytes: msgpack, sorted keys, floats as float64."""
@@ -291,6 +343,11 @@ class JobSpec:
     def allow_list(self) -> tuple[str, ...]:
         return tuple(self.admission.get("allow", ()))
 
+    @property
+    def privacy_settings(self) -> PrivacySettings | None:
+        """The job's DP-SGD settings, or None for a job trained without differential privacy."""
+        return _privacy(self.privacy) if self.privacy else None
+
     def publish_problems(self) -> list[str]:
         """What a job must state before it can be registered (empty when nothing is missing)."""
         out = []
@@ -309,6 +366,12 @@ class JobSpec:
                 f"min_updates ({self.min_updates}) exceeds the {len(self.allow_list)} "
                 "addresses admission.allow admits"
             )
+        if self.privacy:  # builds the model: torch and Opacus are imported here, not before
+            from gfl.fl.privacy import model_problem
+
+            problem = model_problem(self.model, self.model_kwargs)
+            if problem:
+                out.append(problem)
         return out
 
     def deadline_after(self, registered_at: int) -> int:

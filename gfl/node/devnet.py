@@ -151,13 +151,15 @@ def start_devnet(
     host: str = "127.0.0.1",
     fork: bool = True,
     jobs: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
 ) -> Devnet:
     """Start a chain and `n` node processes; returns once every node's API answers.
 
     ``host`` is the IPv4 address the nodes' libp2p hosts listen on (their APIs stay
     on loopback). With ``fork`` the nodes are forked from a zygote (one import of torch,
     web3 and py-libp2p for all, shared memory); else each is a fresh ``gfl up`` process.
-    ``jobs``: more ``[jobs]`` settings for every node (``max_concurrent=1``).
+    ``jobs``, ``train``: more ``[jobs]`` / ``[train]`` settings for every node
+    (``max_concurrent=1``, ``eval_limit=200``).
     """
     if not 1 <= n <= 64:
         raise DevnetError("--nodes must be between 1 and 64")
@@ -197,6 +199,7 @@ def start_devnet(
                 .replace("api", port=api_port, heartbeat_s=2.0)
                 .replace("chain", url=url)
                 .replace("jobs", auto_join=True, **(jobs or {}))
+                .replace("train", **(train or {}))
                 .replace("node", name=f"node{i}")
             )
             src: dict[str, Any] = {"partition": partition, "index": i, "of": n, "seed": seed}

@@ -5,14 +5,21 @@ this node votes with).
 The rule every node applies (docs/protocol.md, "Availability and validity"): an update of
 S_r is used iff its blob arrived before closedAt + availability_timeout, its sha256 is the
 committed hash, it decodes, its frame names this chain, registry, job, round, its committer
-as author and M_r's hash as base, and it fits the model (names, shapes, finite values).
+as author and M_r's hash as base, and it fits the model (names, shapes, finite values). A
+sharded update (a layout of S > 1 shards) counts iff its manifest and each of its S shard
+frames does (section 8); fetched whole, it is the same values as the shards a sharded round
+reduces one by one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trio
@@ -21,14 +28,20 @@ from gfl.content import MAX_BLOB_BYTES, content_hash
 from gfl.errors import GflError
 from gfl.fl.codec import CodecError, UpdateMeta, decode_update
 from gfl.fl.rounds import Update, mask_bytes
+from gfl.fl.shards import MAX_MANIFEST, Layout, ShardError, decode_manifest
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
 from gfl.fl.strategies.base import reject_reason
 from gfl.scheduler.ports import Exchange
 
+if TYPE_CHECKING:
+    from gfl.scheduler.joblog import RoundLog
+    from gfl.scheduler.update import RoundMetrics
+
 log = logging.getLogger(__name__)
 
 FETCH_CONCURRENCY = 8
+RETRY_S, RETRY_MAX_S = 0.2, 4.0  # pauses between tries of a failed fetch
 
 
 @dataclass(frozen=True)
@@ -46,27 +59,71 @@ class Context:
 class Gathered:
     """The round's blobs as this node holds them by the availability deadline."""
 
-    blobs: dict[int, bytes] = field(default_factory=dict)  # position -> blob
+    blobs: dict[int, bytes] = field(default_factory=dict)  # position -> blob (or manifest)
+    parts: dict[int, list[bytes]] = field(default_factory=dict)  # position -> shard frames
     missing: dict[int, str] = field(default_factory=dict)  # position -> why not
     received: int = 0  # bytes fetched from peers (not our own, not prefetched)
 
 
+async def fetch_blob(
+    exchange: Exchange,
+    h: bytes,
+    author: str | None,
+    seconds: float,
+    limiter: trio.CapacityLimiter,
+    max_size: int = MAX_BLOB_BYTES,
+) -> tuple[bytes, int]:
+    """A blob by hash, local copy first: (its bytes, the bytes fetched from peers). A fetch
+    that fails (every holder busy serving others: a shard frame has one holder, its author)
+    is tried again after a growing, jittered pause until ``seconds`` are spent."""
+    blob = await exchange.load_local(h)
+    if blob is not None:
+        return blob, 0
+    deadline = trio.current_time() + max(0.1, seconds)
+    pause = RETRY_S
+    while True:
+        try:
+            async with limiter:
+                blob = await exchange.fetch(
+                    h, author, max_size, max(0.1, deadline - trio.current_time())
+                )
+            return blob, len(blob)
+        except GflError:
+            if deadline - trio.current_time() <= pause:
+                raise
+        await trio.sleep(pause * (0.5 + random.random()))
+        pause = min(2 * pause, RETRY_MAX_S)
+
+
 async def gather(
-    exchange: Exchange, updates: Sequence[Update], me: str, seconds: float
+    exchange: Exchange,
+    updates: Sequence[Update],
+    me: str,
+    seconds: float,
+    layout: Layout | None = None,
 ) -> Gathered:
-    """Every blob of the update set we can get within ``seconds`` (local copies first)."""
+    """Every blob of the update set we can get within ``seconds`` (local copies first); with
+    a sharded ``layout``, each update's manifest and then its shard frames."""
     out = Gathered()
     limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
+    shards = layout.count if layout is not None else 1
 
     async def one(u: Update) -> None:
         try:
-            blob = await exchange.load_local(u.update_hash)
-            if blob is None:
-                async with limiter:
-                    blob = await exchange.fetch(
-                        u.update_hash, u.author, MAX_BLOB_BYTES, max(0.1, seconds)
-                    )
-                out.received += len(blob)
+            blob, n = await fetch_blob(exchange, u.update_hash, u.author, seconds, limiter)
+            out.received += n
+            if shards > 1:
+                try:
+                    hashes = decode_manifest(blob, shards)
+                except ShardError:
+                    out.blobs[u.position] = blob  # check_update says why it does not count
+                    return
+                parts = []
+                for h in hashes:
+                    part, n = await fetch_blob(exchange, h, u.author, seconds, limiter)
+                    out.received += n
+                    parts.append(part)
+                out.parts[u.position] = parts
             out.blobs[u.position] = blob
         except (GflError, trio.TooSlowError) as exc:
             out.missing[u.position] = f"unavailable: {exc}"
@@ -84,17 +141,9 @@ async def gather(
     return out
 
 
-def check_update(
-    blob: bytes, u: Update, ctx: Context, params: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray] | str:
-    """The update's arrays, or why it does not count (the same answer on every node)."""
-    if content_hash(blob) != u.update_hash:
-        return "the blob does not match its committed hash"
-    try:
-        arrays, meta = decode_update(blob)
-    except CodecError as exc:
-        return f"does not decode: {exc}"
-    expected = UpdateMeta(
+def expected_meta(u: Update, ctx: Context) -> UpdateMeta:
+    """What the frame of ``u`` must say about itself (for a shard: `UpdateMeta.for_shard`)."""
+    return UpdateMeta(
         chain=ctx.chain_id,
         registry=ctx.registry,
         job=ctx.job_id,
@@ -102,10 +151,77 @@ def check_update(
         author=bytes.fromhex(u.author.removeprefix("0x").lower()),
         base=ctx.base,
     )
+
+
+def check_frame(
+    blob: bytes, expected: UpdateMeta, params: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray] | str:
+    """An update frame's arrays (or a shard frame's pieces, ``params`` then being the
+    model's pieces of that shard), or why it does not count."""
+    try:
+        arrays, meta = decode_update(blob)
+    except CodecError as exc:
+        return f"does not decode: {exc}"
     if meta != expected:
-        return "its frame names another author, job, round or base model"
+        return "its frame names another author, job, round, base model or shard"
     reason = reject_reason(params, arrays)
     return reason if reason is not None else arrays
+
+
+def check_manifest(blob: bytes, u: Update, shards: int) -> list[bytes] | str:
+    """The shard hashes a sharded update commits to, or why it does not count."""
+    if content_hash(blob) != u.update_hash:
+        return "the manifest does not match its committed hash"
+    try:
+        return decode_manifest(blob, shards)
+    except ShardError as exc:
+        return str(exc)
+
+
+def check_part(
+    part: bytes,
+    k: int,
+    hashes: Sequence[bytes],
+    u: Update,
+    ctx: Context,
+    layout: Layout,
+    params: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray] | str:
+    """Shard k of a sharded update: its pieces, or why the update does not count."""
+    if content_hash(part) != hashes[k]:
+        return f"shard {k} does not match its manifest"
+    checked = check_frame(
+        part, expected_meta(u, ctx).for_shard(k, layout.count), layout.split(params, k)
+    )
+    return f"shard {k}: {checked}" if isinstance(checked, str) else checked
+
+
+def check_update(
+    blob: bytes,
+    u: Update,
+    ctx: Context,
+    params: Mapping[str, np.ndarray],
+    layout: Layout | None = None,
+    parts: Sequence[bytes] | None = None,
+) -> dict[str, np.ndarray] | str:
+    """The update's arrays, or why it does not count (the same answer on every node); a
+    sharded update is its manifest ``blob`` and its shard frames ``parts``."""
+    if layout is None or layout.count == 1:
+        if content_hash(blob) != u.update_hash:
+            return "the blob does not match its committed hash"
+        return check_frame(blob, expected_meta(u, ctx), params)
+    hashes = check_manifest(blob, u, layout.count)
+    if isinstance(hashes, str):
+        return hashes
+    if parts is None or len(parts) != layout.count:
+        return "its shards are missing"
+    pieces = []
+    for k, part in enumerate(parts):
+        checked = check_part(part, k, hashes, u, ctx, layout, params)
+        if isinstance(checked, str):
+            return checked
+        pieces.append(checked)
+    return layout.join(pieces)
 
 
 @dataclass(frozen=True)
@@ -144,3 +260,125 @@ def aggregate(
         return RoundModel(dict(params), dict(state), mask, dict(excluded), 0)
     new = strategy.aggregate(params, usable)
     return RoundModel(new, strategy.state_dict(), mask, dict(excluded), len(usable))
+
+
+async def all_to_all(
+    exchange: Exchange,
+    rd: RoundLog,
+    ctx: Context,
+    me: str,
+    params: Mapping[str, np.ndarray],
+    layout: Layout,
+    window: float,
+    aggregate_fn: Callable[[dict[int, dict[str, np.ndarray]], dict[int, str]], RoundModel],
+    metrics: RoundMetrics,
+) -> RoundModel:
+    """An all-to-all round: every update fetched whole within ``window`` seconds, checked,
+    and the usable ones aggregated by ``aggregate_fn(arrays, excluded)``."""
+    t0 = time.monotonic()
+    got = await gather(exchange, rd.updates, me, window, layout)
+    metrics.phase("fetch", t0)
+    t0 = time.monotonic()
+    excluded = dict(got.missing)
+    arrays: dict[int, dict[str, np.ndarray]] = {}
+    for u in rd.updates:
+        blob = got.blobs.pop(u.position, None)  # each blob let go once decoded: N of them
+        if blob is None:
+            continue
+        checked = await trio.to_thread.run_sync(
+            check_update, blob, u, ctx, params, layout, got.parts.pop(u.position, None)
+        )
+        if isinstance(checked, str):
+            excluded[u.position] = checked
+        else:
+            arrays[u.position] = checked
+    model = await trio.to_thread.run_sync(aggregate_fn, arrays, excluded)
+    metrics.phase("aggregate", t0)
+    metrics.values.update(
+        mode="all",
+        bytes_received=got.received,
+        updates_verified=[
+            [u.author, u.update_hash.hex(), u.samples] for u in rd.updates if u.position in arrays
+        ],
+    )
+    return model
+
+
+class UpdateShards:
+    """A sharded round's updates as this node fetches them: each manifest, then the shard
+    pieces it needs (each fetched and checked once, whichever step asks first), counting
+    the bytes fetched per phase in ``received``. Deadlines are trio times; an update whose
+    manifest is late holds up no other update."""
+
+    def __init__(
+        self, exchange: Exchange, updates: Sequence[Update], ctx: Context, layout: Layout
+    ) -> None:
+        self.exchange = exchange
+        self.updates = updates
+        self.ctx = ctx
+        self.layout = layout
+        self.limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
+        self.manifests: dict[int, list[bytes] | str] = {}  # position -> hashes, or why not
+        self._fetching: dict[int, trio.Event] = {}
+        self.pieces: dict[tuple[int, int], dict[str, np.ndarray] | str] = {}
+        self.received: Counter[str] = Counter()  # phase -> bytes fetched from peers
+
+    async def manifest(self, u: Update, deadline: float) -> list[bytes] | str:
+        """The shard hashes ``u`` commits to, or why it does not count."""
+        pos = u.position
+        if pos in self._fetching:
+            await self._fetching[pos].wait()
+            return self.manifests[pos]
+        done = self._fetching[pos] = trio.Event()
+        try:
+            with trio.move_on_at(deadline):
+                blob, n = await fetch_blob(
+                    self.exchange, u.update_hash, u.author, deadline - trio.current_time(),
+                    self.limiter, MAX_MANIFEST,
+                )  # fmt: skip
+                self.received["manifests"] += n
+                self.manifests[pos] = check_manifest(blob, u, self.layout.count)
+        except (GflError, trio.TooSlowError) as exc:
+            self.manifests[pos] = f"unavailable: {exc}"
+        finally:
+            self.manifests.setdefault(pos, "unavailable: no manifest by the deadline")
+            done.set()
+        return self.manifests[pos]
+
+    async def fetch_manifests(self, deadline: float) -> None:
+        async with trio.open_nursery() as nursery:
+            for u in self.updates:
+                nursery.start_soon(self.manifest, u, deadline)
+
+    async def fetch_shard(
+        self, k: int, positions: Sequence[int], params: Mapping[str, np.ndarray],
+        deadline: float, phase: str,
+    ) -> None:  # fmt: skip
+        """Shard k of the updates at ``positions``, checked, until ``deadline``."""
+
+        async def one(u: Update) -> None:
+            hashes = await self.manifest(u, deadline)
+            if isinstance(hashes, str):
+                self.pieces[(u.position, k)] = hashes
+                return
+            try:
+                part, n = await fetch_blob(
+                    self.exchange, hashes[k], u.author, deadline - trio.current_time(),
+                    self.limiter,
+                )  # fmt: skip
+            except (GflError, trio.TooSlowError) as exc:
+                self.pieces[(u.position, k)] = f"shard {k} unavailable: {exc}"
+                return
+            self.received[phase] += n
+            self.pieces[(u.position, k)] = await trio.to_thread.run_sync(
+                check_part, part, k, hashes, u, self.ctx, self.layout, params
+            )
+
+        todo = [u for u in self.updates if u.position in positions]
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                for u in todo:
+                    if (u.position, k) not in self.pieces:
+                        nursery.start_soon(one, u)
+        for u in todo:
+            self.pieces.setdefault((u.position, k), f"shard {k} not received in time")

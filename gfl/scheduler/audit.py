@@ -2,11 +2,13 @@
 
 A bundle (``gfl job export``) is a folder: ``bundle.json`` (the job's chain coordinates and,
 round by round, the update set and the decision), ``spec.msgpack`` (the canonical spec
-bytes) and ``blobs/<sha256 hex>`` (M_0, every update the finalized rounds used, every
-finalized model). The verifier trusts none of it: it reads the job's events from a chain
-endpoint, checks them against the contract's running hash, and re-derives every round —
-the updates each finalized vote used, checked like a node checks them, aggregated with the
-job's strategy — comparing each model hash with the one the chain finalized.
+bytes) and ``blobs/<sha256 hex>`` (M_0, every update the finalized rounds used — for a
+sharded job its manifest and shard frames —, every finalized model). The verifier trusts
+none of it: it reads the job's events from a chain endpoint, checks them against the
+contract's running hash, and re-derives every round — the updates each finalized vote used,
+checked like a node checks them, aggregated with the job's strategy — comparing each model
+hash with the one the chain finalized. Sharded rounds are re-derived all-to-all from the
+shard frames: the arithmetic is per coordinate, so the model is the same bits.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gfl.content import content_hash
 from gfl.errors import GflError
 from gfl.fl.codec import decode_frame, encode_frame
 from gfl.fl.rounds import Decision, excluded_positions
+from gfl.fl.shards import MAX_MANIFEST, layout_of, manifest_hashes
 from gfl.fl.spec import JobSpec
 from gfl.scheduler import aggregation
 from gfl.scheduler.joblog import JobLog
@@ -118,15 +121,30 @@ def bundle_manifest(
     }
 
 
-def blobs_needed(joblog: JobLog) -> list[bytes]:
-    """Every blob a verifier needs: M_0, the updates finalized rounds used, finalized models."""
+class HeldBlobs(Protocol):
+    """The blobs a node holds (its `gfl.net.blobs.BlobStore`)."""
+
+    def size_of(self, h: bytes) -> int | None: ...
+
+    def get(self, h: bytes) -> bytes | None: ...
+
+
+def blobs_needed(joblog: JobLog, held: HeldBlobs | None = None) -> list[bytes]:
+    """Every blob a verifier needs: M_0, the updates finalized rounds used (with the node's
+    ``held`` blobs, a sharded update's shard frames too), finalized models. Blocking."""
     out = [joblog.model0_hash]
     for r in sorted(joblog.rounds):
         rd = joblog.rounds[r]
         if rd.decision is not Decision.FINALIZED or rd.final is None:
             continue
         excluded = set(excluded_positions(rd.final.mask, len(rd.updates)))
-        out += [u.update_hash for u in rd.updates if u.position not in excluded]
+        for u in rd.updates:
+            if u.position in excluded:
+                continue
+            out.append(u.update_hash)
+            size = held.size_of(u.update_hash) if held is not None else None
+            blob = held.get(u.update_hash) if held and size and size <= MAX_MANIFEST else None
+            out += (manifest_hashes(blob) or []) if blob is not None else []
         out.append(rd.final.model_hash)
     return list(dict.fromkeys(out))
 
@@ -182,6 +200,7 @@ def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
     manifest = read_manifest(folder)
     ctx_base = (int(manifest["chain_id"]), bytes.fromhex(str(manifest["registry"])[2:]))
     params: dict[str, np.ndarray] = decode_frame(frame)
+    layout = layout_of(params, spec.shards)
     state: dict[str, np.ndarray] = {}
     model_hash = joblog.model0_hash
     for r in sorted(joblog.rounds):
@@ -208,7 +227,14 @@ def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
             if blob is None:
                 rv.problem = f"the bundle lacks the update at position {u.position}"
                 return verdict
-            checked = aggregation.check_update(blob, u, ctx, params)
+            parts = None
+            if layout.count > 1:
+                hashes = manifest_hashes(blob) or []
+                parts = [p for p in (_blob(folder, h) for h in hashes) if p is not None]
+                if len(parts) != layout.count:
+                    rv.problem = f"the bundle lacks shards of the update at position {u.position}"
+                    return verdict
+            checked = aggregation.check_update(blob, u, ctx, params, layout, parts)
             if isinstance(checked, str):
                 rv.problem = f"the finalized vote used an invalid update ({u.position}): {checked}"
                 return verdict

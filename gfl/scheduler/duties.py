@@ -30,14 +30,17 @@ class Duties:
         self._me = me.lower()
         self._event = event
         self._last_settle = -1e18
-        self._evidence_done: set[int] = set()  # rounds whose evidence was handled
+        self._votes_seen: dict[int, int] = {}  # decided round -> its votes when last examined
+        self._reported: set[tuple[int, str]] = set()  # (round, member) whose evidence was sent
         self._ejected: set[str] = set()
 
     async def perform(self, st: JobState) -> None:
         await self._settle_if_due(st)
         for r, rd in sorted(st.log.rounds.items()):
-            if rd.decision is not None and r not in self._evidence_done:
-                self._evidence_done.add(r)
+            # votes still count after the decision, until the vote deadline: a late one may
+            # dissent (and change which member is designated)
+            if rd.decision is not None and self._votes_seen.get(r) != len(rd.votes):
+                self._votes_seen[r] = len(rd.votes)
                 await self._evidence(st, r)
         await self._eject_idle(st)
 
@@ -75,10 +78,16 @@ class Duties:
             return
         for pos in excluded_positions(final.mask, len(rd.updates)):
             author = rd.updates[pos].author
+            if (r, author) in self._reported:
+                continue
+            self._reported.add((r, author))
             self._event("withholder", round=r, member=author, position=pos)
             await self._try("eject withholder", self._ledger.eject_withholder, author, final)
         for _, v in sorted(rd.votes.items()):
             if v.mask == final.mask and v.model_hash != final.model_hash:
+                if (r, v.voter) in self._reported:
+                    continue
+                self._reported.add((r, v.voter))
                 theirs = Ballot(r, v.model_hash, v.mask)
                 self._event("dissenter_reported", round=r, member=v.voter)
                 await self._try(

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_HINTS = 4096  # blobs whose announcers we remember (oldest forgotten first)
+MAX_HEARD = 8192  # round messages kept per round (a round's shard statements: S x replicas)
+HEARD_AHEAD = 4  # messages are kept for the round last asked about and this many after it
 
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -82,6 +84,8 @@ class NetExchange:
         self._tag = job_id.hex()
         self._publish = publish
         self._nursery = nursery
+        self._heard: dict[int, list[dict[str, Any]]] = {}  # round -> messages
+        self._floor = 0  # the round last asked about: older messages are of no use
 
     async def publish(
         self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
@@ -120,3 +124,24 @@ class NetExchange:
         # a read plus a sha256 of a multi-MB file: not on the trio thread
         data: bytes | None = await trio.to_thread.run_sync(self._network.blobs.get, blob)
         return data
+
+    async def post(self, body: dict[str, Any]) -> None:
+        self.hear(body)  # gossip does not bring our own messages back
+        await self._publish(messages.round_topic(self._job_id), body)
+
+    def hear(self, body: dict[str, Any]) -> None:
+        """A round message from the job's topic (checked against its schema already); kept
+        only for rounds near the one the runner works on, and only so many per round, so
+        that no peer can fill this node's memory or crowd out the round at hand."""
+        r = body["round"]
+        if not self._floor <= r <= self._floor + HEARD_AHEAD:
+            return
+        kept = self._heard.setdefault(r, [])
+        if len(kept) < MAX_HEARD and body not in kept:  # a statement is stated again
+            kept.append(body)
+
+    def heard(self, kind: str, r: int) -> list[dict[str, Any]]:
+        if r > self._floor:
+            self._floor = r
+            self._heard = {n: v for n, v in self._heard.items() if n >= r}
+        return [m for m in self._heard.get(r, ()) if m["type"] == kind]

@@ -40,6 +40,7 @@ class RoundLog:
     number: int
     updates: list[Update] = field(default_factory=list)
     closed_at: int | None = None
+    seed: bytes = b""  # RoundClosed's seed: draws the shard aggregators
     votes: dict[str, Vote] = field(default_factory=dict)  # voter (lower case) -> vote
     decision: Decision | None = None
     final: Vote | None = None  # the finalized candidate, resolved from the decision's key
@@ -124,7 +125,8 @@ class JobLog:
                 Update(a["author"], bytes(a["updateHash"]), int(a["samples"]), int(a["position"]))
             )
         elif name == "RoundClosed":
-            self.round(int(a["round"])).closed_at = int(a["closedAt"])
+            rd = self.round(int(a["round"]))
+            rd.closed_at, rd.seed = int(a["closedAt"]), bytes(a["seed"])
         elif name == "Voted":
             rd = self.round(int(a["round"]))
             rd.votes[a["voter"].lower()] = Vote(a["voter"], bytes(a["modelHash"]), bytes(a["mask"]))

@@ -111,6 +111,9 @@ class ChainLedger:
         proof = merkle_proof(self._allow, self.address) if self._allow else []
         await self._call(self._chain.join_job, self._job_id, proof)
 
+    async def leave(self) -> None:
+        await self._call(self._chain.leave_job, self._job_id)
+
     async def commit(
         self, r: int, update_hash: bytes, samples: int, ballot: Ballot | None = None
     ) -> None:
@@ -168,3 +171,6 @@ class ChainLedger:
 
     def sign_update(self, r: int, update_hash: bytes) -> bytes:
         return self._chain.sign_update(self._job_id, r, update_hash)
+
+    def sign_shard(self, r: int, shard: int, reduced_hash: bytes, mask: bytes) -> bytes:
+        return self._chain.sign_shard(self._job_id, r, shard, reduced_hash, mask)

@@ -12,6 +12,11 @@ after checking its bytes against the hash committed on chain.
   signed statement for (chain, registry, job, round, hash) that the contract accepts
   as evidence of equivocation. The sender holds the blob and serves it over the
   blob protocol.
+- ``shard``: an aggregator's statement on a shard of a sharded round (docs/protocol.md,
+  section 8): ``job_id``, ``round``, ``shard``, ``hash`` (sha256 of the reduced shard's
+  frame, which the sender serves), ``size``, ``mask`` (the update positions it could not
+  use, as a vote's mask) and ``sig``, the aggregator's signature over all of these
+  (`gfl.chain.proofs.shard_statement`).
 """
 
 from __future__ import annotations
@@ -28,14 +33,18 @@ __all__ = [
     "blob_announcement",
     "check_job",
     "check_model",
+    "check_shard",
     "check_update",
     "job_announcement",
     "round_topic",
+    "shard_statement",
 ]
 
 VERSION = 2
 MAX_ROUND = 1_000_000
 SIGNATURE_BYTES = 65
+MAX_SHARD = 255
+MAX_MASK_BYTES = 128 * 1024  # a mask over a million updates
 
 
 def _b32(v: Any) -> bool:
@@ -83,6 +92,37 @@ def check_model(msg: dict[str, Any]) -> bool:
     )
 
 
+def check_shard(msg: dict[str, Any]) -> bool:
+    return (
+        _keys(msg, "job_id", "round", "shard", "hash", "size", "mask", "sig")
+        and _b32(msg["job_id"])
+        and _uint(msg["round"], MAX_ROUND)
+        and _uint(msg["shard"], MAX_SHARD)
+        and _b32(msg["hash"])
+        and _uint(msg["size"], MAX_BLOB_BYTES)
+        and isinstance(msg["mask"], bytes)
+        and len(msg["mask"]) <= MAX_MASK_BYTES
+        and isinstance(msg["sig"], bytes)
+        and len(msg["sig"]) == SIGNATURE_BYTES
+    )
+
+
+def shard_statement(
+    job_id: bytes, rnd: int, shard: int, h: bytes, size: int, mask: bytes, sig: bytes
+) -> dict[str, Any]:
+    return {
+        "v": VERSION,
+        "type": "shard",
+        "job_id": job_id,
+        "round": rnd,
+        "shard": shard,
+        "hash": h,
+        "size": size,
+        "mask": mask,
+        "sig": sig,
+    }
+
+
 def job_announcement(job_id: bytes, spec: bytes) -> dict[str, Any]:
     return {"v": VERSION, "type": "job", "job_id": job_id, "spec": spec}
 
@@ -107,3 +147,4 @@ def blob_announcement(
 register_schema("job", check_job)
 register_schema("update", check_update)
 register_schema("model", check_model)
+register_schema("shard", check_shard)

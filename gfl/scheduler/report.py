@@ -24,9 +24,12 @@ PHASES = (
     "t_model_commit_s",
     "t_eval_s",
 )
+#: Bytes a node fetched per phase of a sharded round (docs/protocol.md, section 8).
+SHARD_BYTES = ("bytes_manifests", "bytes_shards", "bytes_settled", "bytes_recomputed")
 COLUMNS = (
-    "round", "accuracy", "loss", "train_loss", "train_accuracy", "updates", "samples",
-    "bytes_sent_update", "bytes_received", *PHASES, "divergent", "model_hash",
+    "round", "accuracy", "loss", "epsilon", "train_loss", "train_accuracy", "updates", "samples",
+    "bytes_sent_update", "bytes_received", *PHASES, "mode", "role", "aggregated", "recomputed",
+    *SHARD_BYTES, "divergent", "model_hash",
 )  # fmt: skip
 
 
@@ -68,7 +71,8 @@ def render_report(detail: dict[str, Any], fmt: str) -> tuple[str, str]:
 
 
 def plot_report(detail: dict[str, Any], path: Path) -> Path:
-    """Accuracy and loss per round as a PNG; `ReportError` when no round was evaluated yet."""
+    """Accuracy and loss per round as a PNG (and the ε spent, for a job with ``[privacy]``);
+    `ReportError` when no round was evaluated yet."""
     rows = [r for r in report_rows(detail) if r["accuracy"] is not None]
     if not rows:
         raise ReportError(
@@ -79,14 +83,19 @@ def plot_report(detail: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    spent = [r for r in report_rows(detail) if r["epsilon"] is not None]
+    fig, axes = plt.subplots(1, 3 if spent else 2, figsize=(13 if spent else 9, 3.5))
     xs = [r["round"] for r in rows]
-    ax1.plot(xs, [100 * r["accuracy"] for r in rows], marker="o")
-    ax1.set_xlabel("round")
-    ax1.set_ylabel("test accuracy (%)")
-    ax2.plot(xs, [r["loss"] for r in rows], marker="o", color="tab:red")
-    ax2.set_xlabel("round")
-    ax2.set_ylabel("test loss")
+    axes[0].plot(xs, [100 * r["accuracy"] for r in rows], marker="o")
+    axes[0].set_xlabel("round")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].plot(xs, [r["loss"] for r in rows], marker="o", color="tab:red")
+    axes[1].set_xlabel("round")
+    axes[1].set_ylabel("test loss")
+    if spent:
+        axes[2].plot([r["round"] for r in spent], [r["epsilon"] for r in spent], marker="o")
+        axes[2].set_xlabel("round")
+        axes[2].set_ylabel("ε spent by this node")
     fig.suptitle(f"{detail.get('name')} ({str(detail.get('job_id'))[:10]}…)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

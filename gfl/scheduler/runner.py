@@ -21,10 +21,12 @@ pauses the job; it is asked again until it answers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -34,9 +36,10 @@ from gfl.content import MAX_BLOB_BYTES, content_hash
 from gfl.errors import GflError
 from gfl.fl.codec import ErrorFeedback, UpdateMeta, decode_frame, parse_compression
 from gfl.fl.rounds import Decision
+from gfl.fl.shards import Mode
 from gfl.fl.spec import JobSpec
 from gfl.scheduler import aggregation
-from gfl.scheduler.budget import PrivacyBudget
+from gfl.scheduler.budget import PrivacyBudget, may_leave
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.duties import Duties
 from gfl.scheduler.evaluation import Evaluator
@@ -52,6 +55,7 @@ from gfl.scheduler.ports import (
     LedgerUnavailable,
     NodeData,
 )
+from gfl.scheduler.sharding import ShardedRounds
 from gfl.scheduler.update import RoundMetrics, Update, make_update
 
 log = logging.getLogger(__name__)
@@ -134,6 +138,9 @@ class JobRunner:
         self._train_s = 0.0
         self._wake = trio.Event()
         self.evaluator = Evaluator(spec, device, record, self._event)
+        self.sharded = ShardedRounds(
+            spec=spec, me=self.me, exchange=exchange, ledger=ledger, nap=self._nap, poll_s=poll_s
+        )
         lossy = parse_compression(spec.compression).lossy
         self._feedback = ErrorFeedback() if lossy else None
         self._background: trio.Nursery
@@ -202,7 +209,7 @@ class JobRunner:
             return None
         if ended is not None:
             return await self._end(st, ended)
-        if self._spent and self._may_leave(st):
+        if self._spent and self.participate and self.ballot is None and may_leave(st.log, self.me):
             await self._leave()
             return None
         if self._should_train(st):
@@ -223,6 +230,13 @@ class JobRunner:
             self.round, self.params, self.state = 0, params, {}
             return
         self.round, self.params, self.state, self.model_hash = cp
+        prev, me = st.log.rounds.get(self.round - 1), self.me.lower()
+        if prev and prev.decision is None and prev.update_of(me) and me not in prev.votes:
+            # our ballot on round - 1 died with the process (its mask is on no disk):
+            # aggregate that round again, from its checkpoint, to cast it
+            with contextlib.suppress(OSError, GflError):  # damaged: we only miss that vote
+                back = await trio.to_thread.run_sync(self.checkpoints.load, self.round - 1)
+                self.round, (self.params, self.state, self.model_hash) = self.round - 1, back
         self._event("resumed", round=self.round)
         log.info("job %s: resuming at round %d from checkpoint", self.job_id[:10], self.round)
 
@@ -336,52 +350,39 @@ class JobRunner:
             await self._nap()  # an observer waits for the decision
             return
         metrics = RoundMetrics()
-        t0 = time.monotonic()
-        window = rd.closed_at + self.spec.availability_timeout - st.now
-        got = await aggregation.gather(self.exchange, rd.updates, self.me, window)
-        metrics.phase("fetch", t0)
         ctx = aggregation.Context(
             self.place.chain_id, self.place.registry, bytes.fromhex(self.job_id), r, self.model_hash
         )
         t0 = time.monotonic()
-        excluded = dict(got.missing)
-        arrays: dict[int, dict[str, np.ndarray]] = {}
-        for u in rd.updates:
-            blob = got.blobs.get(u.position)
-            if blob is None:
-                continue
-            checked = await trio.to_thread.run_sync(
-                aggregation.check_update, blob, u, ctx, self.params
+        if self.sharded.mode(self.params, rd) is Mode.SHARDED:
+            model = await self.sharded.aggregate(
+                st, rd, ctx, self.params, self.state, metrics.values, self._background
             )
-            if isinstance(checked, str):
-                excluded[u.position] = checked
-            else:
-                arrays[u.position] = checked
+            metrics.phase("aggregate", t0)
+        else:
+            model = await aggregation.all_to_all(
+                self.exchange,
+                rd,
+                ctx,
+                self.me,
+                self.params,
+                self.sharded.layout(self.params),
+                rd.closed_at + self.spec.availability_timeout - st.now,
+                lambda arrays, excluded: self._aggregate_fn(
+                    self.spec, self.params, self.state, rd.updates, arrays, excluded
+                ),
+                metrics,
+            )
+        excluded = model.excluded
         for pos, why in sorted(excluded.items()):
             log.info("job %s round %d: update %d excluded: %s", self.job_id[:10], r, pos, why)
-        model = await trio.to_thread.run_sync(
-            lambda: self._aggregate_fn(
-                self.spec, self.params, self.state, rd.updates, arrays, excluded
-            )
-        )
-        metrics.phase("aggregate", t0)
         new_hash = await self._set_model(r + 1, model.params, model.state)
         frame = await trio.to_thread.run_sync(self.checkpoints.frame, r + 1)
         await self.exchange.publish("model", r, frame)
         mine = rd.update_of(self.me)
         if mine is not None and mine.position not in excluded:
             self.ballot = Ballot(r, new_hash, model.mask)
-        metrics.values.update(
-            bytes_received=got.received,
-            model_hash=new_hash.hex(),
-            updates=model.used,
-            excluded=len(excluded),
-            updates_verified=[
-                [u.author, u.update_hash.hex(), u.samples]
-                for u in rd.updates
-                if u.position in arrays
-            ],
-        )
+        metrics.values.update(model_hash=new_hash.hex(), updates=model.used, excluded=len(excluded))
         self.record(r, metrics.values)
         self.evaluator.soon(self._background, r, model.params, self.data.test)
         self._event(
@@ -465,6 +466,8 @@ class JobRunner:
             metrics.values["epsilon"] = await trio.to_thread.run_sync(spend, r, update.privacy)
         t0 = time.monotonic()
         signature = self.ledger.sign_update(r, update.hash)
+        for part in update.parts:  # a sharded update: its shards served, its manifest announced
+            await self.exchange.hold(part)
         await self.exchange.publish("update", r, update.blob, update.samples, signature)
         ballot = self.ballot if self._can_ride(st) else None
         if not await self._commit(r, update, ballot):
@@ -488,7 +491,7 @@ class JobRunner:
         for vote in (ballot, None) if ballot is not None else (None,):
             try:
                 await self.patience.until_answered(
-                    lambda v=vote: self.ledger.commit(r, update.hash, update.samples, v)
+                    partial(self.ledger.commit, r, update.hash, update.samples, vote)
                 )
                 return True
             except LedgerRefused as exc:
@@ -529,14 +532,6 @@ class JobRunner:
             "job %s: privacy budget spent (ε %.3g of %g)", self.job_id[:10], spent, budget.budget
         )
 
-    def _may_leave(self, st: JobState) -> bool:
-        """We are still a member, and no round we contributed to needs our vote any more."""
-        if not self.participate or not st.log.is_member(self.me) or self.ballot is not None:
-            return False
-        last = st.log.last_update_round(self.me)
-        rd = st.log.rounds.get(last) if last is not None else None
-        return rd is None or rd.decision is not None or self.me.lower() in rd.votes
-
     async def _leave(self) -> None:
         """Leave the job (its rounds stop waiting for us); we keep following it."""
         try:
@@ -550,6 +545,7 @@ class JobRunner:
     # -- the end --------------------------------------------------------------------------------
 
     async def _end(self, st: JobState, ended: Ended) -> JobStatus:
+        self.sharded.close()
         status = _ENDED.get(ended, JobStatus.CANCELLED)
         last = self.round - 1
         self._event(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gfl.content import content_hash
+from gfl.content import MAX_BLOB_BYTES, content_hash
 from gfl.errors import GflError
 from gfl.fl.spec import JobSpec
 from gfl.scheduler import audit, history, messages
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 5.0  # a leave waits this long for the job's runner to stop
+EXPORT_FETCH_S = 60.0  # an export waits this long for the blobs this node lacks
 _CHAIN_STATUS = {2: JobStatus.FINISHED, 3: JobStatus.CANCELLED, 4: JobStatus.EXPIRED}
 
 ChainCall = Callable[..., Awaitable[Any]]
@@ -449,11 +450,33 @@ class JobService:
             joblog=state.log,
         )
         needed = await trio.to_thread.run_sync(audit.blobs_needed, state.log, self.network.blobs)
+        await self._fetch_missing(row.job_id, needed)
         return {
             "manifest": manifest,
             "spec": row.spec.hex(),
             "blobs": [{"hash": h.hex(), "held": self.network.blobs.has(h)} for h in needed],
         }
+
+    async def _fetch_missing(self, hx: str, hashes: list[bytes]) -> None:
+        """Blobs an export needs that this node never fetched (a sharded round's shard frames
+        go to their aggregators only): from the peers that hold them, a few at a time."""
+        missing = [h for h in hashes if not self.network.blobs.has(h)]
+        limiter = trio.CapacityLimiter(4)
+
+        async def one(h: bytes) -> None:
+            async with limiter:
+                try:
+                    providers = self.book.providers(h, None)
+                    await self.network.store_blob(
+                        h, providers, max_size=MAX_BLOB_BYTES, timeout=EXPORT_FETCH_S, tag=hx
+                    )
+                except GflError as exc:
+                    log.info("export of %s: blob %s: %s", hx[:10], h.hex()[:12], exc)
+
+        with trio.move_on_after(EXPORT_FETCH_S):
+            async with trio.open_nursery() as nursery:
+                for h in missing:
+                    nursery.start_soon(one, h)
 
     def blob(self, h: bytes) -> bytes | None:
         """A stored blob by hash (checked), for export."""

@@ -19,6 +19,7 @@ import trio
 
 from gfl.content import MAX_BLOB_BYTES
 from gfl.errors import GflError
+from gfl.fl.shards import MAX_MANIFEST, manifest_hashes
 from gfl.fl.spec import JobSpec
 from gfl.scheduler import failures, history, messages
 from gfl.scheduler.checkpoints import Checkpoints
@@ -209,20 +210,34 @@ class JobSlots:
                             exchange.hear(p)
                     running.poke()
                     if p["type"] == "update":
-                        nursery.start_soon(self._prefetch_one, job_id, p["hash"], p["size"])
+                        # a job aggregated all-to-all in every round fetches shards too
+                        whole = running.spec.aggregation == "all"
+                        author = msg.sender_address if whole else None
+                        nursery.start_soon(self._prefetch_one, job_id, p["hash"], p["size"], author)
 
-    async def _prefetch_one(self, job_id: bytes, h: bytes, size: int) -> None:
-        if self.network.blobs.has(h) or size > MAX_BLOB_BYTES:
+    async def _prefetch_one(
+        self, job_id: bytes, h: bytes, size: int, author: str | None = None
+    ) -> None:
+        """An announced update into the store; with ``author``, when it is a sharded update's
+        manifest, its shard frames too (a sharded round fetches them by need instead)."""
+        if size > MAX_BLOB_BYTES:
             return
         async with self._prefetch:
             try:
-                await self.network.store_blob(
-                    h,
-                    self.book.providers(h, None),
-                    max_size=size,
-                    timeout=PREFETCH_TIMEOUT_S,
-                    tag=job_id.hex(),
-                )
+                wanted = [h]
+                while wanted:
+                    blob = wanted.pop(0)
+                    if not self.network.blobs.has(blob):
+                        await self.network.store_blob(
+                            blob,
+                            self.book.providers(blob, author),
+                            max_size=size if blob == h else MAX_BLOB_BYTES,
+                            timeout=PREFETCH_TIMEOUT_S,
+                            tag=job_id.hex(),
+                        )
+                    if blob == h and author is not None and size <= MAX_MANIFEST:
+                        manifest = await trio.to_thread.run_sync(self.network.blobs.get, h)
+                        wanted += manifest_hashes(manifest) or [] if manifest else []
             except GflError as exc:
                 log.debug("prefetch of %s failed: %s", h.hex()[:12], exc)
 

@@ -1,5 +1,7 @@
 """One member's update for one round: train on M_r, encode the delta in a frame that names
-its author, job, round and base model (docs/protocol.md, 4.2), and the samples it claims."""
+its author, job, round and base model (docs/protocol.md, 4.2), and the samples it claims.
+A job whose layout has several shards gets one frame per shard and a manifest over them
+(section 8): the manifest is what is committed and announced, the shards are served."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from gfl.content import content_hash
 from gfl.fl.codec import ErrorFeedback, UpdateMeta, encode_params
 from gfl.fl.data import ArrayDataset
 from gfl.fl.privacy import StepPlan
+from gfl.fl.shards import encode_update, layout_of
 from gfl.fl.spec import JobSpec
 
 
@@ -31,11 +34,12 @@ class RoundMetrics:
 class Update:
     """An encoded update, ready to publish and commit."""
 
-    blob: bytes
+    blob: bytes  # the update frame, or a sharded update's manifest
     hash: bytes
     samples: int  # what the member claims on chain: its examples, capped by the job
     train_s: float
     privacy: StepPlan | None = None  # what its DP-SGD cost, for a job with [privacy]
+    parts: tuple[bytes, ...] = ()  # a sharded update's shard frames
 
 
 def make_update(
@@ -56,12 +60,20 @@ def make_update(
     train_s = time.monotonic() - t0
     metrics.phase("train", t0)
     t0 = time.monotonic()
-    blob = encode_params(result.update, spec.compression, feedback=feedback, meta=meta)
+    layout = layout_of(params, spec.shards)
+    parts: tuple[bytes, ...] = ()
+    if layout.count > 1:
+        sharded = encode_update(
+            result.update, layout, spec.compression, meta=meta, feedback=feedback
+        )
+        blob, parts = sharded.manifest, sharded.parts
+    else:
+        blob = encode_params(result.update, spec.compression, feedback=feedback, meta=meta)
     metrics.phase("encode", t0)
     samples = min(result.num_samples, spec.sample_cap) if spec.sample_cap else 1
     metrics.values.update(
         {f"train_{k}": v for k, v in result.metrics.items()},
         samples=samples,
-        bytes_sent_update=len(blob),
+        bytes_sent_update=len(blob) + sum(map(len, parts)),
     )
-    return Update(blob, content_hash(blob), samples, train_s, result.privacy)
+    return Update(blob, content_hash(blob), samples, train_s, result.privacy, parts)

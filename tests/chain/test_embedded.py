@@ -11,42 +11,53 @@ from gfl.chain.embedded import JOURNAL_FILE, EmbeddedChain
 from gfl.chain.journal import encode_record, read_records
 from gfl.identity import NodeIdentity
 
+from .conftest import h, new_job
+
+
+def _two_members(tmp_path, ids: list[NodeIdentity], **overrides: object):
+    """An embedded chain journaled in tmp_path, two accounts (``ids``) on it and a job of
+    the first, both joined."""
+    owner = open_chain("embedded", ids[0], state_dir=tmp_path)
+    other = owner.for_identity(ids[1])
+    job_id = new_job(owner, **overrides)
+    owner.join_job(job_id)
+    other.join_job(job_id)
+    return owner, other, job_id
+
+
+def _snapshot(chain, job_id: bytes) -> tuple:
+    """Everything the chain says about the job, and its height."""
+    members, _ = chain.members(job_id)
+    return chain.get_job(job_id), members, chain.log_head(job_id), chain.block_number()
+
 
 def test_restart_replays_the_journal(tmp_path):
-    owner, member = NodeIdentity.generate(), NodeIdentity.generate()
-    a = open_chain("embedded", owner, state_dir=tmp_path)
-    b = a.for_identity(member)
-    job_id = os.urandom(32)
-    a.register_job(job_id, b"\x01" * 32, 2, 2, 100)
-    a.join_job(job_id)
-    b.join_job(job_id)
-    a.commit_update(job_id, 0, b"\xaa" * 32, 3)
-    b.commit_update(job_id, 0, b"\xbb" * 32, 4)
-    a.commit_update(job_id, 1, b"\xaa" * 32, 5)
-    b.commit_update(job_id, 1, b"\xbb" * 32, 6)
+    ids = [NodeIdentity.generate(), NodeIdentity.generate()]
+    a, b, job_id = _two_members(tmp_path, ids, rounds=2, min_updates=2)
+    a.commit_update(job_id, 0, h(0xA0), 3)
+    b.commit_update(job_id, 0, h(0xB0), 4)  # round 0 closes: every member committed
+    a.commit_and_vote(job_id, 1, h(0xA1), 5, h(0xC0))
+    b.commit_and_vote(job_id, 1, h(0xB1), 6, h(0xC0))  # round 0 finalized, round 1 closes
     a.advance_time(50)
     before_events, cursor = a.poll_events(0)
-    before = (a.get_job(job_id), a.get_round(job_id, 0), a.get_round(job_id, 1), a.block_number())
+    before = _snapshot(a, job_id)
+    assert before[0].round == 2 and before[0].voting and before[0].status is JobStatus.ACTIVE
     a.close()
 
-    a2 = open_chain("embedded", owner, state_dir=tmp_path)
-    after = (
-        a2.get_job(job_id),
-        a2.get_round(job_id, 0),
-        a2.get_round(job_id, 1),
-        a2.block_number(),
-    )
-    assert after == before
-    assert after[0].status is JobStatus.FINISHED
-    events, _ = a2.poll_events(0)
-    assert [(e.name, e.block_number, e.tx_hash) for e in events] == [
+    a2 = open_chain("embedded", ids[0], state_dir=tmp_path)
+    assert _snapshot(a2, job_id) == before
+    events = a2.verify_log(job_id)  # the replayed events still add up to the contract's hash
+    assert [(e.name, e.block_number, e.tx_hash) for e in a2.poll_events(0)[0]] == [
         (e.name, e.block_number, e.tx_hash) for e in before_events
     ]
+    assert [e.name for e in events].count("RoundFinalized") == 1
     # the chain goes on from where it stopped: nonces and clock included
-    a2.commit_model(job_id, 1, b"\xcc" * 32)
-    assert a2.get_round(job_id, 1).models[0].participant == owner.eth_address
+    b2 = a2.for_identity(ids[1])
+    a2.vote(job_id, 1, h(0xC1))
+    b2.vote(job_id, 1, h(0xC1))
+    assert a2.get_job(job_id).status is JobStatus.FINISHED
     new, _ = a2.poll_events(cursor)
-    assert [e.name for e in new] == ["ModelCommitted"]
+    assert [e.name for e in new] == ["Voted", "Voted", "RoundFinalized", "JobFinished"]
     a2.close()
 
 
@@ -54,15 +65,10 @@ def test_replay_stamps_each_block_with_its_recorded_time(tmp_path):
     """A restart long after the transactions ran reaches the same state: the blocks get
     the times the journal recorded, not the time of the replay (the contract's round
     windows depend on them)."""
-    owner, member = NodeIdentity.generate(), NodeIdentity.generate()
-    a = open_chain("embedded", owner, state_dir=tmp_path)
-    b = a.for_identity(member)
-    job_id = os.urandom(32)
-    a.register_job(job_id, b"\x01" * 32, 2, 2, 100)
-    a.join_job(job_id)
-    b.join_job(job_id)
-    a.commit_update(job_id, 0, b"\xaa" * 32, 3)
-    before = a.get_round(job_id, 0)
+    ids = [NodeIdentity.generate(), NodeIdentity.generate()]
+    a, _, job_id = _two_members(tmp_path, ids, min_updates=1, round_timeout=60)
+    a.commit_update(job_id, 0, h(0xA0), 3)  # round 0 waits for the other member
+    before = a.get_job(job_id)
     a.close()
     # the same journal as if it had been written a day earlier
     path, day = tmp_path / JOURNAL_FILE, 86_400
@@ -73,15 +79,18 @@ def test_replay_stamps_each_block_with_its_recorded_time(tmp_path):
                 record[key] -= day
         shifted.append(encode_record(record))
     path.write_bytes(b"".join(shifted))
-    a = open_chain("embedded", owner, state_dir=tmp_path)
-    after = a.get_round(job_id, 0)
+    a = open_chain("embedded", ids[0], state_dir=tmp_path)
+    after = a.get_job(job_id)
     assert (after.opens_at, after.updates) == (before.opens_at - day, before.updates)
+    # the round's clock runs from the recorded time: a day later it closed by its timeout
+    a.settle(job_id)
+    closed = a.get_job(job_id)
+    assert (closed.round, closed.closed_at) == (1, before.opens_at - day + 60)
     a.close()
 
 
 def _register(chain, jobs: list[bytes]) -> bytes:
-    job_id = os.urandom(32)
-    chain.register_job(job_id, b"\x01" * 32, 1, 1, 10)
+    job_id = new_job(chain, rounds=1, min_updates=1)
     jobs.append(job_id)
     return job_id
 
@@ -114,7 +123,7 @@ def test_a_crash_mid_record_loses_only_that_record_through_several_restarts(tmp_
     chain = open_chain("embedded", identity, state_dir=tmp_path)
     _register(chain, jobs)
     size = path.stat().st_size
-    chain.register_job(os.urandom(32), b"\x01" * 32, 1, 1, 10)
+    new_job(chain, rounds=1, min_updates=1)
     chain.close()
     # a crash half-way through writing the second job's record: it was never acknowledged
     with open(path, "r+b") as f:
@@ -142,7 +151,7 @@ def test_a_corrupt_record_is_reported_and_not_replayed(tmp_path):
     identity = NodeIdentity.generate()
     chain = open_chain("embedded", identity, state_dir=tmp_path)
     for _ in range(3):
-        chain.register_job(os.urandom(32), b"\x01" * 32, 1, 1, 10)
+        new_job(chain, rounds=1, min_updates=1)
     chain.close()
     path = tmp_path / JOURNAL_FILE
     lines = _journal_lines(tmp_path)

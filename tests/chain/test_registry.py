@@ -237,6 +237,35 @@ def test_a_round_closes_by_timeout_with_enough_updates(chain):
     assert [(e.name, e.args["closedAt"]) for e in events] == [("RoundClosed", opens_at + 100)]
 
 
+def test_round_closed_carries_a_seed_from_the_closing_block_and_the_rounds_updates(chain):
+    """seed = keccak256(abi.encode(block.prevrandao, running hash before RoundClosed)): the
+    draw of a sharded round's aggregators (docs/protocol.md, section 8)."""
+    from eth_abi.abi import encode as abi_encode
+    from eth_utils.crypto import keccak
+
+    from gfl.chain.logchain import GENESIS, event_hash_step
+
+    seeds = []
+    for salt in (1, 2):
+        job_id = new_job(chain.first, min_updates=2)
+        a, b = joined(chain, job_id, 2)
+        a.commit_update(job_id, 0, h(salt), 1)
+        tx = b.commit_update(job_id, 0, h(salt + 10), 1)
+        events = a.verify_log(job_id)
+        closed = next(e for e in events if e.name == "RoundClosed")
+        head = GENESIS
+        for e in events[: closed.seq - 1]:
+            head = event_hash_step(head, e)
+        # py-evm (the embedded chain, served or not) executes with prevrandao 0; a real
+        # chain's block says its value (mixHash since the merge)
+        block = a._w3.eth.get_block(tx.block_number)
+        randao = bytes(32) if chain.backend != "anvil" else bytes(block["mixHash"])
+        expected = keccak(abi_encode(["bytes32", "uint256"], [randao, int.from_bytes(head)]))
+        assert closed.args["seed"] == expected
+        seeds.append(closed.args["seed"])
+    assert seeds[0] != seeds[1], "other updates, another seed"
+
+
 def test_votes_finalize_with_a_majority_and_open_the_next_round(chain):
     job_id = new_job(chain.first, min_updates=3, rounds=2)
     a, b, c = joined(chain, job_id, 3)

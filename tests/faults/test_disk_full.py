@@ -104,6 +104,26 @@ def test_disk_full_gives_clear_errors_and_leaves_nothing_corrupt(small_fs):
     store.close()
 
 
+SPEC_HASH = b"\x01" * 32
+
+
+def _register(chain, salt: bytes | None = None) -> bytes:
+    """Register a one-round job of the chain's account (with ``salt``); returns its id."""
+    from gfl.chain import JobParams
+
+    params = JobParams(
+        rounds=1,
+        min_updates=1,
+        max_participants=1,
+        round_timeout=10,
+        vote_timeout=10,
+        deadline=chain.chain_time() + 3600,
+        bond=1,
+    )
+    salt = os.urandom(32) if salt is None else salt
+    return chain.register_job(salt, SPEC_HASH, b"\x02" * 32, params)[0]
+
+
 def test_a_full_disk_stops_the_embedded_chain_and_it_loses_nothing_acknowledged(small_fs):
     """A transaction whose journal record cannot be written is refused, and so is every
     request after it (the chain's memory holds a transaction a restart would not have);
@@ -113,14 +133,13 @@ def test_a_full_disk_stops_the_embedded_chain_and_it_loses_nothing_acknowledged(
 
     identity, state = NodeIdentity.generate(), small_fs / "chain"
     chain = open_chain("embedded", identity, state_dir=state)
-    kept = [os.urandom(32) for _ in range(2)]
-    for job_id in kept:
-        chain.register_job(job_id, b"\x01" * 32, 1, 1, 10)
+    kept = [_register(chain), _register(chain)]
     filler = _fill(small_fs)
     with pytest.raises(GflError, match=r"(?i)no space"):  # once the journal's page is full
         for _ in range(50):
-            refused = os.urandom(32)
-            chain.register_job(refused, b"\x01" * 32, 1, 1, 10)
+            salt = os.urandom(32)
+            refused = chain.job_id_for(chain.account, salt, SPEC_HASH)
+            _register(chain, salt)
             kept.append(refused)
     with pytest.raises(GflError, match="the embedded chain stopped"):
         chain.get_job(kept[0])
@@ -130,8 +149,7 @@ def test_a_full_disk_stops_the_embedded_chain_and_it_loses_nothing_acknowledged(
     chain = open_chain("embedded", identity, state_dir=state)
     assert all(chain.get_job(j) is not None for j in kept)
     assert chain.get_job(refused) is None
-    after = os.urandom(32)
-    chain.register_job(after, b"\x01" * 32, 1, 1, 10)
+    after = _register(chain)
     chain.close()
     chain = open_chain("embedded", identity, state_dir=state)
     assert all(chain.get_job(j) is not None for j in [*kept, after])

@@ -16,16 +16,19 @@ import io
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from gfl_console.errors import NodeClientError
-from support import act_on_event, finished_alike, job_round, on_event, wait_job_round
+from phases import phase, training_after_full_round
+from support import act_on_event, finished_alike, job_round, wait_job_round
 
 from gfl.errors import GflError
+from gfl.fl.rounds import excluded_positions
 from gfl.node.devnet import Devnet, _spawn, demo_spec, running_devnet, watch_job
+from gfl.scheduler.joblog import JobLog
 
 pytestmark = pytest.mark.slow
 
@@ -194,41 +197,39 @@ def _tail(net: Devnet, i: int) -> str:
 
 
 def _job(net: Devnet, rounds: int, timeout: int = 6) -> str:
+    """The demo job: two updates a round, no member ejected for the rounds it missed."""
     spec = demo_spec(NODES, data="digits", rounds=rounds).replace(
-        min_updates=2, round_timeout=timeout
+        min_updates=2, round_timeout=timeout, max_missed=rounds
     )
     return net.client(0).request("POST", "/jobs", json={"spec": spec.to_dict()})["job_id"]
 
 
-def _job_event(jid: str, kind: str, min_round: int) -> Callable[[dict[str, Any]], bool]:
-    """Matches a node's ``job.<kind>`` event for round >= min_round of job `jid`."""
+def _chain_log(net: Devnet, jid: str) -> JobLog:
+    """The job's history as the devnet's chain recorded it (checked against its log head)."""
+    from gfl.chain import open_chain
+    from gfl.identity import NodeIdentity
 
-    def matches(ev: dict[str, Any]) -> bool:
-        d = ev.get("data") or {}
-        return (
-            ev.get("type") == f"job.{kind}"
-            and d.get("job_id") == jid
-            and d.get("round", -1) >= min_round
-        )
-
-    return matches
-
-
-def _training(jid: str, min_round: int) -> Callable[[dict[str, Any]], bool]:
-    """Matches the event of a node starting to train round >= min_round of job `jid`."""
-    return _job_event(jid, "training", min_round)
+    chain = open_chain(net.chain_url, NodeIdentity.generate(), registry_address=net.registry)
+    try:
+        log = JobLog(bytes.fromhex(jid))
+        log.apply(chain.verify_log(bytes.fromhex(jid)))
+    finally:
+        chain.close()
+    return log
 
 
 def test_partitioned_node_rejoins_and_catches_up(devnet: Devnet, namespace: Namespace):
-    """Node 2 loses both links, its peers and its chain endpoint, while it trains round 1,
-    for over half a minute; the others go on without it. It keeps running (its dials and
-    chain calls fail meanwhile, it waits for the chain), and once the links return it
-    reconnects by itself, adopts the rounds it missed and ends with the same model."""
+    """Node 2 loses both links, its peers and its chain endpoint, while it trains a round
+    (after one that used all three updates), for over half a minute; the others go on
+    without it. It keeps running (its dials and chain calls fail meanwhile, it waits for
+    the chain), and once the links return it reconnects by itself, adopts the rounds it
+    missed and ends with the same model."""
     net, rounds, both = devnet, 5, (namespace.p2p, namespace.mgmt)
     jid = _job(net, rounds)
     # cut while it trains round r: it cannot commit that update; the others close r and
     # r + 1 without it, so that it is behind when it comes back
-    ev = act_on_event(net, VICTIM, _training(jid, 1), lambda: namespace.cut(*both))
+    cut_now = training_after_full_round(1, NODES, jid)
+    ev = act_on_event(net, VICTIM, cut_now, lambda: namespace.cut(*both))
     cut_at = time.monotonic()
     try:
         wait_job_round(net, 0, jid, ev["data"]["round"] + 2)
@@ -243,17 +244,17 @@ def test_partitioned_node_rejoins_and_catches_up(devnet: Devnet, namespace: Name
     assert any(r["metrics"].get("adopted") for r in detail), "the cut-off node did not adopt"
 
 
-def test_node_cut_off_from_its_peers_only_holds_the_round_until_the_link_returns(
+def test_node_cut_off_from_its_peers_only_is_excluded_and_the_job_goes_on(
     devnet: Devnet, namespace: Namespace
 ):
     """Node 2 loses its peers but not the chain while it trains round 1 or later, in step
     with the others. It still commits its update, which nobody can fetch, and it cannot
-    fetch theirs: the round it is part of cannot be aggregated by anyone until the link
-    returns (the chain counts every committed update). Once it does, the connections
-    recover and the job ends alike everywhere."""
+    fetch theirs: once the availability timeout passes the others exclude its update, their
+    votes finalize the round without it (the job does not wait for the link), and it is
+    ejected as a withholder. Once the link returns it follows the job to the same end."""
     net, rounds = devnet, 4
     jid = _job(net, rounds)
-    training = _training(jid, 1)
+    training = phase("training", 1, jid)
 
     def in_step(ev: dict[str, Any]) -> bool:
         # a node that lags already holds the others' updates and never needs the link
@@ -262,8 +263,7 @@ def test_node_cut_off_from_its_peers_only_holds_the_round_until_the_link_returns
     ev = act_on_event(net, VICTIM, in_step, lambda: namespace.cut(namespace.p2p))
     r = ev["data"]["round"]
     try:
-        # held until its fetches for that round fail (its chain link is up: it commits)
-        on_event(net.client(VICTIM), _job_event(jid, "fetch_failed", r), lambda: None, 120)
+        wait_job_round(net, 0, jid, r + 1)  # node 0 recorded round r decided: no waiting
         assert net.nodes[VICTIM].process.poll() is None, "the cut-off node died"
     finally:
         namespace.heal(namespace.p2p)
@@ -271,3 +271,10 @@ def test_node_cut_off_from_its_peers_only_holds_the_round_until_the_link_returns
     watch_job(net, jid, timeout=300, out=io.StringIO())
     finished_alike(net, jid, rounds)
     print(f"the job finished {time.monotonic() - t0:.1f}s after the link returned")
+    log = _chain_log(net, jid)
+    victim = net.nodes[VICTIM].address
+    withheld = log.rounds[r].update_of(victim)
+    final = log.rounds[r].final
+    assert withheld is not None and final is not None, "its update never reached the chain"
+    assert withheld.position in excluded_positions(final.mask, len(log.rounds[r].updates))
+    assert not log.is_member(victim), "the withholder was not ejected"

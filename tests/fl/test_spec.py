@@ -67,12 +67,26 @@ def test_every_field_change_changes_the_hash():
         compression="fp16",
         seed=5,
         trainer="custom",
+        weighting="equal",
+        max_samples=1000,
+        vote_timeout=61,
+        availability_timeout=19,
+        max_participants=99,
+        join_until=3,
+        max_missed=4,
+        lifetime=7200,
+        admission={"bond": "1 gwei"},
+        aggregation="sharded",
+        replicas=5,
+        shards=4,
     )
     fields = {f.name for f in dataclasses.fields(JobSpec)} - {"version"}
     assert set(changes) == fields, "every field must be covered"
     hashes = {spec.spec_hash}
     for k, v in changes.items():
         extra = {"trainer": "custom"} if k == "task" else {}
+        if k == "weighting":
+            extra["max_samples"] = 0  # equal weighting claims no sample counts
         hashes.add(spec.replace(**{k: v}, **extra).spec_hash)
     assert len(hashes) == len(changes) + 1
 

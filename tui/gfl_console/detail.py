@@ -24,11 +24,41 @@ from gfl_console.confirm import ConfirmScreen
 from gfl_console.errors import NodeClientError
 from gfl_console.format import DASH, human_bytes, number, percent, round_label, short
 from gfl_console.jobs import status_word
-from gfl_console.types import Commitment, JobDetail, JobSummary, RoundCheck, RoundRecord
+from gfl_console.types import (
+    Commitment,
+    JobDetail,
+    JobSummary,
+    RoundCheck,
+    RoundMetrics,
+    RoundRecord,
+)
 
 POLL_S = 5.0
-ROUND_COLUMNS = ("Round", "Phase", "Acc", "Loss", "Upd", "Train s", "Model", "Chain")
-PRIVATE_ROUND_COLUMNS = ("Round", "Phase", "Acc", "Loss", "ε", "Upd", "Train s", "Model", "Chain")
+ROUND_COLUMNS = (
+    "Round",
+    "Phase",
+    "Acc",
+    "Loss",
+    "Upd",
+    "Train s",
+    "Model",
+    "Chain",
+    "Role",
+    "Fetched",
+)
+PRIVATE_ROUND_COLUMNS = (*ROUND_COLUMNS[:4], "ε", *ROUND_COLUMNS[4:])
+
+
+def role_cell(m: RoundMetrics) -> str:
+    """This node's part in a round: all-to-all, or (sharded) the shards it aggregated and
+    recomputed (shards counted from 0, as on the wire)."""
+    if m.get("mode") != "sharded":
+        return "all-to-all" if m.get("mode") else DASH
+    parts = [str(m.get("role") or "member")]
+    for shards, label in ((m.get("aggregated"), "agg"), (m.get("recomputed"), "re")):
+        if shards:
+            parts.append(f"{label} {','.join(map(str, shards))}")
+    return " · ".join(parts)
 
 
 def verify_cell(check: RoundCheck | None) -> Text:
@@ -209,6 +239,8 @@ class JobDetailScreen(Screen[None]):
                 verify_cell(self.checks.get(n))
                 if not r.get("divergent")
                 else Text("✗ divergent", style="bold red"),
+                role_cell(m),
+                human_bytes(m.get("bytes_received")),
                 key=str(n),
             )
 

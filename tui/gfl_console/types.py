@@ -130,6 +130,15 @@ class RoundMetrics(TypedDict, total=False):
     t_aggregate_s: float
     t_model_commit_s: float
     t_eval_s: float
+    mode: str  # "all" (every update fetched whole) or "sharded"
+    role: str  # sharded: "author" (its update is in the round) or "member"
+    shards: int
+    aggregated: list[int]  # sharded: the shards this node reduced as aggregator
+    recomputed: list[int]  # sharded: the shards it recomputed itself
+    bytes_manifests: int
+    bytes_shards: int
+    bytes_settled: int
+    bytes_recomputed: int
 
 
 class RoundRecord(TypedDict):

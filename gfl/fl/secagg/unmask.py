@@ -96,7 +96,8 @@ class Recovery:
         v = np.asarray(masked_sum)
         if v.dtype != np.uint32 or v.ndim != 1:
             raise SecAggError("unmasking: the masked sum must be a 1-D uint32 vector")
-        return v - self.correction(start, v.size)
+        out: np.ndarray = v - self.correction(start, v.size)
+        return out
 
 
 def recover(

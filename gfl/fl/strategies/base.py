@@ -148,12 +148,17 @@ COMMON_SETTINGS = frozenset({"mu"})
 class Strategy(ABC):
     """Turns the round's global model and its committed updates into the next global model.
 
-    Deterministic given the same inputs and state; any server state (momentum, moments) is
-    explicit: `state_dict()` returns numpy arrays and `load_state_dict` restores them exactly.
+    Two steps: `reduce` (pure, per coordinate: a shard of the model reduces alone, which is
+    what sharded rounds rely on) and `server_step` (the server optimizer, with its state);
+    ``aggregate_delta = server_step ∘ reduce``. Deterministic given the same inputs and
+    state; any server state (momentum, moments) is explicit: `state_dict()` returns numpy
+    arrays and `load_state_dict` restores them exactly.
     """
 
     name: ClassVar[str] = ""
     allowed: ClassVar[frozenset[str]] = frozenset()
+    #: whether `reduce` works coordinate by coordinate (False: Krum's whole-vector distances)
+    coordinatewise: ClassVar[bool] = True
 
     def __init__(self, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - self.allowed - COMMON_SETTINGS)
@@ -169,11 +174,22 @@ class Strategy(ABC):
         ups = canonical(global_params, updates)
         return apply_delta(global_params, self.aggregate_delta(global_params, ups))
 
-    @abstractmethod
     def aggregate_delta(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> dict[str, np.ndarray]:
         """The float64 step to add to the global model (updates are canonical and valid)."""
+        return self.server_step(self.reduce(global_params, updates))
+
+    @abstractmethod
+    def reduce(
+        self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
+    ) -> dict[str, np.ndarray]:
+        """The updates reduced to one float64 delta, per coordinate and without state: only
+        the names of ``global_params`` count (any subset of the model, e.g. one shard)."""
+
+    def server_step(self, delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The server optimizer's step from the reduced delta (the identity here)."""
+        return dict(delta)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {}

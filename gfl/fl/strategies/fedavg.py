@@ -14,7 +14,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def aggregate_delta(
+    def reduce(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> dict[str, np.ndarray]:
         return sample_weighted_delta(global_params, updates)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from gfl.fl.strategies.base import ClientUpdate, Strategy, num, sample_weighted_delta
+from gfl.fl.strategies.base import num
+from gfl.fl.strategies.fedavg import FedAvg
 
 
-class FedAvgM(Strategy):
+class FedAvgM(FedAvg):
     """v <- momentum*v + avg_delta; w <- w + server_lr*v. State: v per parameter."""
 
     name = "fedavgm"
@@ -22,12 +23,9 @@ class FedAvgM(Strategy):
         self.momentum = num(kwargs, "momentum", 0.9, 0.0, 1.0)
         self.velocity: dict[str, np.ndarray] = {}
 
-    def aggregate_delta(
-        self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
-    ) -> dict[str, np.ndarray]:
-        avg = sample_weighted_delta(global_params, updates)
+    def server_step(self, delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
-        for n, d in avg.items():
+        for n, d in delta.items():
             v = self.velocity.get(n)
             v = d if v is None else v * self.momentum + d
             self.velocity[n] = v

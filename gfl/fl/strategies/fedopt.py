@@ -8,15 +8,16 @@ No bias correction (as in the paper); v starts at tau^2.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from gfl.fl.strategies.base import ClientUpdate, Strategy, num, sample_weighted_delta
+from gfl.fl.strategies.base import num
+from gfl.fl.strategies.fedavg import FedAvg
 
 
-class FedOpt(Strategy):
+class FedOpt(FedAvg):
     """Shared math for FedAdam / FedYogi / FedAdagrad; subclasses define `second_moment`."""
 
     allowed = frozenset({"eta", "beta1", "beta2", "tau"})
@@ -34,12 +35,9 @@ class FedOpt(Strategy):
     def second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def aggregate_delta(
-        self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
-    ) -> dict[str, np.ndarray]:
-        avg = sample_weighted_delta(global_params, updates)
+    def server_step(self, delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
-        for n, d in avg.items():
+        for n, d in delta.items():
             m = self.m.get(n, np.zeros_like(d))
             v = self.v.get(n, np.full_like(d, self.tau * self.tau))
             m = m * self.beta1 + d * (1.0 - self.beta1)

@@ -36,6 +36,7 @@ class Krum(Strategy):
     name = "krum"
     allowed = frozenset({"f", "m"})
     default_m = 1
+    coordinatewise = False  # scores need whole-vector distances: never sharded
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -56,3 +57,8 @@ class Krum(Strategy):
             order = sorted(range(len(updates)), key=lambda i: (scores[i], i))
             chosen = [updates[i] for i in order[: min(self.m, len(updates))]]
         return sample_weighted_delta(global_params, chosen)
+
+    def reduce(
+        self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
+    ) -> dict[str, np.ndarray]:
+        raise StrategyError(f"{self.name} compares whole updates: it cannot reduce a shard")

@@ -1,0 +1,452 @@
+"""A sharded round on one node (docs/protocol.md, section 8): traffic per node O(model).
+
+Once round r closes, the chain's seed draws ``replicas`` aggregators per shard among the
+round's authors (`gfl.fl.shards.aggregators`). This node then:
+
+1. fetches the manifest of every update of S_r (32 bytes per shard);
+2. as aggregator of shard k: fetches shard k of every update until the availability
+   deadline, checks it (manifest, frame meta, shapes, finite values), reduces the usable
+   ones (`Strategy.reduce`) and publishes the reduced shard (a lossless frame of float64
+   pieces) with a signed statement (hash, mask of the positions it could not use);
+3. collects the statements: shard k is **settled** when a majority of its aggregators agree
+   on (hash, mask); a shard this node aggregated itself is settled as it computed it. The
+   round's mask is the union of the settled masks; a shard that is not settled by the shard
+   deadline (silent or disagreeing aggregators) or whose mask is not the union is
+   **recomputed** here from the updates' shards (the arithmetic is deterministic: every
+   honest recomputation gives the same bytes);
+4. assembles the float64 delta from the S shards, takes the server step with its own copy
+   of the strategy's state and applies it: M_{r+1}, voted on as in an all-to-all round.
+
+Nothing of this goes on chain but the seed: the chain finalizes the model as ever. A job
+with secure aggregation would replace step 2's reduction with a masked sum (its issue).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import trio
+
+from gfl.chain.proofs import recover_shard_signer
+from gfl.content import content_hash
+from gfl.errors import GflError
+from gfl.fl.codec import CodecError, decode_frame, encode_frame
+from gfl.fl.rounds import RoundRuleError, excluded_positions, mask_bytes
+from gfl.fl.shards import (
+    Layout,
+    Mode,
+    aggregators,
+    layout_of,
+    quorum,
+    round_mode,
+    shard_grace,
+)
+from gfl.fl.spec import JobSpec
+from gfl.fl.strategies import ClientUpdate, make_strategy
+from gfl.fl.strategies.base import apply_delta, canonical
+from gfl.scheduler import messages
+from gfl.scheduler.aggregation import Context, RoundModel, UpdateShards, fetch_blob
+from gfl.scheduler.joblog import RoundLog
+from gfl.scheduler.ports import Exchange, JobState, Ledger
+
+log = logging.getLogger(__name__)
+
+Nap = Callable[[float | None], Awaitable[None]]
+RESTATE_S = 2.0  # first pause before an aggregator states its shards again
+STRAGGLER_S = 5.0  # more patience for the last shards' statements (see _settle)
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """Shard k reduced over the updates not in ``excluded`` (``pieces`` None: none usable)."""
+
+    excluded: dict[int, str]
+    pieces: dict[str, np.ndarray] | None
+    frame: bytes = b""
+    hash: bytes = b""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A verified shard statement."""
+
+    aggregator: str
+    shard: int
+    hash: bytes
+    mask: bytes
+    size: int
+
+
+class ShardedRounds:
+    """One job's sharded rounds on this node (the runner asks `mode` each round)."""
+
+    def __init__(
+        self,
+        *,
+        spec: JobSpec,
+        me: str,
+        exchange: Exchange,
+        ledger: Ledger,
+        nap: Nap,
+        poll_s: float,
+    ) -> None:
+        self.spec = spec
+        self.me = me.lower()
+        self.exchange = exchange
+        self.ledger = ledger
+        self._nap = nap
+        self._poll_s = poll_s
+        self._coordinatewise = make_strategy(spec.strategy, spec.strategy_kwargs).coordinatewise
+        self._layout: tuple[tuple[Any, ...], Layout] | None = None
+        self._signers: dict[bytes, str | None] = {}  # statement signature -> its signer
+        self._restating = trio.CancelScope()  # the last round's statements, stated again
+
+    def layout(self, params: Mapping[str, np.ndarray]) -> Layout:
+        """The job's layout (the same for every M_r: it depends on the shapes only)."""
+        key = tuple((n, np.shape(a)) for n, a in sorted(params.items()))
+        if self._layout is None or self._layout[0] != key:
+            self._layout = (key, layout_of(params, self.spec.shards))
+        return self._layout[1]
+
+    def mode(self, params: Mapping[str, np.ndarray], rd: RoundLog) -> Mode:
+        """How round ``rd`` is aggregated: the rule every node applies to chain data."""
+        self.exchange.heard("shard", rd.number)  # statements of older rounds may go
+        s = self.layout(params).count
+        n = len(rd.updates)
+        return round_mode(
+            self.spec.aggregation, s, n, self.spec.replicas, coordinatewise=self._coordinatewise
+        )
+
+    # -- the round ---------------------------------------------------------------------------
+
+    async def aggregate(
+        self,
+        st: JobState,
+        rd: RoundLog,
+        ctx: Context,
+        params: dict[str, np.ndarray],
+        state: dict[str, np.ndarray],
+        values: dict[str, Any],
+        background: trio.Nursery,
+    ) -> RoundModel:
+        """M_{r+1} of a sharded round; what this node did goes into ``values``. Its shard
+        statements are stated again in ``background`` until the shard deadline (gossip may
+        drop a message; a member that misses a majority waits for that deadline)."""
+        assert rd.closed_at is not None
+        layout, n, spec = self.layout(params), len(rd.updates), self.spec
+        skew = trio.current_time() - st.now  # chain time -> trio time
+        avail = rd.closed_at + spec.availability_timeout + skew
+        grace = shard_grace(spec.vote_timeout, spec.availability_timeout)
+        settle_by = avail + grace
+        recompute_by = rd.closed_at + spec.vote_timeout - grace + skew
+        authors = [u.author for u in rd.updates]
+        assigned = [aggregators(rd.seed, k, authors, spec.replicas) for k in range(layout.count)]
+        mine = [k for k in range(layout.count) if self.me in assigned[k]]
+        recomputed: list[int] = []
+        work = UpdateShards(self.exchange, rd.updates, ctx, layout)
+        own: dict[int, Reduced] = {}
+        stated: list[dict[str, Any]] = []
+
+        async def aggregate_shard(k: int) -> None:
+            own[k] = red = await self._reduce(work, k, set(), params, avail, "shards")
+            for pos, why in sorted(red.excluded.items()):
+                log.info("round %d shard %d: update %d excluded: %s", rd.number, k, pos, why)
+            if red.pieces is not None:
+                body = await self.publish(ctx, k, red, n)
+                if body:  # (a test's silent aggregator states nothing)
+                    stated.append(body)
+
+        async with trio.open_nursery() as nursery:  # each shard stated as soon as it is reduced
+            nursery.start_soon(work.fetch_manifests, avail)
+            for k in mine:
+                nursery.start_soon(aggregate_shard, k)
+        self._restating.cancel()  # an older round's: no one waits for those any more
+        if stated:
+            self._restating = trio.CancelScope()
+            background.start_soon(self._restate, stated, settle_by, self._restating)
+        settled, claims = await self._settle(ctx, rd, assigned, own, settle_by)
+        holders = {
+            k: [c.aggregator for c in claims if c.shard == k and (c.hash, c.mask) == s]
+            for k, s in settled.items()
+        }
+
+        union: set[int] = set()
+        for _h, mask in settled.values():
+            union.update(excluded_positions(mask, n))
+        results: dict[int, Reduced] = {
+            k: red for k, red in own.items() if set(red.excluded) == union
+        }
+        for _attempt in range(n + 1):  # each retry excludes one more update at least
+            grown = await self._complete(
+                work, settled, holders, union, results, params, recompute_by, recomputed
+            )
+            if not grown:
+                break
+            union |= grown
+            results = {k: red for k, red in results.items() if set(red.excluded) == union}
+        return await trio.to_thread.run_sync(
+            self._assemble, layout, params, state, results, union, work, mine, recomputed, values
+        )
+
+    async def _reduce(
+        self, work: UpdateShards, k: int, exclude: set[int], params: Mapping[str, np.ndarray],
+        until: float, phase: str,
+    ) -> Reduced:  # fmt: skip
+        """Shard k over the updates not in ``exclude`` that this node can use by ``until``."""
+        positions = [u.position for u in work.updates if u.position not in exclude]
+        await work.fetch_shard(k, positions, params, until, phase)
+        excluded = {p: f"excluded by the shard's aggregators ({k})" for p in exclude}
+        usable = []
+        equal = self.spec.weighting == "equal"
+        for u in work.updates:
+            if u.position in exclude:
+                continue
+            got = work.pieces[(u.position, k)]
+            if isinstance(got, str):
+                excluded[u.position] = got
+            else:
+                usable.append(ClientUpdate(u.author, 1 if equal else u.samples, got))
+        if not usable:
+            return Reduced(excluded, None)
+        template = work.layout.split(params, k)
+        strategy = make_strategy(self.spec.strategy, self.spec.strategy_kwargs)
+
+        def reduce() -> Reduced:
+            pieces = strategy.reduce(template, canonical(template, usable))
+            frame = encode_frame(pieces)
+            return Reduced(excluded, pieces, frame, content_hash(frame))
+
+        return await trio.to_thread.run_sync(reduce)
+
+    async def publish(self, ctx: Context, k: int, red: Reduced, n: int) -> dict[str, Any]:
+        """Serve the reduced shard and state it, signed, on the job's topic."""
+        h = await self.exchange.hold(red.frame)
+        mask = mask_bytes(red.excluded, n)
+        sig = self.ledger.sign_shard(ctx.round, k, h, mask)
+        body = messages.shard_statement(ctx.job_id, ctx.round, k, h, len(red.frame), mask, sig)
+        await self.exchange.post(body)
+        return body
+
+    async def _restate(
+        self, bodies: list[dict[str, Any]], until: float, scope: trio.CancelScope
+    ) -> None:
+        """Our statements again, after 2, 4, 8, ... seconds, until ``until``."""
+        with scope:
+            pause = RESTATE_S
+            while trio.current_time() + pause < until:
+                await trio.sleep(pause)
+                for body in bodies:
+                    await self.exchange.post(body)
+                pause *= 2
+
+    def close(self) -> None:
+        """The job ended here: no more statements."""
+        self._restating.cancel()
+
+    # -- statements ---------------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        ctx: Context,
+        rd: RoundLog,
+        assigned: list[list[str]],
+        own: dict[int, Reduced],
+        until: float,
+    ) -> tuple[dict[int, tuple[bytes, bytes]], list[Claim]]:
+        """Shard -> the (hash, mask) settled for it, and the statements heard, waiting until
+        every shard is settled or answered by all its aggregators, or ``until``. Stragglers
+        get as long again as half the others took (and `STRAGGLER_S`): a shard recomputed
+        early costs bytes, never the model."""
+        n, started = len(rd.updates), trio.current_time()
+        settled = {k: (r.hash, mask_bytes(r.excluded, n)) for k, r in own.items() if r.pieces}
+        mine = len(settled)
+        patience = until
+        while True:
+            claims = await self._claims(ctx, rd, assigned)
+            answered: Counter[int] = Counter(c.shard for c in claims)
+            for k in range(len(assigned)):
+                votes = Counter((c.hash, c.mask) for c in claims if c.shard == k)
+                if k not in settled and votes:
+                    best, count = votes.most_common(1)[0]
+                    if count >= quorum(len(assigned[k])):
+                        settled[k] = best
+            now = trio.current_time()
+            if patience == until and 2 * (len(settled) - mine) >= len(assigned) - mine:
+                patience = min(until, now + (now - started) + STRAGGLER_S)
+            waiting = [
+                k
+                for k, replicas in enumerate(assigned)
+                if k not in settled and answered[k] < len(replicas)
+            ]
+            if waiting and now >= patience:
+                heard = {
+                    k: sorted(c.aggregator[:10] for c in claims if c.shard == k) for k in waiting
+                }
+                log.info("round %d: shards not settled in time (heard from %s)", rd.number, heard)
+            if not waiting or now >= patience:
+                return settled, claims
+            await self._nap(min(self._poll_s, patience - now))
+
+    async def _claims(self, ctx: Context, rd: RoundLog, assigned: list[list[str]]) -> list[Claim]:
+        """The round's verified statements: signed by an aggregator of their shard, with a
+        valid mask; an aggregator's first statement per shard only."""
+        bodies = [
+            b for b in self.exchange.heard("shard", ctx.round)
+            if b["job_id"] == ctx.job_id and b["shard"] < len(assigned)
+        ]  # fmt: skip
+        registry = "0x" + ctx.registry.hex()
+        new = [b for b in bodies if b["sig"] not in self._signers]
+        if new:
+
+            def recover() -> None:
+                for b in new:
+                    self._signers[b["sig"]] = recover_shard_signer(
+                        b["sig"], ctx.chain_id, registry, ctx.job_id, ctx.round,
+                        b["shard"], b["hash"], b["mask"],
+                    )  # fmt: skip
+
+            await trio.to_thread.run_sync(recover)
+        out: dict[tuple[int, str], Claim] = {}
+        for b in bodies:
+            signer = (self._signers.get(b["sig"]) or "").lower()
+            k = b["shard"]
+            if signer not in assigned[k] or (k, signer) in out:
+                continue
+            try:
+                excluded_positions(b["mask"], len(rd.updates))
+            except RoundRuleError:
+                continue
+            out[(k, signer)] = Claim(signer, k, b["hash"], b["mask"], b["size"])
+        return list(out.values())
+
+    # -- completing the round ------------------------------------------------------------------
+
+    async def _complete(
+        self,
+        work: UpdateShards,
+        settled: dict[int, tuple[bytes, bytes]],
+        holders: dict[int, list[str]],
+        union: set[int],
+        results: dict[int, Reduced],
+        params: Mapping[str, np.ndarray],
+        until: float,
+        recomputed: list[int],
+    ) -> set[int]:
+        """Fill ``results`` with every shard reduced over all but ``union``: the settled
+        blob where its mask is the union, else a recomputation. Returns the positions a
+        recomputation could not use (then the union grows and this runs again)."""
+        n = len(work.updates)
+        ready = [
+            k
+            for k, (_h, mask) in settled.items()
+            if k not in results and set(excluded_positions(mask, n)) == union
+        ]
+
+        async def fetch(k: int) -> None:
+            holder = next(iter(holders.get(k, [])), None)
+            pieces = await self._fetch_reduced(work, k, settled[k][0], holder, params, until)
+            if pieces is not None:
+                why = {p: f"excluded by the shard's aggregators ({k})" for p in union}
+                results[k] = Reduced(why, pieces)
+
+        async with trio.open_nursery() as nursery:
+            for k in ready:
+                nursery.start_soon(fetch, k)
+        for k in range(work.layout.count):
+            if k in results:
+                continue
+            why = "not settled"
+            if k in ready:
+                why = "its reduced blob did not come"
+            elif k in settled:
+                why = "settled without the round's exclusions"
+            log.info("round %d: recomputing shard %d (%s)", work.ctx.round, k, why)
+            red = await self._reduce(work, k, union, params, until, "recomputed")
+            grown = set(red.excluded) - union
+            if grown:
+                return grown
+            results[k] = red
+            if k not in recomputed:
+                recomputed.append(k)
+        return set()
+
+    async def _fetch_reduced(
+        self, work: UpdateShards, k: int, h: bytes, holder: str | None,
+        params: Mapping[str, np.ndarray], until: float,
+    ) -> dict[str, np.ndarray] | None:  # fmt: skip
+        """A settled shard's float64 pieces, fetched and checked (None: recompute it). Its
+        holders get half the time left: the other half is for recomputing it."""
+        template = work.layout.split(params, k)
+        limit = 8 * sum(a.size for a in template.values()) + (1 << 16)
+        try:
+            frame, got = await fetch_blob(
+                self.exchange, h, holder, (until - trio.current_time()) / 2, work.limiter, limit
+            )
+        except (GflError, trio.TooSlowError) as exc:
+            log.info("shard %d: the settled blob did not come (%s): recomputing", k, exc)
+            return None
+        work.received["settled"] += got
+        if content_hash(frame) != h:
+            return None
+        try:
+            pieces = await trio.to_thread.run_sync(decode_frame, frame)
+        except CodecError as exc:
+            log.info("shard %d: the settled blob does not decode (%s): recomputing", k, exc)
+            return None
+        fits = set(pieces) == set(template) and all(
+            pieces[name].dtype == np.float64 and pieces[name].shape == a.shape
+            for name, a in template.items()
+        )
+        return pieces if fits else None
+
+    def _assemble(
+        self,
+        layout: Layout,
+        params: dict[str, np.ndarray],
+        state: dict[str, np.ndarray],
+        results: dict[int, Reduced],
+        union: set[int],
+        work: UpdateShards,
+        aggregated: list[int],
+        recomputed: list[int],
+        values: dict[str, Any],
+    ) -> RoundModel:
+        n = len(work.updates)
+        excluded: dict[int, str] = {}
+        for red in results.values():
+            for p, why in red.excluded.items():
+                excluded.setdefault(p, why)
+        mask = mask_bytes(union, n)
+        mine = any(u.author.lower() == self.me for u in work.updates)
+        values.update(
+            mode=Mode.SHARDED.value,
+            role="author" if mine else "member",
+            shards=layout.count,
+            aggregated=aggregated,
+            recomputed=sorted(recomputed),
+            **{f"bytes_{phase}": b for phase, b in sorted(work.received.items())},
+            bytes_received=sum(work.received.values()),
+            updates_verified=[
+                [u.author, u.update_hash.hex(), u.samples]
+                for u in work.updates
+                if u.position not in union and isinstance(work.manifests.get(u.position), list)
+            ],
+        )
+        used = n - len(union)
+        if (
+            used == 0
+            or len(results) != layout.count
+            or any(r.pieces is None for r in results.values())
+        ):
+            return RoundModel(dict(params), dict(state), mask, excluded, 0)
+        strategy = make_strategy(self.spec.strategy, self.spec.strategy_kwargs)
+        if state:
+            strategy.load_state_dict(state)
+        delta = layout.join([results[k].pieces or {} for k in range(layout.count)])
+        new = apply_delta(params, strategy.server_step(delta))
+        return RoundModel(new, strategy.state_dict(), mask, excluded, used)
