@@ -307,7 +307,8 @@ class JobService:
         (queued like any job). Refused before any transaction when this node could not run
         the job itself, or could not take part in it."""
         chain = self._registry()
-        problems = spec.publish_problems()
+        # a private job builds its model here (torch, Opacus): not on the trio thread
+        problems = await trio.to_thread.run_sync(spec.publish_problems)
         me = self.address
         if participate:
             why = self.settings.policy.refusal(spec, me, me, self.sources.names())
