@@ -26,10 +26,14 @@ dataset = "digits"
 rounds = 3
 min_updates = 1
 round_timeout = 30
+max_samples = 1000
 
 [model_kwargs]
 in_features = 64
 hidden = 16
+
+[admission]
+bond = "0.001 ether"
 """
 
 
