@@ -124,7 +124,7 @@ def test_up_status_stop_and_identity_is_stable(init_home, start_node, run_gfl):
     again = start_node(home)
     assert (again.peer_id, again.status["address"]) == (node.peer_id, node.status["address"])
     again.proc.send_signal(signal.SIGINT)  # Ctrl-C is a clean stop too
-    assert again.proc.wait(20) == 0
+    assert again.proc.wait(60) == 0
     assert not DataDir(home).api_info_path.exists()
 
 
