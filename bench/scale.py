@@ -219,7 +219,14 @@ def _node_counters(net: Any) -> dict[int, tuple[int, float]]:
 
     out = {}
     for node in net.nodes:
-        st = net.client(node.index).status()
+        for attempt in range(10):  # a node's API may drop a request while 32 nodes aggregate
+            try:
+                st = net.client(node.index).status()
+                break
+            except Exception:
+                if attempt == 9:
+                    raise
+                time.sleep(1)
         cpu = 0.0
         with contextlib.suppress(psutil.Error):
             t = psutil.Process(node.process.pid).cpu_times()
@@ -228,17 +235,21 @@ def _node_counters(net: Any) -> dict[int, tuple[int, float]]:
     return out
 
 
-def run_mode(net: Any, n: int, mode: str, rounds: int, timeout: float) -> dict[str, Any]:
-    """One job on a running devnet, aggregated ``mode``; its figures."""
+def run_mode(
+    net: Any, n: int, mode: str, rounds: int, timeout: float, windows: tuple[int, int, int]
+) -> dict[str, Any]:
+    """One job on a running devnet, aggregated ``mode``; its figures. ``windows``: the job's
+    round, availability and vote timeouts (long: a slow 2-core machine must not void rounds)."""
     from gfl.node.devnet import demo_spec
 
+    round_timeout, availability, vote = windows
     spec = demo_spec(n, data="mnist", rounds=rounds, model="cnn").replace(
         name=f"scale-{mode}",
         aggregation=mode,
         min_updates=n,
-        round_timeout=600,
-        availability_timeout=300,
-        vote_timeout=900,
+        round_timeout=round_timeout,
+        availability_timeout=availability,
+        vote_timeout=vote,
     )
     before = _node_counters(net)
     t_post = time.time()
@@ -270,7 +281,8 @@ def run_mode(net: Any, n: int, mode: str, rounds: int, timeout: float) -> dict[s
     model0, shards = _model0(spec)
     down = [(after[i][0] - before[i][0] - (model0 if i else 0)) / rounds for i in sorted(after)]
     cpu = [(after[i][1] - before[i][1]) / rounds for i in sorted(after)]
-    walls = [b - a for a, b in itertools.pairwise([t_post, *ends])][1:]
+    all_walls = [b - a for a, b in itertools.pairwise([t_post, *ends])]
+    walls = all_walls[1:]  # the first includes the job's announcement and M_0's fetch
     phases: dict[str, float] = {}
     for d in details:
         for rd in d.get("rounds_detail", []):
@@ -284,6 +296,7 @@ def run_mode(net: Any, n: int, mode: str, rounds: int, timeout: float) -> dict[s
         "update_bytes": size_m,
         "round_wall": statistics.median(walls) if walls else float("nan"),
         "walls": walls,
+        "first_wall": all_walls[0] if all_walls else float("nan"),
         "down_mean_m": statistics.mean(down) / size_m,
         "down_max_m": max(down) / size_m,
         "cpu_node_s": statistics.mean(cpu),
@@ -303,7 +316,14 @@ def _model0(spec: Any) -> tuple[int, int]:
     return len(encode_frame(params)), layout_of(params, spec.shards).count
 
 
-def run_sharding(n: int, rounds: int, timeout: float, per_node: int) -> list[dict[str, Any]]:
+def run_sharding(
+    n: int,
+    rounds: int,
+    timeout: float,
+    per_node: int,
+    modes: tuple[str, ...] = SHARD_MODES,
+    windows: tuple[int, int, int] = (600, 300, 900),
+) -> list[dict[str, Any]]:
     from gfl.node.devnet import start_devnet
 
     out = []
@@ -318,8 +338,8 @@ def run_sharding(n: int, rounds: int, timeout: float, per_node: int) -> list[dic
     try:
         startup = time.time() - t0
         with MemSampler() as mem:
-            for mode in SHARD_MODES:
-                res = run_mode(net, n, mode, rounds, timeout)
+            for mode in modes:
+                res = run_mode(net, n, mode, rounds, timeout, windows)
                 res["startup"] = startup
                 out.append(res)
                 print(json.dumps(res), flush=True)
@@ -358,17 +378,15 @@ def sharding_table(rows: list[dict[str, Any]], replicas: int = 3) -> str:
         xs = [float(r["nodes"]) for r in rs]
         ys = [r["cpu_node_s"] for r in rs]
         slope, icpt = statistics.linear_regression(xs, ys)
-        s = rs[-1]["shards"]
         for big in (100, 1000):
+            # a job that large sets shards to about N (docs/protocol.md, 8.6), else one
+            # aggregator of a shard fetches N pieces of M / S
+            s = rs[-1]["shards"] if mode == "all" else min(256, big)
             if mode == "all":
                 mean = mx = big - 1
             else:  # aggregators: replicas per shard; settled: the S - own float64 shards
                 mean = replicas * (big - 1) / big + 2 * (1 - replicas / big)
-                mx = (
-                    math.ceil(replicas * s / big) * (big - 1) / s + 2
-                    if big > replicas * s
-                    else mean
-                )
+                mx = math.ceil(replicas * s / big) * (big - 1) / s + 2  # a balanced draw
             lines.append(
                 f"{big:>5} {mode:>8} {'(extrap.)':>8} {mean:8.2f}M {mx:7.2f}M {big - 1:>5} "
                 f"{icpt + slope * big:10.1f} {s:>6}"
@@ -391,13 +409,22 @@ def main() -> int:
     ap.add_argument("--profile", type=Path, help="py-spy the last node of each devnet into DIR")
     ap.add_argument("--sharding", action="store_true", help="all-to-all vs sharded, MNIST CNN")
     ap.add_argument("--per-node", type=int, default=300, help="--sharding: images per node")
+    ap.add_argument("--modes", default=",".join(SHARD_MODES), help="--sharding: all,sharded")
+    ap.add_argument(
+        "--windows",
+        default="600,300,900",
+        help="--sharding: the job's round, availability and vote timeouts (s)",
+    )
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if args.sharding:
         signal.signal(signal.SIGTERM, _interrupt)  # a stopped run still stops its devnet
         rows: list[dict[str, Any]] = []
         for n in [int(x) for x in args.nodes.split(",") if x]:
-            rows += run_sharding(n, args.rounds, args.timeout, args.per_node)
+            modes = tuple(m for m in args.modes.split(",") if m)
+            windows = tuple(int(x) for x in args.windows.split(","))
+            assert len(windows) == 3, "--windows: three numbers"
+            rows += run_sharding(n, args.rounds, args.timeout, args.per_node, modes, windows)
         print("\n" + sharding_table(rows))
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"sharding": rows}, indent=1))

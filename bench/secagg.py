@@ -1,11 +1,21 @@
-"""Secure-aggregation micro-benchmarks (gfl/fl/secagg): time to deal and mask one update,
-to unmask a round with no dropout and with the most the threshold allows, and the bytes
-of the shares blob and of a reveal set.
+"""Secure-aggregation benchmarks.
 
-One process plays every member (seeded randomness); times are the best of --repeat runs
-on this machine's CPU, single-threaded.
+Library (gfl/fl/secagg): time to deal and mask one update, to unmask a round with no
+dropout and with the most the threshold allows, and the bytes of the shares blob and of a
+reveal set. One process plays every member (seeded randomness); times are the best of
+--repeat runs on this machine's CPU, single-threaded.
 
     .venv/bin/python bench/secagg.py [--coords 1000000] [--repeat 3]
+
+Rounds (--jobs 4,8,16): the same job (digits, an MLP, FedAvg, --rounds rounds) run plain,
+secure and quantised only (``masks = false``) by in-process runners on the embedded chain,
+blobs in a shared table (no network: the bytes are counted, not timed). Per participant
+per round: bytes = its update blob sent + the others' fetched, plus for a secure job its
+shares blob sent and the others' read from the chain's events, its reveal set sent and the
+others' heard; round wall = the job's wall time / rounds; accuracy = the final model's on
+the digits test split.
+
+    .venv/bin/python bench/secagg.py --jobs 4,8,16 [--rounds 5]
 """
 
 from __future__ import annotations
@@ -98,11 +108,171 @@ def bench_case(n: int, k: int, t: int, coords: int, repeat: int) -> dict:
     }
 
 
+def _job_spec(n: int, rounds: int, ids: list, secure: dict | None):
+    from gfl.fl.spec import JobSpec
+
+    spec = (
+        JobSpec.builder("bench-secagg")
+        .model("mlp", in_features=64, hidden=32)
+        .data("digits")
+        .train(epochs=1, batch_size=16, lr=0.1)
+        .strategy("fedavg")
+        .rounds(rounds, min_updates=n, timeout=120)
+        .seed(11)
+        .build()
+        .replace(
+            max_samples=10_000,
+            max_participants=max(n, 16),
+            vote_timeout=60,
+            availability_timeout=20,
+            admission={"allow": [m.eth_address for m in ids], "bond": str(10**15)},
+        )
+    )
+    return spec.replace(secure_aggregation=secure) if secure else spec
+
+
+async def _run_job(n: int, rounds: int, secure: dict | None, root: Path) -> dict:
+    """One job of n in-process runners; bytes per participant per round, wall, accuracy."""
+    import hashlib
+
+    import trio
+
+    from gfl.chain import open_chain
+    from gfl.fl.codec import encode_frame
+    from gfl.fl.data import load_dataset, load_partition
+    from gfl.fl.trainer import initial_params
+    from gfl.identity import NodeIdentity
+    from gfl.scheduler.checkpoints import Checkpoints
+    from gfl.scheduler.ledger import ChainLedger
+    from gfl.scheduler.ports import NodeData
+    from gfl.scheduler.registration import job_params
+    from gfl.scheduler.runner import ChainPlace, JobRunner
+
+    ids = [NodeIdentity.generate() for _ in range(n)]
+    spec = _job_spec(n, rounds, ids, secure)
+    owner = open_chain("embedded", NodeIdentity.generate(), state_dir=root / "chain")
+    limiter = trio.CapacityLimiter(1)
+
+    async def call(fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    frame = encode_frame(initial_params(spec))
+    table = {hashlib.sha256(frame).digest(): frame}
+    board: list[dict] = []
+    params = job_params(spec, spec.deadline_after(int(time.time())))
+    job_id, _ = owner.register_job(b"\x05" * 32, spec.spec_hash, hashlib.sha256(frame).digest(),
+                                   params)  # fmt: skip
+    place = ChainPlace(owner.chain_id, bytes.fromhex(owner.registry_address[2:]))
+
+    class Exchange:  # the blob table and the round messages' board, shared by all runners
+        async def publish(self, kind, r, data, samples=0, signature=b""):
+            return await self.hold(data)
+
+        async def hold(self, data):
+            h = hashlib.sha256(data).digest()
+            table[h] = bytes(data)
+            return h
+
+        async def fetch(self, blob, owner, max_size, timeout):
+            with trio.fail_after(timeout):
+                while blob not in table:
+                    await trio.sleep(0.01)
+            return table[blob]
+
+        async def load_local(self, blob):
+            return None
+
+        async def post(self, body):
+            board.append(body)
+
+        def heard(self, kind, r):
+            return [m for m in board if m["type"] == kind and m["round"] == r]
+
+    test = load_dataset("digits", train=False)
+    accuracy: dict[int, float] = {}
+
+    def emit(kind: str, data: dict) -> None:
+        if kind == "job.round_evaluated":
+            accuracy[data["round"]] = data["accuracy"]
+
+    runners = [
+        JobRunner(
+            job_id=job_id.hex(),
+            spec=spec,
+            ledger=ChainLedger(owner.for_identity(ids[i]), job_id, call, allow=spec.allow_list),
+            exchange=Exchange(),
+            data=NodeData(load_partition("digits", i, n, "iid", 0), test),
+            checkpoints=Checkpoints(root / f"n{i}"),
+            train_limiter=trio.CapacityLimiter(1),
+            emit=lambda kind, data: emit(kind, data),
+            record=lambda r, values: None,
+            place=place,
+        )
+        for i in range(n)
+    ]
+    t0 = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        for runner in runners:
+            nursery.start_soon(runner.run)
+    wall = time.monotonic() - t0
+    st = await ChainLedger(owner, job_id, call).sync()
+    parts = {"updates": 0, "deals": 0, "reveals": 0}
+    for r in range(rounds):  # each node sends its own and receives the rest: n x (1 + n-1) / n
+        rd = st.log.rounds[r]
+        parts["updates"] += sum(len(table[u.update_hash]) for u in rd.updates)
+        parts["deals"] += sum(len(d.blob) for d in rd.deals)
+        parts["reveals"] += sum(len(m["data"]) for m in board if m["round"] == r)
+    return {
+        "bytes": sum(parts.values()) / rounds,
+        "parts": {k: v / rounds for k, v in parts.items()},
+        "wall": wall / rounds,
+        "accuracy": accuracy.get(rounds - 1, float("nan")),
+        "decided": sum(st.log.rounds[r].decision is not None for r in range(rounds)),
+    }
+
+
+def bench_rounds(sizes: list[int], rounds: int) -> None:
+    import tempfile
+
+    import torch
+    import trio
+
+    torch.set_num_threads(1)
+    table = {"threshold": 0, "neighbours": 0, "clip": 1.0, "weight_levels": 256}
+    print(f"# {platform.processor() or platform.machine()}, {rounds} rounds, digits MLP")
+    print(
+        "| n | job | bytes / participant / round | × plain | round wall s | × plain "
+        "| accuracy | decided | updates / deals / reveals B |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        k = min(8, n - (n % 2)) if n > 2 else 2
+        secure = {**table, "neighbours": k, "threshold": k // 2 + 2 if k + 1 > k // 2 + 2 else k}
+        jobs = {"plain": None, "secure": secure, "fixed": {**secure, "masks": False}}
+        base: dict | None = None
+        for name, sa in jobs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                r = trio.run(_run_job, n, rounds, sa, Path(tmp))
+            base = base or r
+            print(
+                f"| {n} | {name} (k={sa['neighbours'] if sa else '-'}) | {r['bytes']:,.0f} "
+                f"| {r['bytes'] / base['bytes']:.2f} | {r['wall']:.2f} "
+                f"| {r['wall'] / base['wall']:.2f} | {r['accuracy']:.4f} | {r['decided']} "
+                f"| {' / '.join(f'{v:,.0f}' for v in r['parts'].values())} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--coords", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--jobs", default="", help="member counts for the round benchmark, e.g. 4,8,16")
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
+    if args.jobs:
+        bench_rounds([int(x) for x in args.jobs.split(",")], args.rounds)
+        return
     print(
         f"# {platform.processor() or platform.machine()}, {args.coords:,} coordinates, "
         f"best of {args.repeat}"

@@ -201,8 +201,14 @@ contract JobRegistry {
         bytes32 model0Hash,
         Params params
     );
+    /// `maskKey`: the member's X25519 masking key for secure aggregation (0 when unused).
     event Joined(
-        bytes32 indexed jobId, address indexed member, uint64 seq, uint32 joinRound, uint32 index
+        bytes32 indexed jobId,
+        address indexed member,
+        uint64 seq,
+        uint32 joinRound,
+        uint32 index,
+        bytes32 maskKey
     );
     event Left(bytes32 indexed jobId, address indexed member, uint64 seq, LeaveReason reason);
     event UpdateCommitted(
@@ -235,6 +241,15 @@ contract JobRegistry {
         bytes32 indexed jobId, uint32 indexed round, uint64 seq, bytes32 key, uint32 votes, uint32 at
     );
     event RoundVoid(bytes32 indexed jobId, uint32 indexed round, uint64 seq, uint32 at);
+    /// A member's shares blob for a round of secure aggregation (docs/protocol.md, 9.6).
+    event Dealt(
+        bytes32 indexed jobId,
+        uint32 indexed round,
+        address indexed dealer,
+        uint64 seq,
+        uint32 at,
+        bytes blob
+    );
     event Slashed(
         bytes32 indexed jobId,
         address indexed member,
@@ -357,8 +372,9 @@ contract JobRegistry {
 
     // ------------------------------------------------------------ membership
 
-    /// @notice Join with the job's bond; `proof` shows the sender on the allow-list (if any).
-    function join(bytes32 jobId, bytes32[] calldata proof) external payable {
+    /// @notice Join with the job's bond; `proof` shows the sender on the allow-list (if any);
+    /// `maskKey` is published for secure aggregation (0 for a job without it).
+    function join(bytes32 jobId, bytes32[] calldata proof, bytes32 maskKey) external payable {
         Ctx memory x = _open(jobId);
         if (x.status != Status.Active) revert JobNotActive(jobId, x.status);
         if (x.round > x.joinUntil || x.round >= x.rounds) {
@@ -390,9 +406,11 @@ contract JobRegistry {
         _members[jobId][msg.sender] = uint256(MemberStatus.Active) | joinRound << 8;
         uint64 seq = _chain(
             x,
-            keccak256(abi.encode(Joined.selector, jobId, msg.sender, x.seq + 1, joinRound, index))
+            keccak256(
+                abi.encode(Joined.selector, jobId, msg.sender, x.seq + 1, joinRound, index, maskKey)
+            )
         );
-        emit Joined(jobId, msg.sender, seq, uint32(joinRound), uint32(index));
+        emit Joined(jobId, msg.sender, seq, uint32(joinRound), uint32(index), maskKey);
         _save(x);
     }
 
@@ -485,6 +503,26 @@ contract JobRegistry {
         _vote(x, m, round - 1, modelHash, mask);
         _update(x, m, round, updateHash, samples);
         _storeMember(jobId, m);
+        _save(x);
+    }
+
+    /// @notice Publish the sender's shares blob for the collecting round (secure
+    /// aggregation): the event makes its availability, and its time, a chain fact. The
+    /// contract only logs it; which blob counts is the protocol's rule (docs/protocol.md 9.10).
+    function deal(bytes32 jobId, uint32 round, bytes calldata blob) external {
+        Ctx memory x = _open(jobId);
+        if (x.status != Status.Active) revert JobNotActive(jobId, x.status);
+        if (round != x.round) revert WrongRound(jobId, round, uint32(x.round));
+        Mem memory m = _loadMember(jobId, msg.sender);
+        if (m.status != MemberStatus.Active) revert NotMember(jobId, msg.sender);
+        if (blob.length == 0 || blob.length > 65535) revert InvalidParameter("blob", blob.length, 1, 65535);
+        uint64 seq = _chain(
+            x,
+            keccak256(
+                abi.encode(Dealt.selector, jobId, round, msg.sender, x.seq + 1, block.timestamp, blob)
+            )
+        );
+        emit Dealt(jobId, round, msg.sender, seq, uint32(block.timestamp), blob);
         _save(x);
     }
 

@@ -56,7 +56,15 @@ def _lying(*args, **kw) -> aggregation.RoundModel:
     return aggregation.RoundModel(params, model.state, model.mask, model.excluded, model.used)
 
 
-async def _run_job(tmp_path, n: int, *, tamper: int | None = None, extra=None, **spec_kw):
+async def _run_job(
+    tmp_path,
+    n: int,
+    *,
+    tamper: int | None = None,
+    extra=None,
+    limiters=None,
+    **spec_kw,
+):
     ids = [NodeIdentity.generate() for _ in range(n + (1 if extra else 0))]
     spec = _spec(ids, **spec_kw)
     table: dict[bytes, bytes] = {}
@@ -75,7 +83,7 @@ async def _run_job(tmp_path, n: int, *, tamper: int | None = None, extra=None, *
             exchange=MemoryExchange(table),
             data=NodeData(load_partition("digits", i, n, "iid", 0), test),
             checkpoints=Checkpoints(tmp_path / f"n{i}"),
-            train_limiter=trio.CapacityLimiter(1),
+            train_limiter=(limiters or {}).get(i) or trio.CapacityLimiter(1),
             emit=lambda kind, data, i=i: events.append((i, kind, data)),
             record=lambda r, values: None,
             place=place,
@@ -153,3 +161,33 @@ async def test_a_withheld_update_costs_at_most_the_availability_timeout(tmp_path
     assert state.log.rounds[1].decision is Decision.FINALIZED
     assert not state.log.is_member(withheld.author)
     assert {r.model_hash for r in runners} == {state.log.rounds[1].final.model_hash}
+
+
+class SlowSecondTraining:
+    """A training limiter whose second use (round 1) waits ``delay`` seconds first: a loaded
+    machine on which training runs past the open vote's deadline."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.uses, self._inner = delay, 0, trio.CapacityLimiter(1)
+
+    async def __aenter__(self) -> None:
+        self.uses += 1
+        if self.uses == 2:
+            await trio.sleep(self.delay)
+        await self._inner.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._inner.release()
+
+
+@pytest.mark.trio
+async def test_a_vote_meant_to_ride_goes_alone_when_training_runs_past_its_deadline(tmp_path):
+    *_, runners, events, state = await _run_job(
+        tmp_path, 2, limiters={0: SlowSecondTraining(12 + 2)}, rounds=2, vote_timeout=12
+    )
+    me = runners[0].me.lower()
+    rd = state.log.rounds[0]
+    assert rd.decision is Decision.FINALIZED and me in rd.votes, "node 0's vote was lost"
+    voted = [d for i, kind, d in events if i == 0 and kind == "job.voted" and d["round"] == 0]
+    assert voted, "node 0 did not vote on round 0 alone"
+    assert state.log.rounds[1].decision is Decision.FINALIZED

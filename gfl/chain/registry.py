@@ -202,8 +202,15 @@ class Registry:
 
     # -- membership -------------------------------------------------------
 
-    def join_job(self, job_id: bytes, proof: Sequence[bytes] = (), value: int | None = None) -> Tx:
-        """Join with the job's bond (`value` defaults to it); `proof` for an allow-list."""
+    def join_job(
+        self,
+        job_id: bytes,
+        proof: Sequence[bytes] = (),
+        value: int | None = None,
+        mask_key: bytes = bytes(32),
+    ) -> Tx:
+        """Join with the job's bond (`value` defaults to it); `proof` for an allow-list;
+        `mask_key` the member's secure-aggregation public key (zeros when unused)."""
         jid = _b32(job_id, "job id")
         if value is None:
             job = self.get_job(jid)
@@ -212,8 +219,21 @@ class Registry:
             "join",
             jid,
             [_b32(p, "proof node") for p in proof],
+            _b32(mask_key, "masking key"),
             value=value,
             what="joining a job",
+        )
+
+    def deal(self, job_id: bytes, round: int, blob: bytes) -> Tx:
+        """Publish this member's shares blob for the collecting round (secure aggregation)."""
+        if not isinstance(blob, bytes) or not 1 <= len(blob) <= 65535:
+            raise ChainError("a shares blob is 1..65535 bytes")
+        return self._write(
+            "deal",
+            _b32(job_id, "job id"),
+            _uint(round, 2**32 - 1, "round"),
+            blob,
+            what="publishing shares",
         )
 
     def leave_job(self, job_id: bytes) -> Tx:

@@ -22,6 +22,7 @@ from gfl.errors import GflError
 
 if TYPE_CHECKING:
     from gfl.fl.privacy import PrivacySettings
+    from gfl.fl.secagg import SecAggParams
 
 SPEC_VERSION = 2
 MAX_SPEC_BYTES = 64 * 1024
@@ -35,7 +36,9 @@ MAX_PARTICIPANTS = (1 << 24) - 1
 MAX_TIMEOUT_S = 7 * 86400
 MAX_LIFETIME_S = 365 * 86400
 MAX_BOND_WEI = (1 << 96) - 1
+DEAL_TIMEOUT_S = 10  # secure aggregation: how long a round's dealing stays open
 _ADMISSION_KEYS = frozenset({"allow", "bond"})
+_SECAGG_KEYS = frozenset({"threshold", "neighbours", "clip", "weight_levels"})
 _UNITS = {"wei": 1, "gwei": 10**9, "ether": 10**18, "eth": 10**18}
 
 
@@ -123,6 +126,36 @@ def _privacy(table: Mapping[str, Any]) -> PrivacySettings:
         raise SpecError(str(e)) from None
 
 
+def _secure(table: Mapping[str, Any]) -> dict[str, Any]:
+    """The secure_aggregation table in canonical form (docs/protocol.md 9.1), or SpecError."""
+    from gfl.fl.secagg import SecAggError, SecAggParams
+
+    rest = dict(table)
+    masks = rest.pop("masks", True)
+    if not isinstance(masks, bool):
+        raise SpecError(f"secure_aggregation.masks must be true or false, got {masks!r}")
+    deal_timeout = rest.pop("deal_timeout", DEAL_TIMEOUT_S)
+    if not (isinstance(deal_timeout, int) and not isinstance(deal_timeout, bool)) or not (
+        1 <= deal_timeout <= MAX_TIMEOUT_S
+    ):
+        raise SpecError(
+            f"secure_aggregation.deal_timeout must be an integer in [1, {MAX_TIMEOUT_S}], "
+            f"got {deal_timeout!r}"
+        )
+    try:
+        p = SecAggParams.from_table(rest)
+    except SecAggError as e:
+        raise SpecError(str(e)) from None
+    return {
+        "clip": p.clip,
+        "deal_timeout": deal_timeout,
+        "masks": masks,
+        "neighbours": p.neighbours,
+        "threshold": p.threshold,
+        "weight_levels": p.weight_levels,
+    }
+
+
 def _sorted(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: _sorted(obj[k]) for k in sorted(obj)}
@@ -166,11 +199,14 @@ class JobSpec:
     aggregation: str = "auto"  # "all", "sharded", or "auto": sharded when the round is large
     replicas: int = 3  # aggregators per shard in a sharded round
     shards: int = 0  # shards per update; 0: one per 2^18 parameters of the model (1..256)
+    # {threshold, neighbours, clip, weight_levels, masks, deal_timeout}; {}: none (not encoded)
+    secure_aggregation: Mapping[str, Any] = field(default_factory=dict)
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        for name in ("model_kwargs", "optimizer_kwargs", "strategy_kwargs", "admission", "privacy"):
+        tables = ("model_kwargs", "optimizer_kwargs", "strategy_kwargs", "admission", "privacy")
+        for name in (*tables, "secure_aggregation"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
                 raise SpecError(f"{name} must be a table of settings, got {value!r}")
@@ -178,6 +214,8 @@ class JobSpec:
         set_(self, "admission", _admission(self.admission))
         if self.privacy:
             set_(self, "privacy", _privacy(self.privacy).to_table())
+        if self.secure_aggregation:
+            set_(self, "secure_aggregation", _secure(self.secure_aggregation))
         if isinstance(self.lr, int) and not isinstance(self.lr, bool):
             set_(self, "lr", float(self.lr))
         self._validate()
@@ -271,6 +309,8 @@ class JobSpec:
         except StrategyError as e:
             raise SpecError(str(e)) from None
         self._validate_aggregation(strategy.coordinatewise)
+        if self.secure_aggregation:
+            self._validate_secure()
         mu = self.strategy_kwargs.get("mu", 0.0)
         need(
             isinstance(mu, int | float) and not isinstance(mu, bool) and mu >= 0,
@@ -304,15 +344,51 @@ class JobSpec:
                 'compares whole updates (use "all" or "auto")'
             )
 
+    def _validate_secure(self) -> None:
+        from gfl.fl.secagg import SecAggError, SecAggParams, strategy_problem
+
+        problem = strategy_problem(self.strategy)
+        if problem:
+            raise SpecError(problem)
+        if self.aggregation == "sharded":
+            raise SpecError(
+                'secure_aggregation with aggregation = "sharded" is not supported yet; use "all" '
+                'or "auto" (a secure round is aggregated all-to-all)'
+            )
+        if self.compression != "none":
+            raise SpecError(
+                "secure_aggregation encodes updates in its own fixed point: leave compression out"
+            )
+        if self.privacy:
+            raise SpecError(
+                "[privacy] with secure_aggregation is not supported: local DP-SGD noise is "
+                "clipped away by the fixed point's range, and distributed DP is not wired yet"
+            )
+        table = {k: v for k, v in self.secure_aggregation.items() if k in _SECAGG_KEYS}
+        try:
+            SecAggParams.from_table(table).fixed_point(self.max_participants, self.sample_cap or 1)
+        except SecAggError as e:
+            raise SpecError(str(e)) from None
+
+    @property
+    def secure(self) -> SecAggParams | None:
+        """The job's `SecAggParams`, or None for a job without secure aggregation."""
+        if not self.secure_aggregation:
+            return None
+        from gfl.fl.secagg import SecAggParams
+
+        table = {k: v for k, v in self.secure_aggregation.items() if k in _SECAGG_KEYS}
+        return SecAggParams.from_table(table)
+
     # -- canonical encoding ---------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (kwargs as plain dicts); ``privacy`` only when set, so a
-        job without it keeps the bytes and hash it had before the table existed."""
+        """Plain dict of every field (kwargs as plain dicts); ``privacy`` and
+        ``secure_aggregation`` only when set, so a job without them keeps its bytes and hash."""
         return {
             f.name: _sorted(getattr(self, f.name))
             for f in fields(self)
-            if f.name != "privacy" or self.privacy
+            if f.name not in ("privacy", "secure_aggregation") or getattr(self, f.name)
         }
 
     def to_bytes(self) -> bytes:

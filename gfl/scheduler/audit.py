@@ -8,15 +8,21 @@ none of it: it reads the job's events from a chain endpoint, checks them against
 contract's running hash, and re-derives every round — the updates each finalized vote used,
 checked like a node checks them, aggregated with the job's strategy — comparing each model
 hash with the one the chain finalized. Sharded rounds are re-derived all-to-all from the
-shard frames: the arithmetic is per coordinate, so the model is the same bits.
+shard frames: the arithmetic is per coordinate, so the model is the same bits. A secure
+round (docs/protocol.md 9.10) is re-derived from its masked updates, the shares blobs in
+the job's ``Dealt`` events and the reveal sets among the bundle's blobs: the masking set M
+from the chain, the finalized mask checked against it, the masks taken off the sum.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from gfl.content import content_hash
 from gfl.errors import GflError
@@ -28,8 +34,6 @@ from gfl.scheduler import aggregation
 from gfl.scheduler.joblog import JobLog
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from gfl.chain.records import ChainEvent
 
 BUNDLE_VERSION = 1
@@ -129,10 +133,13 @@ class HeldBlobs(Protocol):
     def get(self, h: bytes) -> bytes | None: ...
 
 
-def blobs_needed(joblog: JobLog, held: HeldBlobs | None = None) -> list[bytes]:
+def blobs_needed(
+    joblog: JobLog, held: HeldBlobs | None = None, reveals: Sequence[bytes] = ()
+) -> list[bytes]:
     """Every blob a verifier needs: M_0, the updates finalized rounds used (with the node's
-    ``held`` blobs, a sharded update's shard frames too), finalized models. Blocking."""
-    out = [joblog.model0_hash]
+    ``held`` blobs, a sharded update's shard frames too), finalized models, and the
+    ``reveals`` of secure rounds (the reveal sets this node unmasked with). Blocking."""
+    out = [joblog.model0_hash, *reveals]
     for r in sorted(joblog.rounds):
         rd = joblog.rounds[r]
         if rd.decision is not Decision.FINALIZED or rd.final is None:
@@ -219,6 +226,18 @@ def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
             return verdict
         excluded = set(excluded_positions(rd.final.mask, len(rd.updates)))
         ctx = aggregation.Context(ctx_base[0], ctx_base[1], job_id, r, model_hash)
+        if spec.secure_aggregation:
+            secure = _secure_round(folder, spec, joblog, rd, ctx, excluded, params, state)
+            if isinstance(secure, str):
+                rv.problem = secure
+                return verdict
+            derived = content_hash(encode_frame(secure.params))
+            rv.derived_model, rv.ok = derived.hex(), derived == rd.final.model_hash
+            if not rv.ok:
+                rv.problem = "the re-derived model differs from the one the chain finalized"
+                return verdict
+            params, state, model_hash = secure.params, secure.state, derived
+            continue
         arrays = {}
         for u in rd.updates:
             if u.position in excluded:
@@ -249,3 +268,71 @@ def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
             return verdict
         params, state, model_hash = model.params, model.state, derived
     return verdict
+
+
+def _reveal_sets(folder: Path, job_id: bytes, r: int) -> list[Any]:
+    """The bundle's reveal sets for round r (any blob that parses as one)."""
+    from gfl.fl.secagg import RevealSet, RoundContext, SecAggError
+
+    ctx, out = RoundContext(job_id, r), []
+    for path in sorted((folder / BLOBS_DIR).glob("*")):
+        with path.open("rb") as f:
+            if f.read(4) != b"GFLR":
+                continue
+        try:
+            rs = RevealSet.from_bytes(path.read_bytes())
+        except (OSError, SecAggError):
+            continue
+        if rs.ctx == ctx:
+            out.append(rs)
+    return out
+
+
+def _secure_round(
+    folder: Path,
+    spec: JobSpec,
+    joblog: JobLog,
+    rd: Any,
+    ctx: aggregation.Context,
+    excluded: set[int],
+    params: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
+) -> aggregation.RoundModel | str:
+    """A finalized secure round re-derived, or why it cannot be."""
+    from gfl.fl.secagg import Incomplete, Recovery, address, recover
+    from gfl.scheduler import secure as sa
+
+    table, settings = spec.secure_aggregation, spec.secure
+    assert settings is not None
+    rm = None
+    if table["masks"]:
+        rm = sa.round_members(joblog, rd.number, settings, int(table["deal_timeout"]))
+        outside = {
+            u.position for u in rd.updates if rm is None or address(u.author) not in rm.members
+        }
+        if outside != excluded:
+            return "the finalized mask is not the round's masking set (its dealers in time)"
+    length = sum(int(np.prod(np.shape(a))) for a in params.values())
+    used = [u for u in rd.updates if u.position not in excluded]
+    vectors = []
+    for u in used:
+        blob = _blob(folder, u.update_hash)
+        if blob is None:
+            return f"the bundle lacks the update at position {u.position}"
+        checked = sa.decode_masked(blob, u, ctx, length)
+        if isinstance(checked, str):
+            return f"the finalized vote used an invalid update ({u.position}): {checked}"
+        vectors.append(checked)
+    if not vectors:
+        return "a finalized secure round with no update"
+    recovery: Recovery | None = None
+    if rm is not None:
+        survivors = [address(u.author) for u in used]
+        reveals = _reveal_sets(folder, joblog.job_id, rd.number)
+        got = recover(rm.ctx, rm.graph, survivors, rm.blobs, reveals, rm.members)
+        if isinstance(got, Incomplete):
+            return f"the bundle's reveals do not unmask the round: {got.reason}"
+        recovery = got
+    weight = sum(settings.weight(u.samples, spec.sample_cap) for u in used)
+    why = dict.fromkeys(excluded, "excluded by the finalized vote")
+    return sa.secure_model(spec, params, state, vectors, weight, recovery, why, len(rd.updates))

@@ -33,6 +33,15 @@ class Ended(enum.Enum):
     EXPIRED = "expired"
 
 
+@dataclass(frozen=True)
+class Deal:
+    """A member's shares blob for a round of secure aggregation, as the chain logged it."""
+
+    dealer: str
+    at: int  # block time
+    blob: bytes
+
+
 @dataclass
 class RoundLog:
     """One round: its update set in chain order, its votes, its decision."""
@@ -45,6 +54,9 @@ class RoundLog:
     decision: Decision | None = None
     final: Vote | None = None  # the finalized candidate, resolved from the decision's key
     decided_at: int | None = None
+    deals: list[Deal] = field(default_factory=list)  # secure aggregation, in chain order
+    # the members eligible for the round, with their masking keys, when its first deal came
+    candidates: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def closed(self) -> bool:
@@ -67,6 +79,7 @@ class MemberLog:
     address: str
     join_round: int
     active: bool = True
+    mask_key: bytes = b""  # X25519 public key for secure aggregation (zeros when unused)
 
 
 class LogGap(Exception):
@@ -114,7 +127,8 @@ class JobLog:
             self.spec_hash = bytes(a["specHash"])
             self.model0_hash = bytes(a["model0Hash"])
         elif name == "Joined":
-            self.members[a["member"].lower()] = MemberLog(a["member"], int(a["joinRound"]))
+            member = MemberLog(a["member"], int(a["joinRound"]), mask_key=bytes(a["maskKey"]))
+            self.members[a["member"].lower()] = member
         elif name == "Left":
             m = self.members.get(a["member"].lower())
             if m is not None:
@@ -137,6 +151,16 @@ class JobLog:
         elif name == "RoundVoid":
             rd = self.round(int(a["round"]))
             rd.decision, rd.decided_at = Decision.VOID, int(a["at"])
+        elif name == "Dealt":
+            r = int(a["round"])
+            rd = self.round(r)
+            if not rd.deals:  # the round's candidates are fixed by its first deal
+                rd.candidates = tuple(
+                    (m.address, m.mask_key)
+                    for m in self.members.values()
+                    if m.active and m.join_round <= r and any(m.mask_key)
+                )
+            rd.deals.append(Deal(a["dealer"], int(a["at"]), bytes(a["blob"])))
         elif name == "Slashed":
             self.slashed.append((a["member"], int(a["round"])))
         elif name in ("JobFinished", "JobCancelled", "JobExpired"):

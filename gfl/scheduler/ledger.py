@@ -107,9 +107,12 @@ class ChainLedger:
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def join(self) -> None:
+    async def join(self, mask_key: bytes = bytes(32)) -> None:
         proof = merkle_proof(self._allow, self.address) if self._allow else []
-        await self._call(self._chain.join_job, self._job_id, proof)
+        await self._call(self._chain.join_job, self._job_id, proof, None, mask_key)
+
+    async def deal(self, r: int, blob: bytes) -> None:
+        await self._call(self._chain.deal, self._job_id, r, blob)
 
     async def leave(self) -> None:
         await self._call(self._chain.leave_job, self._job_id)

@@ -17,6 +17,9 @@ after checking its bytes against the hash committed on chain.
   frame, which the sender serves), ``size``, ``mask`` (the update positions it could not
   use, as a vote's mask) and ``sig``, the aggregator's signature over all of these
   (`gfl.chain.proofs.shard_statement`).
+- ``reveal``: a holder's reveal set for a round of secure aggregation (docs/protocol.md,
+  9.7): ``job_id``, ``round``, ``data`` (the set's bytes) and ``hash`` (their sha256; the
+  sender serves them as a blob too).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ __all__ = [
     "blob_announcement",
     "check_job",
     "check_model",
+    "check_reveal",
     "check_shard",
     "check_update",
     "job_announcement",
+    "reveal_message",
     "round_topic",
     "shard_statement",
 ]
@@ -123,6 +128,25 @@ def shard_statement(
     }
 
 
+MAX_REVEAL_BYTES = 63 + 53 * 255  # a holder's reveal set: at most k + 1 = 255 dealers
+
+
+def check_reveal(msg: dict[str, Any]) -> bool:
+    return (
+        _keys(msg, "job_id", "round", "hash", "data")
+        and _b32(msg["job_id"])
+        and _uint(msg["round"], MAX_ROUND)
+        and _b32(msg["hash"])
+        and isinstance(msg["data"], bytes)
+        and 0 < len(msg["data"]) <= MAX_REVEAL_BYTES
+    )
+
+
+def reveal_message(job_id: bytes, rnd: int, h: bytes, data: bytes) -> dict[str, Any]:
+    """A holder's reveal set (docs/protocol.md 9.7), also served as the blob ``h``."""
+    return {"v": VERSION, "type": "reveal", "job_id": job_id, "round": rnd, "hash": h, "data": data}
+
+
 def job_announcement(job_id: bytes, spec: bytes) -> dict[str, Any]:
     return {"v": VERSION, "type": "job", "job_id": job_id, "spec": spec}
 
@@ -148,3 +172,4 @@ register_schema("job", check_job)
 register_schema("update", check_update)
 register_schema("model", check_model)
 register_schema("shard", check_shard)
+register_schema("reveal", check_reveal)

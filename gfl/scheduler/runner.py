@@ -55,6 +55,7 @@ from gfl.scheduler.ports import (
     LedgerUnavailable,
     NodeData,
 )
+from gfl.scheduler.secure import SecureRounds
 from gfl.scheduler.sharding import ShardedRounds
 from gfl.scheduler.update import RoundMetrics, Update, make_update
 
@@ -141,6 +142,12 @@ class JobRunner:
         self.sharded = ShardedRounds(
             spec=spec, me=self.me, exchange=exchange, ledger=ledger, nap=self._nap, poll_s=poll_s
         )
+        self.secure: SecureRounds | None = None
+        if spec.secure_aggregation:
+            self.secure = SecureRounds(
+                spec=spec, me=self.me, ledger=ledger, exchange=exchange,
+                root=checkpoints.root, nap=self._nap, poll_s=poll_s,
+            )  # fmt: skip
         lossy = parse_compression(spec.compression).lossy
         self._feedback = ErrorFeedback() if lossy else None
         self._background: trio.Nursery
@@ -177,7 +184,10 @@ class JobRunner:
                 self.participate = False
             else:
                 try:
-                    await self.patience.until_answered(self.ledger.join)
+                    join = self.ledger.join
+                    if self.secure is not None:
+                        join = partial(self.ledger.join, self.secure.public_key)
+                    await self.patience.until_answered(join)
                     self._event("joined")
                 except LedgerRefused as exc:
                     log.info("job %s: cannot join (%s); following it", self.job_id[:10], exc)
@@ -213,7 +223,7 @@ class JobRunner:
             await self._leave()
             return None
         if self._should_train(st):
-            await self._train(st)
+            await self._train_keeping_the_vote(st)
             return None
         await self._nap(until_due(st, self.poll_s))
         return None
@@ -354,7 +364,9 @@ class JobRunner:
             self.place.chain_id, self.place.registry, bytes.fromhex(self.job_id), r, self.model_hash
         )
         t0 = time.monotonic()
-        if self.sharded.mode(self.params, rd) is Mode.SHARDED:
+        if self.secure is not None:
+            model = await self.secure.aggregate(st, r, ctx, self.params, self.state, metrics)
+        elif self.sharded.mode(self.params, rd) is Mode.SHARDED:
             model = await self.sharded.aggregate(
                 st, rd, ctx, self.params, self.state, metrics.values, self._background
             )
@@ -405,6 +417,29 @@ class JobRunner:
         left = rd.closed_at + self.spec.vote_timeout - st.now
         return left > 2 * self._train_s + RIDE_MARGIN_S
 
+    async def _train_keeping_the_vote(self, st: JobState) -> None:
+        """Train; a vote meant to ride on the update goes alone instead when training runs
+        so long (a loaded machine) that the vote would miss its deadline."""
+        ballot = self.ballot
+        rd = st.log.rounds.get(ballot.round) if ballot is not None else None
+        if ballot is None or rd is None or rd.closed_at is None:
+            await self._train(st)
+            return
+        voting, left = False, rd.closed_at + self.spec.vote_timeout - st.now - RIDE_MARGIN_S
+
+        async def vote_alone_in_time() -> None:
+            nonlocal voting
+            await trio.sleep(max(0, left))
+            if self.ballot is ballot:  # still unsent: the update has not left yet
+                voting = True
+                await self._vote(st, ballot)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(vote_alone_in_time)
+            await self._train(st)
+            if not voting:
+                nursery.cancel_scope.cancel()
+
     async def _vote(self, st: JobState, ballot: Ballot) -> None:
         self.ballot = None
         try:
@@ -429,6 +464,7 @@ class JobRunner:
             and not self._spent
             and st.log.is_member(self.me)  # a mid-round joiner may contribute too
             and (rd is None or rd.update_of(self.me) is None)
+            and (self.secure is None or self.secure.may_train(st, r))
         )
 
     async def _train(self, st: JobState) -> None:
@@ -448,6 +484,16 @@ class JobRunner:
             base=self.model_hash,
         )
         data = self.data.train
+        if self.secure is not None:
+            secure = await self.secure.update(
+                r, self.params, data, meta,
+                device=self.device, limiter=self.train_limiter, metrics=metrics,
+            )  # fmt: skip
+            if secure is None:  # not in the round's masking set: no update this round
+                await self._update_refused(r, LedgerRefused("not in the round's masking set"))
+                return
+            await self._publish_and_commit(r, st, secure, metrics)
+            return
         async with self.train_limiter:
             update = await trio.to_thread.run_sync(
                 lambda: make_update(
@@ -464,6 +510,11 @@ class JobRunner:
         if budget is not None and update.privacy is not None:  # spent before the update leaves
             spend = budget.spend
             metrics.values["epsilon"] = await trio.to_thread.run_sync(spend, r, update.privacy)
+        await self._publish_and_commit(r, st, update, metrics)
+
+    async def _publish_and_commit(
+        self, r: int, st: JobState, update: Update, metrics: RoundMetrics
+    ) -> None:
         t0 = time.monotonic()
         signature = self.ledger.sign_update(r, update.hash)
         for part in update.parts:  # a sharded update: its shards served, its manifest announced

@@ -450,7 +450,14 @@ class JobService:
             spec=JobSpec.from_bytes(row.spec),
             joblog=state.log,
         )
-        needed = await trio.to_thread.run_sync(audit.blobs_needed, state.log, self.network.blobs)
+        reveals = [  # secure rounds: the reveal sets this node unmasked with
+            bytes.fromhex(h)
+            for rec in self.store.rounds(row.job_id)
+            for h in rec["metrics"].get("reveals", ())
+        ]
+        needed = await trio.to_thread.run_sync(
+            audit.blobs_needed, state.log, self.network.blobs, reveals
+        )
         await self._fetch_missing(row.job_id, needed)
         return {
             "manifest": manifest,

@@ -11,9 +11,10 @@ round's authors (`gfl.fl.shards.aggregators`). This node then:
 3. collects the statements: shard k is **settled** when a majority of its aggregators agree
    on (hash, mask); a shard this node aggregated itself is settled as it computed it. The
    round's mask is the union of the settled masks; a shard that is not settled by the shard
-   deadline (silent or disagreeing aggregators) or whose mask is not the union is
-   **recomputed** here from the updates' shards (the arithmetic is deterministic: every
-   honest recomputation gives the same bytes);
+   deadline (silent or disagreeing aggregators; or sooner, when no statement came for a
+   while: gossip lost them) or whose mask is not the union is **recomputed** here from the
+   updates' shards (the arithmetic is deterministic: every honest recomputation gives the
+   same bytes);
 4. assembles the float64 delta from the S shards, takes the server step with its own copy
    of the strategy's state and applies it: M_{r+1}, voted on as in an all-to-all round.
 
@@ -57,8 +58,17 @@ from gfl.scheduler.ports import Exchange, JobState, Ledger
 log = logging.getLogger(__name__)
 
 Nap = Callable[[float | None], Awaitable[None]]
-RESTATE_S = 2.0  # first pause before an aggregator states its shards again
+RESTATE_S, RESTATE_MAX_S = 2.0, 8.0  # pauses before an aggregator states its shards again
 STRAGGLER_S = 5.0  # more patience for the last shards' statements (see _settle)
+QUIET_S = 15.0  # least wait for the next statement before recomputing instead (see quiet_s)
+
+
+def quiet_s(availability_timeout: float) -> float:
+    """How long a member waits for a new shard statement, when none comes, before it
+    recomputes the shards still unsettled: a quarter of the availability window, at least
+    `QUIET_S`. Gossip can lose a node's messages for minutes (a mesh being repaired); the
+    shard deadline alone would then hold the whole round."""
+    return max(QUIET_S, availability_timeout / 4)
 
 
 @dataclass(frozen=True)
@@ -161,15 +171,18 @@ class ShardedRounds:
                 if body:  # (a test's silent aggregator states nothing)
                     stated.append(body)
 
+        t0 = trio.current_time()
         async with trio.open_nursery() as nursery:  # each shard stated as soon as it is reduced
             nursery.start_soon(work.fetch_manifests, avail)
             for k in mine:
                 nursery.start_soon(aggregate_shard, k)
+        t_reduced = trio.current_time()
         self._restating.cancel()  # an older round's: no one waits for those any more
         if stated:
             self._restating = trio.CancelScope()
             background.start_soon(self._restate, stated, settle_by, self._restating)
         settled, claims = await self._settle(ctx, rd, assigned, own, settle_by)
+        t_settled = trio.current_time()
         holders = {
             k: [c.aggregator for c in claims if c.shard == k and (c.hash, c.mask) == s]
             for k, s in settled.items()
@@ -189,6 +202,12 @@ class ShardedRounds:
                 break
             union |= grown
             results = {k: red for k, red in results.items() if set(red.excluded) == union}
+        log.info(
+            "round %d: sharded, reduced %s by %.1f s, %d/%d settled by %.1f s, complete by "
+            "%.1f s, recomputed %s (avail %.1f s, shard deadline %.1f s)",
+            rd.number, mine, t_reduced - t0, len(settled), layout.count, t_settled - t0,
+            trio.current_time() - t0, recomputed, avail - t0, settle_by - t0,
+        )  # fmt: skip
         return await trio.to_thread.run_sync(
             self._assemble, layout, params, state, results, union, work, mine, recomputed, values
         )
@@ -235,14 +254,15 @@ class ShardedRounds:
     async def _restate(
         self, bodies: list[dict[str, Any]], until: float, scope: trio.CancelScope
     ) -> None:
-        """Our statements again, after 2, 4, 8, ... seconds, until ``until``."""
+        """Our statements again, after 2, 4, 8, 8, ... seconds, until ``until``: a member
+        that lost them (its gossip mesh being repaired) hears them soon after it heals."""
         with scope:
             pause = RESTATE_S
             while trio.current_time() + pause < until:
                 await trio.sleep(pause)
                 for body in bodies:
                     await self.exchange.post(body)
-                pause *= 2
+                pause = min(2 * pause, RESTATE_MAX_S)
 
     def close(self) -> None:
         """The job ended here: no more statements."""
@@ -260,12 +280,15 @@ class ShardedRounds:
     ) -> tuple[dict[int, tuple[bytes, bytes]], list[Claim]]:
         """Shard -> the (hash, mask) settled for it, and the statements heard, waiting until
         every shard is settled or answered by all its aggregators, or ``until``. Stragglers
-        get as long again as half the others took (and `STRAGGLER_S`): a shard recomputed
-        early costs bytes, never the model."""
+        get as long again as half the others took (and `STRAGGLER_S`), and `quiet_s` without
+        a new statement ends the wait: a shard recomputed early costs bytes, never the
+        model."""
         n, started = len(rd.updates), trio.current_time()
         settled = {k: (r.hash, mask_bytes(r.excluded, n)) for k, r in own.items() if r.pieces}
         mine = len(settled)
         patience = until
+        quiet = quiet_s(self.spec.availability_timeout)
+        heard, news = 0, started  # statements heard so far, and when the last one came
         while True:
             claims = await self._claims(ctx, rd, assigned)
             answered: Counter[int] = Counter(c.shard for c in claims)
@@ -276,6 +299,8 @@ class ShardedRounds:
                     if count >= quorum(len(assigned[k])):
                         settled[k] = best
             now = trio.current_time()
+            if len(claims) > heard:
+                heard, news = len(claims), now
             if patience == until and 2 * (len(settled) - mine) >= len(assigned) - mine:
                 patience = min(until, now + (now - started) + STRAGGLER_S)
             waiting = [
@@ -283,14 +308,17 @@ class ShardedRounds:
                 for k, replicas in enumerate(assigned)
                 if k not in settled and answered[k] < len(replicas)
             ]
-            if waiting and now >= patience:
-                heard = {
+            done = now >= min(patience, news + quiet)
+            if waiting and done:
+                heard_from = {
                     k: sorted(c.aggregator[:10] for c in claims if c.shard == k) for k in waiting
                 }
-                log.info("round %d: shards not settled in time (heard from %s)", rd.number, heard)
-            if not waiting or now >= patience:
+                log.info(
+                    "round %d: shards not settled in time (heard from %s)", rd.number, heard_from
+                )
+            if not waiting or done:
                 return settled, claims
-            await self._nap(min(self._poll_s, patience - now))
+            await self._nap(min(self._poll_s, patience - now, news + quiet - now))
 
     async def _claims(self, ctx: Context, rd: RoundLog, assigned: list[list[str]]) -> list[Claim]:
         """The round's verified statements: signed by an aggregator of their shard, with a

@@ -204,7 +204,7 @@ class JobSlots:
                 self.book.announced(p["hash"], msg.sender_peer_id)
                 running = self.jobs.get(job_id)
                 if running is not None:
-                    if p["type"] == "shard" and running.runner is not None:
+                    if p["type"] in ("shard", "reveal") and running.runner is not None:
                         exchange = running.runner.exchange
                         if isinstance(exchange, NetExchange):
                             exchange.hear(p)
@@ -243,11 +243,12 @@ class JobSlots:
 
 
 def _round_validator(job_id: bytes) -> Callable[[GossipMessage], bool]:
-    """Round topics carry this job's update/model announcements and shard statements only
-    (others: dropped)."""
+    """Round topics carry this job's update/model announcements, shard statements and
+    reveal sets only (others: dropped)."""
 
     def validate(msg: GossipMessage) -> bool:
         p = msg.payload
-        return p.get("type") in ("update", "model", "shard") and p.get("job_id") == job_id
+        kinds = ("update", "model", "shard", "reveal")
+        return p.get("type") in kinds and p.get("job_id") == job_id
 
     return validate

@@ -130,7 +130,7 @@ def test_ten_thousand_sybils_cannot_stop_two_honest_members():
         sybils = [sybil_address(i) for i in range(SYBILS)]
         rpc.batch([("anvil_setBalance", [s, hex(10**18)]) for s in sybils])
         rpc.call("evm_setAutomine", False)
-        join = a._contract.encode_abi("join", args=[job_id, []])
+        join = a._contract.encode_abi("join", args=[job_id, [], bytes(32)])
         send_from_all(rpc, a, sybils, [join] * SYBILS, BOND)
         rpc.call("evm_setAutomine", True)
         job = a.get_job(job_id)

@@ -79,6 +79,8 @@ def test_every_field_change_changes_the_hash():
         aggregation="sharded",
         replicas=5,
         shards=4,
+        privacy={"epsilon": 5.0, "delta": 1e-5, "max_grad_norm": 1.0},
+        secure_aggregation={"threshold": 2, "neighbours": 2, "clip": 1.0},
     )
     fields = {f.name for f in dataclasses.fields(JobSpec)} - {"version"}
     assert set(changes) == fields, "every field must be covered"

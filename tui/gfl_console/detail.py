@@ -61,6 +61,25 @@ def role_cell(m: RoundMetrics) -> str:
     return " · ".join(parts)
 
 
+#: A sharded round's download by phase (docs/protocol.md, 8.6), as the Fetched cell names it.
+FETCH_PHASES = (
+    ("bytes_manifests", "manifests"),
+    ("bytes_shards", "shards"),
+    ("bytes_settled", "settled"),
+    ("bytes_recomputed", "recomputed"),
+)
+
+
+def fetched_cell(m: RoundMetrics) -> str:
+    """What this node downloaded in a round; in a sharded round, by phase too."""
+    total = human_bytes(m.get("bytes_received"))
+    if m.get("mode") != "sharded":
+        return total
+    got: dict[str, Any] = dict(m)
+    parts = [f"{label} {human_bytes(got[key])}" for key, label in FETCH_PHASES if got.get(key)]
+    return f"{total} ({' · '.join(parts)})" if parts else total
+
+
 def verify_cell(check: RoundCheck | None) -> Text:
     """How a round's model hash compares with what the chain decided."""
     if check is None:
@@ -240,7 +259,7 @@ class JobDetailScreen(Screen[None]):
                 if not r.get("divergent")
                 else Text("✗ divergent", style="bold red"),
                 role_cell(m),
-                human_bytes(m.get("bytes_received")),
+                fetched_cell(m),
                 key=str(n),
             )
 

@@ -127,14 +127,19 @@ def reveal(
     public_keys: Mapping[bytes, bytes],
     survivors: Iterable[bytes],
     guard: RevealGuard,
+    members: Iterable[bytes] | None = None,
 ) -> RevealSet:
-    """This holder's reveal set for the round whose update set is `survivors`."""
+    """This holder's reveal set for the round whose update set is `survivors`; only the
+    shares of ``members`` (the round's M, default: every graph member) are revealed."""
     s = frozenset(survivors)
+    dealt = frozenset(graph.members if members is None else members)
     problem = survivor_problem(graph, s)
     if problem:
         raise SecAggError(f"refusing to reveal shares: {problem}")
     plan = {}
     for dealer in graph.holders(me):  # the dealers whose shares this member holds
+        if dealer not in dealt:
+            continue
         kind = needed_kind(graph, s, dealer)
         if kind is not None:
             plan[dealer] = kind

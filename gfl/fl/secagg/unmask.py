@@ -106,17 +106,22 @@ def recover(
     survivors: Iterable[bytes],
     blobs: Mapping[bytes, SharesBlob],
     reveals: Iterable[RevealSet],
+    members: Iterable[bytes] | None = None,
 ) -> Recovery | Incomplete:
-    """Rebuild what unmasking S needs, or say (the same way on every node) why it cannot."""
+    """Rebuild what unmasking S needs, or say (the same way on every node) why it cannot.
+
+    ``members`` (default: the graph's) are the round's M, the graph members that dealt in
+    time: only their masks are in the vectors, so only their secrets are needed."""
     s = frozenset(survivors)
-    need = {d: needed_kind(graph, s, d) for d in graph.members}
-    usable, blob_problem = _usable_blobs(ctx, graph, blobs)
+    dealers = _dealers(graph, members)
+    need = {d: needed_kind(graph, s, d) for d in dealers}
+    usable, blob_problem = _usable_blobs(ctx, graph, blobs, dealers)
     valid, refused = _valid_shares(ctx, graph, need, usable, reveals)
     problem = survivor_problem(graph, s)
     missing: list[Missing] = []
     self_seeds: list[tuple[bytes, bytes]] = []
     pair_seeds: list[tuple[bytes, bytes, bytes]] = []
-    for d in graph.members:
+    for d in dealers:
         kind = need[d]
         if kind is None or problem:
             continue
@@ -145,13 +150,24 @@ def recover(
     return Recovery(ctx, tuple(sorted(s)), tuple(self_seeds), tuple(sorted(pair_seeds)), refused)
 
 
+def _dealers(graph: NeighbourGraph, members: Iterable[bytes] | None) -> tuple[bytes, ...]:
+    """The graph's members that are in M, ascending."""
+    if members is None:
+        return graph.members
+    keep = frozenset(members)
+    return tuple(d for d in graph.members if d in keep)
+
+
 def _usable_blobs(
-    ctx: RoundContext, graph: NeighbourGraph, blobs: Mapping[bytes, SharesBlob]
+    ctx: RoundContext,
+    graph: NeighbourGraph,
+    blobs: Mapping[bytes, SharesBlob],
+    dealers: Iterable[bytes],
 ) -> tuple[dict[bytes, SharesBlob], dict[bytes, str]]:
     """The blobs that belong to this round and graph, and why each other dealer has none."""
     usable: dict[bytes, SharesBlob] = {}
     problem: dict[bytes, str] = {}
-    for d in graph.members:
+    for d in dealers:
         blob = blobs.get(d)
         if blob is None:
             problem[d] = "no shares blob"
@@ -173,7 +189,7 @@ def _valid_shares(
 ) -> tuple[dict[bytes, dict[bytes, list[int]]], tuple[tuple[bytes, bytes, int], ...]]:
     """Per dealer, the shares each holder's revealed key opens (needed kind only), and the
     (holder, dealer, kind) of keys of the other kind, which are refused."""
-    valid: dict[bytes, dict[bytes, list[int]]] = {d: {} for d in graph.members}
+    valid: dict[bytes, dict[bytes, list[int]]] = {d: {} for d in need}
     refused: list[tuple[bytes, bytes, int]] = []
     for rs in sorted(reveals, key=lambda r: (r.holder, r.to_bytes())):  # any order: one result
         if rs.ctx != ctx:

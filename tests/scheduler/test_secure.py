@@ -1,0 +1,262 @@
+"""Secure aggregation in the round (docs/protocol.md 9.10), on the embedded chain with
+in-process runners: masked updates, dealing as a chain fact, reveals, exact unmasking,
+participants that vanish after committing and a member that withholds its shares."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import trio
+from support import MemoryExchange, registered_job
+
+from gfl.content import content_hash
+from gfl.fl.codec import decode_frame, decode_update, encode_frame
+from gfl.fl.data import load_dataset, load_partition
+from gfl.fl.rounds import Decision
+from gfl.fl.secagg import MaskingKey, encode, flatten, unflatten, wrapping_sum
+from gfl.fl.spec import JobSpec, SpecError
+from gfl.fl.strategies.base import apply_delta
+from gfl.fl.trainer import train_local
+from gfl.identity import NodeIdentity
+from gfl.scheduler.checkpoints import Checkpoints
+from gfl.scheduler.ledger import ChainLedger
+from gfl.scheduler.ports import NodeData
+from gfl.scheduler.runner import ChainPlace, JobRunner
+from gfl.scheduler.secure import MASKED
+
+torch.set_num_threads(1)
+
+BOND = 10**15
+
+
+def _spec(members, rounds: int = 1, **kw) -> JobSpec:
+    table = {"threshold": 3, "neighbours": 4, "clip": 1.0, "deal_timeout": 30}
+    table.update(kw.pop("secure", {}))
+    return (
+        JobSpec.builder("secure")
+        .model("mlp", in_features=64, hidden=16)
+        .data("digits")
+        .train(epochs=1, batch_size=16, lr=0.05)
+        .strategy("fedavg")
+        .rounds(rounds, min_updates=kw.pop("min_updates", len(members)), timeout=60)
+        .seed(3)
+        .build()
+        .replace(
+            max_samples=10_000,
+            max_participants=8,
+            vote_timeout=40,
+            availability_timeout=kw.pop("availability_timeout", 6),
+            admission={"allow": [m.eth_address for m in members], "bond": str(BOND)},
+            secure_aggregation=table,
+            **kw,
+        )
+    )
+
+
+async def _run(tmp_path, ids, spec, honest: int, *, vanish=(), extra=None):
+    """Runners for ids[:honest] (those in ``vanish`` stop once their round-0 update is
+    committed); ``extra(registry, job_id, call)`` plays the rest."""
+    table: dict[bytes, bytes] = {}
+    board: list[dict] = []
+    owner, job_id, call = registered_job(tmp_path, spec, b"\x02", table)
+    place = ChainPlace(owner.chain_id, bytes.fromhex(owner.registry_address[2:]))
+    test = load_dataset("digits", train=False)
+    events: list[tuple[int, str, dict]] = []
+    committed = [trio.Event() for _ in range(honest)]
+
+    def emit(i: int, kind: str, data: dict) -> None:
+        events.append((i, kind, data))
+        if kind == "job.update_committed":
+            committed[i].set()
+
+    runners = []
+    for i in range(honest):
+        reg = owner.for_identity(ids[i])
+        runners.append(
+            JobRunner(
+                job_id=job_id.hex(),
+                spec=spec,
+                ledger=ChainLedger(reg, job_id, call, allow=spec.allow_list),
+                exchange=MemoryExchange(table, board),
+                data=NodeData(load_partition("digits", i, honest, "iid", 0), test),
+                checkpoints=Checkpoints(tmp_path / f"n{i}"),
+                train_limiter=trio.CapacityLimiter(1),
+                emit=lambda kind, data, i=i: emit(i, kind, data),
+                record=lambda r, values: None,
+                place=place,
+            )
+        )
+
+    async def vanishing(i: int) -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(runners[i].run)
+                await committed[i].wait()
+                scope.cancel()  # gone after committing: no reveal, no vote
+
+    background = None
+    if extra is not None:  # before the runners start: a member from round 0 on
+        background = await extra(owner.for_identity(ids[-1]), job_id, call)
+    with trio.fail_after(400):  # generous: a loaded machine
+        async with trio.open_nursery() as nursery:
+            for i in range(honest):
+                if i in vanish:
+                    nursery.start_soon(vanishing, i)
+                else:
+                    nursery.start_soon(runners[i].run)
+            if background is not None:
+                nursery.start_soon(background)
+    state = await ChainLedger(owner, job_id, call).sync()
+    return owner, job_id, runners, events, state, table
+
+
+def _plain(spec: JobSpec, table: dict, state, i: int, n: int) -> tuple[np.ndarray, int]:
+    """Participant i's round-0 update as the plain quantised, weighted vector v_i (retrained:
+    training is deterministic) and its integer weight."""
+    m0 = decode_frame(table[state.log.model0_hash])
+    data = load_partition("digits", i, n, "iid", 0)
+    result = train_local(spec, m0, data, seed=spec.seed)
+    samples = min(result.num_samples, spec.sample_cap)
+    params = spec.secure
+    fp = params.fixed_point(spec.max_participants, spec.sample_cap)
+    w = params.weight(samples, spec.sample_cap)
+    return encode(fp.quantize(flatten(result.update)), w), w
+
+
+def _model_hash(spec, table, state, vectors, weight) -> bytes:
+    m0 = decode_frame(table[state.log.model0_hash])
+    fp = spec.secure.fixed_point(spec.max_participants, spec.sample_cap)
+    delta = unflatten(fp.mean(wrapping_sum(vectors), weight), m0)
+    return content_hash(encode_frame(apply_delta(m0, delta)))
+
+
+def _chi2_uniform(words: np.ndarray, bins: int = 16) -> float:
+    """Chi-square statistic of the words' top 4 bits against the uniform distribution."""
+    counts = np.bincount((words >> 28).astype(np.int64), minlength=bins)
+    expected = len(words) / bins
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+@pytest.mark.trio
+async def test_masked_updates_look_uniform_and_unmask_to_the_exact_integer_sum(tmp_path):
+    ids = [NodeIdentity.generate() for _ in range(3)]
+    spec = _spec(ids)
+    _, _, runners, events, state, table = await _run(tmp_path, ids, spec, 3)
+    rd = state.log.rounds[0]
+    assert rd.decision is Decision.FINALIZED and rd.final is not None and rd.final.mask == b""
+    assert len(rd.deals) == 3 and len(rd.updates) == 3 and len(rd.votes) == 3
+    assert len({r.model_hash for r in runners}) == 1
+
+    n = len(rd.updates)
+    plain = {}
+    for i, ident in enumerate(ids):
+        plain[ident.eth_address.lower()] = _plain(spec, table, state, i, n)
+    # (a) what a peer receives is uniform noise, unrelated to the quantised update
+    critical = 37.7  # chi-square, 15 degrees of freedom, p = 0.001
+    for u in rd.updates:
+        arrays, _meta = decode_update(table[u.update_hash])
+        y = arrays[MASKED]
+        v, _w = plain[u.author.lower()]
+        assert _chi2_uniform(y) < critical
+        assert _chi2_uniform(v) > 10 * critical  # the plain update is nowhere near uniform
+        assert np.mean(y == v) < 0.01
+        corr = np.corrcoef(y.astype(np.float64), v.astype(np.int32).astype(np.float64))[0, 1]
+        assert abs(corr) < 5 / math.sqrt(len(y))
+    # (b) the finalized model is exactly the integer sum of the plain quantised updates
+    vectors = [v for v, _ in plain.values()]
+    weight = sum(w for _, w in plain.values())
+    assert _model_hash(spec, table, state, vectors, weight) == rd.final.model_hash
+    # no plain update anywhere: every update frame any peer could fetch is a masked vector
+    frames = 0
+    for blob in table.values():
+        if blob[:4] == b"GFLR":
+            continue
+        if blob[:4] == b"GFLP":  # a model frame (M_0, a round's model)
+            decode_frame(blob)
+            continue
+        arrays, meta = decode_update(blob)
+        if meta is not None:
+            frames += 1
+            assert set(arrays) == {MASKED}
+    assert frames == n
+    assert not [e for e in events if e[1] == "job.divergence"]
+
+
+@pytest.mark.trio
+async def test_participants_that_vanish_after_committing_cost_nothing(tmp_path):
+    # 5 members, complete graph (k_r = 4), t = 3: n - t = 2 may vanish after committing
+    ids = [NodeIdentity.generate() for _ in range(5)]
+    spec = _spec(ids)
+    _, _, runners, _events, state, table = await _run(tmp_path, ids, spec, 5, vanish=(3, 4))
+    rd = state.log.rounds[0]
+    assert len(rd.updates) == 5
+    assert rd.decision is Decision.FINALIZED and rd.final is not None and rd.final.mask == b""
+    assert set(rd.votes) == {ids[i].eth_address.lower() for i in range(3)}
+    plain = [_plain(spec, table, state, i, 5) for i in range(5)]
+    expected = _model_hash(spec, table, state, [v for v, _ in plain], sum(w for _, w in plain))
+    assert rd.final.model_hash == expected  # the sum over all of S_r, the vanished included
+    assert all(runners[i].model_hash == expected for i in range(3))
+
+
+def _rogue(spec):
+    """A member that joins with a masking key, never deals, and commits an update anyway."""
+
+    async def join(reg, job_id, call):
+        return await _join_rogue(reg, job_id, call, spec)
+
+    return join
+
+
+async def _join_rogue(reg, job_id, call, spec):
+    from gfl.chain.proofs import merkle_proof
+
+    key = MaskingKey.generate()
+    await call(reg.join_job, job_id, merkle_proof(spec.allow_list, reg.account), None, key.public)
+
+    async def commit_later() -> None:
+        while (await call(reg.get_job, job_id)).updates < 1:
+            await trio.sleep(0.05)
+        await call(reg.commit_update, job_id, 0, b"\x55" * 32, 10)
+
+    return commit_later
+
+
+@pytest.mark.trio
+async def test_a_member_that_withholds_its_shares_is_left_out_the_same_way_by_all(tmp_path):
+    ids = [NodeIdentity.generate() for _ in range(4)]
+    spec = _spec(ids, min_updates=3)
+    _, _, _runners, _events, state, table = await _run(tmp_path, ids, spec, 3, extra=_rogue(spec))
+    rd = state.log.rounds[0]
+    rogue = ids[3].eth_address.lower()
+    assert len(rd.deals) == 3 and rogue not in {d.dealer.lower() for d in rd.deals}
+    assert any(a.lower() == rogue for a, _ in rd.candidates)
+    pos = rd.update_of(rogue).position
+    assert rd.decision is Decision.FINALIZED and rd.final is not None
+    assert rd.final.mask == bytes([1 << pos % 8]) + bytes(len(rd.final.mask) - 1)
+    honest = {ids[i].eth_address.lower() for i in range(3)}
+    assert set(rd.votes) == honest and not rd.dissenters()
+    plain = [_plain(spec, table, state, i, 3) for i in range(3)]
+    expected = _model_hash(spec, table, state, [v for v, _ in plain], sum(w for _, w in plain))
+    assert rd.final.model_hash == expected
+
+
+def test_the_option_is_refused_with_one_line_where_it_cannot_run():
+    ids = [NodeIdentity.generate() for _ in range(2)]
+    for bad, needle in (
+        ({"strategy": "median"}, "needs each update in the clear"),
+        ({"aggregation": "sharded"}, '"sharded" is not supported'),
+        ({"compression": "int8"}, "leave compression out"),
+        ({"secure": {"threshold": 2}}, "threshold must be in 3..5"),
+        ({"secure": {"deal_timeout": 0}}, "deal_timeout"),
+        ({"secure": {"clip": 1e9}}, "do not fit 31 bits"),
+    ):
+        with pytest.raises(SpecError) as err:
+            kw = dict(bad)
+            strategy = kw.pop("strategy", None)
+            spec = _spec(ids, **kw)
+            if strategy:
+                spec.replace(strategy=strategy)
+        assert needle in str(err.value) and "\n" not in str(err.value)
