@@ -191,3 +191,30 @@ async def test_a_vote_meant_to_ride_goes_alone_when_training_runs_past_its_deadl
     voted = [d for i, kind, d in events if i == 0 and kind == "job.voted" and d["round"] == 0]
     assert voted, "node 0 did not vote on round 0 alone"
     assert state.log.rounds[1].decision is Decision.FINALIZED
+
+
+async def _idler(reg, job_id, spec, call):
+    """A member that joins and never sends an update, so every round closes by its timeout;
+    meanwhile blocks are mined every half second, as on a live chain (the embedded chain
+    mines only on transactions, and its views see the time of the last block)."""
+    from gfl.chain import JobStatus
+
+    await call(reg.join_job, job_id, _proof(spec, reg.account))
+    for _ in range(600):
+        if (await call(reg.get_job, job_id)).status is not JobStatus.ACTIVE:
+            return
+        await call(reg._embedded.advance_time, 0.0)
+        await trio.sleep(0.5)
+
+
+@pytest.mark.trio
+async def test_a_round_closed_by_its_timeout_is_written_at_once_and_finalized(tmp_path):
+    *_, runners, _events, state = await _run_job(
+        tmp_path, 2, extra=_idler, rounds=2, min_updates=2, round_timeout=4
+    )
+    assert len(state.log.rounds[1].updates) == 2  # the idler's is missing: closed by timeout
+    for r in (0, 1):
+        rd = state.log.rounds[r]
+        # the chain's views closed it at the timeout; a node wrote that before the vote closed
+        assert rd.decision is Decision.FINALIZED, f"round {r} ended {rd.decision}"
+    assert {x.model_hash for x in runners} == {state.log.rounds[1].final.model_hash}

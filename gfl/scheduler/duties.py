@@ -52,11 +52,20 @@ class Duties:
 
     async def _settle_if_due(self, st: JobState) -> None:
         rec, now = st.record, st.now
-        due = (rec.voting and rec.closed_at and now >= rec.closed_at + rec.params.vote_timeout) or (
-            not rec.voting
-            and rec.opens_at
-            and rec.updates >= rec.params.min_updates
-            and now >= rec.opens_at + rec.params.round_timeout
+        # the chain's views apply due transitions without logging them: a round closed by its
+        # timeout has no RoundClosed event (nor a seed) until a transaction writes it, and its
+        # vote deadline runs from the timeout, so write it at once
+        last = st.log.rounds.get(rec.round - 1)
+        unlogged = rec.voting and rec.round > 0 and (last is None or not last.closed)
+        due = (
+            unlogged
+            or (rec.voting and rec.closed_at and now >= rec.closed_at + rec.params.vote_timeout)
+            or (
+                not rec.voting
+                and rec.opens_at
+                and rec.updates >= rec.params.min_updates
+                and now >= rec.opens_at + rec.params.round_timeout
+            )
         )
         if due and time.monotonic() - self._last_settle >= SETTLE_EVERY_S:
             self._last_settle = time.monotonic()
