@@ -192,17 +192,19 @@ def manifest_hashes(blob: bytes) -> list[bytes] | None:
 
 
 def aggregators(seed: bytes, shard: int, authors: Sequence[str], replicas: int) -> list[str]:
-    """The ``replicas`` authors of S_r ranked first by ``keccak256(seed ‖ uint32 shard ‖
-    author)`` (20 address bytes): the aggregators of ``shard`` (all of them when fewer)."""
+    """The aggregators of ``shard``: the distinct authors of S_r in ascending order of
+    ``keccak256(seed ‖ author)`` (20 address bytes) form a ring; shard k takes the
+    ``replicas`` places from ``k · replicas`` on (all authors when fewer). Every author
+    reduces ⌊S·r/n⌋ or ⌈S·r/n⌉ shards: no one draws more than its share."""
     if len(seed) != 32:
         raise ShardError("a round's seed is 32 bytes")
-    prefix = bytes(seed) + struct.pack(">I", shard)
 
     def rank(author: str) -> bytes:
-        return keccak(prefix + bytes.fromhex(author.removeprefix("0x").lower()))
+        return keccak(bytes(seed) + bytes.fromhex(author.removeprefix("0x").lower()))
 
-    unique = list(dict.fromkeys(a.lower() for a in authors))
-    return sorted(unique, key=rank)[: max(1, replicas)]
+    ring = sorted(dict.fromkeys(a.lower() for a in authors), key=rank)
+    take = min(max(1, replicas), len(ring))
+    return [ring[(shard * take + j) % len(ring)] for j in range(take)]
 
 
 def shard_grace(vote_timeout: float, availability_timeout: float) -> float:

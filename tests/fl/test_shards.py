@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -141,6 +142,10 @@ def test_aggregators_are_drawn_from_the_seed_the_same_everywhere():
     other = [aggregators(hashlib.sha256(b"other").digest(), k, authors, 3) for k in range(8)]
     assert other != picks
     assert set(aggregators(seed, 0, authors[:2], 3)) == set(authors[:2])  # fewer: all of them
+    for n, shards in ((20, 8), (32, 7), (5, 7), (3, 2)):  # each author its share, no more
+        ring = [f"0x{i:040x}" for i in range(1, n + 1)]
+        load = Counter(a for k in range(shards) for a in aggregators(seed, k, ring, 3))
+        assert max(load.values()) <= -(-shards * min(3, n) // n), (n, shards, load)
     assert [quorum(r) for r in (1, 2, 3, 4, 5)] == [1, 2, 2, 3, 3]
 
 
