@@ -14,9 +14,9 @@ import os
 import signal
 from pathlib import Path
 
-from support import local_config, on_event
+from support import local_config, on_event, register_small_job
 
-from gfl.chain import JobParams, open_chain
+from gfl.chain import open_chain
 from gfl.chain.embedded import JOURNAL_FILE
 from gfl.chain.journal import read_records
 from gfl.fl.rounds import Vote
@@ -27,21 +27,6 @@ from gfl.scheduler.joblog import JobLog
 
 JOBS = 4
 LAST_RECORD_STRIDE = 10  # every 10th byte of the last record (~1,200 bytes): ~120 kill points
-
-
-def _register(chain) -> bytes:
-    """Register a one-round job of the chain's account; returns its id."""
-    params = JobParams(
-        rounds=1,
-        min_updates=1,
-        max_participants=1,
-        round_timeout=10,
-        vote_timeout=10,
-        deadline=chain.chain_time() + 3600,
-        bond=1,
-    )
-    job_id, _ = chain.register_job(os.urandom(32), os.urandom(32), b"\x02" * 32, params)
-    return job_id
 
 
 def _kill_points(ends: list[int], stride: int) -> list[int]:
@@ -62,7 +47,7 @@ def test_chain_journal_cut_at_each_kill_point_keeps_every_whole_transaction(tmp_
     journal = source / JOURNAL_FILE
     jobs: dict[bytes, int] = {}  # job id -> journal size once its registration returned
     for _ in range(JOBS):
-        job_id = _register(chain)
+        job_id = register_small_job(chain)
         jobs[job_id] = journal.stat().st_size
     chain.close()
     data = journal.read_bytes()
@@ -80,7 +65,7 @@ def test_chain_journal_cut_at_each_kill_point_keeps_every_whole_transaction(tmp_
             for job_id, acknowledged_at in jobs.items():
                 whole = acknowledged_at <= cut
                 assert (chain.get_job(job_id) is not None) == whole, (cut, acknowledged_at)
-            after = _register(chain)
+            after = register_small_job(chain)
         finally:
             chain.close()
         chain = open_chain("embedded", identity, state_dir=state)

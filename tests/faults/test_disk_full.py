@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import register_small_job
 
 from gfl.errors import GflError
 from gfl.net.blobs import BlobStore
@@ -107,23 +108,6 @@ def test_disk_full_gives_clear_errors_and_leaves_nothing_corrupt(small_fs):
 SPEC_HASH = b"\x01" * 32
 
 
-def _register(chain, salt: bytes | None = None) -> bytes:
-    """Register a one-round job of the chain's account (with ``salt``); returns its id."""
-    from gfl.chain import JobParams
-
-    params = JobParams(
-        rounds=1,
-        min_updates=1,
-        max_participants=1,
-        round_timeout=10,
-        vote_timeout=10,
-        deadline=chain.chain_time() + 3600,
-        bond=1,
-    )
-    salt = os.urandom(32) if salt is None else salt
-    return chain.register_job(salt, SPEC_HASH, b"\x02" * 32, params)[0]
-
-
 def test_a_full_disk_stops_the_embedded_chain_and_it_loses_nothing_acknowledged(small_fs):
     """A transaction whose journal record cannot be written is refused, and so is every
     request after it (the chain's memory holds a transaction a restart would not have);
@@ -133,13 +117,13 @@ def test_a_full_disk_stops_the_embedded_chain_and_it_loses_nothing_acknowledged(
 
     identity, state = NodeIdentity.generate(), small_fs / "chain"
     chain = open_chain("embedded", identity, state_dir=state)
-    kept = [_register(chain), _register(chain)]
+    kept = [register_small_job(chain, spec_hash=SPEC_HASH) for _ in range(2)]
     filler = _fill(small_fs)
     with pytest.raises(GflError, match=r"(?i)no space"):  # once the journal's page is full
         for _ in range(50):
             salt = os.urandom(32)
             refused = chain.job_id_for(chain.account, salt, SPEC_HASH)
-            _register(chain, salt)
+            register_small_job(chain, salt, SPEC_HASH)
             kept.append(refused)
     with pytest.raises(GflError, match="the embedded chain stopped"):
         chain.get_job(kept[0])
@@ -149,7 +133,7 @@ def test_a_full_disk_stops_the_embedded_chain_and_it_loses_nothing_acknowledged(
     chain = open_chain("embedded", identity, state_dir=state)
     assert all(chain.get_job(j) is not None for j in kept)
     assert chain.get_job(refused) is None
-    after = _register(chain)
+    after = register_small_job(chain, spec_hash=SPEC_HASH)
     chain.close()
     chain = open_chain("embedded", identity, state_dir=state)
     assert all(chain.get_job(j) is not None for j in [*kept, after])
