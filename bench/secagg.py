@@ -8,14 +8,18 @@ reveal set. One process plays every member (seeded randomness); times are the be
     .venv/bin/python bench/secagg.py [--coords 1000000] [--repeat 3]
 
 Rounds (--jobs 4,8,16): the same job (digits, an MLP, FedAvg, --rounds rounds) run plain,
-secure and quantised only (``masks = false``) by in-process runners on the embedded chain,
+secure with 32- and 24-bit words, and quantised only (``masks = false``, 24-bit words) by
+in-process runners on the embedded chain,
 blobs in a shared table (no network: the bytes are counted, not timed). Per participant
 per round: bytes = its update blob sent + the others' fetched, plus for a secure job its
 shares blob sent and the others' read from the chain's events, its reveal set sent and the
 others' heard; round wall = the job's wall time / rounds; accuracy = the final model's on
 the digits test split.
 
-    .venv/bin/python bench/secagg.py --jobs 4,8,16 [--rounds 5]
+    .venv/bin/python bench/secagg.py --jobs 4,8,16 [--rounds 5] [--hidden 32]
+
+The shares and reveals cost the same whatever the model's size; the masked words cost the
+model's length times word_bits / 8. --hidden sets how the two weigh against each other.
 """
 
 from __future__ import annotations
@@ -108,12 +112,12 @@ def bench_case(n: int, k: int, t: int, coords: int, repeat: int) -> dict:
     }
 
 
-def _job_spec(n: int, rounds: int, ids: list, secure: dict | None):
+def _job_spec(n: int, rounds: int, ids: list, secure: dict | None, hidden: int):
     from gfl.fl.spec import JobSpec
 
     spec = (
         JobSpec.builder("bench-secagg")
-        .model("mlp", in_features=64, hidden=32)
+        .model("mlp", in_features=64, hidden=hidden)
         .data("digits")
         .train(epochs=1, batch_size=16, lr=0.1)
         .strategy("fedavg")
@@ -131,7 +135,7 @@ def _job_spec(n: int, rounds: int, ids: list, secure: dict | None):
     return spec.replace(secure_aggregation=secure) if secure else spec
 
 
-async def _run_job(n: int, rounds: int, secure: dict | None, root: Path) -> dict:
+async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden: int) -> dict:
     """One job of n in-process runners; bytes per participant per round, wall, accuracy."""
     import hashlib
 
@@ -149,7 +153,7 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path) -> dict
     from gfl.scheduler.runner import ChainPlace, JobRunner
 
     ids = [NodeIdentity.generate() for _ in range(n)]
-    spec = _job_spec(n, rounds, ids, secure)
+    spec = _job_spec(n, rounds, ids, secure, hidden)
     owner = open_chain("embedded", NodeIdentity.generate(), state_dir=root / "chain")
     limiter = trio.CapacityLimiter(1)
 
@@ -231,7 +235,7 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path) -> dict
     }
 
 
-def bench_rounds(sizes: list[int], rounds: int) -> None:
+def bench_rounds(sizes: list[int], rounds: int, hidden: int) -> None:
     import tempfile
 
     import torch
@@ -239,7 +243,10 @@ def bench_rounds(sizes: list[int], rounds: int) -> None:
 
     torch.set_num_threads(1)
     table = {"threshold": 0, "neighbours": 0, "clip": 1.0, "weight_levels": 256}
-    print(f"# {platform.processor() or platform.machine()}, {rounds} rounds, digits MLP")
+    print(
+        f"# {platform.processor() or platform.machine()}, {rounds} rounds, "
+        f"digits MLP (hidden {hidden})"
+    )
     print(
         "| n | job | bytes / participant / round | × plain | round wall s | × plain "
         "| accuracy | decided | updates / deals / reveals B |"
@@ -248,11 +255,16 @@ def bench_rounds(sizes: list[int], rounds: int) -> None:
     for n in sizes:
         k = min(8, n - (n % 2)) if n > 2 else 2
         secure = {**table, "neighbours": k, "threshold": k // 2 + 2 if k + 1 > k // 2 + 2 else k}
-        jobs = {"plain": None, "secure": secure, "fixed": {**secure, "masks": False}}
+        jobs = {
+            "plain": None,
+            "secure w=32": secure,
+            "secure w=24": {**secure, "word_bits": 24},
+            "fixed w=24": {**secure, "word_bits": 24, "masks": False},
+        }
         base: dict | None = None
         for name, sa in jobs.items():
             with tempfile.TemporaryDirectory() as tmp:
-                r = trio.run(_run_job, n, rounds, sa, Path(tmp))
+                r = trio.run(_run_job, n, rounds, sa, Path(tmp), hidden)
             base = base or r
             print(
                 f"| {n} | {name} (k={sa['neighbours'] if sa else '-'}) | {r['bytes']:,.0f} "
@@ -269,9 +281,10 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--jobs", default="", help="member counts for the round benchmark, e.g. 4,8,16")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--hidden", type=int, default=32, help="the MLP's hidden width (rounds)")
     args = p.parse_args()
     if args.jobs:
-        bench_rounds([int(x) for x in args.jobs.split(",")], args.rounds)
+        bench_rounds([int(x) for x in args.jobs.split(",")], args.rounds, args.hidden)
         return
     print(
         f"# {platform.processor() or platform.machine()}, {args.coords:,} coordinates, "

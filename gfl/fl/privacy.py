@@ -12,9 +12,16 @@ Two ways to set the noise: ``noise_multiplier`` fixed (a participant stops contr
 its next round would spend more than ``epsilon``), or left at 0 and calibrated by each
 participant from its own sampling rate so that all of the job's rounds spend ``epsilon``.
 
-Distributed DP (user-level, each participant adding its share of the noise under secure
-aggregation) needs secure aggregation, which GFL does not have yet: ``mode = "distributed"``
-is refused, and `noise_share_std` is where that mode's arithmetic starts.
+``mode = "distributed"`` (with secure aggregation only): user-level DP over the job's
+rounds. Each participant trains without noise, clips its whole update to L2 norm
+``max_grad_norm`` (`clip_update`) and adds Gaussian noise of standard deviation
+σC/√min_updates to every coordinate (`noise_share`) before it masks the update: a round
+sums at least min_updates updates, so the sum, the only thing anyone sees, carries noise of
+at least σC, and one participant's update moves it by at most C (equal weighting). Each
+round is one Gaussian mechanism with noise multiplier σ on the whole population (sampling
+rate 1), composed over the rounds the participant contributes to (`distributed_plan`).
+The accounting is the continuous Gaussian's: the rounding of each noisy share to the fixed
+point's grid and its per-coordinate clip (docs/protocol.md 9.2) are left out of it.
 
 This module imports torch and Opacus only inside the functions that train or account, so a
 job spec is checked without them.
@@ -31,6 +38,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from gfl.errors import GflError
 
 if TYPE_CHECKING:
@@ -38,7 +47,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 ACCOUNTANTS = ("rdp", "prv")
-MODES = ("local",)
+MODES = ("local", "distributed")
 MAX_EPSILON = 1000.0
 MAX_NOISE = 1000.0
 _KEYS = ("epsilon", "delta", "max_grad_norm", "noise_multiplier", "accountant", "mode")
@@ -92,11 +101,6 @@ class PrivacySettings:
         if accountant not in ACCOUNTANTS:
             raise PrivacyError(f"privacy.accountant must be one of {', '.join(ACCOUNTANTS)}")
         mode = table.get("mode", "local")
-        if mode == "distributed":
-            raise PrivacyError(
-                'privacy.mode = "distributed" needs secure aggregation, which GFL does not have '
-                'yet; use "local" (every participant adds its own noise)'
-            )
         if mode not in MODES:
             raise PrivacyError(f"privacy.mode must be one of {', '.join(MODES)}")
         t = {"noise_multiplier": 0.0, **table}
@@ -135,7 +139,10 @@ def round_plan(
     settings: PrivacySettings, num_samples: int, batch_size: int, epochs: int, rounds: int
 ) -> StepPlan:
     """What one round costs a participant with ``num_samples`` records: q = 1 / (batches per
-    epoch), as Opacus derives it from a data loader, and ``epochs`` times that many steps."""
+    epoch), as Opacus derives it from a data loader, and ``epochs`` times that many steps
+    (local DP-SGD); one Gaussian step at q = 1 in distributed mode."""
+    if settings.mode == "distributed":
+        return distributed_plan(settings, rounds)
     if num_samples < 1:
         raise PrivacyError("no local training data")
     batches = math.ceil(num_samples / batch_size)
@@ -166,10 +173,39 @@ def calibrate(
     )
 
 
+def distributed_plan(settings: PrivacySettings, rounds: int) -> StepPlan:
+    """One round of distributed DP: the Gaussian mechanism once, on everyone (q = 1), with
+    the job's σ, or the σ with which ``rounds`` such steps spend ``epsilon``."""
+    sigma = settings.noise_multiplier or calibrate(
+        settings.epsilon, settings.delta, 1.0, rounds, settings.accountant
+    )
+    return StepPlan(sigma, 1.0, 1)
+
+
 def noise_share_std(noise_multiplier: float, clip: float, participants: int) -> float:
-    """Distributed DP's hook (not used until secure aggregation exists): the noise each of
-    ``participants`` adds to its clipped update so that their masked sum carries N(0, (σC)²)."""
+    """The noise each of ``participants`` adds to its clipped update so that their masked
+    sum carries N(0, (σC)²) per coordinate."""
     return noise_multiplier * clip / math.sqrt(participants)
+
+
+def clip_update(update: Mapping[str, np.ndarray], norm: float) -> dict[str, np.ndarray]:
+    """The update scaled so that its L2 norm over all floating tensors is at most ``norm``
+    (unchanged when it already is); float64 throughout."""
+    floats = {k: np.asarray(v, dtype=np.float64) for k, v in update.items()}
+    total = math.sqrt(sum(float(np.square(v).sum()) for v in floats.values()))
+    scale = min(1.0, norm / total) if total > 0 else 1.0
+    return {k: v * scale for k, v in floats.items()}
+
+
+def noise_share(
+    update: Mapping[str, np.ndarray], settings: PrivacySettings, plan: StepPlan, min_updates: int
+) -> dict[str, np.ndarray]:
+    """Distributed DP before masking: clip to ``max_grad_norm``, then add this participant's
+    share of the Gaussian noise, drawn from the OS's randomness (never the job's seed)."""
+    std = noise_share_std(plan.noise_multiplier, settings.max_grad_norm, min_updates)
+    rng = np.random.default_rng(secrets.randbits(128))
+    clipped = clip_update(update, settings.max_grad_norm)
+    return {k: v + rng.normal(0.0, std, size=v.shape) for k, v in clipped.items()}
 
 
 @dataclass

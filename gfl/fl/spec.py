@@ -38,7 +38,7 @@ MAX_LIFETIME_S = 365 * 86400
 MAX_BOND_WEI = (1 << 96) - 1
 DEAL_TIMEOUT_S = 10  # secure aggregation: how long a round's dealing stays open
 _ADMISSION_KEYS = frozenset({"allow", "bond"})
-_SECAGG_KEYS = frozenset({"threshold", "neighbours", "clip", "weight_levels"})
+_SECAGG_KEYS = frozenset({"threshold", "neighbours", "clip", "weight_levels", "word_bits"})
 _UNITS = {"wei": 1, "gwei": 10**9, "ether": 10**18, "eth": 10**18}
 
 
@@ -153,6 +153,7 @@ def _secure(table: Mapping[str, Any]) -> dict[str, Any]:
         "neighbours": p.neighbours,
         "threshold": p.threshold,
         "weight_levels": p.weight_levels,
+        "word_bits": p.word_bits,
     }
 
 
@@ -316,7 +317,18 @@ class JobSpec:
             isinstance(mu, int | float) and not isinstance(mu, bool) and mu >= 0,
             f"strategy_kwargs.mu must be a number >= 0, got {mu!r}",
         )
-        if self.privacy:
+        if self.privacy and self.privacy["mode"] == "distributed":
+            need(
+                bool(self.secure_aggregation) and self.secure_aggregation["masks"],
+                '[privacy] mode = "distributed" needs secure_aggregation with masks: the noise '
+                "is shared among the participants and only their masked sum is ever seen",
+            )
+            need(
+                self.weighting == "equal",
+                '[privacy] mode = "distributed" needs weighting = "equal": with sample weights '
+                "one participant could move the sum by more than the clip",
+            )
+        elif self.privacy:
             need(
                 self.trainer == "default",
                 "[privacy] needs the default trainer (its accounting is what nodes check)",
@@ -359,10 +371,10 @@ class JobSpec:
             raise SpecError(
                 "secure_aggregation encodes updates in its own fixed point: leave compression out"
             )
-        if self.privacy:
+        if self.privacy and self.privacy["mode"] != "distributed":
             raise SpecError(
-                "[privacy] with secure_aggregation is not supported: local DP-SGD noise is "
-                "clipped away by the fixed point's range, and distributed DP is not wired yet"
+                '[privacy] with secure_aggregation takes mode = "distributed": local DP-SGD '
+                "noise is cut by the fixed point's range"
             )
         table = {k: v for k, v in self.secure_aggregation.items() if k in _SECAGG_KEYS}
         try:
@@ -442,7 +454,7 @@ class JobSpec:
                 f"min_updates ({self.min_updates}) exceeds the {len(self.allow_list)} "
                 "addresses admission.allow admits"
             )
-        if self.privacy:  # builds the model: torch and Opacus are imported here, not before
+        if self.privacy and self.privacy["mode"] == "local":  # builds the model: torch here
             from gfl.fl.privacy import model_problem
 
             problem = model_problem(self.model, self.model_kwargs)

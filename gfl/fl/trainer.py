@@ -136,6 +136,8 @@ def train_local(
     model = build_model(spec.model, **spec.model_kwargs)
     set_params(model, global_params)
     privacy = spec.privacy_settings
+    if privacy is not None and privacy.mode != "local":
+        privacy = None  # distributed DP noises the update after training (gfl.fl.privacy)
     if privacy is not None:
         try:
             model = private_model(model)

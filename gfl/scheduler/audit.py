@@ -319,12 +319,15 @@ def _secure_round(
         blob = _blob(folder, u.update_hash)
         if blob is None:
             return f"the bundle lacks the update at position {u.position}"
-        checked = sa.decode_masked(blob, u, ctx, length)
+        checked = sa.decode_masked(blob, u, ctx, length, settings.word_bits)
         if isinstance(checked, str):
             return f"the finalized vote used an invalid update ({u.position}): {checked}"
         vectors.append(checked)
     if not vectors:
         return "a finalized secure round with no update"
+    short = sa.noise_shortfall(spec, len(vectors))
+    if short is not None:
+        return f"a finalized secure round under distributed DP with {short}"
     recovery: Recovery | None = None
     if rm is not None:
         survivors = [address(u.author) for u in used]

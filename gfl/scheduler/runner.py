@@ -492,21 +492,21 @@ class JobRunner:
             if secure is None:  # not in the round's masking set: no update this round
                 await self._update_refused(r, LedgerRefused("not in the round's masking set"))
                 return
-            await self._publish_and_commit(r, st, secure, metrics)
-            return
-        async with self.train_limiter:
-            update = await trio.to_thread.run_sync(
-                lambda: make_update(
-                    self.spec,
-                    self.params,
-                    data,
-                    meta,
-                    device=self.device,
-                    feedback=self._feedback,
-                    metrics=metrics,
+            update = secure
+        else:
+            async with self.train_limiter:
+                update = await trio.to_thread.run_sync(
+                    lambda: make_update(
+                        self.spec,
+                        self.params,
+                        data,
+                        meta,
+                        device=self.device,
+                        feedback=self._feedback,
+                        metrics=metrics,
+                    )
                 )
-            )
-        self._train_s = update.train_s
+            self._train_s = update.train_s
         if budget is not None and update.privacy is not None:  # spent before the update leaves
             spend = budget.spend
             metrics.values["epsilon"] = await trio.to_thread.run_sync(spend, r, update.privacy)

@@ -15,7 +15,7 @@ A round r of a job with ``secure_aggregation`` runs, on every member, as follows
 3. **reveal** — once S_r is fixed, every member of M publishes its reveal set (gossip, and
    held as a blob) for S = the authors of S_r that are in M; the others' positions are
    excluded, the same on every node (that is the round's mask).
-4. **unmask** — every member sums S's masked vectors mod 2^32, rebuilds the secrets from
+4. **unmask** — every member sums S's masked words mod 2^w, rebuilds the secrets from
    the reveals and takes the masks off; the weighted mean goes through the strategy's
    server step. A recovery that is still incomplete at the reveal deadline
    (closedAt + availability_timeout) gives no vote: the round ends void (9.9).
@@ -42,6 +42,7 @@ import trio
 from gfl.content import content_hash
 from gfl.fl.codec import CodecError, UpdateMeta, decode_update, encode_params
 from gfl.fl.data import ArrayDataset
+from gfl.fl.privacy import distributed_plan, noise_share
 from gfl.fl.rounds import Update as Committed
 from gfl.fl.rounds import mask_bytes
 from gfl.fl.secagg import (
@@ -62,10 +63,12 @@ from gfl.fl.secagg import (
     encode,
     flatten,
     mask,
+    pack,
     recover,
     recover_secrets,
     reveal,
     unflatten,
+    unpack,
     wrapping_sum,
 )
 from gfl.fl.spec import JobSpec
@@ -78,7 +81,7 @@ from gfl.scheduler.update import RoundMetrics, Update
 
 log = logging.getLogger(__name__)
 
-MASKED = "masked"  # the one tensor of a secure update frame: uint32, the model's length
+MASKED = "masked"  # a secure update frame's one tensor: uint8 (model's length, word_bits / 8)
 KEY_FILE = "masking.key"
 REVEALS_FILE = "reveals.log"
 CHAIN_CLOCK_MARGIN_S = 1.0  # block times vs this node's clock, before M counts as final
@@ -158,9 +161,9 @@ def round_members(
 
 
 def decode_masked(
-    blob: bytes, u: Committed, ctx: aggregation.Context, length: int
+    blob: bytes, u: Committed, ctx: aggregation.Context, length: int, bits: int
 ) -> np.ndarray | str:
-    """A secure update's uint32 vector, or why it does not count."""
+    """A secure update's words (as uint32), or why it does not count."""
     if content_hash(blob) != u.update_hash:
         return "the blob does not match its committed hash"
     try:
@@ -170,9 +173,18 @@ def decode_masked(
     if meta != aggregation.expected_meta(u, ctx):
         return "its frame names another author, job, round or base model"
     v = arrays.get(MASKED)
-    if set(arrays) != {MASKED} or v is None or v.dtype != np.uint32 or v.shape != (length,):
-        return f"a secure update is one uint32 vector {MASKED!r} of {length} words"
-    return v
+    if (
+        set(arrays) != {MASKED}
+        or v is None
+        or v.dtype != np.uint8
+        or v.shape
+        != (
+            length,
+            bits // 8,
+        )
+    ):
+        return f"a secure update is one vector {MASKED!r} of {length} words of {bits} bits"
+    return unpack(v, bits)
 
 
 class SecureRounds:
@@ -339,12 +351,18 @@ class SecureRounds:
         secrets = await self._secrets_for(r, rm) if rm is not None else None
         t0 = time.monotonic()
 
+        dp = self.spec.privacy_settings
+        plan = distributed_plan(dp, self.spec.rounds) if dp is not None else None
+
         def encode_masked() -> bytes:
-            v = encode(self.fp.quantize(flatten(result.update)), self.weight(samples))
+            update = result.update
+            if dp is not None and plan is not None:  # distributed DP: clip, add our noise share
+                update = noise_share(update, dp, plan, self.spec.min_updates)
+            v = encode(self.fp.quantize(flatten(update)), self.weight(samples))
             if secrets is not None and rm is not None:  # pairs only with M: the others dealt none
                 pairs = tuple((j, s) for j, s in secrets.pair_seeds if j in rm.blobs)
                 v = mask(dataclasses.replace(secrets, pair_seeds=pairs), v)
-            return encode_params({MASKED: v}, "none", meta=meta)
+            return encode_params({MASKED: pack(v, self.fp.word_bits)}, "none", meta=meta)
 
         blob = await trio.to_thread.run_sync(encode_masked)
         metrics.phase("encode", t0)
@@ -353,7 +371,7 @@ class SecureRounds:
             samples=samples,
             bytes_sent_update=len(blob),
         )
-        return Update(blob, content_hash(blob), samples, train_s)
+        return Update(blob, content_hash(blob), samples, train_s, plan)
 
     async def _secrets_for(self, r: int, rm: RoundMembers) -> MaskSecrets:
         """Our secrets for round r: from memory, or opened again from our counted blob."""
@@ -405,13 +423,18 @@ class SecureRounds:
             checked = (
                 got.missing.get(u.position, "unavailable")
                 if blob is None
-                else await trio.to_thread.run_sync(decode_masked, blob, u, ctx, length)
+                else await trio.to_thread.run_sync(
+                    decode_masked, blob, u, ctx, length, self.fp.word_bits
+                )
             )
             if isinstance(checked, str):
                 return _no_model(params, state, rd.updates, f"update {u.position} {checked}")
             vectors.append(checked)
         if not vectors:
             return _no_model(params, state, rd.updates, "the round has no update to sum")
+        short = noise_shortfall(self.spec, len(vectors))
+        if short is not None:
+            return _no_model(params, state, rd.updates, short)
         t0 = time.monotonic()
         recovery: Recovery | None = None
         if rm is not None:
@@ -487,6 +510,18 @@ class SecureRounds:
             await self._nap(min(self.poll_s, max(0.0, deadline - trio.current_time())))
 
 
+def noise_shortfall(spec: JobSpec, summands: int) -> str | None:
+    """Why a round of ``summands`` updates may not be summed under distributed DP (None when
+    it may): each carries 1/min_updates of the noise's variance, so fewer fall short of σ."""
+    dp = spec.privacy_settings
+    if dp is None or dp.mode != "distributed" or summands >= spec.min_updates:
+        return None
+    return (
+        f"{summands} updates to sum, fewer than min_updates = {spec.min_updates}: their "
+        "noise shares fall short of the job's σ"
+    )
+
+
 def secure_model(
     spec: JobSpec,
     params: Mapping[str, np.ndarray],
@@ -497,7 +532,7 @@ def secure_model(
     excluded: Mapping[int, str],
     n: int,
 ) -> aggregation.RoundModel:
-    """M_{r+1} from S's vectors (masked when ``recovery`` is given): the sum mod 2^32,
+    """M_{r+1} from S's vectors (masked when ``recovery`` is given): the sum mod 2^w,
     unmasked, as a weighted mean (9.2), through the strategy's server step (blocking)."""
     secure = spec.secure
     assert secure is not None

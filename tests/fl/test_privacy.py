@@ -79,7 +79,8 @@ def test_the_privacy_table_is_canonical_and_round_trips():
         ({**PRIVACY, "max_grad_norm": float("inf")}, "privacy.max_grad_norm"),
         ({**PRIVACY, "noise_multiplier": -1}, "privacy.noise_multiplier"),
         ({**PRIVACY, "accountant": "gdp"}, "privacy.accountant"),
-        ({**PRIVACY, "mode": "distributed"}, "secure aggregation"),
+        ({**PRIVACY, "mode": "distributed"}, "needs secure_aggregation"),
+        ({**PRIVACY, "mode": "central"}, "privacy.mode"),
         ({**PRIVACY, "epsilon": "3"}, "privacy.epsilon"),
     ],
 )
@@ -264,8 +265,48 @@ def test_a_damaged_account_is_refused():
 
 
 def test_distributed_dp_shares_add_up_to_the_jobs_noise():
-    """The hook for secure aggregation: n shares of N(0, s^2) sum to N(0, (sigma C)^2)."""
-    from gfl.fl.privacy import noise_share_std
+    """n shares of N(0, s^2) sum to N(0, (sigma C)^2); each share is clipped first and drawn
+    afresh (from the OS, not the job's seed)."""
+    from gfl.fl.privacy import clip_update, noise_share, noise_share_std
 
     for n in (1, 4, 25):
         assert n * noise_share_std(1.3, 0.5, n) ** 2 == pytest.approx((1.3 * 0.5) ** 2)
+    rng = np.random.default_rng(0)
+    update = {"w": rng.normal(size=(300, 100)).astype(np.float32), "b": np.ones(7, np.float32)}
+    clipped = clip_update(update, 0.5)
+    norm = math.sqrt(sum(float(np.square(v).sum()) for v in clipped.values()))
+    assert norm == pytest.approx(0.5) and np.allclose(
+        clipped["w"] / update["w"], 0.5 / _norm(update)
+    )
+    small = {"w": np.full(4, 0.1)}
+    assert np.array_equal(clip_update(small, 0.5)["w"], small["w"])  # within the clip: as is
+    settings = PrivacySettings.from_table({**PRIVACY, "mode": "distributed"})
+    plan = StepPlan(2.0, 1.0, 1)
+    shares = [noise_share(update, settings, plan, 4) for _ in range(2)]
+    noise = [flat - _flat(clipped) for flat in map(_flat, shares)]
+    want = noise_share_std(2.0, settings.max_grad_norm, 4)
+    assert all(abs(float(np.std(e)) / want - 1) < 0.02 for e in noise)
+    assert not np.array_equal(noise[0], noise[1])
+
+
+def test_distributed_dp_accounts_one_gaussian_step_per_round_as_opacus_does():
+    from opacus.accountants import RDPAccountant
+
+    settings = PrivacySettings.from_table({**PRIVACY, "epsilon": 4.0, "mode": "distributed"})
+    plan = round_plan(settings, num_samples=500, batch_size=32, epochs=3, rounds=10)
+    assert (plan.sample_rate, plan.steps) == (1.0, 1)  # the local data do not enter
+    account = PrivacyAccount()
+    reference = RDPAccountant()
+    for r in range(10):
+        account.spend(r, plan)
+        reference.step(noise_multiplier=plan.noise_multiplier, sample_rate=1.0)
+    assert account.epsilon(1e-5) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert 4.0 - 0.02 <= account.epsilon(1e-5) <= 4.0  # calibrated to the job's ten rounds
+
+
+def _flat(update) -> np.ndarray:
+    return np.concatenate([np.asarray(update[k], np.float64).ravel() for k in sorted(update)])
+
+
+def _norm(update) -> float:
+    return float(np.linalg.norm(_flat(update)))

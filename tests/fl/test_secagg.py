@@ -32,12 +32,14 @@ from gfl.fl.secagg import (
     integer_weight,
     mask,
     mask_update,
+    pack,
     recover,
     recover_secrets,
     reveal,
     shamir,
     strategy_problem,
     unflatten,
+    unpack,
     wrapping_sum,
 )
 from gfl.fl.secagg.keys import pair_seed, share_key
@@ -149,6 +151,35 @@ def test_fixed_point_fits_the_sum_in_int32():
     assert integer_weight(3750, 60_000) == 3750
 
 
+@pytest.mark.parametrize("bits", [16, 24, 32])
+def test_narrower_words_trade_fractional_bits_and_the_sum_stays_exact(bits):
+    fp = FixedPoint.choose(0.1, 16, 256, bits)
+    assert fp.frac_bits == FixedPoint.choose(0.1, 16, 256).frac_bits - (32 - bits)
+    limit = 2 ** (bits - 1) - 1
+    assert 16 * 256 * fp.bound <= limit < 16 * 256 * math.floor(0.1 * 2 ** (fp.frac_bits + 1))
+    rng = np.random.default_rng(bits)
+    for sign in (1, -1):  # the worst case: every summand at the bound with the largest weight
+        q = fp.quantize(np.full(3, sign * 5.0))
+        total = wrapping_sum([encode(q, 256)] * 16)
+        assert np.all(fp.mean(total, 16 * 256) == sign * fp.bound / 2**fp.frac_bits)
+    # masked words mod 2^w: only the low w bits of each mask reach the wire, and the sum of
+    # what the wire carries, unmasked mod 2^32, reads back as the exact signed sum
+    x = rng.uniform(-0.1, 0.1, size=(5, 1000))
+    plain = [encode(fp.quantize(row), 200) for row in x]
+    masks = [rng.integers(0, 2**32, size=1000, dtype=np.uint32) for _ in range(5)]
+    wire = [pack(p + m, bits) for p, m in zip(plain, masks, strict=True)]
+    assert all(w.dtype == np.uint8 and w.shape == (1000, bits // 8) for w in wire)
+    total = wrapping_sum(unpack(w, bits) for w in wire) - wrapping_sum(masks)
+    want = sum(fp.quantize(row).astype(np.int64) * 200 for row in x)
+    assert np.array_equal(fp.mean(total, 1000), want / (1000 * 2.0**fp.frac_bits))
+    with pytest.raises(SecAggError, match="rows of"):
+        unpack(wire[0][:, :1], bits)
+    with pytest.raises(SecAggError, match="word_bits must be one of 16, 24, 32"):
+        FixedPoint.choose(0.1, 16, 256, 20)
+    with pytest.raises(SecAggError, match="do not fit 15 bits"):
+        FixedPoint.choose(1.0, 64, 60_000, 16)
+
+
 def test_flatten_follows_the_codec_order():
     update = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.array([9.0, 8.0])}
     flat = flatten(update)
@@ -169,6 +200,8 @@ def test_params_and_strategies():
         ({"threshold": 5, "neighbours": 8, "clip": -1}, "clip"),
         ({"threshold": 5, "neighbours": 8}, "clip is required"),
         ({"threshold": 5, "neighbours": 8, "clip": 1, "k": 2}, "unknown setting 'k'"),
+        ({"threshold": 5, "neighbours": 8, "clip": 1, "word_bits": 8}, "word_bits must be"),
+        ({"threshold": 5, "neighbours": 8, "clip": 1, "word_bits": True}, "word_bits must be"),
     ):
         with pytest.raises(SecAggError, match=msg):
             SecAggParams.from_table(bad)

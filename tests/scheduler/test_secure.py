@@ -16,7 +16,7 @@ from gfl.content import content_hash
 from gfl.fl.codec import decode_frame, decode_update, encode_frame
 from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.rounds import Decision
-from gfl.fl.secagg import MaskingKey, encode, flatten, unflatten, wrapping_sum
+from gfl.fl.secagg import MaskingKey, encode, flatten, unflatten, unpack, wrapping_sum
 from gfl.fl.spec import JobSpec, SpecError
 from gfl.fl.strategies.base import apply_delta
 from gfl.fl.trainer import train_local
@@ -45,7 +45,7 @@ def _spec(members, rounds: int = 1, **kw) -> JobSpec:
         .seed(3)
         .build()
         .replace(
-            max_samples=10_000,
+            max_samples=kw.pop("max_samples", 10_000),
             max_participants=8,
             vote_timeout=40,
             availability_timeout=kw.pop("availability_timeout", 6),
@@ -133,17 +133,20 @@ def _model_hash(spec, table, state, vectors, weight) -> bytes:
     return content_hash(encode_frame(apply_delta(m0, delta)))
 
 
-def _chi2_uniform(words: np.ndarray, bins: int = 16) -> float:
-    """Chi-square statistic of the words' top 4 bits against the uniform distribution."""
-    counts = np.bincount((words >> 28).astype(np.int64), minlength=bins)
+def _chi2_uniform(words: np.ndarray, bits: int, bins: int = 16) -> float:
+    """Chi-square statistic of the bits-wide words' top 4 bits against the uniform
+    distribution."""
+    low = np.bitwise_and(words, np.uint32((1 << bits) - 1))
+    counts = np.bincount((low >> (bits - 4)).astype(np.int64), minlength=bins)
     expected = len(words) / bins
     return float(((counts - expected) ** 2 / expected).sum())
 
 
 @pytest.mark.trio
-async def test_masked_updates_look_uniform_and_unmask_to_the_exact_integer_sum(tmp_path):
+@pytest.mark.parametrize("bits", [32, 24])
+async def test_masked_updates_look_uniform_and_unmask_to_the_exact_integer_sum(tmp_path, bits):
     ids = [NodeIdentity.generate() for _ in range(3)]
-    spec = _spec(ids)
+    spec = _spec(ids, secure={"word_bits": bits})
     _, _, runners, events, state, table = await _run(tmp_path, ids, spec, 3)
     rd = state.log.rounds[0]
     assert rd.decision is Decision.FINALIZED and rd.final is not None and rd.final.mask == b""
@@ -158,10 +161,12 @@ async def test_masked_updates_look_uniform_and_unmask_to_the_exact_integer_sum(t
     critical = 37.7  # chi-square, 15 degrees of freedom, p = 0.001
     for u in rd.updates:
         arrays, _meta = decode_update(table[u.update_hash])
-        y = arrays[MASKED]
+        assert arrays[MASKED].shape == (len(arrays[MASKED]), bits // 8)  # w bits on the wire
+        y = unpack(arrays[MASKED], bits)
         v, _w = plain[u.author.lower()]
-        assert _chi2_uniform(y) < critical
-        assert _chi2_uniform(v) > 10 * critical  # the plain update is nowhere near uniform
+        v = np.bitwise_and(v, np.uint32((1 << bits) - 1))
+        assert _chi2_uniform(y, bits) < critical
+        assert _chi2_uniform(v, bits) > 10 * critical  # the plain update is nowhere near uniform
         assert np.mean(y == v) < 0.01
         corr = np.corrcoef(y.astype(np.float64), v.astype(np.int32).astype(np.float64))[0, 1]
         assert abs(corr) < 5 / math.sqrt(len(y))
@@ -252,6 +257,8 @@ def test_the_option_is_refused_with_one_line_where_it_cannot_run():
         ({"secure": {"threshold": 2}}, "threshold must be in 3..5"),
         ({"secure": {"deal_timeout": 0}}, "deal_timeout"),
         ({"secure": {"clip": 1e9}}, "do not fit 31 bits"),
+        ({"secure": {"word_bits": 20}}, "word_bits must be one of 16, 24, 32"),
+        ({"secure": {"word_bits": 16, "clip": 100.0}}, "do not fit 15 bits"),
     ):
         with pytest.raises(SpecError) as err:
             kw = dict(bad)
@@ -260,3 +267,67 @@ def test_the_option_is_refused_with_one_line_where_it_cannot_run():
             if strategy:
                 spec.replace(strategy=strategy)
         assert needle in str(err.value) and "\n" not in str(err.value)
+    # the width is part of the job: 32 bits unless set, and another width is another job
+    plain = _spec(ids)
+    assert plain.secure_aggregation["word_bits"] == 32
+    assert _spec(ids, secure={"word_bits": 24}).spec_hash != plain.spec_hash
+
+
+@pytest.mark.trio
+async def test_distributed_dp_noises_the_sum_by_sigma_and_spends_the_jobs_budget(tmp_path):
+    from gfl.fl.privacy import clip_update, distributed_plan
+    from gfl.scheduler.secure import noise_shortfall
+
+    ids = [NodeIdentity.generate() for _ in range(3)]
+    privacy = {"mode": "distributed", "epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 0.5}
+    spec = _spec(ids, rounds=2, privacy=privacy, weighting="equal", max_samples=0)
+    _, _, runners, _events, state, table = await _run(tmp_path, ids, spec, 3)
+    rd = state.log.rounds[0]
+    assert all(state.log.rounds[r].decision is Decision.FINALIZED for r in (0, 1))
+    assert len(rd.updates) == 3 and rd.final is not None and rd.final.mask == b""
+    settings = spec.privacy_settings
+    sigma = distributed_plan(settings, spec.rounds).noise_multiplier
+    # every participant spent the job's ε over its two rounds, as the accountant counts it
+    for runner in runners:
+        assert runner.budget is not None and len(runner.budget.account.rounds) == 2
+        assert 7.5 < runner.budget.spent() <= 8.0 + 1e-9
+
+    # the sum carries the noise: round 0's model minus the mean of the clipped noiseless
+    # updates is noise of standard deviation σC/3 (three shares of σC/√3, summed, over 3)
+    m0 = decode_frame(table[state.log.model0_hash])
+    mean = np.zeros(sum(v.size for v in m0.values()))
+    for i in range(3):
+        result = train_local(spec, m0, load_partition("digits", i, 3, "iid", 0), seed=spec.seed)
+        mean += flatten(clip_update(result.update, 0.5)) / 3
+    final = _model_params(table, rd.final.model_hash)
+    resid = flatten({k: final[k].astype(np.float64) - m0[k] for k in m0}) - mean
+    want = sigma * 0.5 / 3
+    assert 0.85 * want < float(np.std(resid)) < 1.15 * want, (np.std(resid), want)
+    assert abs(float(np.mean(resid))) < 5 * want / math.sqrt(resid.size)
+    # fewer summands than min_updates would fall short of σ: no such round is summed
+    assert noise_shortfall(spec, 3) is None and "fall short" in (noise_shortfall(spec, 2) or "")
+
+
+def _model_params(table: dict, model_hash: bytes) -> dict:
+    """The parameters of the model frame whose content hash is ``model_hash``."""
+    for blob in table.values():
+        if blob[:4] != b"GFLR" and content_hash(blob) == model_hash:
+            return decode_frame(blob)
+    raise AssertionError("the round's model is not in the table")
+
+
+def test_distributed_dp_is_refused_with_one_line_where_it_cannot_run():
+    ids = [NodeIdentity.generate() for _ in range(2)]
+    dist = {"mode": "distributed", "epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0}
+    equal = {"weighting": "equal", "max_samples": 0}
+    for kw, needle in (
+        ({"privacy": dist}, 'needs weighting = "equal"'),
+        ({"privacy": {**dist, "mode": "local"}, **equal}, 'takes mode = "distributed"'),
+        ({"privacy": dist, "secure": {"masks": False}, **equal}, "needs secure_aggregation"),
+    ):
+        with pytest.raises(SpecError) as err:
+            _spec(ids, **kw)
+        assert needle in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SpecError, match="needs secure_aggregation"):
+        _spec(ids, **equal).replace(secure_aggregation={}, privacy=dist)
+    assert _spec(ids, privacy=dist, **equal).privacy_settings.mode == "distributed"

@@ -1,11 +1,12 @@
 """Secure aggregation (SecAgg+ over the chain's update set): pure protocol library.
 
-A participant quantises its update to integers mod 2^32 (`fixedpoint`), deals Shamir shares
-of its round secrets to its neighbours in the round's graph (`graph`, `shares`), and
-publishes only the masked vector (`masking`). Once the chain fixed the round's update set S,
-holders reveal one kind of share per dealer (`reveal`), and anyone rebuilds the secrets and
-takes the masks off the sum of S, on any coordinate range (`unmask`). docs/protocol.md
-section 9 fixes the formats and the arithmetic. No I/O here: callers move the bytes.
+A participant quantises its update to words mod 2^w, w = 16, 24 or 32 (`fixedpoint`),
+deals Shamir shares of its round secrets to its neighbours in the round's graph (`graph`,
+`shares`), and publishes only the masked vector (`masking`). Once the chain fixed the
+round's update set S, holders reveal one kind of share per dealer (`reveal`), and anyone
+rebuilds the secrets and takes the masks off the sum of S, on any coordinate range
+(`unmask`). docs/protocol.md section 9 fixes the formats and the arithmetic. No I/O here:
+callers move the bytes.
 """
 
 from gfl.fl.secagg.context import RoundContext, address, addresses
@@ -15,7 +16,9 @@ from gfl.fl.secagg.fixedpoint import (
     encode,
     flatten,
     integer_weight,
+    pack,
     unflatten,
+    unpack,
     wrapping_sum,
 )
 from gfl.fl.secagg.graph import NeighbourGraph
@@ -52,11 +55,13 @@ __all__ = [
     "mask",
     "mask_update",
     "mask_words",
+    "pack",
     "recover",
     "recover_secrets",
     "reveal",
     "strategy_problem",
     "survivor_problem",
     "unflatten",
+    "unpack",
     "wrapping_sum",
 ]

@@ -1,13 +1,18 @@
-"""Fixed point: float updates to integers mod 2^32 whose sum never wraps, and back.
+"""Fixed point: float updates to integers mod 2^w whose sum never wraps, and back.
 
 A participant flattens its update (tensors sorted by name, C order, as float64), quantises
 each coordinate to q = clamp(round_half_even(x · 2^f), −B, B) with B = floor(c · 2^f) (c the
-clip bound), and sends ω·q mod 2^32 (two's complement), ω its integer weight. f is the
-largest number of fractional bits with n · ω_max · B ≤ 2^31 − 1 for the most summands n:
-then the true sum Σ ω_i q_i lies in int32, so reading the sum mod 2^32 as int32 is exact,
-and the weighted mean is that integer divided by (Σ ω_i) · 2^f, one float64 division.
-The weighting is exact in integers; its cost is log2(ω_max) bits of precision, which
-`integer_weight`'s levels bound.
+clip bound), and sends ω·q mod 2^w (two's complement), ω its integer weight, as a word of
+w = 16, 24 or 32 bits. f is the largest number of fractional bits with
+n · ω_max · B ≤ 2^(w−1) − 1 for the most summands n: then the true sum Σ ω_i q_i fits w
+signed bits, so reading the sum mod 2^w as a signed w-bit integer is exact, and the
+weighted mean is that integer divided by (Σ ω_i) · 2^f, one float64 division. The weighting
+is exact in integers; its cost is log2(ω_max) bits of precision, which `integer_weight`'s
+levels bound. Each 8 bits fewer on the wire cost 8 fractional bits.
+
+Arithmetic runs on uint32 (mod 2^32) throughout: 2^w divides 2^32, so a sum or a mask
+taken mod 2^32 and then reduced mod 2^w is the one taken mod 2^w. Only the wire carries w
+bits (`pack`, `unpack`), and `FixedPoint.mean` reduces before it reads the sign.
 """
 
 from __future__ import annotations
@@ -20,36 +25,60 @@ import numpy as np
 
 from gfl.fl.secagg.errors import SecAggError
 
-LIMIT = (1 << 31) - 1  # the largest |Σ ω_i q_i| that int32 holds
+WORD_BITS = (16, 24, 32)  # the word widths a job may choose; 32 by default
 MAX_FRAC_BITS = 62
 _WORD = 0xFFFFFFFF
 
 
+def word_bits_problem(bits: object) -> str | None:
+    """Why `bits` is not a word width (None when it is)."""
+    if isinstance(bits, int) and not isinstance(bits, bool) and bits in WORD_BITS:
+        return None
+    return f"word_bits must be one of {', '.join(map(str, WORD_BITS))}: {bits!r}"
+
+
+def _limit(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
+
+
 @dataclass(frozen=True)
 class FixedPoint:
-    """f fractional bits and the bound B on |q| (B = floor(clip · 2^f))."""
+    """f fractional bits, the bound B on |q| (B = floor(clip · 2^f)) and the word width w."""
 
     frac_bits: int
     bound: int
+    word_bits: int = 32
 
     def __post_init__(self) -> None:
-        if not 0 <= self.frac_bits <= MAX_FRAC_BITS or not 1 <= self.bound <= LIMIT:
+        problem = word_bits_problem(self.word_bits)
+        if problem:
+            raise SecAggError(f"fixed point: {problem}")
+        if not 0 <= self.frac_bits <= MAX_FRAC_BITS or not 1 <= self.bound <= _limit(
+            self.word_bits
+        ):
             raise SecAggError(f"fixed point: f = {self.frac_bits}, B = {self.bound} are invalid")
 
     @classmethod
-    def choose(cls, clip: float, max_summands: int, max_weight: int) -> FixedPoint:
-        """The most fractional bits for which max_summands · max_weight · B ≤ 2^31 − 1."""
+    def choose(
+        cls, clip: float, max_summands: int, max_weight: int, word_bits: int = 32
+    ) -> FixedPoint:
+        """The most fractional bits for which max_summands · max_weight · B ≤ 2^(w−1) − 1."""
         if not (isinstance(clip, float | int) and math.isfinite(clip) and clip > 0):
             raise SecAggError(f"secure aggregation: clip must be a positive number, got {clip!r}")
         if max_summands < 1 or max_weight < 1:
             raise SecAggError("secure aggregation: summands and weights must be at least 1")
+        problem = word_bits_problem(word_bits)
+        if problem:
+            raise SecAggError(f"secure aggregation: {problem}")
+        limit = _limit(word_bits)
         for f in range(MAX_FRAC_BITS, -1, -1):
             bound = math.floor(math.ldexp(float(clip), f))
-            if bound >= 1 and max_summands * max_weight * bound <= LIMIT:
-                return cls(f, bound)
+            if bound >= 1 and max_summands * max_weight * bound <= limit:
+                return cls(f, bound, word_bits)
         raise SecAggError(
             f"secure aggregation: {max_summands} updates of weight up to {max_weight} clipped "
-            f"to {clip} do not fit 31 bits; lower the clip, max_participants or weight_levels"
+            f"to {clip} do not fit {word_bits - 1} bits; lower the clip, max_participants or "
+            "weight_levels, or raise word_bits"
         )
 
     @property
@@ -67,10 +96,13 @@ class FixedPoint:
         )
 
     def mean(self, total: np.ndarray, total_weight: int) -> np.ndarray:
-        """The weighted mean from the unmasked sum: int32(total) / (W · 2^f), in float64."""
+        """The weighted mean from the unmasked sum (uint32, mod 2^32): the sum mod 2^w read
+        as a signed w-bit integer, / (W · 2^f), in float64."""
         if total_weight < 1:
             raise SecAggError("secure aggregation: the total weight must be at least 1")
-        signed = np.asarray(total, dtype=np.uint32).view(np.int32).astype(np.float64)
+        shift = 32 - self.word_bits  # move the word's sign bit to bit 31, then back
+        words = np.left_shift(np.asarray(total, dtype=np.uint32), np.uint32(shift))
+        signed = np.right_shift(words.view(np.int32), shift).astype(np.float64)
         return signed / float(total_weight << self.frac_bits)
 
 
@@ -79,6 +111,22 @@ def encode(q: np.ndarray, weight: int) -> np.ndarray:
     if weight < 1:
         raise SecAggError("secure aggregation: a weight is at least 1")
     return np.bitwise_and(np.asarray(q, dtype=np.int64) * weight, _WORD).astype(np.uint32)
+
+
+def pack(words: np.ndarray, bits: int) -> np.ndarray:
+    """uint32 words mod 2^bits as the wire carries them: uint8 (n, bits / 8), little-endian."""
+    v = np.ascontiguousarray(words, dtype="<u4")
+    return v.view(np.uint8).reshape(-1, 4)[:, : bits // 8]
+
+
+def unpack(raw: np.ndarray, bits: int) -> np.ndarray:
+    """The inverse of `pack`: uint32 words, each below 2^bits."""
+    b = np.asarray(raw)
+    if b.dtype != np.uint8 or b.ndim != 2 or b.shape[1] != bits // 8:
+        raise SecAggError(f"secure aggregation: words must be uint8 rows of {bits // 8} bytes")
+    out = np.zeros((b.shape[0], 4), dtype=np.uint8)
+    out[:, : bits // 8] = b
+    return out.view("<u4").reshape(-1).astype(np.uint32, copy=False)
 
 
 def integer_weight(samples: int, max_samples: int, levels: int = 0) -> int:

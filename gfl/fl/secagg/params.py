@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gfl.fl.secagg.errors import SecAggError
-from gfl.fl.secagg.fixedpoint import FixedPoint, integer_weight
+from gfl.fl.secagg.fixedpoint import FixedPoint, integer_weight, word_bits_problem
 
 # the strategies whose aggregate is the weighted mean of the updates (or a server step on it)
 FEDAVG_FAMILY = ("fedadagrad", "fedadam", "fedavg", "fedavgm", "fedprox", "fedyogi")
@@ -50,7 +50,8 @@ def round_shape(neighbours: int, threshold: int, members: int) -> tuple[int, int
 
 @dataclass(frozen=True)
 class SecAggParams:
-    """threshold t, neighbours k (even), clip c, weight_levels (0: exact sample weights).
+    """threshold t, neighbours k (even), clip c, weight_levels (0: exact sample weights),
+    word_bits w (16, 24 or 32: the width of a masked word on the wire).
 
     t > (k + 1) / 2: a strict majority of a dealer's k + 1 holders, so that holders who never
     reveal both kinds of a dealer's shares can never together reconstruct both.
@@ -60,6 +61,7 @@ class SecAggParams:
     neighbours: int
     clip: float
     weight_levels: int = 0
+    word_bits: int = 32
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -78,12 +80,14 @@ class SecAggParams:
             f"clip must be a positive number: {self.clip!r}",
         )
         need(self.weight_levels >= 0, "weight_levels must be 0 (exact) or positive")
+        bits = word_bits_problem(self.word_bits)
+        need(bits is None, bits or "")
         object.__setattr__(self, "clip", float(self.clip))
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> SecAggParams:
-        """From a spec's table {threshold, neighbours, clip, weight_levels?}."""
-        known = {"threshold", "neighbours", "clip", "weight_levels"}
+        """From a spec's table {threshold, neighbours, clip, weight_levels?, word_bits?}."""
+        known = {"threshold", "neighbours", "clip", "weight_levels", "word_bits"}
         extra = sorted(set(table) - known)
         if extra:
             raise SecAggError(f"secure aggregation: unknown setting {extra[0]!r}")
@@ -102,4 +106,6 @@ class SecAggParams:
 
     def fixed_point(self, max_participants: int, max_samples: int) -> FixedPoint:
         """The job's fixed point: at most max_participants summands of weight ≤ ω_max."""
-        return FixedPoint.choose(self.clip, max_participants, self.max_weight(max_samples))
+        return FixedPoint.choose(
+            self.clip, max_participants, self.max_weight(max_samples), self.word_bits
+        )
