@@ -70,9 +70,14 @@ def format_job(job: JobDetail) -> str:
     privacy = (job.get("spec") or {}).get("privacy")
     if privacy:
         spent = job.get("epsilon")
+        how = (
+            "user-level, noise shared under secure aggregation"
+            if privacy.get("mode") == "distributed"
+            else "DP-SGD"
+        )
         lines.append(
             f"privacy   ε {spent if spent is not None else 0:.3g} spent of {privacy['epsilon']:g} "
-            f"(δ {privacy['delta']:g}, clip {privacy['max_grad_norm']:g}, DP-SGD)"
+            f"(δ {privacy['delta']:g}, clip {privacy['max_grad_norm']:g}, {how})"
         )
     rounds = job.get("rounds_detail", [])
     if rounds:

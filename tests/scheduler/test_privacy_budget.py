@@ -210,6 +210,8 @@ def test_the_spent_budget_shows_in_the_report_and_gfl_job_show(tmp_path):
     assert plot_report(detail, tmp_path / "r.png").stat().st_size > 0
     shown = format_job(detail).splitlines()
     assert "privacy   ε 6.25 spent of 7 (δ 1e-05, clip 1, DP-SGD)" in shown
+    distributed = {**detail, "spec": {"privacy": {**_spec().privacy, "mode": "distributed"}}}
+    assert "clip 1, user-level, noise shared under secure aggregation)" in format_job(distributed)
     assert shown[-4].split()[:4] == ["round", "accuracy", "loss", "ε"]
     assert shown[-3].split()[3] == "4.87" and shown[-1].split()[3] == "-"
     # a job without [privacy] shows as before
