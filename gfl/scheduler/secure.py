@@ -85,6 +85,7 @@ MASKED = "masked"  # a secure update frame's one tensor: uint8 (model's length, 
 KEY_FILE = "masking.key"
 REVEALS_FILE = "reveals.log"
 CHAIN_CLOCK_MARGIN_S = 1.0  # block times vs this node's clock, before M counts as final
+NO_DEAL_S = 10.0  # beyond twice the deal timeout: how long to wait for any deal to land
 
 
 def graph_seed(job: bytes, r: int, previous: bytes) -> bytes:
@@ -288,24 +289,28 @@ class SecureRounds:
         await self.ledger.deal(r, blob.to_bytes())
 
     async def _masking_set(self, r: int) -> tuple[RoundMembers | None, JobState]:
-        """Deal, then wait (bounded by the deal deadline) until round r's M is final."""
+        """Deal, then wait until round r's M is final: bounded by the deal deadline once a
+        deal is on chain (however long the chain took to take the deals), and by
+        NO_DEAL_S without one."""
         st = await self.ledger.sync()
         dealt_again = False
-        give_up = time.monotonic() + 2 * self.deal_timeout + 10
+        give_up = time.monotonic() + 2 * self.deal_timeout + NO_DEAL_S
         if self._counted(st, r) is None:
             await self._deal(st, r)
-        while time.monotonic() < give_up:
+        while True:
             st = await self.ledger.sync()
             rm = round_members(st.log, r, self.params, self.deal_timeout)
-            if rm is not None and self.addr not in rm.keys:
+            if rm is None:
+                if time.monotonic() >= give_up:
+                    return None, st  # no deal reached the chain: no M this round
+            elif self.addr not in rm.keys:
                 return None, st  # not a candidate (joined after the first deal)
-            if rm is not None and rm.final(st.now):
+            elif rm.final(st.now):
                 return rm, st
-            if rm is not None and self.addr not in rm.blobs and not dealt_again:
+            elif self.addr not in rm.blobs and not dealt_again:
                 dealt_again = True  # a join landed before our deal: deal over the chain's graph
                 await self._deal(st, r)
             await self._nap(self.poll_s)
-        return None, st
 
     def _counted(self, st: JobState, r: int) -> SharesBlob | None:
         rm = round_members(st.log, r, self.params, self.deal_timeout)

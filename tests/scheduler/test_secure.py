@@ -248,6 +248,31 @@ async def test_a_member_that_withholds_its_shares_is_left_out_the_same_way_by_al
     assert rd.final.model_hash == expected
 
 
+@pytest.mark.trio
+async def test_members_wait_for_the_deal_deadline_however_far_the_chain_clock_runs_ahead(
+    tmp_path,
+):
+    # The chain's clock runs 20 s ahead of the members' (a chain that mined a burst of
+    # blocks, a second each), and one candidate never deals: M is final only once the
+    # deadline (first deal + 5 s, in chain time) passed on the members' clock, after twice
+    # the deal timeout and 10 s more. They wait for it rather than give up and leave the round
+    # with no update at all (it would then never close: no transaction moves the clock).
+    ids = [NodeIdentity.generate() for _ in range(4)]
+    spec = _spec(ids, min_updates=3, secure={"deal_timeout": 5})
+
+    async def rogue_and_clock(reg, job_id, call):
+        commit_later = await _join_rogue(reg, job_id, call, spec)
+        await call(reg.advance_time, 20)
+        return commit_later
+
+    _, _, _runners, _events, state, _ = await _run(tmp_path, ids, spec, 3, extra=rogue_and_clock)
+    rd = state.log.rounds[0]
+    honest = {ids[i].eth_address.lower() for i in range(3)}
+    assert {d.dealer.lower() for d in rd.deals} == honest
+    assert rd.decision is Decision.FINALIZED and rd.final is not None
+    assert len(rd.votes) >= 2 and set(rd.votes) <= honest  # a majority of the three
+
+
 def test_the_option_is_refused_with_one_line_where_it_cannot_run():
     ids = [NodeIdentity.generate() for _ in range(2)]
     for bad, needle in (
