@@ -16,7 +16,7 @@ shares blob sent and the others' read from the chain's events, its reveal set se
 others' heard; round wall = the job's wall time / rounds; accuracy = the final model's on
 the digits test split.
 
-    .venv/bin/python bench/secagg.py --jobs 4,8,16 [--rounds 5] [--hidden 32]
+    .venv/bin/python bench/secagg.py --jobs 4,8,16 [--rounds 5] [--hidden 32] [--weight-levels 256]
 
 The shares and reveals cost the same whatever the model's size; the masked words cost the
 model's length times word_bits / 8. --hidden sets how the two weigh against each other.
@@ -235,17 +235,17 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden:
     }
 
 
-def bench_rounds(sizes: list[int], rounds: int, hidden: int) -> None:
+def bench_rounds(sizes: list[int], rounds: int, hidden: int, levels: int) -> None:
     import tempfile
 
     import torch
     import trio
 
     torch.set_num_threads(1)
-    table = {"threshold": 0, "neighbours": 0, "clip": 1.0, "weight_levels": 256}
+    table = {"threshold": 0, "neighbours": 0, "clip": 1.0, "weight_levels": levels}
     print(
         f"# {platform.processor() or platform.machine()}, {rounds} rounds, "
-        f"digits MLP (hidden {hidden})"
+        f"digits MLP (hidden {hidden}), weight_levels {levels}"
     )
     print(
         "| n | job | bytes / participant / round | × plain | round wall s | × plain "
@@ -282,9 +282,12 @@ def main() -> None:
     p.add_argument("--jobs", default="", help="member counts for the round benchmark, e.g. 4,8,16")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--hidden", type=int, default=32, help="the MLP's hidden width (rounds)")
+    p.add_argument("--weight-levels", type=int, default=256, help="secure jobs' weight_levels")
     args = p.parse_args()
     if args.jobs:
-        bench_rounds([int(x) for x in args.jobs.split(",")], args.rounds, args.hidden)
+        bench_rounds(
+            [int(x) for x in args.jobs.split(",")], args.rounds, args.hidden, args.weight_levels
+        )
         return
     print(
         f"# {platform.processor() or platform.machine()}, {args.coords:,} coordinates, "
