@@ -378,16 +378,12 @@ class MemoryExchange:
         return [m for m in self.board if m["type"] == kind and m["round"] == r]
 
 
-def register_small_job(
-    chain: Any, salt: bytes | None = None, spec_hash: bytes | None = None
-) -> bytes:
-    """Register a one-round, one-participant job of ``chain``'s account (a random salt and
-    spec hash unless given); returns its id."""
-    import os
-
+def small_job_params(chain: Any) -> Any:
+    """JobParams of a one-round, one-participant job, its deadline an hour from ``chain``'s
+    time."""
     from gfl.chain import JobParams
 
-    params = JobParams(
+    return JobParams(
         rounds=1,
         min_updates=1,
         max_participants=1,
@@ -396,6 +392,16 @@ def register_small_job(
         deadline=chain.chain_time() + 3600,
         bond=1,
     )
+
+
+def register_small_job(
+    chain: Any, salt: bytes | None = None, spec_hash: bytes | None = None
+) -> bytes:
+    """Register a one-round, one-participant job of ``chain``'s account (a random salt and
+    spec hash unless given); returns its id."""
+    import os
+
+    params = small_job_params(chain)
     salt = os.urandom(32) if salt is None else salt
     spec_hash = os.urandom(32) if spec_hash is None else spec_hash
     return chain.register_job(salt, spec_hash, b"\x02" * 32, params)[0]

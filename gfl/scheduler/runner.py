@@ -488,6 +488,7 @@ class JobRunner:
             secure = await self.secure.update(
                 r, self.params, data, meta,
                 device=self.device, limiter=self.train_limiter, metrics=metrics,
+                privacy=budget.plan if budget is not None else None,
             )  # fmt: skip
             if secure is None:  # not in the round's masking set: no update this round
                 await self._update_refused(r, LedgerRefused("not in the round's masking set"))

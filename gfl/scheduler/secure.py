@@ -42,7 +42,7 @@ import trio
 from gfl.content import content_hash
 from gfl.fl.codec import CodecError, UpdateMeta, decode_update, encode_params
 from gfl.fl.data import ArrayDataset
-from gfl.fl.privacy import distributed_plan, noise_share
+from gfl.fl.privacy import StepPlan, noise_share
 from gfl.fl.rounds import Update as Committed
 from gfl.fl.rounds import mask_bytes
 from gfl.fl.secagg import (
@@ -328,9 +328,11 @@ class SecureRounds:
         device: str,
         limiter: trio.CapacityLimiter,
         metrics: RoundMetrics,
+        privacy: StepPlan | None = None,
     ) -> Update | None:
         """Deal, train, and (once M is final) encode the masked update; None when this node
-        is not in round r's M (it then does not commit)."""
+        is not in round r's M (it then does not commit). ``privacy``: what a round of the
+        job's distributed DP costs (the node's budget's plan), for a job with it."""
         from gfl.fl.trainer import train_local
 
         rm: RoundMembers | None = None
@@ -356,13 +358,12 @@ class SecureRounds:
         secrets = await self._secrets_for(r, rm) if rm is not None else None
         t0 = time.monotonic()
 
-        dp = self.spec.privacy_settings
-        plan = distributed_plan(dp, self.spec.rounds) if dp is not None else None
+        dp = self.spec.privacy_settings if privacy is not None else None
 
         def encode_masked() -> bytes:
             update = result.update
-            if dp is not None and plan is not None:  # distributed DP: clip, add our noise share
-                update = noise_share(update, dp, plan, self.spec.min_updates)
+            if dp is not None and privacy is not None:  # distributed DP: clip, add our share
+                update = noise_share(update, dp, privacy, self.spec.min_updates)
             v = encode(self.fp.quantize(flatten(update)), self.weight(samples))
             if secrets is not None and rm is not None:  # pairs only with M: the others dealt none
                 pairs = tuple((j, s) for j, s in secrets.pair_seeds if j in rm.blobs)
@@ -376,7 +377,7 @@ class SecureRounds:
             samples=samples,
             bytes_sent_update=len(blob),
         )
-        return Update(blob, content_hash(blob), samples, train_s, plan)
+        return Update(blob, content_hash(blob), samples, train_s, privacy)
 
     async def _secrets_for(self, r: int, rm: RoundMembers) -> MaskSecrets:
         """Our secrets for round r: from memory, or opened again from our counted blob."""

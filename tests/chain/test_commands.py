@@ -8,8 +8,9 @@ import sys
 import tomllib
 
 import pytest
+from support import small_job_params
 
-from gfl.chain import JobParams, open_chain
+from gfl.chain import open_chain
 from gfl.chain.devchain import free_port, serve_embedded
 from gfl.cli.chain import register
 from gfl.identity import NodeIdentity, save_identity
@@ -70,15 +71,7 @@ def test_serve_runs_an_embedded_chain_for_other_processes():
         registry = open_chain(
             f"http://127.0.0.1:{port}", identity, registry_address=address, timeout=5
         )
-        params = JobParams(
-            rounds=1,
-            min_updates=1,
-            max_participants=1,
-            round_timeout=10,
-            vote_timeout=10,
-            deadline=registry.chain_time() + 3600,
-            bond=1,
-        )
+        params = small_job_params(registry)
         job_id, _ = registry.register_job(b"\x05" * 32, b"\x06" * 32, b"\x07" * 32, params)
         assert registry.get_job(job_id).owner == identity.eth_address
         registry.close()

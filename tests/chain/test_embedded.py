@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from support import small_job_params
 
 from gfl.chain import ChainError, JobStatus, open_chain
 from gfl.chain.embedded import JOURNAL_FILE, EmbeddedChain
@@ -194,18 +195,8 @@ def test_registry_address_is_the_same_on_every_embedded_chain():
 def test_threads_share_one_registry(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from gfl.chain import JobParams
-
     a = open_chain("embedded", NodeIdentity.generate())
-    params = JobParams(
-        rounds=1,
-        min_updates=1,
-        max_participants=1,
-        round_timeout=10,
-        vote_timeout=10,
-        deadline=a.chain_time() + 3600,
-        bond=1,
-    )
+    params = small_job_params(a)
     with ThreadPoolExecutor(4) as pool:
         ids = list(
             pool.map(
