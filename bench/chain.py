@@ -4,8 +4,10 @@
 
 Gas: a job of n participants runs `--rounds` rounds the way nodes run them: round 0's
 update alone, then one commitAndVote per participant per round (the vote on r - 1 rides on
-the update for r), then the last round's vote alone. Gas is the EVM's and the same on every
-backend; it is measured on the embedded chain.
+the update for r), then the last round's vote alone; once all-to-all (the votes name no
+shards) and once sharded (the votes name the round's reduced shards, and the deciding vote
+keeps the key as evidence). Gas is the EVM's and the same on every backend; it is measured
+on the embedded chain.
 
 Latency: median milliseconds per call (estimate, sign, send, wait for the receipt) on the
 embedded chain (eth-tester in process, the baseline), served (the embedded chain over HTTP
@@ -54,8 +56,12 @@ def digest(i: int, r: int) -> bytes:
     return (i * 1_000 + r + 1).to_bytes(32, "big")
 
 
-def gas_of_a_job(owner: Registry, n: int, rounds: int) -> dict[str, float]:
+def gas_of_a_job(owner: Registry, n: int, rounds: int, sharded: bool) -> dict[str, float]:
     """Run one job of n participants; gas per kind of call, per participant per round."""
+
+    def shards(r: int) -> bytes:
+        return digest(77, r) if sharded else bytes(32)
+
     members = [owner] + [owner.for_identity(NodeIdentity.generate()) for _ in range(n - 1)]
     job_id, _ = owner.register_job(
         os.urandom(32), os.urandom(32), digest(0, 0), params(owner, n, rounds)
@@ -65,10 +71,15 @@ def gas_of_a_job(owner: Registry, n: int, rounds: int) -> dict[str, float]:
     cav: list[int] = []
     for r in range(1, rounds):
         cav += [
-            m.commit_and_vote(job_id, r, digest(i, r), 100, digest(99, r - 1)).gas_used
+            m.commit_and_vote(
+                job_id, r, digest(i, r), 100, digest(99, r - 1), b"", shards(r - 1)
+            ).gas_used
             for i, m in enumerate(members)
         ]
-    last = [m.vote(job_id, rounds - 1, digest(99, rounds - 1)).gas_used for m in members]
+    last = [
+        m.vote(job_id, rounds - 1, digest(99, rounds - 1), b"", shards(rounds - 1)).gas_used
+        for m in members
+    ]
     return {
         "commitAndVote mean": statistics.mean(cav),
         "commitAndVote max": max(cav),
@@ -143,12 +154,23 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     owner = open_chain("embedded", NodeIdentity.generate())
-    table = {n: gas_of_a_job(owner, n, args.rounds) for n in sizes}
-    print(f"gas per participant per round, {args.rounds}-round jobs (the EVM's: any backend)")
-    rows = list(next(iter(table.values())))
-    print(f"{'':28}" + "".join(f"{f'n = {n}':>10}" for n in sizes))
-    for row in rows:
-        print(f"{row:28}" + "".join(f"{table[n][row]:>10,.0f}" for n in sizes))
+    tables = {
+        mode: {n: gas_of_a_job(owner, n, args.rounds, mode == "sharded") for n in sizes}
+        for mode in ("all-to-all", "sharded")
+    }
+    for mode, table in tables.items():
+        print(f"{mode}: gas per participant per round, {args.rounds}-round jobs (any backend)")
+        rows = list(next(iter(table.values())))
+        print(f"{'':28}" + "".join(f"{f'n = {n}':>10}" for n in sizes))
+        for row in rows:
+            print(f"{row:28}" + "".join(f"{table[n][row]:>10,.0f}" for n in sizes))
+    ratio = "whole job / (n x rounds)"
+    print(
+        f"{'sharded / all-to-all':28}"
+        + "".join(
+            f"{tables['sharded'][n][ratio] / tables['all-to-all'][n][ratio]:>9.3f}x" for n in sizes
+        )
+    )
     if args.no_latency:
         owner.close()
         return 0

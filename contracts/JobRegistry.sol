@@ -36,7 +36,8 @@ contract JobRegistry {
 
     enum SlashReason {
         Equivocation,
-        Dissent
+        Dissent,
+        ShardLie
     }
 
     struct Params {
@@ -126,6 +127,7 @@ contract JobRegistry {
         bool dissent;
         bool topMasked;
         bool rollDirty; // pending or drop is non-zero: the close must read the roll
+        bool keepKey; // the deciding vote names shards: keep the key as evidence
         uint256 rounds;
         uint256 minUpdates;
         uint256 maxParticipants;
@@ -229,13 +231,16 @@ contract JobRegistry {
         uint32 closedAt,
         bytes32 seed
     );
+    /// `shardsHash`: keccak256 of the round's reduced shard hashes in shard order, for a
+    /// sharded round (docs/protocol.md, section 8); 0 for an all-to-all round.
     event Voted(
         bytes32 indexed jobId,
         uint32 indexed round,
         address indexed voter,
         uint64 seq,
         bytes32 modelHash,
-        bytes mask
+        bytes mask,
+        bytes32 shardsHash
     );
     event RoundFinalized(
         bytes32 indexed jobId, uint32 indexed round, uint64 seq, bytes32 key, uint32 votes, uint32 at
@@ -479,11 +484,18 @@ contract JobRegistry {
     }
 
     /// @notice Vote for the model of round c - 1 computed without the updates at the
-    /// positions set in `mask` (empty: none excluded).
-    function vote(bytes32 jobId, uint32 round, bytes32 modelHash, bytes calldata mask) external {
+    /// positions set in `mask` (empty: none excluded), by way of the reduced shards that
+    /// `shardsHash` names (0: an all-to-all round).
+    function vote(
+        bytes32 jobId,
+        uint32 round,
+        bytes32 modelHash,
+        bytes calldata mask,
+        bytes32 shardsHash
+    ) external {
         Ctx memory x = _open(jobId);
         Mem memory m = _loadMember(jobId, msg.sender);
-        _vote(x, m, round, modelHash, mask);
+        _vote(x, m, round, modelHash, mask, shardsHash);
         _storeMember(jobId, m);
         _save(x);
     }
@@ -495,12 +507,13 @@ contract JobRegistry {
         bytes32 updateHash,
         uint64 samples,
         bytes32 modelHash,
-        bytes calldata mask
+        bytes calldata mask,
+        bytes32 shardsHash
     ) external {
         Ctx memory x = _open(jobId);
         if (round == 0) revert VoteNotOpen(jobId, round);
         Mem memory m = _loadMember(jobId, msg.sender);
-        _vote(x, m, round - 1, modelHash, mask);
+        _vote(x, m, round - 1, modelHash, mask, shardsHash);
         _update(x, m, round, updateHash, samples);
         _storeMember(jobId, m);
         _save(x);
@@ -549,24 +562,55 @@ contract JobRegistry {
         _slash(x, _loadMember(jobId, signer), SlashReason.Equivocation, round);
     }
 
-    /// @notice `account` voted (modelHash, mask) on `round`, which finalized
-    /// (finalModelHash, mask) with another model: the same updates, a different model.
+    /// @notice `account` voted (modelHash, mask, shardsHash) on `round`, which finalized
+    /// (finalModelHash, mask, finalShardsHash): the same updates, another model or other
+    /// reduced shards (the arithmetic is deterministic, so one of them is a lie).
     function slashDissenter(
         bytes32 jobId,
         uint32 round,
         address account,
         bytes32 modelHash,
         bytes calldata mask,
-        bytes32 finalModelHash
+        bytes32 shardsHash,
+        bytes32 finalModelHash,
+        bytes32 finalShardsHash
     ) external {
-        if (modelHash == finalModelHash) revert BadEvidence(jobId, "the vote matches the model");
+        if (modelHash == finalModelHash && shardsHash == finalShardsHash) {
+            revert BadEvidence(jobId, "the vote matches the model");
+        }
         bytes32 maskHash = keccak256(mask);
-        _checkFinal(jobId, round, finalModelHash, maskHash);
+        _checkFinal(jobId, round, finalModelHash, maskHash, finalShardsHash);
         Mem memory m = _loadMember(jobId, account);
-        if (m.voteRound != uint256(round) + 1 || m.voteKey != _prefix(modelHash, maskHash)) {
+        if (
+            m.voteRound != uint256(round) + 1
+                || m.voteKey != _prefix(modelHash, maskHash, shardsHash)
+        ) {
             revert BadEvidence(jobId, "the member's last vote is not this one");
         }
         _slash(_open(jobId), m, SlashReason.Dissent, round);
+    }
+
+    /// @notice A signed shard statement (see `shardStatement`) for `round`'s shard `shard`
+    /// over the finalized mask, with another hash than the finalized candidate's: the
+    /// signer's bond goes to the sender and it is removed. `shardHashes` are the finalized
+    /// reduced shards in shard order (their keccak256 is the candidate's shardsHash).
+    function slashShardLie(
+        bytes32 jobId,
+        uint32 round,
+        uint32 shard,
+        bytes32 hash,
+        bytes calldata sig,
+        bytes32 finalModelHash,
+        bytes calldata mask,
+        bytes32[] calldata shardHashes
+    ) external {
+        if (shard >= shardHashes.length) revert BadEvidence(jobId, "no such shard");
+        if (shardHashes[shard] == hash) revert BadEvidence(jobId, "the statement matches the shard");
+        bytes32 maskHash = keccak256(mask);
+        _checkFinal(jobId, round, finalModelHash, maskHash, keccak256(abi.encodePacked(shardHashes)));
+        address signer = _recover(shardStatement(jobId, round, shard, hash, maskHash), sig);
+        if (signer == address(0)) revert BadEvidence(jobId, "invalid signature");
+        _slash(_open(jobId), _loadMember(jobId, signer), SlashReason.ShardLie, round);
     }
 
     /// @notice The finalized mask of `round` excludes `account`'s update: it is ejected
@@ -576,9 +620,10 @@ contract JobRegistry {
         uint32 round,
         address account,
         bytes32 finalModelHash,
-        bytes calldata mask
+        bytes calldata mask,
+        bytes32 finalShardsHash
     ) external {
-        _checkFinal(jobId, round, finalModelHash, keccak256(mask));
+        _checkFinal(jobId, round, finalModelHash, keccak256(mask), finalShardsHash);
         Ctx memory x = _open(jobId);
         if (x.status != Status.Active) revert JobNotActive(jobId, x.status);
         Mem memory m = _loadMember(jobId, account);
@@ -708,6 +753,22 @@ contract JobRegistry {
         );
     }
 
+    /// @notice What an aggregator signs (EIP-191) for a reduced shard it publishes:
+    /// `maskHash` is keccak256 of the mask of the update positions it left out.
+    function shardStatement(
+        bytes32 jobId,
+        uint32 round,
+        uint32 shard,
+        bytes32 reducedHash,
+        bytes32 maskHash
+    ) public view returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                "GFL shard", block.chainid, address(this), jobId, round, shard, reducedHash, maskHash
+            )
+        );
+    }
+
     // ------------------------------------------------------ round internals
 
     function _update(Ctx memory x, Mem memory m, uint256 round, bytes32 hash, uint64 samples)
@@ -744,7 +805,8 @@ contract JobRegistry {
         Mem memory m,
         uint256 round,
         bytes32 modelHash,
-        bytes calldata mask
+        bytes calldata mask,
+        bytes32 shardsHash
     ) private {
         if (x.status == Status.Expired) revert JobNotActive(x.id, x.status);
         if (x.round == 0 || round != x.round - 1) revert VoteNotOpen(x.id, uint32(round));
@@ -757,10 +819,11 @@ contract JobRegistry {
         else revert NotContributor(x.id, uint32(round), m.account);
         if (m.voteRound == round + 1) revert AlreadyVoted(x.id, uint32(round), m.account);
         uint256 excluded = _checkMask(x, round, mask, pos);
-        bytes32 key = keccak256(abi.encode(modelHash, keccak256(mask)));
+        bytes32 key = keccak256(abi.encode(modelHash, keccak256(mask), shardsHash));
         m.voteRound = round + 1;
         m.voteKey = uint256(key) >> _PREFIX_SHIFT;
-        _logVoted(x, round, m.account, modelHash, mask);
+        _logVoted(x, round, m.account, modelHash, mask, shardsHash);
+        x.keepKey = shardsHash != 0;
         _count(x, round, key, excluded);
     }
 
@@ -769,13 +832,18 @@ contract JobRegistry {
         uint256 round,
         address voter,
         bytes32 modelHash,
-        bytes calldata mask
+        bytes calldata mask,
+        bytes32 shardsHash
     ) private {
         uint64 seq = _chain(
             x,
-            keccak256(abi.encode(Voted.selector, x.id, round, voter, x.seq + 1, modelHash, mask))
+            keccak256(
+                abi.encode(
+                    Voted.selector, x.id, round, voter, x.seq + 1, modelHash, mask, shardsHash
+                )
+            )
         );
-        emit Voted(x.id, uint32(round), voter, seq, modelHash, mask);
+        emit Voted(x.id, uint32(round), voter, seq, modelHash, mask, shardsHash);
     }
 
     /// Votes for the top candidate only touch the hot slot; others keep a tally slot each.
@@ -1016,12 +1084,15 @@ contract JobRegistry {
         _pay(msg.sender, amount);
     }
 
-    function _checkFinal(bytes32 jobId, uint256 round, bytes32 modelHash, bytes32 maskHash)
-        private
-        view
-    {
+    function _checkFinal(
+        bytes32 jobId,
+        uint256 round,
+        bytes32 modelHash,
+        bytes32 maskHash,
+        bytes32 shardsHash
+    ) private view {
         uint256 stored = uint80(_finalKeys[_roundKey(jobId, round)]);
-        if (stored == 0 || stored != _prefix(modelHash, maskHash)) {
+        if (stored == 0 || stored != _prefix(modelHash, maskHash, shardsHash)) {
             revert BadEvidence(jobId, "not the round's finalized model and mask on record");
         }
     }
@@ -1061,7 +1132,7 @@ contract JobRegistry {
     function _logDecision(Ctx memory x, uint256 round, uint256 at, bytes32 key) private {
         uint64 seq;
         if (key != 0) {
-            if (x.dissent || x.topMasked) {
+            if (x.dissent || x.topMasked || x.keepKey) {
                 _finalKeys[_roundKey(x.id, round)] = bytes10(uint80(x.topPrefix));
             }
             seq = _chain(
@@ -1273,9 +1344,14 @@ contract JobRegistry {
         return keccak256(abi.encode(jobId, round, prefix));
     }
 
-    /// The first 80 bits of a candidate's key keccak256(abi.encode(modelHash, maskHash)).
-    function _prefix(bytes32 modelHash, bytes32 maskHash) private pure returns (uint256) {
-        return uint256(keccak256(abi.encode(modelHash, maskHash))) >> _PREFIX_SHIFT;
+    /// The first 80 bits of a candidate's key
+    /// keccak256(abi.encode(modelHash, maskHash, shardsHash)).
+    function _prefix(bytes32 modelHash, bytes32 maskHash, bytes32 shardsHash)
+        private
+        pure
+        returns (uint256)
+    {
+        return uint256(keccak256(abi.encode(modelHash, maskHash, shardsHash))) >> _PREFIX_SHIFT;
     }
 
     function _max(uint256 a, uint256 b) private pure returns (uint256) {

@@ -40,9 +40,21 @@ def job_id_for(chain_id: int, registry: str, owner: str, salt: bytes, spec_hash:
 # ------------------------------------------------------------------- votes
 
 
-def candidate_key(model_hash: bytes, mask: bytes) -> bytes:
-    """The key votes are counted under: keccak256(abi.encode(modelHash, keccak256(mask)))."""
-    return keccak(abi_encode(["bytes32", "bytes32"], [_b32(model_hash), keccak(bytes(mask))]))
+def candidate_key(model_hash: bytes, mask: bytes, shards_hash: bytes) -> bytes:
+    """The key votes are counted under:
+    keccak256(abi.encode(modelHash, keccak256(mask), shardsHash))."""
+    return keccak(
+        abi_encode(
+            ["bytes32", "bytes32", "bytes32"],
+            [_b32(model_hash), keccak(bytes(mask)), _b32(shards_hash)],
+        )
+    )
+
+
+def shards_hash(reduced_hashes: Sequence[bytes]) -> bytes:
+    """A sharded round's shards hash: keccak256 of its reduced shards' hashes (32 bytes
+    each) in shard order, what the contract's ``slashShardLie`` recomputes."""
+    return keccak(b"".join(_b32(h) for h in reduced_hashes))
 
 
 # -------------------------------------------------------------- allow-list

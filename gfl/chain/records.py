@@ -51,6 +51,7 @@ class LeaveReason(enum.IntEnum):
 class SlashReason(enum.IntEnum):
     EQUIVOCATION = 0
     DISSENT = 1
+    SHARD_LIE = 2
 
 
 @dataclass(frozen=True)

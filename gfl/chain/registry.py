@@ -29,6 +29,7 @@ from gfl.chain.errors import AnnouncementRejected, ChainError, NoRegistry
 from gfl.chain.logchain import HASH_BYTES, decode_log, verify_log_chain
 from gfl.chain.records import ChainEvent, JobParams, JobRecord, JobStatus, MemberRecord
 from gfl.chain.transactions import Tx, TxSender, as_chain_error, is_transient, with_retry
+from gfl.fl.rounds import NO_SHARDS, Vote
 from gfl.identity import NodeIdentity
 
 log = logging.getLogger(__name__)
@@ -260,14 +261,23 @@ class Registry:
             what="committing an update",
         )
 
-    def vote(self, job_id: bytes, round: int, model_hash: bytes, mask: bytes = b"") -> Tx:
-        """Vote for round `round`'s model computed without the updates `mask` excludes."""
+    def vote(
+        self,
+        job_id: bytes,
+        round: int,
+        model_hash: bytes,
+        mask: bytes = b"",
+        shards_hash: bytes = NO_SHARDS,
+    ) -> Tx:
+        """Vote for round `round`'s model computed without the updates `mask` excludes
+        (from the reduced shards `shards_hash` names, in a sharded round)."""
         return self._write(
             "vote",
             _b32(job_id, "job id"),
             _uint(round, _UINT32, "round"),
             _b32(model_hash, "model hash"),
             bytes(mask),
+            _b32(shards_hash, "shards hash"),
             what="voting",
         )
 
@@ -279,6 +289,7 @@ class Registry:
         samples: int,
         model_hash: bytes,
         mask: bytes = b"",
+        shards_hash: bytes = NO_SHARDS,
     ) -> Tx:
         """The vote on round - 1 and the update for `round` in one transaction."""
         return self._write(
@@ -289,6 +300,7 @@ class Registry:
             _uint(samples, _UINT64, "samples"),
             _b32(model_hash, "model hash"),
             bytes(mask),
+            _b32(shards_hash, "shards hash"),
             what="committing an update and voting",
         )
 
@@ -346,31 +358,58 @@ class Registry:
         job_id: bytes,
         round: int,
         member: str,
-        model_hash: bytes,
-        mask: bytes,
-        final_model_hash: bytes,
+        theirs: Vote,
+        final: Vote,
     ) -> Tx:
+        """`member` voted ``theirs`` on a round that finalized ``final`` (same mask)."""
         return self._write(
             "slashDissenter",
             _b32(job_id, "job id"),
             _uint(round, _UINT32, "round"),
             _address(member),
-            _b32(model_hash, "model hash"),
-            bytes(mask),
-            _b32(final_model_hash, "model hash"),
+            _b32(theirs.model_hash, "model hash"),
+            bytes(theirs.mask),
+            _b32(theirs.shards_hash, "shards hash"),
+            _b32(final.model_hash, "model hash"),
+            _b32(final.shards_hash, "shards hash"),
             what="slashing a dissenter",
         )
 
-    def eject_withholder(
-        self, job_id: bytes, round: int, member: str, final_model_hash: bytes, mask: bytes
+    def slash_shard_lie(
+        self,
+        job_id: bytes,
+        round: int,
+        shard: int,
+        reduced_hash: bytes,
+        sig: bytes,
+        final: Vote,
+        shard_hashes: Sequence[bytes],
     ) -> Tx:
+        """A signed statement for shard `shard` over the finalized mask whose hash is not
+        the finalized candidate's (``shard_hashes``: the finalized reduced shards)."""
+        return self._write(
+            "slashShardLie",
+            _b32(job_id, "job id"),
+            _uint(round, _UINT32, "round"),
+            _uint(shard, _UINT32, "shard"),
+            _b32(reduced_hash, "shard hash"),
+            bytes(sig),
+            _b32(final.model_hash, "model hash"),
+            bytes(final.mask),
+            [_b32(h, "shard hash") for h in shard_hashes],
+            what="slashing a lying aggregator",
+        )
+
+    def eject_withholder(self, job_id: bytes, round: int, member: str, final: Vote) -> Tx:
+        """The finalized candidate ``final`` of `round` excludes `member`'s update."""
         return self._write(
             "ejectWithholder",
             _b32(job_id, "job id"),
             _uint(round, _UINT32, "round"),
             _address(member),
-            _b32(final_model_hash, "model hash"),
-            bytes(mask),
+            _b32(final.model_hash, "model hash"),
+            bytes(final.mask),
+            _b32(final.shards_hash, "shards hash"),
             what="ejecting a withholder",
         )
 

@@ -17,7 +17,8 @@ A job's rounds run like this (``docs/protocol.md``, "Rounds", says it for implem
   positions 0..n-1). It closes "at" the block that completes it, or at opens_at + timeout.
 - **Voting** on c: each member in S_c may vote once, before closed_at + vote_timeout, for a
   model hash together with the mask of S_c positions it excluded (unavailable or invalid
-  updates). The candidate (model, mask) with votes * 2 > |S_c| is finalized at once; at the
+  updates) and, in a sharded round, the hash of the reduced shards the model was assembled
+  from. The candidate (model, mask, shards) with votes * 2 > |S_c| is finalized at once; at the
   deadline the unique top candidate is finalized if votes * 2 > |S_c| - |its mask|; any
   other outcome leaves the round void (the model stays what it was).
 - c+1's clock starts at the decision (at the deadline for a deadline decision); the job is
@@ -126,11 +127,23 @@ class Update:
     position: int
 
 
+NO_SHARDS = bytes(32)  # the shards hash of an all-to-all round's candidate
+
+
 @dataclass(frozen=True)
 class Vote:
+    """A member's vote: the model, the mask of the positions it excluded and, for a
+    sharded round, the hash of the reduced shards it assembled the model from."""
+
     voter: str
     model_hash: bytes
     mask: bytes
+    shards_hash: bytes = NO_SHARDS
+
+    @property
+    def candidate(self) -> tuple[bytes, bytes, bytes]:
+        """What votes are counted under (the contract's key hashes exactly this)."""
+        return (self.model_hash, self.mask, self.shards_hash)
 
 
 @dataclass
@@ -144,18 +157,17 @@ class Round:
     votes: dict[str, Vote] = field(default_factory=dict)  # voter (lower case) -> vote
     decision: Decision | None = None
     decided_at: float | None = None
-    final: Vote | None = None  # the finalized candidate (model hash, mask)
+    final: Vote | None = None  # the finalized candidate
 
     @property
     def closed(self) -> bool:
         return self.closed_at is not None
 
-    def tally(self) -> dict[tuple[bytes, bytes], int]:
-        """Votes per candidate (model hash, mask)."""
-        out: dict[tuple[bytes, bytes], int] = {}
+    def tally(self) -> dict[tuple[bytes, bytes, bytes], int]:
+        """Votes per candidate (model hash, mask, shards hash)."""
+        out: dict[tuple[bytes, bytes, bytes], int] = {}
         for v in self.votes.values():
-            key = (v.model_hash, v.mask)
-            out[key] = out.get(key, 0) + 1
+            out[v.candidate] = out.get(v.candidate, 0) + 1
         return out
 
     def excluded(self, mask: bytes) -> list[int]:
@@ -267,7 +279,15 @@ class JobRounds:
         self._try_close(now)
         return update
 
-    def vote(self, address: str, r: int, model_hash: bytes, mask: bytes, now: float) -> None:
+    def vote(
+        self,
+        address: str,
+        r: int,
+        model_hash: bytes,
+        mask: bytes,
+        now: float,
+        shards_hash: bytes = NO_SHARDS,
+    ) -> None:
         """A vote on round r (raises `RoundRuleError` where the contract refuses it). Votes
         stay open until the deadline also after a decision: they are then only recorded."""
         self.settle(now)
@@ -288,8 +308,9 @@ class JobRounds:
         excluded = rd.excluded(mask)
         if mine[0].position in excluded:
             raise RoundRuleError("a vote cannot exclude the voter's own update")
-        rd.votes[key] = Vote(address, bytes(model_hash), bytes(mask))
-        votes = rd.tally()[(bytes(model_hash), bytes(mask))]
+        vote = Vote(address, bytes(model_hash), bytes(mask), bytes(shards_hash))
+        rd.votes[key] = vote
+        votes = rd.tally()[vote.candidate]
         if rd.decision is None and finalizes_now(votes, len(rd.updates)):
             self._decide(rd, Decision.FINALIZED, now, rd.votes[key])
             self._try_close(now)
@@ -323,9 +344,9 @@ class JobRounds:
         top = ranked[0][1] if ranked else 0
         second = ranked[1][1] if len(ranked) > 1 else 0
         if ranked:
-            (model, mask), _ = ranked[0]
+            (model, mask, shards), _ = ranked[0]
             if wins_at_deadline(top, second, len(rd.updates), len(rd.excluded(mask))):
-                self._decide(rd, Decision.FINALIZED, deadline, Vote("", model, mask))
+                self._decide(rd, Decision.FINALIZED, deadline, Vote("", model, mask, shards))
                 return
         self._decide(rd, Decision.VOID, deadline, None)
 

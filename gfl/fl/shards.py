@@ -18,13 +18,18 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from eth_utils.crypto import keccak
 
 from gfl.errors import GflError
-from gfl.fl.codec import ErrorFeedback, UpdateMeta, encode_params
+from gfl.fl.codec import ErrorFeedback, UpdateMeta, encode_frame, encode_params
+from gfl.fl.strategies import ClientUpdate, make_strategy
+from gfl.fl.strategies.base import canonical
+
+if TYPE_CHECKING:
+    from gfl.fl.spec import JobSpec
 
 #: Elements per shard the derived shard count aims at (1 MiB of float32).
 SHARD_ELEMENTS = 1 << 18
@@ -229,6 +234,17 @@ def round_mode(
     if aggregation == "sharded" or updates > 2 * replicas:
         return Mode.SHARDED
     return Mode.ALL
+
+
+def reduce_shard(
+    spec: JobSpec, template: Mapping[str, np.ndarray], usable: Sequence[ClientUpdate]
+) -> tuple[dict[str, np.ndarray], bytes]:
+    """A shard reduced over its ``usable`` pieces (chain order) with the job's strategy:
+    the float64 pieces and their lossless frame, whose sha256 its aggregators state and
+    the round's shards hash covers (docs/protocol.md, section 8)."""
+    strategy = make_strategy(spec.strategy, spec.strategy_kwargs)
+    pieces = strategy.reduce(template, canonical(template, usable))
+    return pieces, encode_frame(pieces)
 
 
 # -- encoding an update ------------------------------------------------------------------------

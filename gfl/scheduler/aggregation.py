@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import trio
 
+from gfl.chain.proofs import shards_hash
 from gfl.content import MAX_BLOB_BYTES, content_hash
 from gfl.errors import GflError
 from gfl.fl.codec import CodecError, UpdateMeta, decode_update
-from gfl.fl.rounds import Update, mask_bytes
+from gfl.fl.rounds import NO_SHARDS, Update, mask_bytes
 from gfl.fl.shards import MAX_MANIFEST, Layout, ShardError, decode_manifest
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
 from gfl.fl.strategies.base import reject_reason
-from gfl.scheduler.ports import Exchange
+from gfl.scheduler.ports import Exchange, ShardLie
 
 if TYPE_CHECKING:
     from gfl.scheduler.joblog import RoundLog
@@ -233,6 +234,13 @@ class RoundModel:
     mask: bytes
     excluded: dict[int, str]  # position -> why
     used: int
+    shard_hashes: tuple[bytes, ...] = ()  # a sharded round's reduced shards, in shard order
+    lies: tuple[ShardLie, ...] = ()  # shard statements that contradict them
+
+    @property
+    def shards_hash(self) -> bytes:
+        """What the vote names (docs/protocol.md, section 8): NO_SHARDS all-to-all."""
+        return shards_hash(self.shard_hashes) if self.shard_hashes else NO_SHARDS
 
 
 def aggregate(

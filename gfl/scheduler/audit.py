@@ -24,12 +24,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from gfl.chain.proofs import shards_hash
 from gfl.content import content_hash
 from gfl.errors import GflError
 from gfl.fl.codec import decode_frame, encode_frame
-from gfl.fl.rounds import Decision, excluded_positions
-from gfl.fl.shards import MAX_MANIFEST, layout_of, manifest_hashes
+from gfl.fl.rounds import NO_SHARDS, Decision, Update, excluded_positions
+from gfl.fl.shards import (
+    MAX_MANIFEST,
+    Layout,
+    Mode,
+    layout_of,
+    manifest_hashes,
+    reduce_shard,
+    round_mode,
+)
 from gfl.fl.spec import JobSpec
+from gfl.fl.strategies import ClientUpdate, make_strategy
 from gfl.scheduler import aggregation
 from gfl.scheduler.joblog import JobLog
 
@@ -259,6 +269,9 @@ def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
                 return verdict
             arrays[u.position] = checked
         skipped = dict.fromkeys(excluded, "excluded by the finalized vote")
+        if rd.final.shards_hash != _shards_hash(spec, layout, params, rd.updates, arrays):
+            rv.problem = "the finalized shards hash is not the one the round's updates give"
+            return verdict
         model = aggregation.aggregate(spec, params, state, rd.updates, arrays, skipped)
         derived = content_hash(encode_frame(model.params))
         rv.derived_model = derived.hex()
@@ -268,6 +281,33 @@ def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
             return verdict
         params, state, model_hash = model.params, model.state, derived
     return verdict
+
+
+def _shards_hash(
+    spec: JobSpec,
+    layout: Layout,
+    params: dict[str, np.ndarray],
+    updates: Sequence[Update],
+    arrays: dict[int, dict[str, np.ndarray]],
+) -> bytes:
+    """What a sharded round's votes name: every shard reduced over the used updates
+    (NO_SHARDS for a round the job aggregates all-to-all)."""
+    coordinatewise = make_strategy(spec.strategy, spec.strategy_kwargs).coordinatewise
+    mode = round_mode(
+        spec.aggregation, layout.count, len(updates), spec.replicas, coordinatewise=coordinatewise
+    )
+    if mode is not Mode.SHARDED or not arrays:
+        return NO_SHARDS
+    equal = spec.weighting == "equal"
+    used = [u for u in updates if u.position in arrays]
+    hashes = []
+    for k in range(layout.count):
+        usable = [
+            ClientUpdate(u.author, 1 if equal else u.samples, layout.split(arrays[u.position], k))
+            for u in used
+        ]
+        hashes.append(content_hash(reduce_shard(spec, layout.split(params, k), usable)[1]))
+    return shards_hash(hashes)
 
 
 def _reveal_sets(folder: Path, job_id: bytes, r: int) -> list[Any]:

@@ -1,5 +1,6 @@
 """What any member does for the job beyond its own rounds: settle deadlines that passed, and
-put the evidence the chain can check on chain (withholders, dissenters, idle members).
+put the evidence the chain can check on chain (withholders, dissenters, lying shard
+aggregators, idle members).
 
 Anyone may do each of these; to keep every node from paying for the same transaction, each
 decided round names one member to act — the lowest address among the voters of the
@@ -11,11 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gfl.errors import GflError
 from gfl.fl.rounds import Decision, excluded_positions
 from gfl.scheduler.ports import Ballot, JobState, Ledger
+
+if TYPE_CHECKING:
+    from gfl.scheduler.aggregation import RoundModel
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,15 @@ class Duties:
         self._votes_seen: dict[int, int] = {}  # decided round -> its votes when last examined
         self._reported: set[tuple[int, str]] = set()  # (round, member) whose evidence was sent
         self._ejected: set[str] = set()
+        self._lies: dict[int, RoundModel] = {}  # round -> the model whose shards they deny
+
+    def hold_lies(self, r: int, model: RoundModel) -> None:
+        """Keep the shard statements that contradict this node's round-r model until the
+        round is decided (they are evidence if it finalizes this model)."""
+        for old in [k for k in self._lies if k < r - 1]:  # decided and examined by now
+            del self._lies[old]
+        if model.lies:
+            self._lies[r] = model
 
     async def perform(self, st: JobState) -> None:
         await self._settle_if_due(st)
@@ -77,12 +90,8 @@ class Duties:
         rd = st.log.rounds[r]
         if rd.decision is not Decision.FINALIZED or rd.final is None:
             return
-        final = Ballot(r, rd.final.model_hash, rd.final.mask)
-        backers = sorted(
-            a
-            for a, v in rd.votes.items()
-            if (v.model_hash, v.mask) == (final.model_hash, final.mask)
-        )
+        final = Ballot(r, *rd.final.candidate)
+        backers = sorted(a for a, v in rd.votes.items() if v.candidate == rd.final.candidate)
         if not backers or backers[0] != self._me:
             return
         for pos in excluded_positions(final.mask, len(rd.updates)):
@@ -93,15 +102,26 @@ class Duties:
             self._event("withholder", round=r, member=author, position=pos)
             await self._try("eject withholder", self._ledger.eject_withholder, author, final)
         for _, v in sorted(rd.votes.items()):
-            if v.mask == final.mask and v.model_hash != final.model_hash:
+            if v.mask == final.mask and v.candidate != rd.final.candidate:
                 if (r, v.voter) in self._reported:
                     continue
                 self._reported.add((r, v.voter))
-                theirs = Ballot(r, v.model_hash, v.mask)
+                theirs = Ballot(r, *v.candidate)
                 self._event("dissenter_reported", round=r, member=v.voter)
                 await self._try(
                     "slash dissenter", self._ledger.slash_dissenter, v.voter, theirs, final
                 )
+        model = self._lies.get(r)
+        if model is None or model.shards_hash != final.shards_hash or model.mask != final.mask:
+            return
+        for lie in model.lies:
+            if (r, lie.aggregator.lower()) in self._reported:
+                continue
+            self._reported.add((r, lie.aggregator.lower()))
+            self._event("shard_liar_reported", round=r, member=lie.aggregator, shard=lie.shard)
+            await self._try(
+                "slash shard liar", self._ledger.slash_shard_lie, lie, final, model.shard_hashes
+            )
 
     async def _eject_idle(self, st: JobState) -> None:
         """While the collecting round waits on its clock, eject members that missed the

@@ -70,8 +70,8 @@ class RoundLog:
         """Voters whose candidate is not the finalized one."""
         if self.final is None:
             return []
-        final = (self.final.model_hash, self.final.mask)
-        return sorted(v.voter for v in self.votes.values() if (v.model_hash, v.mask) != final)
+        final = self.final.candidate
+        return sorted(v.voter for v in self.votes.values() if v.candidate != final)
 
 
 @dataclass
@@ -143,7 +143,9 @@ class JobLog:
             rd.closed_at, rd.seed = int(a["closedAt"]), bytes(a["seed"])
         elif name == "Voted":
             rd = self.round(int(a["round"]))
-            rd.votes[a["voter"].lower()] = Vote(a["voter"], bytes(a["modelHash"]), bytes(a["mask"]))
+            rd.votes[a["voter"].lower()] = Vote(
+                a["voter"], bytes(a["modelHash"]), bytes(a["mask"]), bytes(a["shardsHash"])
+            )
         elif name == "RoundFinalized":
             rd = self.round(int(a["round"]))
             rd.decision, rd.decided_at = Decision.FINALIZED, int(a["at"])
@@ -175,8 +177,8 @@ class JobLog:
         """The vote whose candidate the decision names (the contract may name it by the
         first 80 bits of its key)."""
         for v in rd.votes.values():
-            if candidate_key(v.model_hash, v.mask)[:KEY_PREFIX] == key[:KEY_PREFIX]:
-                return Vote("", v.model_hash, v.mask)
+            if candidate_key(*v.candidate)[:KEY_PREFIX] == key[:KEY_PREFIX]:
+                return Vote("", *v.candidate)
         return None
 
     # -- queries ------------------------------------------------------------------------------

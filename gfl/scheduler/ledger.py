@@ -13,7 +13,13 @@ from gfl.chain.errors import ChainError, ChainUnavailable, ContractRevert
 from gfl.chain.proofs import merkle_proof
 from gfl.errors import GflError
 from gfl.scheduler.joblog import JobLog, LogGap
-from gfl.scheduler.ports import Ballot, JobState, LedgerRefused, LedgerUnavailable
+from gfl.scheduler.ports import (
+    Ballot,
+    JobState,
+    LedgerRefused,
+    LedgerUnavailable,
+    ShardLie,
+)
 
 if TYPE_CHECKING:
     from gfl.chain.records import ChainEvent
@@ -131,11 +137,17 @@ class ChainLedger:
             samples,
             ballot.model_hash,
             ballot.mask,
+            ballot.shards_hash,
         )
 
     async def vote(self, ballot: Ballot) -> None:
         await self._call(
-            self._chain.vote, self._job_id, ballot.round, ballot.model_hash, ballot.mask
+            self._chain.vote,
+            self._job_id,
+            ballot.round,
+            ballot.model_hash,
+            ballot.mask,
+            ballot.shards_hash,
         )
 
     async def settle(self) -> None:
@@ -146,12 +158,7 @@ class ChainLedger:
 
     async def eject_withholder(self, member: str, final: Ballot) -> None:
         await self._call(
-            self._chain.eject_withholder,
-            self._job_id,
-            final.round,
-            member,
-            final.model_hash,
-            final.mask,
+            self._chain.eject_withholder, self._job_id, final.round, member, final.vote
         )
 
     async def slash_dissenter(self, member: str, theirs: Ballot, final: Ballot) -> None:
@@ -160,9 +167,22 @@ class ChainLedger:
             self._job_id,
             final.round,
             member,
-            theirs.model_hash,
-            theirs.mask,
-            final.model_hash,
+            theirs.vote,
+            final.vote,
+        )
+
+    async def slash_shard_lie(
+        self, lie: ShardLie, final: Ballot, shard_hashes: Sequence[bytes]
+    ) -> None:
+        await self._call(
+            self._chain.slash_shard_lie,
+            self._job_id,
+            lie.round,
+            lie.shard,
+            lie.hash,
+            lie.sig,
+            final.vote,
+            list(shard_hashes),
         )
 
     async def report_equivocation(

@@ -13,11 +13,13 @@ tests can drive a runner with in-process ones.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gfl.errors import GflError
 from gfl.fl.data import ArrayDataset
+from gfl.fl.rounds import NO_SHARDS, Vote
 
 if TYPE_CHECKING:
     from gfl.chain.records import JobRecord
@@ -57,12 +59,32 @@ class LedgerUnavailable(GflError):
 
 @dataclass(frozen=True)
 class Ballot:
-    """A vote: the model hash a member computed for a round, and the mask of the round's
-    update positions it excluded (empty when it used them all)."""
+    """A vote: the model hash a member computed for a round, the mask of the round's
+    update positions it excluded (empty when it used them all) and, for a sharded round,
+    the hash of the reduced shards it assembled the model from."""
 
     round: int
     model_hash: bytes
     mask: bytes = b""
+    shards_hash: bytes = NO_SHARDS
+
+    @property
+    def vote(self) -> Vote:
+        """The candidate, as the chain's rules count it."""
+        return Vote("", self.model_hash, self.mask, self.shards_hash)
+
+
+@dataclass(frozen=True)
+class ShardLie:
+    """An aggregator's signed statement for a shard of round ``round`` over the round's
+    finalized mask, with a hash other than the finalized shard's: evidence for the
+    contract's ``slashShardLie``."""
+
+    round: int
+    aggregator: str
+    shard: int
+    hash: bytes
+    sig: bytes
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,12 @@ class Ledger(Protocol):
     async def eject_withholder(self, member: str, final: Ballot) -> None: ...
 
     async def slash_dissenter(self, member: str, theirs: Ballot, final: Ballot) -> None: ...
+
+    async def slash_shard_lie(
+        self, lie: ShardLie, final: Ballot, shard_hashes: Sequence[bytes]
+    ) -> None:
+        """``lie`` contradicts ``final``, whose reduced shards are ``shard_hashes``."""
+        ...
 
     async def report_equivocation(
         self, r: int, first: tuple[bytes, bytes], second: tuple[bytes, bytes]

@@ -393,7 +393,8 @@ class JobRunner:
         await self.exchange.publish("model", r, frame)
         mine = rd.update_of(self.me)
         if mine is not None and mine.position not in excluded:
-            self.ballot = Ballot(r, new_hash, model.mask)
+            self.ballot = Ballot(r, new_hash, model.mask, model.shards_hash)
+        self.duties.hold_lies(r, model)
         metrics.values.update(model_hash=new_hash.hex(), updates=model.used, excluded=len(excluded))
         self.record(r, metrics.values)
         self.evaluator.soon(self._background, r, model.params, self.data.test)

@@ -18,8 +18,10 @@ round's authors (`gfl.fl.shards.aggregators`). This node then:
 4. assembles the float64 delta from the S shards, takes the server step with its own copy
    of the strategy's state and applies it: M_{r+1}, voted on as in an all-to-all round.
 
-Nothing of this goes on chain but the seed: the chain finalizes the model as ever. A job
-with secure aggregation would replace step 2's reduction with a masked sum (its issue).
+On chain: the seed, and the vote names the S reduced shards' hashes (their keccak, the
+shards hash) beside the model, so that a statement the finalized shards contradict is
+evidence (`ShardLie`, sent by `Duties`). A job with secure aggregation would replace step
+2's reduction with a masked sum (its issue).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +38,7 @@ import trio
 from gfl.chain.proofs import recover_shard_signer
 from gfl.content import content_hash
 from gfl.errors import GflError
-from gfl.fl.codec import CodecError, decode_frame, encode_frame
+from gfl.fl.codec import CodecError, decode_frame
 from gfl.fl.rounds import RoundRuleError, excluded_positions, mask_bytes
 from gfl.fl.shards import (
     Layout,
@@ -44,16 +46,17 @@ from gfl.fl.shards import (
     aggregators,
     layout_of,
     quorum,
+    reduce_shard,
     round_mode,
     shard_grace,
 )
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
-from gfl.fl.strategies.base import apply_delta, canonical
+from gfl.fl.strategies.base import apply_delta
 from gfl.scheduler import messages
 from gfl.scheduler.aggregation import Context, RoundModel, UpdateShards, fetch_blob
 from gfl.scheduler.joblog import RoundLog
-from gfl.scheduler.ports import Exchange, JobState, Ledger
+from gfl.scheduler.ports import Exchange, JobState, Ledger, ShardLie
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class Claim:
     hash: bytes
     mask: bytes
     size: int
+    sig: bytes
 
 
 class ShardedRounds:
@@ -208,9 +212,26 @@ class ShardedRounds:
             rd.number, mine, t_reduced - t0, len(settled), layout.count, t_settled - t0,
             trio.current_time() - t0, recomputed, avail - t0, settle_by - t0,
         )  # fmt: skip
-        return await trio.to_thread.run_sync(
+        model = await trio.to_thread.run_sync(
             self._assemble, layout, params, state, results, union, work, mine, recomputed, values
         )
+        # statements heard since settling count too: a lie is evidence whenever it came
+        claims = await self._claims(ctx, rd, assigned)
+        return replace(model, lies=tuple(self._lies(rd.number, model, claims)))
+
+    @staticmethod
+    def _lies(r: int, model: RoundModel, claims: list[Claim]) -> list[ShardLie]:
+        """The statements over the round's mask that name another shard than the one this
+        node assembled the model from: signed evidence the contract can check once the
+        round finalizes this model (`Duties` sends it)."""
+        if not model.shard_hashes:
+            return []
+        out = []
+        for c in claims:
+            if c.mask == model.mask and c.hash != model.shard_hashes[c.shard]:
+                log.warning("round %d: %s stated a wrong shard %d", r, c.aggregator, c.shard)
+                out.append(ShardLie(r, c.aggregator, c.shard, c.hash, c.sig))
+        return out
 
     async def _reduce(
         self, work: UpdateShards, k: int, exclude: set[int], params: Mapping[str, np.ndarray],
@@ -233,11 +254,9 @@ class ShardedRounds:
         if not usable:
             return Reduced(excluded, None)
         template = work.layout.split(params, k)
-        strategy = make_strategy(self.spec.strategy, self.spec.strategy_kwargs)
 
         def reduce() -> Reduced:
-            pieces = strategy.reduce(template, canonical(template, usable))
-            frame = encode_frame(pieces)
+            pieces, frame = reduce_shard(self.spec, template, usable)
             return Reduced(excluded, pieces, frame, content_hash(frame))
 
         return await trio.to_thread.run_sync(reduce)
@@ -349,7 +368,7 @@ class ShardedRounds:
                 excluded_positions(b["mask"], len(rd.updates))
             except RoundRuleError:
                 continue
-            out[(k, signer)] = Claim(signer, k, b["hash"], b["mask"], b["size"])
+            out[(k, signer)] = Claim(signer, k, b["hash"], b["mask"], b["size"], b["sig"])
         return list(out.values())
 
     # -- completing the round ------------------------------------------------------------------
@@ -380,7 +399,7 @@ class ShardedRounds:
             pieces = await self._fetch_reduced(work, k, settled[k][0], holder, params, until)
             if pieces is not None:
                 why = {p: f"excluded by the shard's aggregators ({k})" for p in union}
-                results[k] = Reduced(why, pieces)
+                results[k] = Reduced(why, pieces, hash=settled[k][0])
 
         async with trio.open_nursery() as nursery:
             for k in ready:
@@ -477,4 +496,5 @@ class ShardedRounds:
             strategy.load_state_dict(state)
         delta = layout.join([results[k].pieces or {} for k in range(layout.count)])
         new = apply_delta(params, strategy.server_step(delta))
-        return RoundModel(new, strategy.state_dict(), mask, excluded, used)
+        hashes = tuple(results[k].hash for k in range(layout.count))
+        return RoundModel(new, strategy.state_dict(), mask, excluded, used, hashes)

@@ -13,9 +13,16 @@ import pytest
 
 from gfl.chain import JobStatus, LeaveReason, LogChainBroken, MemberStatus, Registry
 from gfl.chain.logchain import verify_log_chain
-from gfl.chain.proofs import merkle_proof, merkle_root, spec_hash_of
+from gfl.chain.proofs import merkle_proof, merkle_root, shards_hash, spec_hash_of
+from gfl.chain.records import SlashReason
+from gfl.fl.rounds import NO_SHARDS, Vote
 
 from .conftest import BOND, MODEL0, ChainEnv, h, job_params, new_job, refused
+
+
+def V(model_hash: bytes, mask: bytes = b"", shards: bytes = NO_SHARDS) -> Vote:
+    """A candidate (model, mask, shards hash)."""
+    return Vote("", model_hash, mask, shards)
 
 
 def joined(chain: ChainEnv, job_id: bytes, n: int) -> list[Registry]:
@@ -132,7 +139,7 @@ def test_a_dissenter_is_slashed(chain):
     a.advance_time(101)
     a.settle(job_id)
     with refused("BadEvidence"):  # nothing finalized, nothing to dissent from
-        a.slash_dissenter(job_id, 0, b.account, h(51), b"", h(50))
+        a.slash_dissenter(job_id, 0, b.account, V(h(51), b""), V(h(50), b""))
 
     # Three members: two agree and finalize, the third's other model from the same
     # updates is provably wrong arithmetic.
@@ -143,17 +150,17 @@ def test_a_dissenter_is_slashed(chain):
     assert a.final_key(job_id, 0) is not None, "dissent keeps the final key as evidence"
     reporter = chain.node()
     with refused("BadEvidence"):  # the vote must be the member's
-        reporter.slash_dissenter(job_id, 0, c.account, h(52), b"", h(50))
+        reporter.slash_dissenter(job_id, 0, c.account, V(h(52), b""), V(h(50), b""))
     with refused("BadEvidence"):  # the final model must be the round's
-        reporter.slash_dissenter(job_id, 0, c.account, h(51), b"", h(52))
-    tx = reporter.slash_dissenter(job_id, 0, c.account, h(51), b"", h(50))
+        reporter.slash_dissenter(job_id, 0, c.account, V(h(51), b""), V(h(52), b""))
+    tx = reporter.slash_dissenter(job_id, 0, c.account, V(h(51), b""), V(h(50), b""))
     events, _ = a.poll_events(tx.block_number, tx.block_number, job_id=job_id)
     assert [e.name for e in events] == ["Slashed", "Left"]
     assert events[0].args["reporter"] == reporter.account and events[0].args["amount"] == BOND
     assert events[1].args["reason"] == LeaveReason.SLASHED
     assert a.member(job_id, c.account).status is MemberStatus.SLASHED
     with refused("NothingToSlash"):
-        reporter.slash_dissenter(job_id, 0, c.account, h(51), b"", h(50))
+        reporter.slash_dissenter(job_id, 0, c.account, V(h(51), b""), V(h(50), b""))
 
 
 def test_a_vote_with_another_mask_is_not_punished(chain):
@@ -164,7 +171,92 @@ def test_a_vote_with_another_mask_is_not_punished(chain):
     b.vote(job_id, 0, h(50))
     c.vote(job_id, 0, h(51), mask_bytes([0], 3))  # "a's update was unavailable to me"
     with refused("BadEvidence"):
-        a.slash_dissenter(job_id, 0, c.account, h(51), mask_bytes([0], 3), h(50))
+        a.slash_dissenter(
+            job_id, 0, c.account, V(h(51), mask_bytes([0], 3)), V(h(50), mask_bytes([0], 3))
+        )
+
+
+SHARDS = [h(70), h(71), h(72)]  # a sharded round's reduced shards, in shard order
+
+
+def sharded_round_0(chain: ChainEnv) -> tuple[bytes, list[Registry]]:
+    """Round 0 of three members, finalized by a and b on model h(50) from SHARDS; c (who
+    aggregates shards too) voted the same."""
+    job_id, members = closed_round_0(chain, 3)
+    for m in members:
+        m.vote(job_id, 0, h(50), b"", shards_hash(SHARDS))
+    assert members[0].final_key(job_id, 0) is not None, "a sharded final key is evidence"
+    return job_id, members
+
+
+def test_a_lying_shard_aggregator_is_slashed(chain):
+    from gfl.fl.rounds import mask_bytes
+
+    job_id, (a, _b, c) = sharded_round_0(chain)
+    final = V(h(50), b"", shards_hash(SHARDS))
+    lie = c.sign_shard(job_id, 0, 1, h(99), b"")  # c states shard 1 is h(99): it is h(71)
+    reporter = chain.node()  # a fresh outsider may report
+    with refused("BadEvidence"):  # an honest statement is no evidence
+        reporter.slash_shard_lie(
+            job_id, 0, 1, h(71), c.sign_shard(job_id, 0, 1, h(71), b""), final, SHARDS
+        )
+    with refused("BadEvidence"):  # the shards must be the finalized ones
+        reporter.slash_shard_lie(job_id, 0, 1, h(99), lie, final, [h(70), h(98), h(72)])
+    with refused("BadEvidence"):  # ... and so must the model
+        reporter.slash_shard_lie(job_id, 0, 1, h(99), lie, V(h(51), b"", final.shards_hash), SHARDS)
+    with refused("BadEvidence"):  # no shard 3
+        reporter.slash_shard_lie(job_id, 0, 3, h(99), lie, final, SHARDS)
+    with refused("NothingToSlash"):  # over another hash the signature names a stranger
+        reporter.slash_shard_lie(job_id, 0, 1, h(98), lie, final, SHARDS)
+    with refused("BadEvidence"):  # a malformed signature
+        reporter.slash_shard_lie(job_id, 0, 1, h(99), b"\x01" * 64 + b"\x05", final, SHARDS)
+    # over another mask, a shard is another sum: "I could not use a's piece" is no lie
+    other = mask_bytes([0], 3)
+    honest_elsewhere = c.sign_shard(job_id, 0, 1, h(99), other)
+    with refused("BadEvidence"):
+        reporter.slash_shard_lie(
+            job_id, 0, 1, h(99), honest_elsewhere, V(h(50), other, final.shards_hash), SHARDS
+        )
+    # an outsider's own false statement slashes no one: it has no bond here
+    with refused("NothingToSlash"):
+        reporter.slash_shard_lie(
+            job_id, 0, 1, h(99), reporter.sign_shard(job_id, 0, 1, h(99), b""), final, SHARDS
+        )
+    before = reporter.balance()
+    tx = reporter.slash_shard_lie(job_id, 0, 1, h(99), lie, final, SHARDS)
+    assert reporter.balance() - before > BOND - 10**16  # the bond, less the gas
+    events, _ = reporter.poll_events(tx.block_number, tx.block_number, job_id=job_id)
+    assert [e.name for e in events] == ["Slashed", "Left"]
+    assert events[0].args["member"] == c.account
+    assert events[0].args["reason"] == SlashReason.SHARD_LIE and events[0].args["round"] == 0
+    assert a.member(job_id, c.account).status is MemberStatus.SLASHED
+    with refused("NothingToSlash"):
+        reporter.slash_shard_lie(job_id, 0, 1, h(99), lie, final, SHARDS)
+
+
+def test_a_shard_statement_proves_nothing_against_an_all_to_all_round(chain):
+    job_id, (a, b, c) = closed_round_0(chain, 3)
+    a.vote(job_id, 0, h(50))
+    b.vote(job_id, 0, h(50))  # finalized, no shards named, no dissent: no key kept
+    assert a.final_key(job_id, 0) is None
+    lie = c.sign_shard(job_id, 0, 0, h(99), b"")
+    with refused("BadEvidence"):
+        a.slash_shard_lie(job_id, 0, 0, h(99), lie, V(h(50)), [h(70)])
+
+
+def test_a_vote_naming_other_shards_is_dissent(chain):
+    """The same model from other reduced shards: one of the two shard sets is wrong (the
+    arithmetic is deterministic), and the majority's is the round's."""
+    job_id, (a, b, c) = closed_round_0(chain, 3)
+    final = V(h(50), b"", shards_hash(SHARDS))
+    theirs = V(h(50), b"", shards_hash([h(70), h(99), h(72)]))
+    a.vote(job_id, 0, *final.candidate)
+    b.vote(job_id, 0, *final.candidate)
+    c.vote(job_id, 0, *theirs.candidate)
+    with refused("BadEvidence"):
+        a.slash_dissenter(job_id, 0, c.account, final, final)
+    a.slash_dissenter(job_id, 0, c.account, theirs, final)
+    assert a.member(job_id, c.account).status is MemberStatus.SLASHED
 
 
 def test_an_equivocation_report_pays_the_reporter(chain):
@@ -201,10 +293,10 @@ def test_a_withholder_is_ejected(chain):
     b.commit_and_vote(job_id, 1, h(2), 10, h(50), mask)  # 2 of 3: finalized
     outsider = chain.node()
     with refused("BadEvidence"):  # a's update was not excluded
-        outsider.eject_withholder(job_id, 0, a.account, h(50), mask)
+        outsider.eject_withholder(job_id, 0, a.account, V(h(50), mask))
     with refused("BadEvidence"):  # not the finalized mask
-        outsider.eject_withholder(job_id, 0, c.account, h(50), mask_bytes([1, 2], 3))
-    tx = outsider.eject_withholder(job_id, 0, c.account, h(50), mask)
+        outsider.eject_withholder(job_id, 0, c.account, V(h(50), mask_bytes([1, 2], 3)))
+    tx = outsider.eject_withholder(job_id, 0, c.account, V(h(50), mask))
     events, _ = a.poll_events(tx.block_number, tx.block_number, job_id=job_id)
     assert [e.name for e in events] == ["Left", "RoundClosed"], "round 1 stops waiting for c"
     assert events[0].args["reason"] == LeaveReason.WITHHELD

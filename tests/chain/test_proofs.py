@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from eth_utils.crypto import keccak
 
 from gfl.chain import ChainError
 from gfl.chain.logchain import GENESIS, decode_log, event_hash_step, topic_of
@@ -14,6 +15,8 @@ from gfl.chain.proofs import (
     merkle_proof,
     merkle_root,
     recover_update_signer,
+    shard_statement,
+    shards_hash,
     sign_update_statement,
     update_statement,
     verify_merkle_proof,
@@ -61,12 +64,18 @@ def test_the_contract_computes_the_same(chain):
     assert fns.updateStatement(h(7), 5, h(8)).call() == update_statement(
         owner.chain_id, owner.registry_address, h(7), 5, h(8)
     )
+    assert fns.shardStatement(h(7), 5, 2, h(8), keccak(b"\x01")).call() == shard_statement(
+        owner.chain_id, owner.registry_address, h(7), 5, 2, h(8), b"\x01"
+    )
     start = owner.block_number()
     job_id = new_job(owner, min_updates=1, max_participants=1)
     owner.join_job(job_id)
     owner.commit_update(job_id, 0, h(1), 1)
-    owner.vote(job_id, 0, h(50))
-    assert owner.member(job_id, owner.account).vote_key_prefix == candidate_key(h(50), b"")[:10]
+    shards = shards_hash([h(60), h(61)])
+    owner.vote(job_id, 0, h(50), b"", shards)
+    key = candidate_key(h(50), b"", shards)
+    assert owner.member(job_id, owner.account).vote_key_prefix == key[:10]
+    assert owner.final_key(job_id, 0) == key[:10], "a sharded round keeps its key"
     mine, _ = owner.poll_events(start, job_id=job_id)
     head = GENESIS
     for e in mine:

@@ -16,7 +16,7 @@ from gfl.chain import (
     Registry,
 )
 from gfl.chain.proofs import candidate_key, spec_hash_of
-from gfl.fl.rounds import mask_bytes
+from gfl.fl.rounds import NO_SHARDS, mask_bytes
 
 from .conftest import BOND, MODEL0, ChainEnv, h, job_params, new_job, refused
 
@@ -247,11 +247,12 @@ def test_round_closed_carries_a_seed_from_the_closing_block_and_the_rounds_updat
 
     seeds = []
     for salt in (1, 2):
+        start = chain.first.block_number()  # eth-tester scans every block it is asked for
         job_id = new_job(chain.first, min_updates=2)
         a, b = joined(chain, job_id, 2)
         a.commit_update(job_id, 0, h(salt), 1)
         tx = b.commit_update(job_id, 0, h(salt + 10), 1)
-        events = a.verify_log(job_id)
+        events = a.verify_log(job_id, start)
         closed = next(e for e in events if e.name == "RoundClosed")
         head = GENESIS
         for e in events[: closed.seq - 1]:
@@ -274,18 +275,21 @@ def test_votes_finalize_with_a_majority_and_open_the_next_round(chain):
     a.commit_and_vote(job_id, 1, h(1), 10, h(50))  # the vote rides on the next update
     job = a.get_job(job_id)
     assert (job.voting, job.top_votes, job.updates, job.opens_at) == (True, 1, 1, 0)
-    assert job.top_prefix == candidate_key(h(50), b"")[:10]
+    assert job.top_prefix == candidate_key(h(50), b"", NO_SHARDS)[:10]
     tx = b.commit_and_vote(job_id, 1, h(2), 10, h(50))  # 2 of 3: finalized
     assert names(a, tx) == ["Voted", "RoundFinalized", "UpdateCommitted"]
     events, _ = a.poll_events(tx.block_number, tx.block_number)
-    assert events[1].args["key"] == candidate_key(h(50), b"") and events[1].args["votes"] == 2
+    assert (
+        events[1].args["key"] == candidate_key(h(50), b"", NO_SHARDS)
+        and events[1].args["votes"] == 2
+    )
     job = a.get_job(job_id)
     assert not job.voting and job.opens_at == events[1].args["at"]
     assert a.final_key(job_id, 0) is None, "no dissent, no mask: the event is the record"
     tx = c.commit_and_vote(job_id, 1, h(3), 10, h(50))  # a late vote still counts
     assert names(a, tx) == ["Voted", "UpdateCommitted", "RoundClosed"]
     assert a.get_job(job_id).top_votes == 0  # round 1's vote has begun
-    assert a.tally(job_id, 0, candidate_key(h(50), b"")) == 0, "round 0's tally is over"
+    assert a.tally(job_id, 0, candidate_key(h(50), b"", NO_SHARDS)) == 0, "round 0's tally is over"
     for m in (a, b):
         m.vote(job_id, 1, h(60))
     job = a.get_job(job_id)
@@ -320,7 +324,11 @@ def test_plurality_at_the_vote_deadline(chain):
         a.vote(job_id, 0, h(50), b"\x00")  # excludes nothing: send b""
     a.vote(job_id, 0, h(50), mask)
     job = a.get_job(job_id)
-    assert (job.top_votes, job.top_excluded, job.top_key) == (1, 1, candidate_key(h(50), mask))
+    assert (job.top_votes, job.top_excluded, job.top_key) == (
+        1,
+        1,
+        candidate_key(h(50), mask, NO_SHARDS),
+    )
     a.advance_time(101)
     # 1 vote, 1 excluded: 1 * 2 > 3 - 1 is false, so the round is void
     tx = b.settle(job_id)
@@ -346,13 +354,13 @@ def test_a_dissent_overtakes_and_the_second_count_holds(chain):
     ms[2].vote(job_id, 0, h(51), excl)  # h51 overtakes h50
     job = ms[0].get_job(job_id)
     assert (job.top_votes, job.second_votes, job.top_excluded, job.dissent) == (2, 1, 2, True)
-    assert job.top_key == candidate_key(h(51), excl)
-    assert ms[0].tally(job_id, 0, candidate_key(h(50), b"")) == 1
-    assert ms[0].tally(job_id, 0, candidate_key(h(51), excl)) == 2
+    assert job.top_key == candidate_key(h(51), excl, NO_SHARDS)
+    assert ms[0].tally(job_id, 0, candidate_key(h(50), b"", NO_SHARDS)) == 1
+    assert ms[0].tally(job_id, 0, candidate_key(h(51), excl, NO_SHARDS)) == 2
     ms[0].advance_time(101)
     tx = ms[0].settle(job_id)  # 2 > 1 and 2 * 2 > 5 - 2: finalized by plurality
     assert names(ms[0], tx) == ["RoundFinalized", "JobFinished"]
-    assert ms[0].final_key(job_id, 0) == candidate_key(h(51), excl)[:10]
+    assert ms[0].final_key(job_id, 0) == candidate_key(h(51), excl, NO_SHARDS)[:10]
 
 
 def test_cancel(chain):

@@ -18,7 +18,7 @@ import requests
 from gfl.chain import JobParams, JobStatus, Registry, deploy_registry, open_chain
 from gfl.chain.devchain import start_anvil
 from gfl.chain.proofs import candidate_key
-from gfl.fl.rounds import mask_bytes
+from gfl.fl.rounds import NO_SHARDS, mask_bytes
 from gfl.identity import NodeIdentity
 
 from .conftest import MODEL0, h, require_anvil, set_balance
@@ -174,7 +174,7 @@ def test_ten_thousand_sybils_cannot_stop_two_honest_members():
         tx = a.settle(job_id)  # 2 > 0 and 2 * 2 > 10,002 - 10,000: finalized by plurality
         events, _ = a.poll_events(tx.block_number, tx.block_number, job_id=job_id)
         assert [e.name for e in events] == ["RoundFinalized"]
-        assert events[0].args["key"] == candidate_key(h(50), mask)
+        assert events[0].args["key"] == candidate_key(h(50), mask, NO_SHARDS)
 
         # Round 1: the Sybils go quiet; the round closes at its timeout with the honest two.
         a.commit_update(job_id, 1, h(20), 5)

@@ -227,20 +227,32 @@ async def test_a_killed_aggregator_leaves_the_round_finishing_with_the_honest_mo
 
 
 @pytest.mark.trio
-async def test_a_lying_aggregator_is_outvoted_and_the_round_ends_with_the_honest_model(tmp_path):
+async def test_a_lying_aggregator_is_outvoted_slashed_and_the_round_ends_with_the_honest_model(
+    tmp_path,
+):
     ids = [NodeIdentity.generate() for _ in range(N)]
     saboteur = Saboteur("liar")
     spec = _spec(ids, 2, aggregation="sharded")
     job = await _run_job(tmp_path / "liar", ids, spec, saboteur)
-    honest = await _run_job(tmp_path / "all", ids, _spec(ids, 2, aggregation="all"))
+    honest = await _run_job(tmp_path / "all", ids, _spec(ids, 1, aggregation="all"))
     assert saboteur.victim is not None
-    assert job["finals"] == honest["finals"]
+    # (round 1 may go on without the liar's update: it is slashed once round 0 finalizes)
+    assert job["finals"][0] == honest["finals"][0]
     lies = {m["sig"]: m for m in job["board"] if m["round"] == 0 and m["shard"] == 0}
     assert len(lies) == 3 and len({m["hash"] for m in lies.values()}) == 2, "a lie was heard"
-    for r in (0, 1):  # every member used the honest majority's shard: no dissent
-        rd = job["state"].log.rounds[r]
-        assert len(rd.votes) == N and not rd.dissenters()
-    assert {r.model_hash for r in job["runners"]} == {job["finals"][-1]}
+    log = job["state"].log
+    rd = log.rounds[0]  # every member used the honest majority's shard: no dissent
+    assert len(rd.votes) == N and not rd.dissenters()
+    assert rd.final.shards_hash != bytes(32), "the votes name the round's reduced shards"
+    # the liar's signed statement against the finalized shards took its bond
+    liar = ids[saboteur.victim].eth_address
+    assert log.slashed == [(liar, 0)]
+    assert not log.is_member(liar)
+    rd = log.rounds[1]
+    assert liar.lower() not in rd.votes and not rd.dissenters()
+    assert {r.model_hash for i, r in enumerate(job["runners"]) if i != saboteur.victim} == {
+        job["finals"][-1]
+    }
     assert _verify_bundle(tmp_path, job, spec).ok
 
 
