@@ -14,9 +14,13 @@ blobs in a shared table (no network: the bytes are counted, not timed). Per part
 per round: bytes = its update blob sent + the others' fetched, plus for a secure job its
 shares blob sent and the others' read from the chain's events, its reveal set sent and the
 others' heard; round wall = the job's wall time / rounds; accuracy = the final model's on
-the digits test split.
+the dataset's test split.
 
     .venv/bin/python bench/secagg.py --jobs 4,8,16 [--rounds 5] [--hidden 32] [--weight-levels 256]
+        [--data digits|mnist]
+
+Accuracy moves in steps of one test example: 0.28 pp on digits' 360, 0.01 pp on MNIST's
+10,000 (../shared/data).
 
 The shares and reveals cost the same whatever the model's size; the masked words cost the
 model's length times word_bits / 8. --hidden sets how the two weigh against each other.
@@ -25,6 +29,7 @@ model's length times word_bits / 8. --hidden sets how the two weigh against each
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -48,6 +53,9 @@ from gfl.fl.secagg import (
     reveal,
     wrapping_sum,
 )
+
+FEATURES = {"digits": 64, "mnist": 784}  # the MLP's inputs
+TEST_SIZE = {"digits": 360, "mnist": 10_000}  # accuracy moves in steps of 1 / this
 
 # (members, job's k, job's t): complete graphs at 4, 8, 16 and a SecAgg+ graph at 16
 CASES = [(4, 4, 3), (8, 8, 5), (16, 16, 9), (16, 8, 5)]
@@ -112,20 +120,21 @@ def bench_case(n: int, k: int, t: int, coords: int, repeat: int) -> dict:
     }
 
 
-def _job_spec(n: int, rounds: int, ids: list, secure: dict | None, hidden: int):
+def _job_spec(n: int, rounds: int, ids: list, secure: dict | None, hidden: int, data: str):
     from gfl.fl.spec import JobSpec
 
     spec = (
         JobSpec.builder("bench-secagg")
-        .model("mlp", in_features=64, hidden=hidden)
-        .data("digits")
+        .model("mlp", in_features=FEATURES[data], hidden=hidden)
+        .data(data)
         .train(epochs=1, batch_size=16, lr=0.1)
         .strategy("fedavg")
         .rounds(rounds, min_updates=n, timeout=120)
         .seed(11)
         .build()
         .replace(
-            max_samples=10_000,
+            aggregation="all",  # as a secure job is: the bytes compare like with like
+            max_samples=60_000,
             max_participants=max(n, 16),
             vote_timeout=60,
             availability_timeout=20,
@@ -135,7 +144,9 @@ def _job_spec(n: int, rounds: int, ids: list, secure: dict | None, hidden: int):
     return spec.replace(secure_aggregation=secure) if secure else spec
 
 
-async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden: int) -> dict:
+async def _run_job(
+    n: int, rounds: int, secure: dict | None, root: Path, hidden: int, data: str
+) -> dict:
     """One job of n in-process runners; bytes per participant per round, wall, accuracy."""
     import hashlib
 
@@ -144,6 +155,7 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden:
     from gfl.chain import open_chain
     from gfl.fl.codec import encode_frame
     from gfl.fl.data import load_dataset, load_partition
+    from gfl.fl.shards import MAX_MANIFEST, manifest_hashes
     from gfl.fl.trainer import initial_params
     from gfl.identity import NodeIdentity
     from gfl.scheduler.checkpoints import Checkpoints
@@ -153,7 +165,7 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden:
     from gfl.scheduler.runner import ChainPlace, JobRunner
 
     ids = [NodeIdentity.generate() for _ in range(n)]
-    spec = _job_spec(n, rounds, ids, secure, hidden)
+    spec = _job_spec(n, rounds, ids, secure, hidden, data)
     owner = open_chain("embedded", NodeIdentity.generate(), state_dir=root / "chain")
     limiter = trio.CapacityLimiter(1)
 
@@ -192,7 +204,7 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden:
         def heard(self, kind, r):
             return [m for m in board if m["type"] == kind and m["round"] == r]
 
-    test = load_dataset("digits", train=False)
+    test = load_dataset(data, train=False)
     accuracy: dict[int, float] = {}
 
     def emit(kind: str, data: dict) -> None:
@@ -205,7 +217,7 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden:
             spec=spec,
             ledger=ChainLedger(owner.for_identity(ids[i]), job_id, call, allow=spec.allow_list),
             exchange=Exchange(),
-            data=NodeData(load_partition("digits", i, n, "iid", 0), test),
+            data=NodeData(load_partition(data, i, n, "iid", 0), test),
             checkpoints=Checkpoints(root / f"n{i}"),
             train_limiter=trio.CapacityLimiter(1),
             emit=lambda kind, data: emit(kind, data),
@@ -223,7 +235,10 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden:
     parts = {"updates": 0, "deals": 0, "reveals": 0}
     for r in range(rounds):  # each node sends its own and receives the rest: n x (1 + n-1) / n
         rd = st.log.rounds[r]
-        parts["updates"] += sum(len(table[u.update_hash]) for u in rd.updates)
+        for u in rd.updates:  # a sharded update: its manifest and its shards
+            blob = table[u.update_hash]
+            shards = manifest_hashes(blob) or [] if len(blob) <= MAX_MANIFEST else []
+            parts["updates"] += len(blob) + sum(len(table[h]) for h in shards)
         parts["deals"] += sum(len(d.blob) for d in rd.deals)
         parts["reveals"] += sum(len(m["data"]) for m in board if m["round"] == r)
     return {
@@ -235,7 +250,7 @@ async def _run_job(n: int, rounds: int, secure: dict | None, root: Path, hidden:
     }
 
 
-def bench_rounds(sizes: list[int], rounds: int, hidden: int, levels: int) -> None:
+def bench_rounds(sizes: list[int], rounds: int, hidden: int, levels: int, data: str) -> None:
     import tempfile
 
     import torch
@@ -245,7 +260,7 @@ def bench_rounds(sizes: list[int], rounds: int, hidden: int, levels: int) -> Non
     table = {"threshold": 0, "neighbours": 0, "clip": 1.0, "weight_levels": levels}
     print(
         f"# {platform.processor() or platform.machine()}, {rounds} rounds, "
-        f"digits MLP (hidden {hidden}), weight_levels {levels}"
+        f"{data} MLP (hidden {hidden}, test split {TEST_SIZE[data]:,}), weight_levels {levels}"
     )
     print(
         "| n | job | bytes / participant / round | × plain | round wall s | × plain "
@@ -264,7 +279,7 @@ def bench_rounds(sizes: list[int], rounds: int, hidden: int, levels: int) -> Non
         base: dict | None = None
         for name, sa in jobs.items():
             with tempfile.TemporaryDirectory() as tmp:
-                r = trio.run(_run_job, n, rounds, sa, Path(tmp), hidden)
+                r = trio.run(_run_job, n, rounds, sa, Path(tmp), hidden, data)
             base = base or r
             print(
                 f"| {n} | {name} (k={sa['neighbours'] if sa else '-'}) | {r['bytes']:,.0f} "
@@ -283,11 +298,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--hidden", type=int, default=32, help="the MLP's hidden width (rounds)")
     p.add_argument("--weight-levels", type=int, default=256, help="secure jobs' weight_levels")
+    p.add_argument("--data", choices=sorted(FEATURES), default="digits", help="(rounds)")
     args = p.parse_args()
+    if args.data == "mnist":  # ../shared/data/mnist beside the checkout (see its README)
+        shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+        os.environ.setdefault("GFL_DATA_DIR", str(shared))
     if args.jobs:
-        bench_rounds(
-            [int(x) for x in args.jobs.split(",")], args.rounds, args.hidden, args.weight_levels
-        )
+        sizes = [int(x) for x in args.jobs.split(",")]
+        bench_rounds(sizes, args.rounds, args.hidden, args.weight_levels, args.data)
         return
     print(
         f"# {platform.processor() or platform.machine()}, {args.coords:,} coordinates, "
