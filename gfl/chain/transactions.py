@@ -38,6 +38,11 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 _MAX_BACKOFF = 2.0
+#: Gas beyond the estimate (+25 %): the chain may move between estimate and inclusion, so a
+#: vote estimated as one among many can land as the one that decides the round (the
+#: decision, its events, a sharded round's kept key: ~30k) and close the next. Unused gas
+#: is not paid for.
+GAS_HEADROOM = 40_000
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,8 @@ class TxSender:
             # eth-account's transaction dict: no "from", the key decides the sender
             full: dict[str, Any] = {k: v for k, v in tx.items() if k in ("to", "data", "value")}
             full |= fees
-            full |= {"gas": gas * 5 // 4 + 10_000, "nonce": self._nonce, "chainId": self._chain_id}
+            limit = gas * 5 // 4 + GAS_HEADROOM
+            full |= {"gas": limit, "nonce": self._nonce, "chainId": self._chain_id}
             signed = self._account.sign_transaction(full)
             raw = signed.raw_transaction
             try:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SETTLE_EVERY_S = 2.0  # at most one settle transaction per job this often
+LIE_GRACE_S = 5.0  # the designated member's time to report a shard lie before the others do
+LIES_KEPT = 4  # rounds whose shard lies a member keeps as evidence
 
 
 class Duties:
@@ -38,12 +40,14 @@ class Duties:
         self._reported: set[tuple[int, str]] = set()  # (round, member) whose evidence was sent
         self._ejected: set[str] = set()
         self._lies: dict[int, RoundModel] = {}  # round -> the model whose shards they deny
+        self._finalized_seen: dict[int, float] = {}  # round -> when this node saw it final
 
     def hold_lies(self, r: int, model: RoundModel) -> None:
         """Keep the shard statements that contradict this node's round-r model until the
         round is decided (they are evidence if it finalizes this model)."""
-        for old in [k for k in self._lies if k < r - 1]:  # decided and examined by now
+        for old in [k for k in self._lies if k <= r - LIES_KEPT]:
             del self._lies[old]
+            self._finalized_seen.pop(old, None)
         if model.lies:
             self._lies[r] = model
 
@@ -55,6 +59,7 @@ class Duties:
             if rd.decision is not None and self._votes_seen.get(r) != len(rd.votes):
                 self._votes_seen[r] = len(rd.votes)
                 await self._evidence(st, r)
+        await self._lies_unreported(st)
         await self._eject_idle(st)
 
     async def _try(self, what: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -111,13 +116,36 @@ class Duties:
                 await self._try(
                     "slash dissenter", self._ledger.slash_dissenter, v.voter, theirs, final
                 )
+        await self._report_lies(st, r, final)
+
+    async def _lies_unreported(self, st: JobState, *, now: bool = False) -> None:
+        """Shard lies of finalized rounds that are still unpunished `LIE_GRACE_S` after
+        this node saw the decision (the designated member may not have heard them, or be
+        the liar), or at once with ``now``: every member that holds them reports them. A
+        refused report costs no gas: the call is estimated before it is sent."""
+        for r in sorted(self._lies):
+            rd = st.log.rounds.get(r)
+            if rd is None or rd.decision is not Decision.FINALIZED or rd.final is None:
+                continue
+            seen = self._finalized_seen.setdefault(r, time.monotonic())
+            if now or time.monotonic() >= seen + LIE_GRACE_S:
+                await self._report_lies(st, r, Ballot(r, *rd.final.candidate))
+
+    async def last_call(self, st: JobState) -> None:
+        """The job ended: the shard lies still unpunished are reported now or never."""
+        await self._lies_unreported(st, now=True)
+
+    async def _report_lies(self, st: JobState, r: int, final: Ballot) -> None:
+        """Send the shard lies this node holds against round r's finalized candidate."""
         model = self._lies.get(r)
         if model is None or model.shards_hash != final.shards_hash or model.mask != final.mask:
             return
+        slashed = {a.lower() for a, _ in st.log.slashed}
         for lie in model.lies:
-            if (r, lie.aggregator.lower()) in self._reported:
+            liar = lie.aggregator.lower()
+            if (r, liar) in self._reported or liar in slashed:
                 continue
-            self._reported.add((r, lie.aggregator.lower()))
+            self._reported.add((r, liar))
             self._event("shard_liar_reported", round=r, member=lie.aggregator, shard=lie.shard)
             await self._try(
                 "slash shard liar", self._ledger.slash_shard_lie, lie, final, model.shard_hashes

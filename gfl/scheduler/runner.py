@@ -599,6 +599,7 @@ class JobRunner:
 
     async def _end(self, st: JobState, ended: Ended) -> JobStatus:
         self.sharded.close()
+        await self.duties.last_call(st)
         status = _ENDED.get(ended, JobStatus.CANCELLED)
         last = self.round - 1
         self._event(

@@ -489,6 +489,27 @@ def test_gas_per_participant_per_round_is_bounded(chain):
     assert a.get_job(job_id).round == 4, "every round closed by its last update"
 
 
+def test_a_vote_estimated_before_it_decides_still_has_the_gas_to_decide(chain, monkeypatch):
+    """Gas is estimated against the chain as it stands; another member's vote may land
+    first, so that ours decides the round (and, in a sharded round, keeps its key) and
+    finishes the job. The headroom on the estimate pays for that."""
+    job_id = new_job(chain.first, min_updates=4, rounds=1)
+    a, b, c, d = joined(chain, job_id, 4)
+    for i, m in enumerate((a, b, c, d)):
+        m.commit_update(job_id, 0, h(i + 1), 10)
+    shards = h(77)
+    a.vote(job_id, 0, h(50), b"", shards)
+    web3 = c._contract.functions.vote(job_id, 0, h(50), b"", shards)
+    stale = web3.estimate_gas({"from": c.account})  # the second of four votes: no decision
+    b.vote(job_id, 0, h(50), b"", shards)
+    eth = c._sender._w3.eth
+    monkeypatch.setattr(eth, "estimate_gas", lambda tx, *args, **kw: stale)
+    tx = c.vote(job_id, 0, h(50), b"", shards)  # the third: decides, keeps the key, finishes
+    assert names(a, tx) == ["Voted", "RoundFinalized", "JobFinished"]
+    assert tx.gas_used > stale * 5 // 4 + 10_000, "the old headroom would have run out"
+    assert a.final_key(job_id, 0) is not None
+
+
 def test_transitions_due_before_the_deadline_are_recorded_then_it_expires(chain):
     owner = chain.first
     deadline = owner.chain_time() + 400

@@ -24,7 +24,7 @@ from gfl.fl.rounds import Decision
 from gfl.fl.shards import Mode, manifest_hashes
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
-from gfl.scheduler import audit, messages, sharding
+from gfl.scheduler import audit, duties, messages, sharding
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.ledger import ChainLedger
 from gfl.scheduler.ports import NodeData
@@ -63,13 +63,21 @@ class Saboteur:
     ``silent`` never states a shard, ``killed`` stops dead there, ``liar`` states a reduced
     shard with other bytes, signed with its own key."""
 
-    def __init__(self, fault: str) -> None:
+    def __init__(self, fault: str, deaf: frozenset[int] = frozenset()) -> None:
         self.fault = fault
         self.victim: int | None = None
         self.scopes: dict[int, trio.CancelScope] = {}
+        self.deaf = deaf  # these nodes, and a liar, keep no evidence of shard lies
 
     def install(self, i: int, runner: JobRunner) -> None:
         honest = runner.sharded.publish
+        hold_lies = runner.duties.hold_lies
+
+        def hold_no_lies(r: int, model: Any) -> None:
+            if i not in self.deaf and i != self.victim:
+                hold_lies(r, model)
+
+        runner.duties.hold_lies = hold_no_lies  # type: ignore[method-assign]
 
         async def publish(ctx, k: int, red: Reduced, n: int) -> None:
             if self.victim is None and k == 0:
@@ -232,7 +240,8 @@ async def test_a_lying_aggregator_is_outvoted_slashed_and_the_round_ends_with_th
 ):
     ids = [NodeIdentity.generate() for _ in range(N)]
     saboteur = Saboteur("liar")
-    spec = _spec(ids, 2, aggregation="sharded")
+    # (slashed after round 0, the liar may miss round 1: it must not wait for it)
+    spec = _spec(ids, 2, aggregation="sharded", min_updates=N - 1)
     job = await _run_job(tmp_path / "liar", ids, spec, saboteur)
     honest = await _run_job(tmp_path / "all", ids, _spec(ids, 1, aggregation="all"))
     assert saboteur.victim is not None
@@ -241,19 +250,37 @@ async def test_a_lying_aggregator_is_outvoted_slashed_and_the_round_ends_with_th
     lies = {m["sig"]: m for m in job["board"] if m["round"] == 0 and m["shard"] == 0}
     assert len(lies) == 3 and len({m["hash"] for m in lies.values()}) == 2, "a lie was heard"
     log = job["state"].log
-    rd = log.rounds[0]  # every member used the honest majority's shard: no dissent
-    assert len(rd.votes) == N and not rd.dissenters()
-    assert rd.final.shards_hash != bytes(32), "the votes name the round's reduced shards"
-    # the liar's signed statement against the finalized shards took its bond
+    for rd in log.rounds.values():  # every member used the honest majority's shards
+        assert len(rd.votes) >= N - 1 and not rd.dissenters()
+        assert rd.final.shards_hash != bytes(32), "the votes name the round's reduced shards"
+    # the liar's signed statement against the finalized shards took its bond (once round 0
+    # finalized: it may have voted and committed to round 1 before)
     liar = ids[saboteur.victim].eth_address
     assert log.slashed == [(liar, 0)]
     assert not log.is_member(liar)
-    rd = log.rounds[1]
-    assert liar.lower() not in rd.votes and not rd.dissenters()
     assert {r.model_hash for i, r in enumerate(job["runners"]) if i != saboteur.victim} == {
         job["finals"][-1]
     }
     assert _verify_bundle(tmp_path, job, spec).ok
+
+
+@pytest.mark.trio
+async def test_a_lie_the_designated_member_missed_is_reported_by_the_others(tmp_path, monkeypatch):
+    """The round's designated member (the lowest voter) keeps no evidence, nor does the
+    liar: once the grace passed, the members that hold the lie report it."""
+    monkeypatch.setattr(duties, "LIE_GRACE_S", 1.0)
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    designated = min(range(N), key=lambda i: ids[i].eth_address.lower())
+    saboteur = Saboteur("liar", deaf=frozenset({designated}))
+    spec = _spec(ids, 3, aggregation="sharded", min_updates=N - 1)
+    job = await _run_job(tmp_path / "liar", ids, spec, saboteur)
+    assert saboteur.victim is not None
+    liar = ids[saboteur.victim].eth_address
+    slashed = [e for e in job["chain"].verify_log(job["job_id"]) if e.name == "Slashed"]
+    assert [e.args["member"] for e in slashed] == [liar]
+    reporter = slashed[0].args["reporter"]
+    assert reporter not in (liar, ids[designated].eth_address), "another member reported it"
+    assert reporter in [m.eth_address for m in ids]
 
 
 @pytest.mark.trio
