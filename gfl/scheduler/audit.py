@@ -237,6 +237,9 @@ def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
         excluded = set(excluded_positions(rd.final.mask, len(rd.updates)))
         ctx = aggregation.Context(ctx_base[0], ctx_base[1], job_id, r, model_hash)
         if spec.secure_aggregation:
+            if rd.final.shards_hash != NO_SHARDS:  # a secure round is aggregated all-to-all
+                rv.problem = "the finalized votes of a secure round name reduced shards"
+                return verdict
             secure = _secure_round(folder, spec, joblog, rd, ctx, excluded, params, state)
             if isinstance(secure, str):
                 rv.problem = secure

@@ -375,3 +375,21 @@ async def test_members_that_hear_no_statement_recompute_after_a_quiet_spell(tmp_
         assert rec["t_aggregate_s"] < 60, rec["t_aggregate_s"]
         assert rec["model_hash"] == job["finals"][0].hex()
     assert not job["state"].log.rounds[0].dissenters()
+
+
+@pytest.mark.trio
+async def test_a_bundle_whose_round_finalized_other_shards_does_not_verify(tmp_path, monkeypatch):
+    """Every member names the same wrong shards hash (the right model): the chain
+    finalizes it, and the verifier, which reduces the shards itself, refuses the round."""
+    from gfl.scheduler.aggregation import RoundModel
+
+    monkeypatch.setattr(RoundModel, "shards_hash", property(lambda self: b"\x07" * 32))
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    spec = _spec(ids, 1, aggregation="sharded")
+    job = await _run_job(tmp_path / "job", ids, spec)
+    assert job["state"].log.rounds[0].final.shards_hash == b"\x07" * 32
+    verdict = _verify_bundle(tmp_path, job, spec)
+    assert not verdict.ok
+    assert verdict.rounds[0].problem == (
+        "the finalized shards hash is not the one the round's updates give"
+    )
