@@ -236,6 +236,14 @@ def round_mode(
     return Mode.ALL
 
 
+def job_round_mode(spec: JobSpec, shards: int, updates: int) -> Mode:
+    """`round_mode` for a job: its aggregation, replicas and strategy."""
+    coordinatewise = make_strategy(spec.strategy, spec.strategy_kwargs).coordinatewise
+    return round_mode(
+        spec.aggregation, shards, updates, spec.replicas, coordinatewise=coordinatewise
+    )
+
+
 def reduce_shard(
     spec: JobSpec, template: Mapping[str, np.ndarray], usable: Sequence[ClientUpdate]
 ) -> tuple[dict[str, np.ndarray], bytes]:

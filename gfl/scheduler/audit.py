@@ -33,13 +33,13 @@ from gfl.fl.shards import (
     MAX_MANIFEST,
     Layout,
     Mode,
+    job_round_mode,
     layout_of,
     manifest_hashes,
     reduce_shard,
-    round_mode,
 )
 from gfl.fl.spec import JobSpec
-from gfl.fl.strategies import ClientUpdate, make_strategy
+from gfl.fl.strategies import ClientUpdate
 from gfl.scheduler import aggregation
 from gfl.scheduler.joblog import JobLog
 
@@ -295,11 +295,7 @@ def _shards_hash(
 ) -> bytes:
     """What a sharded round's votes name: every shard reduced over the used updates
     (NO_SHARDS for a round the job aggregates all-to-all)."""
-    coordinatewise = make_strategy(spec.strategy, spec.strategy_kwargs).coordinatewise
-    mode = round_mode(
-        spec.aggregation, layout.count, len(updates), spec.replicas, coordinatewise=coordinatewise
-    )
-    if mode is not Mode.SHARDED or not arrays:
+    if job_round_mode(spec, layout.count, len(updates)) is not Mode.SHARDED or not arrays:
         return NO_SHARDS
     equal = spec.weighting == "equal"
     used = [u for u in updates if u.position in arrays]

@@ -44,10 +44,10 @@ from gfl.fl.shards import (
     Layout,
     Mode,
     aggregators,
+    job_round_mode,
     layout_of,
     quorum,
     reduce_shard,
-    round_mode,
     shard_grace,
 )
 from gfl.fl.spec import JobSpec
@@ -115,7 +115,6 @@ class ShardedRounds:
         self.ledger = ledger
         self._nap = nap
         self._poll_s = poll_s
-        self._coordinatewise = make_strategy(spec.strategy, spec.strategy_kwargs).coordinatewise
         self._layout: tuple[tuple[Any, ...], Layout] | None = None
         self._signers: dict[bytes, str | None] = {}  # statement signature -> its signer
         self._restating = trio.CancelScope()  # the last round's statements, stated again
@@ -130,11 +129,7 @@ class ShardedRounds:
     def mode(self, params: Mapping[str, np.ndarray], rd: RoundLog) -> Mode:
         """How round ``rd`` is aggregated: the rule every node applies to chain data."""
         self.exchange.heard("shard", rd.number)  # statements of older rounds may go
-        s = self.layout(params).count
-        n = len(rd.updates)
-        return round_mode(
-            self.spec.aggregation, s, n, self.spec.replicas, coordinatewise=self._coordinatewise
-        )
+        return job_round_mode(self.spec, self.layout(params).count, len(rd.updates))
 
     # -- the round ---------------------------------------------------------------------------
 
