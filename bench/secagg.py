@@ -17,7 +17,12 @@ others' heard; round wall = the job's wall time / rounds; accuracy = the final m
 the dataset's test split.
 
     .venv/bin/python bench/secagg.py --jobs 4,8,16 [--rounds 5] [--hidden 32] [--weight-levels 256]
-        [--data digits|mnist]
+        [--data digits|mnist] [--sharded]
+
+--sharded runs, instead, the plain and the 24-bit secure job each all-to-all and sharded
+(docs/protocol.md 8, 9.12; one shard per member, 3 replicas). Bytes are measured: each
+node's update sent once and what it fetched (its records), the mean over nodes and the
+most any node moved in a round ("most").
 
 Accuracy moves in steps of one test example: 0.28 pp on digits' 360, 0.01 pp on MNIST's
 10,000 (../shared/data).
@@ -120,7 +125,9 @@ def bench_case(n: int, k: int, t: int, coords: int, repeat: int) -> dict:
     }
 
 
-def _job_spec(n: int, rounds: int, ids: list, secure: dict | None, hidden: int, data: str):
+def _job_spec(
+    n: int, rounds: int, ids: list, secure: dict | None, hidden: int, data: str, sharded: bool
+):
     from gfl.fl.spec import JobSpec
 
     spec = (
@@ -133,7 +140,8 @@ def _job_spec(n: int, rounds: int, ids: list, secure: dict | None, hidden: int, 
         .seed(11)
         .build()
         .replace(
-            aggregation="all",  # as a secure job is: the bytes compare like with like
+            aggregation="sharded" if sharded else "all",
+            shards=n if sharded else 0,  # one shard per member: 8.6's spread of the load
             max_samples=60_000,
             max_participants=max(n, 16),
             vote_timeout=60,
@@ -145,9 +153,10 @@ def _job_spec(n: int, rounds: int, ids: list, secure: dict | None, hidden: int, 
 
 
 async def _run_job(
-    n: int, rounds: int, secure: dict | None, root: Path, hidden: int, data: str
+    n: int, rounds: int, secure: dict | None, root: Path, hidden: int, data: str, sharded: bool
 ) -> dict:
-    """One job of n in-process runners; bytes per participant per round, wall, accuracy."""
+    """One job of n in-process runners; bytes per participant per round (mean and most),
+    wall, accuracy."""
     import hashlib
 
     import trio
@@ -155,7 +164,6 @@ async def _run_job(
     from gfl.chain import open_chain
     from gfl.fl.codec import encode_frame
     from gfl.fl.data import load_dataset, load_partition
-    from gfl.fl.shards import MAX_MANIFEST, manifest_hashes
     from gfl.fl.trainer import initial_params
     from gfl.identity import NodeIdentity
     from gfl.scheduler.checkpoints import Checkpoints
@@ -165,7 +173,7 @@ async def _run_job(
     from gfl.scheduler.runner import ChainPlace, JobRunner
 
     ids = [NodeIdentity.generate() for _ in range(n)]
-    spec = _job_spec(n, rounds, ids, secure, hidden, data)
+    spec = _job_spec(n, rounds, ids, secure, hidden, data, sharded)
     owner = open_chain("embedded", NodeIdentity.generate(), state_dir=root / "chain")
     limiter = trio.CapacityLimiter(1)
 
@@ -181,12 +189,16 @@ async def _run_job(
     place = ChainPlace(owner.chain_id, bytes.fromhex(owner.registry_address[2:]))
 
     class Exchange:  # the blob table and the round messages' board, shared by all runners
+        def __init__(self):
+            self.own: set[bytes] = set()  # what this runner holds: local, never fetched
+
         async def publish(self, kind, r, data, samples=0, signature=b""):
             return await self.hold(data)
 
         async def hold(self, data):
             h = hashlib.sha256(data).digest()
             table[h] = bytes(data)
+            self.own.add(h)
             return h
 
         async def fetch(self, blob, owner, max_size, timeout):
@@ -196,7 +208,7 @@ async def _run_job(
             return table[blob]
 
         async def load_local(self, blob):
-            return None
+            return table[blob] if blob in self.own else None
 
         async def post(self, body):
             board.append(body)
@@ -206,6 +218,7 @@ async def _run_job(
 
     test = load_dataset(data, train=False)
     accuracy: dict[int, float] = {}
+    records: list[dict[int, dict]] = [{} for _ in range(n)]
 
     def emit(kind: str, data: dict) -> None:
         if kind == "job.round_evaluated":
@@ -221,7 +234,7 @@ async def _run_job(
             checkpoints=Checkpoints(root / f"n{i}"),
             train_limiter=trio.CapacityLimiter(1),
             emit=lambda kind, data: emit(kind, data),
-            record=lambda r, values: None,
+            record=lambda r, values, i=i: records[i].setdefault(r, {}).update(values),
             place=place,
         )
         for i in range(n)
@@ -233,16 +246,22 @@ async def _run_job(
     wall = time.monotonic() - t0
     st = await ChainLedger(owner, job_id, call).sync()
     parts = {"updates": 0, "deals": 0, "reveals": 0}
-    for r in range(rounds):  # each node sends its own and receives the rest: n x (1 + n-1) / n
+    most = 0.0
+    for r in range(rounds):  # updates: each node's own sent, and what it fetched (records)
         rd = st.log.rounds[r]
-        for u in rd.updates:  # a sharded update: its manifest and its shards
-            blob = table[u.update_hash]
-            shards = manifest_hashes(blob) or [] if len(blob) <= MAX_MANIFEST else []
-            parts["updates"] += len(blob) + sum(len(table[h]) for h in shards)
+        moved = [
+            rec[r].get("bytes_sent_update", 0) + rec[r].get("bytes_received", 0) for rec in records
+        ]
+        parts["updates"] += sum(moved) / n
+        most = max(most, *moved)
+        # its shares blob sent and the others' read from the chain; reveals likewise
         parts["deals"] += sum(len(d.blob) for d in rd.deals)
-        parts["reveals"] += sum(len(m["data"]) for m in board if m["round"] == r)
+        parts["reveals"] += sum(
+            len(m["data"]) for m in board if m["round"] == r and m["type"] == "reveal"
+        )
     return {
         "bytes": sum(parts.values()) / rounds,
+        "most": (most + (parts["deals"] + parts["reveals"]) / rounds),
         "parts": {k: v / rounds for k, v in parts.items()},
         "wall": wall / rounds,
         "accuracy": accuracy.get(rounds - 1, float("nan")),
@@ -250,7 +269,9 @@ async def _run_job(
     }
 
 
-def bench_rounds(sizes: list[int], rounds: int, hidden: int, levels: int, data: str) -> None:
+def bench_rounds(
+    sizes: list[int], rounds: int, hidden: int, levels: int, data: str, sharded: bool
+) -> None:
     import tempfile
 
     import torch
@@ -263,27 +284,34 @@ def bench_rounds(sizes: list[int], rounds: int, hidden: int, levels: int, data: 
         f"{data} MLP (hidden {hidden}, test split {TEST_SIZE[data]:,}), weight_levels {levels}"
     )
     print(
-        "| n | job | bytes / participant / round | × plain | round wall s | × plain "
+        "| n | job | bytes / participant / round | × plain | most B | round wall s | × plain "
         "| accuracy | decided | updates / deals / reveals B |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         k = min(8, n - (n % 2)) if n > 2 else 2
         secure = {**table, "neighbours": k, "threshold": k // 2 + 2 if k + 1 > k // 2 + 2 else k}
-        jobs = {
-            "plain": None,
-            "secure w=32": secure,
-            "secure w=24": {**secure, "word_bits": 24},
-            "fixed w=24": {**secure, "word_bits": 24, "masks": False},
+        jobs: dict[str, tuple[dict | None, bool]] = {
+            "plain": (None, False),
+            "secure w=32": (secure, False),
+            "secure w=24": ({**secure, "word_bits": 24}, False),
+            "fixed w=24": ({**secure, "word_bits": 24, "masks": False}, False),
         }
+        if sharded:  # beside the plain job: sharded, plain and secure (9.12), S = n
+            jobs = {
+                "plain": (None, False),
+                f"plain sharded S={n}": (None, True),
+                "secure w=24": ({**secure, "word_bits": 24}, False),
+                f"secure w=24 sharded S={n}": ({**secure, "word_bits": 24}, True),
+            }
         base: dict | None = None
-        for name, sa in jobs.items():
+        for name, (sa, shard) in jobs.items():
             with tempfile.TemporaryDirectory() as tmp:
-                r = trio.run(_run_job, n, rounds, sa, Path(tmp), hidden, data)
+                r = trio.run(_run_job, n, rounds, sa, Path(tmp), hidden, data, shard)
             base = base or r
             print(
                 f"| {n} | {name} (k={sa['neighbours'] if sa else '-'}) | {r['bytes']:,.0f} "
-                f"| {r['bytes'] / base['bytes']:.2f} | {r['wall']:.2f} "
+                f"| {r['bytes'] / base['bytes']:.2f} | {r['most']:,.0f} | {r['wall']:.2f} "
                 f"| {r['wall'] / base['wall']:.2f} | {r['accuracy']:.4f} | {r['decided']} "
                 f"| {' / '.join(f'{v:,.0f}' for v in r['parts'].values())} |",
                 flush=True,
@@ -299,13 +327,16 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=32, help="the MLP's hidden width (rounds)")
     p.add_argument("--weight-levels", type=int, default=256, help="secure jobs' weight_levels")
     p.add_argument("--data", choices=sorted(FEATURES), default="digits", help="(rounds)")
+    p.add_argument(
+        "--sharded", action="store_true", help="(rounds) plain and secure, all-to-all and sharded"
+    )
     args = p.parse_args()
     if args.data == "mnist":  # ../shared/data/mnist beside the checkout (see its README)
         shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
         os.environ.setdefault("GFL_DATA_DIR", str(shared))
     if args.jobs:
         sizes = [int(x) for x in args.jobs.split(",")]
-        bench_rounds(sizes, args.rounds, args.hidden, args.weight_levels, args.data)
+        bench_rounds(sizes, args.rounds, args.hidden, args.weight_levels, args.data, args.sharded)
         return
     print(
         f"# {platform.processor() or platform.machine()}, {args.coords:,} coordinates, "

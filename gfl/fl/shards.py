@@ -151,6 +151,18 @@ def _shard_at(cuts: list[int], row: int) -> int:
     return len(cuts) - 2
 
 
+def word_ranges(layout: Layout, params: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """Shard k's coordinates ``[start, stop)`` in the model as one vector (tensors sorted by
+    name, each in C order: the vector secure aggregation masks). Contiguous and in shard
+    order: a shard is a run of whole rows of tensors taken in name order."""
+    out, at = [], 0
+    for shard in layout.shards:
+        size = sum(int(np.size(p.cut(np.asarray(params[p.tensor])))) for p in shard)
+        out.append((at, at + size))
+        at += size
+    return out
+
+
 def layout_of(params: Mapping[str, Any], requested: int = 0) -> Layout:
     """The layout a job uses for a model with these tensors (M_0, or any M_r: same shapes)."""
     shapes = {n: np.shape(a) for n, a in params.items()}

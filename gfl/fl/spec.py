@@ -362,11 +362,6 @@ class JobSpec:
         problem = strategy_problem(self.strategy)
         if problem:
             raise SpecError(problem)
-        if self.aggregation == "sharded":
-            raise SpecError(
-                'secure_aggregation with aggregation = "sharded" is not supported yet; use "all" '
-                'or "auto" (a secure round is aggregated all-to-all)'
-            )
         if self.compression != "none":
             raise SpecError(
                 "secure_aggregation encodes updates in its own fixed point: leave compression out"

@@ -312,6 +312,9 @@ async def all_to_all(
     return model
 
 
+CheckPart = Callable[[bytes, int, list[bytes], Update], "dict[str, np.ndarray] | str"]
+
+
 class UpdateShards:
     """A sharded round's updates as this node fetches them: each manifest, then the shard
     pieces it needs (each fetched and checked once, whichever step asks first), counting
@@ -359,10 +362,10 @@ class UpdateShards:
                 nursery.start_soon(self.manifest, u, deadline)
 
     async def fetch_shard(
-        self, k: int, positions: Sequence[int], params: Mapping[str, np.ndarray],
-        deadline: float, phase: str,
-    ) -> None:  # fmt: skip
-        """Shard k of the updates at ``positions``, checked, until ``deadline``."""
+        self, k: int, positions: Sequence[int], check: CheckPart, deadline: float, phase: str
+    ) -> None:
+        """Shard k of the updates at ``positions``, checked by ``check(part, k, hashes, u)``
+        (in a worker thread), until ``deadline``."""
 
         async def one(u: Update) -> None:
             hashes = await self.manifest(u, deadline)
@@ -378,9 +381,7 @@ class UpdateShards:
                 self.pieces[(u.position, k)] = f"shard {k} unavailable: {exc}"
                 return
             self.received[phase] += n
-            self.pieces[(u.position, k)] = await trio.to_thread.run_sync(
-                check_part, part, k, hashes, u, self.ctx, self.layout, params
-            )
+            self.pieces[(u.position, k)] = await trio.to_thread.run_sync(check, part, k, hashes, u)
 
         todo = [u for u in self.updates if u.position in positions]
         with trio.move_on_at(deadline):

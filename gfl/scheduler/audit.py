@@ -11,7 +11,8 @@ hash with the one the chain finalized. Sharded rounds are re-derived all-to-all 
 shard frames: the arithmetic is per coordinate, so the model is the same bits. A secure
 round (docs/protocol.md 9.10) is re-derived from its masked updates, the shares blobs in
 the job's ``Dealt`` events and the reveal sets among the bundle's blobs: the masking set M
-from the chain, the finalized mask checked against it, the masks taken off the sum.
+from the chain, the finalized mask checked against it, the masks taken off the sum (and a
+sharded secure round's shards hash from that sum's shards, 9.12).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from gfl.chain.proofs import shards_hash
 from gfl.content import content_hash
 from gfl.errors import GflError
 from gfl.fl.codec import decode_frame, encode_frame
-from gfl.fl.rounds import NO_SHARDS, Decision, Update, excluded_positions
+from gfl.fl.rounds import NO_SHARDS, Decision, Update, excluded_positions, mask_bytes
 from gfl.fl.shards import (
     MAX_MANIFEST,
     Layout,
@@ -37,6 +38,7 @@ from gfl.fl.shards import (
     layout_of,
     manifest_hashes,
     reduce_shard,
+    word_ranges,
 )
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate
@@ -237,10 +239,7 @@ def verify(folder: Path, events: list[ChainEvent], job_id: bytes) -> Verdict:
         excluded = set(excluded_positions(rd.final.mask, len(rd.updates)))
         ctx = aggregation.Context(ctx_base[0], ctx_base[1], job_id, r, model_hash)
         if spec.secure_aggregation:
-            if rd.final.shards_hash != NO_SHARDS:  # a secure round is aggregated all-to-all
-                rv.problem = "the finalized votes of a secure round name reduced shards"
-                return verdict
-            secure = _secure_round(folder, spec, joblog, rd, ctx, excluded, params, state)
+            secure = _secure_round(folder, spec, joblog, rd, ctx, excluded, params, state, layout)
             if isinstance(secure, str):
                 rv.problem = secure
                 return verdict
@@ -336,9 +335,11 @@ def _secure_round(
     excluded: set[int],
     params: dict[str, np.ndarray],
     state: dict[str, np.ndarray],
+    layout: Layout,
 ) -> aggregation.RoundModel | str:
-    """A finalized secure round re-derived, or why it cannot be."""
+    """A finalized secure round re-derived (its shards hash checked), or why it cannot be."""
     from gfl.fl.secagg import Incomplete, Recovery, address, recover
+    from gfl.scheduler import masked
     from gfl.scheduler import secure as sa
 
     table, settings = spec.secure_aggregation, spec.secure
@@ -351,14 +352,17 @@ def _secure_round(
         }
         if outside != excluded:
             return "the finalized mask is not the round's masking set (its dealers in time)"
-    length = sum(int(np.prod(np.shape(a))) for a in params.values())
+    ranges = word_ranges(layout, params)
     used = [u for u in rd.updates if u.position not in excluded]
     vectors = []
     for u in used:
         blob = _blob(folder, u.update_hash)
         if blob is None:
             return f"the bundle lacks the update at position {u.position}"
-        checked = sa.decode_masked(blob, u, ctx, length, settings.word_bits)
+        parts = None
+        if len(ranges) > 1:
+            parts = [p for p in (_blob(folder, h) for h in manifest_hashes(blob) or []) if p]
+        checked = masked.decode_masked(blob, u, ctx, ranges, settings.word_bits, parts)
         if isinstance(checked, str):
             return f"the finalized vote used an invalid update ({u.position}): {checked}"
         vectors.append(checked)
@@ -375,6 +379,14 @@ def _secure_round(
         if isinstance(got, Incomplete):
             return f"the bundle's reveals do not unmask the round: {got.reason}"
         recovery = got
+    total = masked.unmasked_sum(vectors, recovery)
+    named = NO_SHARDS
+    if job_round_mode(spec, layout.count, len(rd.updates)) is Mode.SHARDED:
+        named = shards_hash(masked.shard_sums(total, ranges, settings.word_bits))
+    if rd.final.shards_hash != named:
+        return "the finalized shards hash is not the one the round's sum gives"
     weight = sum(settings.weight(u.samples, spec.sample_cap) for u in used)
+    new, new_state = masked.secure_step(spec, params, state, total, weight)
     why = dict.fromkeys(excluded, "excluded by the finalized vote")
-    return sa.secure_model(spec, params, state, vectors, weight, recovery, why, len(rd.updates))
+    mask_ = mask_bytes(why, len(rd.updates))
+    return aggregation.RoundModel(new, new_state, mask_, why, len(vectors))

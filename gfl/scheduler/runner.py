@@ -146,7 +146,7 @@ class JobRunner:
         if spec.secure_aggregation:
             self.secure = SecureRounds(
                 spec=spec, me=self.me, ledger=ledger, exchange=exchange,
-                root=checkpoints.root, nap=self._nap, poll_s=poll_s,
+                root=checkpoints.root, nap=self._nap, poll_s=poll_s, sharded=self.sharded,
             )  # fmt: skip
         lossy = parse_compression(spec.compression).lossy
         self._feedback = ErrorFeedback() if lossy else None
@@ -365,7 +365,9 @@ class JobRunner:
         )
         t0 = time.monotonic()
         if self.secure is not None:
-            model = await self.secure.aggregate(st, r, ctx, self.params, self.state, metrics)
+            model = await self.secure.aggregate(
+                st, r, ctx, self.params, self.state, metrics, self._background
+            )
         elif self.sharded.mode(self.params, rd) is Mode.SHARDED:
             model = await self.sharded.aggregate(
                 st, rd, ctx, self.params, self.state, metrics.values, self._background

@@ -40,7 +40,7 @@ import numpy as np
 import trio
 
 from gfl.content import content_hash
-from gfl.fl.codec import CodecError, UpdateMeta, decode_update, encode_params
+from gfl.fl.codec import UpdateMeta
 from gfl.fl.data import ArrayDataset
 from gfl.fl.privacy import StepPlan, noise_share
 from gfl.fl.rounds import Update as Committed
@@ -63,25 +63,21 @@ from gfl.fl.secagg import (
     encode,
     flatten,
     mask,
-    pack,
     recover,
     recover_secrets,
     reveal,
-    unflatten,
-    unpack,
-    wrapping_sum,
 )
+from gfl.fl.shards import Mode, job_round_mode, word_ranges
 from gfl.fl.spec import JobSpec
-from gfl.fl.strategies import make_strategy
-from gfl.fl.strategies.base import apply_delta
 from gfl.scheduler import aggregation, messages
 from gfl.scheduler.joblog import JobLog
+from gfl.scheduler.masked import SecureSum, decode_masked, masked_blobs, secure_step, unmasked_sum
 from gfl.scheduler.ports import Exchange, JobState, Ledger, LedgerRefused
+from gfl.scheduler.sharding import ShardedRounds
 from gfl.scheduler.update import RoundMetrics, Update
 
 log = logging.getLogger(__name__)
 
-MASKED = "masked"  # a secure update frame's one tensor: uint8 (model's length, word_bits / 8)
 KEY_FILE = "masking.key"
 REVEALS_FILE = "reveals.log"
 CHAIN_CLOCK_MARGIN_S = 1.0  # block times vs this node's clock, before M counts as final
@@ -161,33 +157,6 @@ def round_members(
     return RoundMembers(ctx, graph, keys, blobs, deadline, len(blobs) == len(keys))
 
 
-def decode_masked(
-    blob: bytes, u: Committed, ctx: aggregation.Context, length: int, bits: int
-) -> np.ndarray | str:
-    """A secure update's words (as uint32), or why it does not count."""
-    if content_hash(blob) != u.update_hash:
-        return "the blob does not match its committed hash"
-    try:
-        arrays, meta = decode_update(blob)
-    except CodecError as exc:
-        return f"does not decode: {exc}"
-    if meta != aggregation.expected_meta(u, ctx):
-        return "its frame names another author, job, round or base model"
-    v = arrays.get(MASKED)
-    if (
-        set(arrays) != {MASKED}
-        or v is None
-        or v.dtype != np.uint8
-        or v.shape
-        != (
-            length,
-            bits // 8,
-        )
-    ):
-        return f"a secure update is one vector {MASKED!r} of {length} words of {bits} bits"
-    return unpack(v, bits)
-
-
 class SecureRounds:
     """This node's side of secure aggregation for one job (see the module docstring)."""
 
@@ -201,6 +170,7 @@ class SecureRounds:
         root: Path,
         nap: Callable[[float | None], Awaitable[None]],
         poll_s: float,
+        sharded: ShardedRounds,
     ) -> None:
         params = spec.secure
         assert params is not None
@@ -216,6 +186,7 @@ class SecureRounds:
         self.root = root
         self._nap = nap
         self.poll_s = poll_s
+        self.sharded = sharded  # the job's layout, and its sharded rounds (summed, 9.12)
         self.key = self._load_key() if self.masks else None
         self.guard = RevealGuard(self._load_reveals())
         self._secrets: dict[int, MaskSecrets] = {}
@@ -360,7 +331,7 @@ class SecureRounds:
 
         dp = self.spec.privacy_settings if privacy is not None else None
 
-        def encode_masked() -> bytes:
+        def encode_masked() -> tuple[bytes, tuple[bytes, ...]]:
             update = result.update
             if dp is not None and privacy is not None:  # distributed DP: clip, add our share
                 update = noise_share(update, dp, privacy, self.spec.min_updates)
@@ -368,16 +339,21 @@ class SecureRounds:
             if secrets is not None and rm is not None:  # pairs only with M: the others dealt none
                 pairs = tuple((j, s) for j, s in secrets.pair_seeds if j in rm.blobs)
                 v = mask(dataclasses.replace(secrets, pair_seeds=pairs), v)
-            return encode_params({MASKED: pack(v, self.fp.word_bits)}, "none", meta=meta)
+            return masked_blobs(v, self.fp.word_bits, meta, ranges)
 
-        blob = await trio.to_thread.run_sync(encode_masked)
+        ranges = self._ranges(params)
+        blob, parts = await trio.to_thread.run_sync(encode_masked)
         metrics.phase("encode", t0)
         metrics.values.update(
             {f"train_{k}": v for k, v in result.metrics.items()},
             samples=samples,
-            bytes_sent_update=len(blob),
+            bytes_sent_update=len(blob) + sum(map(len, parts)),
         )
-        return Update(blob, content_hash(blob), samples, train_s, privacy)
+        return Update(blob, content_hash(blob), samples, train_s, privacy, parts)
+
+    def _ranges(self, params: Mapping[str, np.ndarray]) -> list[tuple[int, int]]:
+        """The job's shards as word ranges of the model's vector (one range: unsharded)."""
+        return word_ranges(self.sharded.layout(params), params)
 
     async def _secrets_for(self, r: int, rm: RoundMembers) -> MaskSecrets:
         """Our secrets for round r: from memory, or opened again from our counted blob."""
@@ -399,12 +375,14 @@ class SecureRounds:
         st: JobState,
         r: int,
         ctx: aggregation.Context,
-        params: Mapping[str, np.ndarray],
-        state: Mapping[str, np.ndarray],
+        params: dict[str, np.ndarray],
+        state: dict[str, np.ndarray],
         metrics: RoundMetrics,
+        background: trio.Nursery,
     ) -> aggregation.RoundModel:
         """M_{r+1} from the unmasked sum of S, or M_r with every position excluded (no
-        vote) when the sum cannot be had by the reveal deadline."""
+        vote) when the sum cannot be had by the reveal deadline. A sharded round (8.2)
+        sums and unmasks shard by shard (9.12); ``background`` holds its restatements."""
         rd = st.log.rounds[r]
         assert rd.closed_at is not None
         window = rd.closed_at + self.spec.availability_timeout - st.now
@@ -419,49 +397,78 @@ class SecureRounds:
         survivors = [address(u.author) for u in used]
         if rm is not None and self.addr in rm.members and r not in self._revealed:
             await self._reveal(rm, survivors)
-        t0 = time.monotonic()
-        got = await aggregation.gather(self.exchange, used, self.me, max(0.5, window))
-        metrics.phase("fetch", t0)
-        length = sum(int(np.prod(np.shape(a))) for a in params.values())
-        vectors = []
-        for u in used:
-            blob = got.blobs.get(u.position)
-            checked = (
-                got.missing.get(u.position, "unavailable")
-                if blob is None
-                else await trio.to_thread.run_sync(
-                    decode_masked, blob, u, ctx, length, self.fp.word_bits
-                )
-            )
-            if isinstance(checked, str):
-                return _no_model(params, state, rd.updates, f"update {u.position} {checked}")
-            vectors.append(checked)
-        if not vectors:
-            return _no_model(params, state, rd.updates, "the round has no update to sum")
-        short = noise_shortfall(self.spec, len(vectors))
-        if short is not None:
-            return _no_model(params, state, rd.updates, short)
-        t0 = time.monotonic()
-        recovery: Recovery | None = None
-        if rm is not None:
-            outcome, used_reveals = await self._recover(rm, survivors, r, deadline)
-            if isinstance(outcome, Incomplete):
-                log.info("round %d: %s", r, outcome.reason)
-                metrics.values["secure_incomplete"] = outcome.reason
-                return _no_model(params, state, rd.updates, outcome.reason)
-            recovery = outcome
-            held = [await self.exchange.hold(rs.to_bytes()) for rs in used_reveals]
-            metrics.values["reveals"] = [h.hex() for h in held]  # for `gfl job export`
+        why = noise_shortfall(self.spec, len(used)) if used else "the round has no update to sum"
+        if why is not None:
+            return _no_model(params, state, rd.updates, why)
         total_weight = sum(self.weight(u.samples) for u in used)
+        ranges = self._ranges(params)
+        outcome: list[Recovery | Incomplete | None] = []
+        recovered = trio.Event()
 
-        model = await trio.to_thread.run_sync(
-            lambda: secure_model(
-                self.spec, params, state, vectors, total_weight, recovery, excluded, len(rd.updates)
+        async def recover_once() -> None:
+            """The round's recovery (None without masks), its reveal sets held for export."""
+            got: Recovery | Incomplete | None = None
+            if rm is not None:
+                got, used_reveals = await self._recover(rm, survivors, r, deadline)
+                if isinstance(got, Incomplete):
+                    log.info("round %d: %s", r, got.reason)
+                    metrics.values["secure_incomplete"] = got.reason
+                else:
+                    held = [await self.exchange.hold(rs.to_bytes()) for rs in used_reveals]
+                    metrics.values["reveals"] = [h.hex() for h in held]  # for `gfl job export`
+            outcome.append(got)
+            recovered.set()
+
+        async def recovery() -> Recovery | Incomplete | None:
+            await recovered.wait()
+            return outcome[0]
+
+        metrics.values["secure"] = "masked" if self.masks else "fixed"
+        t0 = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(recover_once)
+            if job_round_mode(self.spec, len(ranges), len(rd.updates)) is Mode.SHARDED:
+                arith = SecureSum(self.spec, ctx, self.fp, ranges, total_weight, recovery)
+                model = await self.sharded.aggregate(
+                    st, rd, ctx, params, state, metrics.values, background, arith, excluded
+                )
+                metrics.phase("aggregate", t0)
+                return model
+            got = await aggregation.gather(
+                self.exchange, used, self.me, max(0.5, window), self.sharded.layout(params)
             )
-        )
+            metrics.phase("fetch", t0)
+            vectors = []
+            bits = self.fp.word_bits
+            for u in used:
+                blob = got.blobs.get(u.position)
+                parts = got.parts.get(u.position)
+                checked = (
+                    got.missing.get(u.position, "unavailable")
+                    if blob is None
+                    else await trio.to_thread.run_sync(
+                        decode_masked, blob, u, ctx, ranges, bits, parts
+                    )
+                )
+                if isinstance(checked, str):
+                    nursery.cancel_scope.cancel()
+                    return _no_model(params, state, rd.updates, f"update {u.position} {checked}")
+                vectors.append(checked)
+            t0 = time.monotonic()
+            recovery_ = await recovery()
+        if isinstance(recovery_, Incomplete):
+            return _no_model(params, state, rd.updates, recovery_.reason)
+
+        def step() -> aggregation.RoundModel:
+            total = unmasked_sum(vectors, recovery_)
+            new, new_state = secure_step(self.spec, params, state, total, total_weight)
+            mask_ = mask_bytes(excluded, len(rd.updates))
+            return aggregation.RoundModel(new, new_state, mask_, excluded, len(vectors))
+
+        model = await trio.to_thread.run_sync(step)
         metrics.phase("aggregate", t0)
         metrics.values.update(
-            mode="secure" if self.masks else "fixed",
+            mode="all",
             bytes_received=got.received,
             updates_verified=[[u.author, u.update_hash.hex(), u.samples] for u in used],
         )
@@ -526,33 +533,6 @@ def noise_shortfall(spec: JobSpec, summands: int) -> str | None:
         f"{summands} updates to sum, fewer than min_updates = {spec.min_updates}: their "
         "noise shares fall short of the job's σ"
     )
-
-
-def secure_model(
-    spec: JobSpec,
-    params: Mapping[str, np.ndarray],
-    state: Mapping[str, np.ndarray],
-    vectors: Sequence[np.ndarray],
-    total_weight: int,
-    recovery: Recovery | None,
-    excluded: Mapping[int, str],
-    n: int,
-) -> aggregation.RoundModel:
-    """M_{r+1} from S's vectors (masked when ``recovery`` is given): the sum mod 2^w,
-    unmasked, as a weighted mean (9.2), through the strategy's server step (blocking)."""
-    secure = spec.secure
-    assert secure is not None
-    fp = secure.fixed_point(spec.max_participants, spec.sample_cap)
-    total = wrapping_sum(vectors)
-    if recovery is not None:
-        total = recovery.unmask(total)
-    delta = unflatten(fp.mean(total, total_weight), params)
-    strategy = make_strategy(spec.strategy, spec.strategy_kwargs)
-    if state:
-        strategy.load_state_dict(state)
-    new = apply_delta(params, strategy.server_step(delta))
-    mask_ = mask_bytes(dict(excluded), n)
-    return aggregation.RoundModel(new, strategy.state_dict(), mask_, dict(excluded), len(vectors))
 
 
 def _matches(blob: SharesBlob, secrets: MaskSecrets) -> bool:

@@ -20,8 +20,9 @@ round's authors (`gfl.fl.shards.aggregators`). This node then:
 
 On chain: the seed, and the vote names the S reduced shards' hashes (their keccak, the
 shards hash) beside the model, so that a statement the finalized shards contradict is
-evidence (`ShardLie`, sent by `Duties`). A job with secure aggregation would replace step
-2's reduction with a masked sum (its issue).
+evidence (`ShardLie`, sent by `Duties`). What a shard's reduction is, and how the model
+comes from the S reduced shards, is the round's `ShardArithmetic`: `PlainShards` here (the
+strategy's reduction), the masked sum of a secure round in `gfl.scheduler.masked` (9.12).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import trio
@@ -39,7 +40,7 @@ from gfl.chain.proofs import recover_shard_signer
 from gfl.content import content_hash
 from gfl.errors import GflError
 from gfl.fl.codec import CodecError, decode_frame
-from gfl.fl.rounds import RoundRuleError, excluded_positions, mask_bytes
+from gfl.fl.rounds import RoundRuleError, Update, excluded_positions, mask_bytes
 from gfl.fl.shards import (
     Layout,
     Mode,
@@ -54,7 +55,7 @@ from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
 from gfl.fl.strategies.base import apply_delta
 from gfl.scheduler import messages
-from gfl.scheduler.aggregation import Context, RoundModel, UpdateShards, fetch_blob
+from gfl.scheduler.aggregation import Context, RoundModel, UpdateShards, check_part, fetch_blob
 from gfl.scheduler.joblog import RoundLog
 from gfl.scheduler.ports import Exchange, JobState, Ledger, ShardLie
 
@@ -82,6 +83,80 @@ class Reduced:
     pieces: dict[str, np.ndarray] | None
     frame: bytes = b""
     hash: bytes = b""
+
+
+Pieces = dict[str, np.ndarray]
+
+
+class ShardArithmetic(Protocol):
+    """What one sharded round reduces, and how the model comes from the reduced shards."""
+
+    #: an unusable piece is left out of its shard (the mask grows); False: the shard has no
+    #: value then (a secure round's sum needs every member of S)
+    excludes: bool
+
+    def check(self, part: bytes, k: int, hashes: list[bytes], u: Update) -> Pieces | str:
+        """Shard k of update ``u`` (its manifest's ``hashes``): its pieces, or why not."""
+        ...
+
+    async def reduce(self, k: int, template: Pieces, used: list[tuple[Update, Pieces]]) -> (
+        tuple[Pieces, bytes] | None
+    ):  # fmt: skip
+        """Shard k over the ``used`` updates' pieces (chain order): the reduced pieces and
+        their frame, or None when it has no value (a secure sum that cannot be unmasked)."""
+        ...
+
+    def fits(self, pieces: Pieces, template: Pieces) -> bool:
+        """Whether a fetched reduced shard has the form this round's reduction gives."""
+        ...
+
+    def limit(self, template: Pieces) -> int:
+        """The most bytes a reduced shard's frame may take."""
+        ...
+
+    def model(
+        self, layout: Layout, params: Pieces, state: Pieces, shards: list[Pieces]
+    ) -> tuple[Pieces, Pieces]:
+        """M_{r+1} and the strategy's state from the S reduced shards (blocking)."""
+        ...
+
+
+class PlainShards:
+    """The plain arithmetic (8.3): the strategy's per coordinate reduction of float64 pieces,
+    then its server step over the joined delta."""
+
+    excludes = True
+
+    def __init__(self, spec: JobSpec, ctx: Context, layout: Layout, params: Pieces) -> None:
+        self.spec, self.ctx, self.layout, self.params = spec, ctx, layout, params
+
+    def check(self, part: bytes, k: int, hashes: list[bytes], u: Update) -> Pieces | str:
+        return check_part(part, k, hashes, u, self.ctx, self.layout, self.params)
+
+    async def reduce(self, k: int, template: Pieces, used: list[tuple[Update, Pieces]]) -> (
+        tuple[Pieces, bytes] | None
+    ):  # fmt: skip
+        equal = self.spec.weighting == "equal"
+        usable = [ClientUpdate(u.author, 1 if equal else u.samples, p) for u, p in used]
+        return await trio.to_thread.run_sync(reduce_shard, self.spec, template, usable)
+
+    def fits(self, pieces: Pieces, template: Pieces) -> bool:
+        return set(pieces) == set(template) and all(
+            pieces[name].dtype == np.float64 and pieces[name].shape == a.shape
+            for name, a in template.items()
+        )
+
+    def limit(self, template: Pieces) -> int:
+        return 8 * sum(a.size for a in template.values()) + (1 << 16)
+
+    def model(
+        self, layout: Layout, params: Pieces, state: Pieces, shards: list[Pieces]
+    ) -> tuple[Pieces, Pieces]:
+        strategy = make_strategy(self.spec.strategy, self.spec.strategy_kwargs)
+        if state:
+            strategy.load_state_dict(state)
+        new = apply_delta(params, strategy.server_step(layout.join(shards)))
+        return new, strategy.state_dict()
 
 
 @dataclass(frozen=True)
@@ -142,12 +217,18 @@ class ShardedRounds:
         state: dict[str, np.ndarray],
         values: dict[str, Any],
         background: trio.Nursery,
+        arith: ShardArithmetic | None = None,
+        excluded: Mapping[int, str] | None = None,
     ) -> RoundModel:
         """M_{r+1} of a sharded round; what this node did goes into ``values``. Its shard
         statements are stated again in ``background`` until the shard deadline (gossip may
-        drop a message; a member that misses a majority waits for that deadline)."""
+        drop a message; a member that misses a majority waits for that deadline).
+        ``arith``: the round's arithmetic (plain unless given); ``excluded``: positions out
+        of every shard from the start (a secure round's authors outside its masking set)."""
         assert rd.closed_at is not None
         layout, n, spec = self.layout(params), len(rd.updates), self.spec
+        arith = arith or PlainShards(spec, ctx, layout, params)
+        base = dict(excluded or {})
         skew = trio.current_time() - st.now  # chain time -> trio time
         avail = rd.closed_at + spec.availability_timeout + skew
         grace = shard_grace(spec.vote_timeout, spec.availability_timeout)
@@ -162,7 +243,7 @@ class ShardedRounds:
         stated: list[dict[str, Any]] = []
 
         async def aggregate_shard(k: int) -> None:
-            own[k] = red = await self._reduce(work, k, set(), params, avail, "shards")
+            own[k] = red = await self._reduce(work, arith, k, set(base), params, avail, "shards")
             for pos, why in sorted(red.excluded.items()):
                 log.info("round %d shard %d: update %d excluded: %s", rd.number, k, pos, why)
             if red.pieces is not None:
@@ -187,15 +268,16 @@ class ShardedRounds:
             for k, s in settled.items()
         }
 
-        union: set[int] = set()
+        union: set[int] = set(base)
         for _h, mask in settled.values():
-            union.update(excluded_positions(mask, n))
+            if arith.excludes:  # else the round's exclusions are fixed: another mask is wrong
+                union.update(excluded_positions(mask, n))
         results: dict[int, Reduced] = {
             k: red for k, red in own.items() if set(red.excluded) == union
         }
         for _attempt in range(n + 1):  # each retry excludes one more update at least
             grown = await self._complete(
-                work, settled, holders, union, results, params, recompute_by, recomputed
+                work, arith, settled, holders, union, results, params, recompute_by, recomputed
             )
             if not grown:
                 break
@@ -208,11 +290,12 @@ class ShardedRounds:
             trio.current_time() - t0, recomputed, avail - t0, settle_by - t0,
         )  # fmt: skip
         model = await trio.to_thread.run_sync(
-            self._assemble, layout, params, state, results, union, work, mine, recomputed, values
+            self._assemble, arith, params, state, results, union, work, mine, recomputed, values
         )
         # statements heard since settling count too: a lie is evidence whenever it came
         claims = await self._claims(ctx, rd, assigned)
-        return replace(model, lies=tuple(self._lies(rd.number, model, claims)))
+        lies = tuple(self._lies(rd.number, model, claims))
+        return replace(model, excluded={**model.excluded, **base}, lies=lies)
 
     @staticmethod
     def _lies(r: int, model: RoundModel, claims: list[Claim]) -> list[ShardLie]:
@@ -229,32 +312,32 @@ class ShardedRounds:
         return out
 
     async def _reduce(
-        self, work: UpdateShards, k: int, exclude: set[int], params: Mapping[str, np.ndarray],
-        until: float, phase: str,
+        self, work: UpdateShards, arith: ShardArithmetic, k: int, exclude: set[int],
+        params: Mapping[str, np.ndarray], until: float, phase: str,
     ) -> Reduced:  # fmt: skip
         """Shard k over the updates not in ``exclude`` that this node can use by ``until``."""
         positions = [u.position for u in work.updates if u.position not in exclude]
-        await work.fetch_shard(k, positions, params, until, phase)
+        await work.fetch_shard(k, positions, arith.check, until, phase)
         excluded = {p: f"excluded by the shard's aggregators ({k})" for p in exclude}
         usable = []
-        equal = self.spec.weighting == "equal"
         for u in work.updates:
             if u.position in exclude:
                 continue
             got = work.pieces[(u.position, k)]
+            if isinstance(got, str) and not arith.excludes:
+                log.info("round %d shard %d: no value: %s", work.ctx.round, k, got)
+                return Reduced(excluded, None)
             if isinstance(got, str):
                 excluded[u.position] = got
             else:
-                usable.append(ClientUpdate(u.author, 1 if equal else u.samples, got))
+                usable.append((u, got))
         if not usable:
             return Reduced(excluded, None)
-        template = work.layout.split(params, k)
-
-        def reduce() -> Reduced:
-            pieces, frame = reduce_shard(self.spec, template, usable)
-            return Reduced(excluded, pieces, frame, content_hash(frame))
-
-        return await trio.to_thread.run_sync(reduce)
+        reduced = await arith.reduce(k, work.layout.split(params, k), usable)
+        if reduced is None:
+            return Reduced(excluded, None)
+        pieces, frame = reduced
+        return Reduced(excluded, pieces, frame, await trio.to_thread.run_sync(content_hash, frame))
 
     async def publish(self, ctx: Context, k: int, red: Reduced, n: int) -> dict[str, Any]:
         """Serve the reduced shard and state it, signed, on the job's topic."""
@@ -371,6 +454,7 @@ class ShardedRounds:
     async def _complete(
         self,
         work: UpdateShards,
+        arith: ShardArithmetic,
         settled: dict[int, tuple[bytes, bytes]],
         holders: dict[int, list[str]],
         union: set[int],
@@ -391,7 +475,7 @@ class ShardedRounds:
 
         async def fetch(k: int) -> None:
             holder = next(iter(holders.get(k, [])), None)
-            pieces = await self._fetch_reduced(work, k, settled[k][0], holder, params, until)
+            pieces = await self._fetch_reduced(work, arith, k, settled[k][0], holder, params, until)
             if pieces is not None:
                 why = {p: f"excluded by the shard's aggregators ({k})" for p in union}
                 results[k] = Reduced(why, pieces, hash=settled[k][0])
@@ -408,7 +492,7 @@ class ShardedRounds:
             elif k in settled:
                 why = "settled without the round's exclusions"
             log.info("round %d: recomputing shard %d (%s)", work.ctx.round, k, why)
-            red = await self._reduce(work, k, union, params, until, "recomputed")
+            red = await self._reduce(work, arith, k, union, params, until, "recomputed")
             grown = set(red.excluded) - union
             if grown:
                 return grown
@@ -418,13 +502,13 @@ class ShardedRounds:
         return set()
 
     async def _fetch_reduced(
-        self, work: UpdateShards, k: int, h: bytes, holder: str | None,
+        self, work: UpdateShards, arith: ShardArithmetic, k: int, h: bytes, holder: str | None,
         params: Mapping[str, np.ndarray], until: float,
     ) -> dict[str, np.ndarray] | None:  # fmt: skip
-        """A settled shard's float64 pieces, fetched and checked (None: recompute it). Its
-        holders get half the time left: the other half is for recomputing it."""
+        """A settled shard's pieces, fetched and checked (None: recompute it). Its holders
+        get half the time left: the other half is for recomputing it."""
         template = work.layout.split(params, k)
-        limit = 8 * sum(a.size for a in template.values()) + (1 << 16)
+        limit = arith.limit(template)
         try:
             frame, got = await fetch_blob(
                 self.exchange, h, holder, (until - trio.current_time()) / 2, work.limiter, limit
@@ -440,15 +524,11 @@ class ShardedRounds:
         except CodecError as exc:
             log.info("shard %d: the settled blob does not decode (%s): recomputing", k, exc)
             return None
-        fits = set(pieces) == set(template) and all(
-            pieces[name].dtype == np.float64 and pieces[name].shape == a.shape
-            for name, a in template.items()
-        )
-        return pieces if fits else None
+        return pieces if arith.fits(pieces, template) else None
 
     def _assemble(
         self,
-        layout: Layout,
+        arith: ShardArithmetic,
         params: dict[str, np.ndarray],
         state: dict[str, np.ndarray],
         results: dict[int, Reduced],
@@ -458,7 +538,7 @@ class ShardedRounds:
         recomputed: list[int],
         values: dict[str, Any],
     ) -> RoundModel:
-        n = len(work.updates)
+        n, layout = len(work.updates), work.layout
         excluded: dict[int, str] = {}
         for red in results.values():
             for p, why in red.excluded.items():
@@ -480,16 +560,14 @@ class ShardedRounds:
             ],
         )
         used = n - len(union)
-        if (
-            used == 0
-            or len(results) != layout.count
-            or any(r.pieces is None for r in results.values())
-        ):
-            return RoundModel(dict(params), dict(state), mask, excluded, 0)
-        strategy = make_strategy(self.spec.strategy, self.spec.strategy_kwargs)
-        if state:
-            strategy.load_state_dict(state)
-        delta = layout.join([results[k].pieces or {} for k in range(layout.count)])
-        new = apply_delta(params, strategy.server_step(delta))
+        missing = [
+            k for k in range(layout.count) if results.get(k, Reduced({}, None)).pieces is None
+        ]
+        if used == 0 or missing:  # no model here: every position out, so no vote
+            why = f"shards {missing} have no value on this node"
+            nothing = {u.position: excluded.get(u.position, why) for u in work.updates}
+            return RoundModel(dict(params), dict(state), mask, nothing, 0)
+        shards = [results[k].pieces or {} for k in range(layout.count)]
+        new, new_state = arith.model(layout, params, state, shards)
         hashes = tuple(results[k].hash for k in range(layout.count))
-        return RoundModel(new, strategy.state_dict(), mask, excluded, used, hashes)
+        return RoundModel(new, new_state, mask, excluded, used, hashes)

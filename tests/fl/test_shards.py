@@ -25,6 +25,7 @@ from gfl.fl.shards import (
     quorum,
     round_mode,
     shard_count,
+    word_ranges,
 )
 from gfl.fl.spec import JobSpec, SpecError
 from gfl.fl.strategies import STRATEGIES, ClientUpdate, make_strategy
@@ -89,6 +90,25 @@ def test_a_layout_covers_every_row_once_in_order_and_is_balanced(s):
     sizes = [sum(p.cut(params[p.tensor]).size for p in shard) for shard in layout.shards]
     widest_row = max(int(np.prod(s_[1:])) for s_ in SHAPES.values() if s_)
     assert max(sizes) - min(sizes) <= 2 * widest_row, sizes
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 8, 40])
+def test_a_shards_words_are_a_contiguous_range_of_the_flattened_model(s):
+    """Secure aggregation masks the model as one vector (tensors by name, C order): shard k
+    of the layout is exactly its words [a_k, b_k), the ranges tiling the vector in order."""
+    from gfl.fl.secagg import flatten
+
+    params = {n: np.asarray(a, dtype=np.float64) for n, a in model(5).items()}
+    layout = layout_of(params, s)
+    ranges = word_ranges(layout, params)
+    vector = flatten(params)
+    assert ranges[0][0] == 0 and ranges[-1][1] == vector.size
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    for k, (a, b) in enumerate(ranges):
+        pieces = layout.split(params, k)
+        names = [p.name for p in layout.shards[k]]  # in shard order, not sorted
+        words = [np.asarray(pieces[n]).reshape(-1) for n in names]
+        assert np.array_equal(vector[a:b], np.concatenate(words) if words else vector[a:a])
 
 
 def test_the_layout_is_a_function_of_shapes_only_and_never_has_more_shards_than_rows():

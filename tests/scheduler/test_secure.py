@@ -23,9 +23,9 @@ from gfl.fl.trainer import train_local
 from gfl.identity import NodeIdentity
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.ledger import ChainLedger
+from gfl.scheduler.masked import MASKED
 from gfl.scheduler.ports import NodeData
 from gfl.scheduler.runner import ChainPlace, JobRunner
-from gfl.scheduler.secure import MASKED
 
 torch.set_num_threads(1)
 
@@ -277,7 +277,6 @@ def test_the_option_is_refused_with_one_line_where_it_cannot_run():
     ids = [NodeIdentity.generate() for _ in range(2)]
     for bad, needle in (
         ({"strategy": "median"}, "needs each update in the clear"),
-        ({"aggregation": "sharded"}, '"sharded" is not supported'),
         ({"compression": "int8"}, "leave compression out"),
         ({"secure": {"threshold": 2}}, "threshold must be in 3..5"),
         ({"secure": {"deal_timeout": 0}}, "deal_timeout"),

@@ -2,12 +2,13 @@
 
 Blobs go through a shared in-memory table and shard statements through a shared board (the
 libp2p exchange and gossip are covered elsewhere); the chain, the training, the codec, the
-strategies and the signatures are the real ones. The digits MLP has 2,410 parameters, one
+strategies and the signatures are the real ones. The digits MLP has 3,466 parameters, one
 shard by the derived rule, so every job here forces ``shards = 4``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import trio
 from support import MemoryExchange, registered_job
 
 from gfl.content import content_hash
-from gfl.fl.codec import encode_frame
+from gfl.fl.codec import CodecError, decode_frame, decode_update, encode_frame
 from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.rounds import Decision
 from gfl.fl.shards import Mode, manifest_hashes
@@ -100,7 +101,9 @@ async def _run_job(
     tmp_path: Path,
     ids: list[NodeIdentity],
     spec: JobSpec,
-    saboteur: Saboteur | Leaver | Deaf | None = None,
+    saboteur: Saboteur | Leaver | Deaf | Withholder | None = None,
+    *,
+    void_ok: bool = False,
 ) -> dict[str, Any]:
     table: dict[bytes, bytes] = {}
     board: list[dict[str, Any]] = []
@@ -139,7 +142,8 @@ async def _run_job(
                 nursery.start_soon(run, i)
     state = await ChainLedger(owner, job_id, call).sync()
     for r, rd in state.log.rounds.items():
-        assert rd.decision is Decision.FINALIZED and rd.final is not None, r
+        if not (void_ok and rd.decision is Decision.VOID):
+            assert rd.decision is Decision.FINALIZED and rd.final is not None, r
     assert owner.log_head(job_id) == (state.log.seq, state.log.head)
     return {
         "chain": owner,
@@ -149,13 +153,20 @@ async def _run_job(
         "records": records,
         "table": table,
         "board": board,
-        "finals": [state.log.rounds[r].final.model_hash for r in sorted(state.log.rounds)],
+        "finals": [
+            (rd.final.model_hash if rd.final is not None else None)
+            for _r, rd in sorted(state.log.rounds.items())
+        ],
     }
 
 
 def _verify_bundle(tmp_path: Path, job: dict[str, Any], spec: JobSpec) -> audit.Verdict:
-    """What `gfl job export` then `gfl job verify --bundle` do, in process."""
+    """What `gfl job export` then `gfl job verify --bundle` do, in process (node 0's export:
+    a secure job's reveal sets are the ones it unmasked with)."""
     table = job["table"]
+    reveals = [
+        bytes.fromhex(h) for rec in job["records"][0].values() for h in rec.get("reveals", [])
+    ]
 
     class Held:
         def size_of(self, h: bytes) -> int | None:
@@ -176,12 +187,12 @@ def _verify_bundle(tmp_path: Path, job: dict[str, Any], spec: JobSpec) -> audit.
     )
     (folder / audit.BUNDLE_FILE).write_text(json.dumps(manifest))
     (folder / audit.SPEC_FILE).write_bytes(spec.to_bytes())
-    needed = audit.blobs_needed(log, Held())
+    needed = audit.blobs_needed(log, Held(), reveals)
     for h in needed:
         (folder / audit.BLOBS_DIR / h.hex()).write_bytes(table[h])
     used = [u.update_hash for rd in log.rounds.values() for u in rd.updates]
     assert all(manifest_hashes(table[h]) for h in used), "every update is a manifest"
-    assert len(needed) > len(used) * 4, "the shard frames are in the bundle"
+    assert len(needed) > len(used) * 4 + len(reveals), "the shard frames are in the bundle"
     return audit.verify(folder, chain.verify_log(job_id), job_id)
 
 
@@ -314,6 +325,31 @@ class Deaf:
         exchange.heard = lambda kind, r: [] if kind == "shard" else honest(kind, r)  # type: ignore[method-assign]
 
 
+class Withholder:
+    """Makes one author serve every frame of its update but shard ``shard``."""
+
+    def __init__(self, author: str, shard: int) -> None:
+        self.author, self.shard = author.lower(), shard
+        self.scopes: dict[int, trio.CancelScope] = {}
+
+    def install(self, i: int, runner: JobRunner) -> None:
+        if runner.me.lower() != self.author:
+            return
+        exchange = runner.exchange
+        honest = exchange.hold
+
+        async def hold(data: bytes) -> bytes:
+            try:
+                _arrays, meta = decode_update(data)
+            except CodecError:
+                meta = None
+            if meta is not None and meta.shard == self.shard:
+                return hashlib.sha256(data).digest()  # announced by its manifest, never served
+            return await honest(data)
+
+        exchange.hold = hold  # type: ignore[method-assign]
+
+
 class Leaver:
     """Makes one node leave the job instead of committing its round-1 update (its vote on
     round 0, which would ride on that update, is not cast: the others' are a majority)."""
@@ -393,3 +429,86 @@ async def test_a_bundle_whose_round_finalized_other_shards_does_not_verify(tmp_p
     assert verdict.rounds[0].problem == (
         "the finalized shards hash is not the one the round's updates give"
     )
+
+
+def _secure(members, rounds: int, **kw: Any) -> JobSpec:
+    table = {"threshold": 3, "neighbours": 2, "clip": 1.0, "deal_timeout": 20}
+    return _spec(members, rounds, max_participants=8, secure_aggregation=table, **kw)
+
+
+@pytest.mark.trio
+async def test_sharded_and_all_to_all_secure_jobs_end_with_the_same_bits(tmp_path):
+    """Secure aggregation composed with sharding (docs/protocol.md 9.11): each update is a
+    manifest over 4 shard frames of masked words; shard k's aggregators sum and unmask its
+    words; the model is the all-to-all secure job's, bit for bit, and the bundle verifies
+    (the verifier derives the shards hash from the sum)."""
+    from gfl.scheduler.masked import MASKED, SUM, sum_words
+
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    sharded = _secure(ids, 2, aggregation="sharded")
+    a = await _run_job(tmp_path / "sharded", ids, sharded)
+    b = await _run_job(tmp_path / "all", ids, _secure(ids, 2, aggregation="all"))
+    assert a["finals"] == b["finals"]
+    assert {r.model_hash for r in a["runners"] + b["runners"]} == {a["finals"][-1]}
+    for rec in a["records"]:
+        assert rec[0]["mode"] == Mode.SHARDED and rec[0]["secure"] == "masked"
+        assert not rec[0]["recomputed"] and rec[0]["reveals"]
+    assert {rec[0]["mode"] for rec in b["records"]} == {"all"}
+    log = a["state"].log
+    for rd in log.rounds.values():
+        assert rd.final.shards_hash != bytes(32) and not rd.dissenters()
+        # what a peer can fetch of an update: its manifest and 4 frames of masked words
+        for u in rd.updates:
+            hashes = manifest_hashes(a["table"][u.update_hash])
+            assert hashes is not None and len(hashes) == 4
+            for h in hashes:
+                arrays, meta = decode_update(a["table"][h])
+                assert set(arrays) == {MASKED} and meta is not None
+    # a reduced shard is the sum of its words, unmasked: 4 bytes per word (32-bit words)
+    stated = {m["hash"] for m in a["board"] if m["type"] == "shard" and m["round"] == 0}
+    assert len(stated) == 4, "every shard's replicas agree"
+    words = 0
+    for h in stated:
+        pieces = decode_frame(a["table"][h])
+        assert set(pieces) == {SUM}
+        words += len(pieces[SUM])
+        assert sum_words(pieces, len(pieces[SUM]), 32) is not None
+    m0 = decode_frame(a["table"][log.model0_hash])
+    assert words == sum(v.size for v in m0.values()), "the 4 sums cover the model once"
+    verdict = _verify_bundle(tmp_path, a, sharded)
+    assert verdict.ok, verdict
+    assert [r.derived_model for r in verdict.rounds] == [h.hex() for h in a["finals"]]
+
+
+@pytest.mark.trio
+async def test_a_lying_secure_aggregator_is_outvoted_and_slashed(tmp_path):
+    """A secure sharded round's aggregator states a wrong sum: the shard's majority settles
+    the honest one, every member ends with the all-to-all secure model, and the lie costs
+    the liar its bond on chain."""
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    saboteur = Saboteur("liar")
+    spec = _secure(ids, 1, aggregation="sharded", min_updates=N - 1)
+    job = await _run_job(tmp_path / "liar", ids, spec, saboteur)
+    honest = await _run_job(tmp_path / "all", ids, _secure(ids, 1, aggregation="all"))
+    assert saboteur.victim is not None
+    assert job["finals"] == honest["finals"]
+    rd = job["state"].log.rounds[0]
+    assert len(rd.votes) >= N - 1 and not rd.dissenters()
+    liar = ids[saboteur.victim].eth_address
+    assert job["state"].log.slashed == [(liar, 0)]
+    assert _verify_bundle(tmp_path, job, spec).ok
+
+
+@pytest.mark.trio
+async def test_a_secure_shard_whose_piece_is_missing_gives_no_model_on_any_node(tmp_path):
+    """S is the chain's: a shard's sum needs every member's piece. One author serves no
+    shard 1 (its manifest names it): no aggregator can state it, every member's
+    recomputation fails the same way, no one votes, and the round ends void."""
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    spec = _secure(ids, 1, aggregation="sharded").replace(vote_timeout=30)
+    withheld = Withholder(ids[1].eth_address, shard=1)
+    job = await _run_job(tmp_path / "withheld", ids, spec, withheld, void_ok=True)
+    rd = job["state"].log.rounds[0]
+    assert rd.decision is Decision.VOID and not rd.votes
+    for rec in job["records"]:
+        assert rec[0]["updates"] == 0 and rec[0]["excluded"] == N
