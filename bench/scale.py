@@ -236,10 +236,17 @@ def _node_counters(net: Any) -> dict[int, tuple[int, float]]:
 
 
 def run_mode(
-    net: Any, n: int, mode: str, rounds: int, timeout: float, windows: tuple[int, int, int]
+    net: Any,
+    n: int,
+    mode: str,
+    rounds: int,
+    timeout: float,
+    windows: tuple[int, int, int],
+    shards: int = 0,
 ) -> dict[str, Any]:
     """One job on a running devnet, aggregated ``mode``; its figures. ``windows``: the job's
-    round, availability and vote timeouts (long: a slow 2-core machine must not void rounds)."""
+    round, availability and vote timeouts (long: a slow 2-core machine must not void rounds);
+    ``shards``: the job's shard count (0: derived from the model, docs/protocol.md 8.1)."""
     from gfl.node.devnet import demo_spec
 
     round_timeout, availability, vote = windows
@@ -250,6 +257,7 @@ def run_mode(
         round_timeout=round_timeout,
         availability_timeout=availability,
         vote_timeout=vote,
+        shards=shards,
     )
     before = _node_counters(net)
     t_post = time.time()
@@ -323,6 +331,7 @@ def run_sharding(
     per_node: int,
     modes: tuple[str, ...] = SHARD_MODES,
     windows: tuple[int, int, int] = (600, 300, 900),
+    shards: int = 0,
 ) -> list[dict[str, Any]]:
     from gfl.node.devnet import start_devnet
 
@@ -339,7 +348,7 @@ def run_sharding(
         startup = time.time() - t0
         with MemSampler() as mem:
             for mode in modes:
-                res = run_mode(net, n, mode, rounds, timeout, windows)
+                res = run_mode(net, n, mode, rounds, timeout, windows, shards)
                 res["startup"] = startup
                 out.append(res)
                 print(json.dumps(res), flush=True)
@@ -415,6 +424,9 @@ def main() -> int:
         default="600,300,900",
         help="--sharding: the job's round, availability and vote timeouts (s)",
     )
+    ap.add_argument(
+        "--shards", default="0", help="--sharding: the jobs' shards (0: derived; n: one per node)"
+    )
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if args.sharding:
@@ -424,7 +436,10 @@ def main() -> int:
             modes = tuple(m for m in args.modes.split(",") if m)
             windows = tuple(int(x) for x in args.windows.split(","))
             assert len(windows) == 3, "--windows: three numbers"
-            rows += run_sharding(n, args.rounds, args.timeout, args.per_node, modes, windows)
+            shards = n if args.shards == "n" else int(args.shards)
+            rows += run_sharding(
+                n, args.rounds, args.timeout, args.per_node, modes, windows, shards
+            )
         print("\n" + sharding_table(rows))
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"sharding": rows}, indent=1))

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 Nap = Callable[[float | None], Awaitable[None]]
 RESTATE_S, RESTATE_MAX_S = 2.0, 8.0  # pauses before an aggregator states its shards again
-STRAGGLER_S = 5.0  # more patience for the last shards' statements (see _settle)
+STRAGGLER_S, STRAGGLER_TIMES = 5.0, 2  # patience for the last shards' statements (_settle)
 QUIET_S = 15.0  # least wait for the next statement before recomputing instead (see quiet_s)
 
 
@@ -376,10 +376,12 @@ class ShardedRounds:
         until: float,
     ) -> tuple[dict[int, tuple[bytes, bytes]], list[Claim]]:
         """Shard -> the (hash, mask) settled for it, and the statements heard, waiting until
-        every shard is settled or answered by all its aggregators, or ``until``. Stragglers
-        get as long again as half the others took (and `STRAGGLER_S`), and `quiet_s` without
-        a new statement ends the wait: a shard recomputed early costs bytes, never the
-        model."""
+        every shard is settled or answered by all its aggregators, or ``until``. Until half
+        the shards we did not reduce are settled, `quiet_s` without a new statement ends the
+        wait (gossip is not reaching us); from then on the rest, being slow or silent, get
+        twice as long again as that half took, and `STRAGGLER_S` (an aggregator on a loaded
+        machine can take several times the others' time, and recomputing its shard costs a
+        member as much). A shard recomputed early costs bytes, never the model."""
         n, started = len(rd.updates), trio.current_time()
         settled = {k: (r.hash, mask_bytes(r.excluded, n)) for k, r in own.items() if r.pieces}
         mine = len(settled)
@@ -398,14 +400,16 @@ class ShardedRounds:
             now = trio.current_time()
             if len(claims) > heard:
                 heard, news = len(claims), now
-            if patience == until and 2 * (len(settled) - mine) >= len(assigned) - mine:
-                patience = min(until, now + (now - started) + STRAGGLER_S)
+            # half the others settled: gossip reaches us, the rest are slow (or silent)
+            half = 2 * (len(settled) - mine) >= len(assigned) - mine
+            if patience == until and half:
+                patience = min(until, now + STRAGGLER_TIMES * (now - started) + STRAGGLER_S)
             waiting = [
                 k
                 for k, replicas in enumerate(assigned)
                 if k not in settled and answered[k] < len(replicas)
             ]
-            done = now >= min(patience, news + quiet)
+            done = now >= patience or (not half and now >= news + quiet)
             if waiting and done:
                 heard_from = {
                     k: sorted(c.aggregator[:10] for c in claims if c.shard == k) for k in waiting
@@ -415,7 +419,8 @@ class ShardedRounds:
                 )
             if not waiting or done:
                 return settled, claims
-            await self._nap(min(self._poll_s, patience - now, news + quiet - now))
+            wake = patience if half else min(patience, news + quiet)
+            await self._nap(min(self._poll_s, wake - now))
 
     async def _claims(self, ctx: Context, rd: RoundLog, assigned: list[list[str]]) -> list[Claim]:
         """The round's verified statements: signed by an aggregator of their shard, with a
