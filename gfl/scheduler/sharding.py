@@ -261,7 +261,7 @@ class ShardedRounds:
         if stated:
             self._restating = trio.CancelScope()
             background.start_soon(self._restate, stated, settle_by, self._restating)
-        settled, claims = await self._settle(ctx, rd, assigned, own, settle_by)
+        settled, claims = await self._settle(ctx, rd, assigned, own, t0, settle_by)
         t_settled = trio.current_time()
         holders = {
             k: [c.aggregator for c in claims if c.shard == k and (c.hash, c.mask) == s]
@@ -373,21 +373,23 @@ class ShardedRounds:
         rd: RoundLog,
         assigned: list[list[str]],
         own: dict[int, Reduced],
+        started: float,
         until: float,
     ) -> tuple[dict[int, tuple[bytes, bytes]], list[Claim]]:
         """Shard -> the (hash, mask) settled for it, and the statements heard, waiting until
         every shard is settled or answered by all its aggregators, or ``until``. Until half
         the shards we did not reduce are settled, `quiet_s` without a new statement ends the
         wait (gossip is not reaching us); from then on the rest, being slow or silent, get
-        twice as long again as that half took, and `STRAGGLER_S` (an aggregator on a loaded
+        twice as long again as that half took since the round's aggregation ``started``
+        (when the aggregators started too), and `STRAGGLER_S` (an aggregator on a loaded
         machine can take several times the others' time, and recomputing its shard costs a
         member as much). A shard recomputed early costs bytes, never the model."""
-        n, started = len(rd.updates), trio.current_time()
+        n = len(rd.updates)
         settled = {k: (r.hash, mask_bytes(r.excluded, n)) for k, r in own.items() if r.pieces}
         mine = len(settled)
         patience = until
         quiet = quiet_s(self.spec.availability_timeout)
-        heard, news = 0, started  # statements heard so far, and when the last one came
+        heard, news = 0, trio.current_time()  # statements heard, and when the last one came
         while True:
             claims = await self._claims(ctx, rd, assigned)
             answered: Counter[int] = Counter(c.shard for c in claims)

@@ -3,7 +3,9 @@ chain served over JSON-RPC): a secure job and the same job with quantisation onl
 (``masks = false``) end with the same model hash, and the secure job verifies from its
 exported bundle and the chain alone (`gfl job export`, `gfl job verify --bundle`). Beside
 them a job with distributed DP on 24-bit words: its noise is in the masked updates, so it
-verifies the same way, and each node's API shows the ε it spent."""
+verifies the same way, and each node's API shows the ε it spent. And the secure job
+sharded (docs/protocol.md 9.12): masked shard frames over the blob protocol, sums stated
+over gossip, the same model hash, and a bundle whose shards hash verifies."""
 
 from __future__ import annotations
 
@@ -32,9 +34,10 @@ def test_a_secure_job_and_its_quantised_plain_twin_end_with_the_same_model(tmp_p
         weighting="equal",
         max_samples=0,
     )
+    sharded = secure.replace(name="secure-sharded", aggregation="sharded", shards=3, replicas=2)
     with running_devnet(NODES, root=tmp_path / "net", prefer_anvil=False) as net:
         owner = net.client(0)
-        ids = [owner.publish(spec.to_dict())["job_id"] for spec in (secure, fixed, dp)]
+        ids = [owner.publish(spec.to_dict())["job_id"] for spec in (secure, fixed, dp, sharded)]
         deadline = time.monotonic() + TIMEOUT_S
         while True:
             statuses = {(i, jid): _status(net, i, jid) for i in range(NODES) for jid in ids}
@@ -44,7 +47,10 @@ def test_a_secure_job_and_its_quantised_plain_twin_end_with_the_same_model(tmp_p
             assert time.monotonic() < deadline, statuses
             time.sleep(1.0)
         hashes = [finished_alike(net, jid, ROUNDS) for jid in ids]
-        assert hashes[0] == hashes[1] != hashes[2]
+        assert hashes[0] == hashes[1] == hashes[3] != hashes[2]
+        for i in range(NODES):
+            rounds = net.client(i).job(ids[3])["rounds_detail"]
+            assert [rd["metrics"]["mode"] for rd in rounds] == ["sharded"] * ROUNDS
         for i in range(NODES):  # every participant spent (at most) the job's budget
             spent = net.client(i).request("GET", f"/jobs/{ids[2]}")["epsilon"]
             assert 7.5 < spent <= 8.0 + 1e-9, (i, spent)
@@ -66,6 +72,12 @@ def test_a_secure_job_and_its_quantised_plain_twin_end_with_the_same_model(tmp_p
             (bare / "blobs" / p.name).unlink()
         verdict = _verify(bare, net.chain_url, ok=False)
         assert not verdict["verified"] and "reveals do not unmask" in json.dumps(verdict)
+
+        split = tmp_path / "sharded-bundle"
+        res = run_gfl_process("job", "export", ids[3][:12], "-o", str(split), "--home", home)
+        assert res.returncode == 0, res.stderr
+        verdict = _verify(split, net.chain_url)
+        assert verdict["rounds"][-1]["derived_model"] == hashes[3]
 
         noisy = tmp_path / "dp-bundle"
         res = run_gfl_process("job", "export", ids[2][:12], "-o", str(noisy), "--home", home)
