@@ -44,8 +44,10 @@ EMBEDDED_DEV_KEY = DEV_KEY
 _MAX_BODY = 4 * 1024 * 1024
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago, for a server started later.
+def free_port(taken: set[int] | None = None) -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server started later; not
+    one of ``taken`` (ports handed out for servers that have not bound them yet), to which
+    it is added.
 
     Taken below the kernel's ephemeral range when possible: a port from that range
     (what binding port 0 gives) can be taken meanwhile as the source port of any
@@ -55,13 +57,17 @@ def free_port() -> int:
     rng = random.SystemRandom()
     for _ in range(64):
         port = rng.randrange(max(1024, low - 12_000), low)
+        if taken is not None and port in taken:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    with socket.socket() as s:
+        if taken is not None:
+            taken.add(port)
+        return port
+    with socket.socket() as s:  # (port 0's pick is never one a server was handed out)
         s.bind(("127.0.0.1", 0))
         bound: int = s.getsockname()[1]
         return bound

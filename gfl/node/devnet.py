@@ -115,10 +115,10 @@ class Devnet:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _free_port() -> int:
+def _free_port(taken: set[int]) -> int:
     from gfl.chain.devchain import free_port
 
-    return free_port()
+    return free_port(taken)
 
 
 def start_chain(prefer_anvil: bool = True) -> tuple[Any, str, str, bytes]:
@@ -190,9 +190,10 @@ def start_devnet(
     )
     try:
         homes = []
+        taken: set[int] = set()  # else 2n picks among 12,000 ports collide: odds ~n²/6,000
         for i in range(n):
             home = root / f"node{i}"
-            api_port, p2p_port = _free_port(), _free_port()
+            api_port, p2p_port = _free_port(taken), _free_port(taken)
             config = (
                 Config()
                 .replace("net", listen=[f"/ip4/{host}/tcp/{p2p_port}"])
