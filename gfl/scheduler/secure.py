@@ -17,7 +17,9 @@ A round r of a job with ``secure_aggregation`` runs, on every member, as follows
    excluded, the same on every node (that is the round's mask).
 4. **unmask** — every member sums S's masked words mod 2^w, rebuilds the secrets from
    the reveals and takes the masks off; the weighted mean goes through the strategy's
-   server step. A recovery that is still incomplete at the reveal deadline
+   server step. In a round 8.2 shards, shard k's aggregators sum and unmask its words
+   only and the members assemble the S sums (9.12; `gfl.scheduler.masked.SecureSum` in
+   `gfl.scheduler.sharding`). A recovery that is still incomplete at the reveal deadline
    (closedAt + availability_timeout) gives no vote: the round ends void (9.9).
 
 With ``masks = false`` only the fixed point and the integer sum remain (no dealing): the
@@ -434,26 +436,12 @@ class SecureRounds:
                 )
                 metrics.phase("aggregate", t0)
                 return model
-            got = await aggregation.gather(
-                self.exchange, used, self.me, max(0.5, window), self.sharded.layout(params)
-            )
+            fetched = await self._fetch_whole(used, ctx, params, ranges, window)
             metrics.phase("fetch", t0)
-            vectors = []
-            bits = self.fp.word_bits
-            for u in used:
-                blob = got.blobs.get(u.position)
-                parts = got.parts.get(u.position)
-                checked = (
-                    got.missing.get(u.position, "unavailable")
-                    if blob is None
-                    else await trio.to_thread.run_sync(
-                        decode_masked, blob, u, ctx, ranges, bits, parts
-                    )
-                )
-                if isinstance(checked, str):
-                    nursery.cancel_scope.cancel()
-                    return _no_model(params, state, rd.updates, f"update {u.position} {checked}")
-                vectors.append(checked)
+            if isinstance(fetched, str):
+                nursery.cancel_scope.cancel()
+                return _no_model(params, state, rd.updates, fetched)
+            vectors, received = fetched
             t0 = time.monotonic()
             recovery_ = await recovery()
         if isinstance(recovery_, Incomplete):
@@ -469,10 +457,36 @@ class SecureRounds:
         metrics.phase("aggregate", t0)
         metrics.values.update(
             mode="all",
-            bytes_received=got.received,
+            bytes_received=received,
             updates_verified=[[u.author, u.update_hash.hex(), u.samples] for u in used],
         )
         return model
+
+    async def _fetch_whole(
+        self,
+        used: Sequence[Committed],
+        ctx: aggregation.Context,
+        params: dict[str, np.ndarray],
+        ranges: Sequence[tuple[int, int]],
+        window: float,
+    ) -> tuple[list[np.ndarray], int] | str:
+        """S's masked updates fetched whole (an all-to-all round) and decoded, with the
+        bytes fetched; or why this node has no sum (any one missing or invalid)."""
+        got = await aggregation.gather(
+            self.exchange, used, self.me, max(0.5, window), self.sharded.layout(params)
+        )
+        vectors = []
+        for u in used:
+            blob = got.blobs.get(u.position)
+            if blob is None:
+                return f"update {u.position} {got.missing.get(u.position, 'unavailable')}"
+            checked = await trio.to_thread.run_sync(
+                decode_masked, blob, u, ctx, ranges, self.fp.word_bits, got.parts.get(u.position)
+            )
+            if isinstance(checked, str):
+                return f"update {u.position} {checked}"
+            vectors.append(checked)
+        return vectors, got.received
 
     async def _reveal(self, rm: RoundMembers, survivors: Sequence[bytes]) -> None:
         """Publish our reveal set for S (once per round; the guard is on disk first)."""

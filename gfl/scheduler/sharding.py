@@ -261,7 +261,10 @@ class ShardedRounds:
         if stated:
             self._restating = trio.CancelScope()
             background.start_soon(self._restate, stated, settle_by, self._restating)
-        settled, claims = await self._settle(ctx, rd, assigned, own, t0, settle_by)
+        # (an aggregator may wait for a piece until the availability deadline: so may we)
+        settled, claims = await self._settle(
+            ctx, rd, assigned, own, t0, settle_by, floor=avail + STRAGGLER_S
+        )
         t_settled = trio.current_time()
         holders = {
             k: [c.aggregator for c in claims if c.shard == k and (c.hash, c.mask) == s]
@@ -272,6 +275,23 @@ class ShardedRounds:
         for _h, mask in settled.values():
             if arith.excludes:  # else the round's exclusions are fixed: another mask is wrong
                 union.update(excluded_positions(mask, n))
+        if union != set(base):  # the shards settled without these exclusions, stated again
+            for k in mine:
+                if own[k].pieces is not None and set(own[k].excluded) != union:
+                    own[k] = red = await self._reduce(
+                        work, arith, k, union, params, avail, "shards"
+                    )  # (its pieces are here: no fetch)
+                    if red.pieces is not None and (body := await self.publish(ctx, k, red, n)):
+                        stated.append(body)  # (restated in the background with the rest)
+            mask = mask_bytes(union, n)
+            again, claims = await self._settle(
+                ctx, rd, assigned, own, trio.current_time(), settle_by, mask=mask
+            )
+            settled.update(again)
+            holders = {
+                k: [c.aggregator for c in claims if c.shard == k and (c.hash, c.mask) == s]
+                for k, s in settled.items()
+            }
         results: dict[int, Reduced] = {
             k: red for k, red in own.items() if set(red.excluded) == union
         }
@@ -375,15 +395,20 @@ class ShardedRounds:
         own: dict[int, Reduced],
         started: float,
         until: float,
+        *,
+        floor: float = 0.0,
+        mask: bytes | None = None,
     ) -> tuple[dict[int, tuple[bytes, bytes]], list[Claim]]:
         """Shard -> the (hash, mask) settled for it, and the statements heard, waiting until
         every shard is settled or answered by all its aggregators, or ``until``. Until half
         the shards we did not reduce are settled, `quiet_s` without a new statement ends the
         wait (gossip is not reaching us); from then on the rest, being slow or silent, get
         twice as long again as that half took since the round's aggregation ``started``
-        (when the aggregators started too), and `STRAGGLER_S` (an aggregator on a loaded
-        machine can take several times the others' time, and recomputing its shard costs a
-        member as much). A shard recomputed early costs bytes, never the model."""
+        (when the aggregators started too), and `STRAGGLER_S`, and at least until ``floor``
+        (an aggregator on a loaded machine can take several times the others' time, or wait
+        for a piece until the availability deadline; recomputing its shard costs a member
+        as much). A shard recomputed early costs bytes, never the model. With
+        ``mask``, only statements over that mask count (the round's grown exclusions)."""
         n = len(rd.updates)
         settled = {k: (r.hash, mask_bytes(r.excluded, n)) for k, r in own.items() if r.pieces}
         mine = len(settled)
@@ -391,8 +416,11 @@ class ShardedRounds:
         quiet = quiet_s(self.spec.availability_timeout)
         heard, news = 0, trio.current_time()  # statements heard, and when the last one came
         while True:
-            claims = await self._claims(ctx, rd, assigned)
-            answered: Counter[int] = Counter(c.shard for c in claims)
+            heard_all = await self._claims(ctx, rd, assigned)
+            claims = [c for c in heard_all if mask is None or c.mask == mask]
+            answered: Counter[int] = Counter(
+                k for k, _ in {(c.shard, c.aggregator) for c in claims}
+            )
             for k in range(len(assigned)):
                 votes = Counter((c.hash, c.mask) for c in claims if c.shard == k)
                 if k not in settled and votes:
@@ -405,13 +433,19 @@ class ShardedRounds:
             # half the others settled: gossip reaches us, the rest are slow (or silent)
             half = 2 * (len(settled) - mine) >= len(assigned) - mine
             if patience == until and half:
-                patience = min(until, now + STRAGGLER_TIMES * (now - started) + STRAGGLER_S)
+                slow = now + STRAGGLER_TIMES * (now - started) + STRAGGLER_S
+                patience = min(until, max(slow, floor))
             waiting = [
                 k
                 for k, replicas in enumerate(assigned)
                 if k not in settled and answered[k] < len(replicas)
             ]
-            done = now >= patience or (not half and now >= news + quiet)
+            # a statement from another node: gossip reaches us, silence until the floor is
+            # aggregators waiting for pieces
+            hush = news + quiet
+            if any(c.aggregator != self.me for c in heard_all):
+                hush = max(hush, floor)
+            done = now >= patience or (not half and now >= hush)
             if waiting and done:
                 heard_from = {
                     k: sorted(c.aggregator[:10] for c in claims if c.shard == k) for k in waiting
@@ -420,13 +454,15 @@ class ShardedRounds:
                     "round %d: shards not settled in time (heard from %s)", rd.number, heard_from
                 )
             if not waiting or done:
-                return settled, claims
-            wake = patience if half else min(patience, news + quiet)
+                return settled, heard_all
+            wake = patience if half else min(patience, hush)
             await self._nap(min(self._poll_s, wake - now))
 
     async def _claims(self, ctx: Context, rd: RoundLog, assigned: list[list[str]]) -> list[Claim]:
         """The round's verified statements: signed by an aggregator of their shard, with a
-        valid mask; an aggregator's first statement per shard only."""
+        valid mask; an aggregator's first statement per shard and mask only (a second hash
+        for the same exclusions is its equivocation; over more exclusions it is the shard
+        reduced again once the round's mask grew)."""
         bodies = [
             b for b in self.exchange.heard("shard", ctx.round)
             if b["job_id"] == ctx.job_id and b["shard"] < len(assigned)
@@ -443,17 +479,17 @@ class ShardedRounds:
                     )  # fmt: skip
 
             await trio.to_thread.run_sync(recover)
-        out: dict[tuple[int, str], Claim] = {}
+        out: dict[tuple[int, str, bytes], Claim] = {}
         for b in bodies:
             signer = (self._signers.get(b["sig"]) or "").lower()
-            k = b["shard"]
-            if signer not in assigned[k] or (k, signer) in out:
+            k, key = b["shard"], (b["shard"], signer, b["mask"])
+            if signer not in assigned[k] or key in out:
                 continue
             try:
                 excluded_positions(b["mask"], len(rd.updates))
             except RoundRuleError:
                 continue
-            out[(k, signer)] = Claim(signer, k, b["hash"], b["mask"], b["size"], b["sig"])
+            out[key] = Claim(signer, k, b["hash"], b["mask"], b["size"], b["sig"])
         return list(out.values())
 
     # -- completing the round ------------------------------------------------------------------

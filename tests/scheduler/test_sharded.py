@@ -21,7 +21,7 @@ from support import MemoryExchange, registered_job
 from gfl.content import content_hash
 from gfl.fl.codec import CodecError, decode_frame, decode_update, encode_frame
 from gfl.fl.data import load_dataset, load_partition
-from gfl.fl.rounds import Decision
+from gfl.fl.rounds import Decision, mask_bytes
 from gfl.fl.shards import Mode, manifest_hashes
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
@@ -310,6 +310,31 @@ async def test_a_shard_without_a_majority_is_recomputed_by_every_member(tmp_path
     rd = job["state"].log.rounds[0]
     assert len(rd.votes) == N and not rd.dissenters()
     assert all(rec[0]["model_hash"] == job["finals"][0].hex() for rec in job["records"])
+
+
+@pytest.mark.trio
+async def test_an_update_one_shard_cannot_use_is_left_out_of_every_shard_without_recomputing(
+    tmp_path,
+):
+    """One author serves no shard 1: shard 1's aggregators leave its update out, so the
+    round's mask grows. The other shards' aggregators reduce theirs again over that mask
+    from the pieces they hold and state them again; members fetch those instead of
+    recomputing every shard, and end with the all-to-all job's model."""
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    spec = _spec(ids, 1, aggregation="sharded")
+    job = await _run_job(tmp_path / "sharded", ids, spec, Withholder(ids[2].eth_address, 1))
+    plain = _spec(ids, 1, aggregation="all")
+    honest = await _run_job(tmp_path / "all", ids, plain, Withholder(ids[2].eth_address, 1))
+    assert job["finals"] == honest["finals"]
+    rd = job["state"].log.rounds[0]
+    position = next(u.position for u in rd.updates if u.author == ids[2].eth_address)
+    assert rd.final.mask == mask_bytes({position: "withheld"}, N)
+    for i, rec in enumerate(job["records"]):
+        assert rec[0]["recomputed"] == [], (i, rec[0])
+        assert rec[0]["model_hash"] == job["finals"][0].hex()
+    # each shard's aggregators stated it twice: without the exclusion, then over it
+    statements = [m for m in job["board"] if m["type"] == "shard" and m["round"] == 0]
+    assert {m["mask"] for m in statements if m["shard"] != 1} == {b"", rd.final.mask}
 
 
 class Deaf:
