@@ -154,17 +154,25 @@ def expected_meta(u: Update, ctx: Context) -> UpdateMeta:
     )
 
 
-def check_frame(
-    blob: bytes, expected: UpdateMeta, params: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray] | str:
-    """An update frame's arrays (or a shard frame's pieces, ``params`` then being the
-    model's pieces of that shard), or why it does not count."""
+def framed(blob: bytes, expected: UpdateMeta) -> dict[str, np.ndarray] | str:
+    """An update frame's arrays when it decodes and names ``expected``, or why not."""
     try:
         arrays, meta = decode_update(blob)
     except CodecError as exc:
         return f"does not decode: {exc}"
     if meta != expected:
         return "its frame names another author, job, round, base model or shard"
+    return arrays
+
+
+def check_frame(
+    blob: bytes, expected: UpdateMeta, params: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray] | str:
+    """An update frame's arrays (or a shard frame's pieces, ``params`` then being the
+    model's pieces of that shard), or why it does not count."""
+    arrays = framed(blob, expected)
+    if isinstance(arrays, str):
+        return arrays
     reason = reject_reason(params, arrays)
     return reason if reason is not None else arrays
 

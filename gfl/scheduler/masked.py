@@ -20,7 +20,7 @@ import numpy as np
 import trio
 
 from gfl.content import content_hash
-from gfl.fl.codec import CodecError, UpdateMeta, decode_update, encode_frame, encode_params
+from gfl.fl.codec import UpdateMeta, encode_frame, encode_params
 from gfl.fl.rounds import Update
 from gfl.fl.secagg import (
     FixedPoint,
@@ -60,12 +60,9 @@ def masked_blobs(
 
 
 def _masked_frame(blob: bytes, expected: UpdateMeta, length: int, bits: int) -> np.ndarray | str:
-    try:
-        arrays, meta = decode_update(blob)
-    except CodecError as exc:
-        return f"does not decode: {exc}"
-    if meta != expected:
-        return "its frame names another author, job, round, base model or shard"
+    arrays = aggregation.framed(blob, expected)
+    if isinstance(arrays, str):
+        return arrays
     words = _words(arrays, MASKED, length, bits)
     if words is None:
         return f"a secure update is one vector {MASKED!r} of {length} words of {bits} bits"
