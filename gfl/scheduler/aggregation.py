@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import trio
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 FETCH_CONCURRENCY = 8
 RETRY_S, RETRY_MAX_S = 0.2, 4.0  # pauses between tries of a failed fetch
 
@@ -219,18 +220,35 @@ def check_update(
         if content_hash(blob) != u.update_hash:
             return "the blob does not match its committed hash"
         return check_frame(blob, expected_meta(u, ctx), params)
-    hashes = check_manifest(blob, u, layout.count)
+    pieces = check_parts(
+        blob, u, layout.count, parts,
+        lambda part, k, hashes: check_part(part, k, hashes, u, ctx, layout, params),
+    )  # fmt: skip
+    return pieces if isinstance(pieces, str) else layout.join(pieces)
+
+
+def check_parts(
+    blob: bytes,
+    u: Update,
+    shards: int,
+    parts: Sequence[bytes] | None,
+    check: Callable[[bytes, int, list[bytes]], T | str],
+) -> list[T] | str:
+    """A sharded update's manifest ``blob`` and its S shard frames ``parts``, each checked
+    by ``check(part, k, hashes)``: what each gives, in shard order, or why the update does
+    not count (the plain and the masked checks both walk a manifest this way)."""
+    hashes = check_manifest(blob, u, shards)
     if isinstance(hashes, str):
         return hashes
-    if parts is None or len(parts) != layout.count:
+    if parts is None or len(parts) != shards:
         return "its shards are missing"
-    pieces = []
+    out = []
     for k, part in enumerate(parts):
-        checked = check_part(part, k, hashes, u, ctx, layout, params)
+        checked = check(part, k, hashes)
         if isinstance(checked, str):
             return checked
-        pieces.append(checked)
-    return layout.join(pieces)
+        out.append(checked)
+    return out
 
 
 @dataclass(frozen=True)

@@ -111,18 +111,11 @@ def decode_masked(
         if content_hash(blob) != u.update_hash:
             return "the blob does not match its committed hash"
         return _masked_frame(blob, aggregation.expected_meta(u, ctx), ranges[0][1], bits)
-    hashes = aggregation.check_manifest(blob, u, len(ranges))
-    if isinstance(hashes, str):
-        return hashes
-    if parts is None or len(parts) != len(ranges):
-        return "its shards are missing"
-    words = []
-    for k, part in enumerate(parts):
-        got = masked_part(part, k, hashes, u, ctx, ranges, bits)
-        if isinstance(got, str):
-            return got
-        words.append(got[MASKED])
-    return np.concatenate(words)
+    words = aggregation.check_parts(
+        blob, u, len(ranges), parts,
+        lambda part, k, hashes: masked_part(part, k, hashes, u, ctx, ranges, bits),
+    )  # fmt: skip
+    return words if isinstance(words, str) else np.concatenate([w[MASKED] for w in words])
 
 
 def unmasked_sum(
