@@ -246,7 +246,8 @@ def run_mode(
 ) -> dict[str, Any]:
     """One job on a running devnet, aggregated ``mode``; its figures. ``windows``: the job's
     round, availability and vote timeouts (long: a slow 2-core machine must not void rounds);
-    ``shards``: the job's shard count (0: derived from the model, docs/protocol.md 8.1)."""
+    ``shards``: a sharded job's shard count (0: derived from the model, docs/protocol.md 8.1);
+    an all-to-all job sends whole updates (one shard), as it would without this option."""
     from gfl.node.devnet import demo_spec
 
     round_timeout, availability, vote = windows
@@ -257,7 +258,7 @@ def run_mode(
         round_timeout=round_timeout,
         availability_timeout=availability,
         vote_timeout=vote,
-        shards=shards,
+        shards=shards if mode == "sharded" else 1,
     )
     before = _node_counters(net)
     t_post = time.time()
