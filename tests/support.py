@@ -347,6 +347,7 @@ class MemoryExchange:
     ) -> None:
         self.table = {} if table is None else table
         self.board = [] if board is None else board
+        self.batches: list[tuple[str, int]] = []  # (owner, blobs asked for) per fetch_many
 
     async def publish(
         self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
@@ -364,6 +365,12 @@ class MemoryExchange:
             while blob not in self.table:
                 await trio.sleep(0.01)
         return self.table[blob]
+
+    async def fetch_many(
+        self, blobs: Any, owner: str, max_size: int, timeout: float
+    ) -> dict[bytes, bytes]:
+        self.batches.append((owner, len(blobs)))
+        return {h: self.table[h] for h in blobs if h in self.table}
 
     async def load_local(self, blob: bytes) -> bytes | None:
         return None

@@ -4,6 +4,13 @@ Request:  version (1 byte, = 1) | sha256 (32 bytes)
 Response: status (1 byte: 0 found, 1 not found, 2 busy) | size (8 bytes, big endian)
           | size bytes of data
 
+A batch asks for several blobs on one stream (a sharded round's aggregator wants one
+piece of each of its shards from every author: one stream per author, not one per piece):
+
+Request:  version (1 byte, = 2) | count (1 byte, 1..MAX_BATCH) | count sha256s
+Response: one answer as above per hash, in the request's order; a busy provider answers
+          one busy header for the whole batch.
+
 The size comes first so that the requester refuses an oversize blob before it
 allocates or reads anything; the hash is checked before the bytes are used.
 """
@@ -14,17 +21,19 @@ import contextlib
 import hashlib
 import logging
 import struct
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any
 
 import trio
 
-from gfl.net.errors import BlobError, RelayLimitError
+from gfl.net.errors import BlobError, BusyError, RelayLimitError
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "/gfl/blob/1.0.0"
 VERSION = 1
+BATCH = 2  # the request version of a batch
+MAX_BATCH = 64  # hashes in one batch
 FOUND, NOT_FOUND, BUSY = 0, 1, 2
 _HEADER = struct.Struct(">BQ")
 READ_CHUNK = 1 << 20
@@ -71,14 +80,52 @@ async def request_blob(
     the overall timeout.
     """
     await stream.write(bytes([VERSION]) + h)
-    with trio.fail_after(STALL_TIMEOUT):
-        status, size = _HEADER.unpack(await read_exact(stream, _HEADER.size))
+    status, size = await _read_header(stream)
     if status == NOT_FOUND:
         raise BlobError("the peer does not have this blob")
+    return await _read_blob(stream, h, size, max_size=max_size, on_piece=on_piece, budget=budget)
+
+
+async def request_blobs(
+    stream: Any, hashes: Sequence[bytes], *, max_size: int
+) -> dict[bytes, list[bytes]]:
+    """Ask for several blobs on an open stream (a batch); returns those the peer has, each
+    in pieces as `request_blob` does (each checked against its hash), by hash. A blob the
+    peer does not have is left out. Raises as `request_blob` does, for the first answer
+    that is busy, malformed, oversize or wrong: the rest of the stream is then unusable.
+    """
+    if not 1 <= len(hashes) <= MAX_BATCH or any(len(h) != 32 for h in hashes):
+        raise BlobError(f"a batch asks for 1..{MAX_BATCH} hashes of 32 bytes")
+    await stream.write(bytes([BATCH, len(hashes)]) + b"".join(hashes))
+    out: dict[bytes, list[bytes]] = {}
+    for h in hashes:
+        status, size = await _read_header(stream)
+        if status == FOUND:
+            out[bytes(h)] = await _read_blob(stream, h, size, max_size=max_size)
+    return out
+
+
+async def _read_header(stream: Any) -> tuple[int, int]:
+    """One answer's (status, size): found or not found; raises for busy or unknown."""
+    with trio.fail_after(STALL_TIMEOUT):
+        status, size = _HEADER.unpack(await read_exact(stream, _HEADER.size))
     if status == BUSY:
-        raise BlobError("the peer is busy serving other blobs")
-    if status != FOUND:
+        raise BusyError("the peer is busy serving other blobs")
+    if status not in (FOUND, NOT_FOUND):
         raise BlobError(f"the peer answered with unknown status {status}")
+    return status, size
+
+
+async def _read_blob(
+    stream: Any,
+    h: bytes,
+    size: int,
+    *,
+    max_size: int,
+    on_piece: Callable[[bytes], None] | None = None,
+    budget: int | None = None,
+) -> list[bytes]:
+    """The ``size`` bytes of a found answer, as `request_blob` returns them."""
     if size > max_size:
         raise BlobError(f"the peer declares a blob of {size} bytes, over the {max_size}-byte limit")
     if budget is not None and size > budget:
@@ -147,10 +194,17 @@ async def respond(stream: Any, size: int, pieces: AsyncIterable[bytes]) -> None:
         await stream.write(header)
 
 
-async def read_request(stream: Any) -> bytes:
-    """The hash a requester asks for; raises `BlobError` on a malformed request."""
+async def read_request(stream: Any) -> list[bytes]:
+    """The hashes a requester asks for (one, or a batch's, in order); raises `BlobError`
+    on a malformed request."""
     with trio.fail_after(STALL_TIMEOUT):
-        req = await read_exact(stream, 33)
-    if req[0] != VERSION:
-        raise BlobError(f"unsupported blob protocol version {req[0]}")
-    return req[1:]
+        version = (await read_exact(stream, 1))[0]
+        if version == VERSION:
+            return [await read_exact(stream, 32)]
+        if version != BATCH:
+            raise BlobError(f"unsupported blob protocol version {version}")
+        count = (await read_exact(stream, 1))[0]
+        if not 1 <= count <= MAX_BATCH:
+            raise BlobError(f"a batch asks for 1..{MAX_BATCH} blobs, not {count}")
+        req = await read_exact(stream, 32 * count)
+    return [req[i : i + 32] for i in range(0, len(req), 32)]

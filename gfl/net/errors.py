@@ -15,5 +15,9 @@ class BlobError(NetError):
     """A blob could not be fetched or stored (missing, oversize, wrong hash, timeout)."""
 
 
+class BusyError(BlobError):
+    """The holder is serving as many blobs as it serves at once: ask again soon."""
+
+
 class RelayLimitError(BlobError):
     """A blob is larger than what the relay between us and its holder still carries."""

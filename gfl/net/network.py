@@ -174,6 +174,22 @@ class Network:
             h, providers, max_size=max_size, timeout=timeout, tag=tag
         )
 
+    async def fetch_blobs(
+        self,
+        hashes: Sequence[bytes],
+        provider: str,
+        *,
+        max_size: int,
+        timeout: float,
+        tag: str | None = None,
+    ) -> dict[bytes, bytes]:
+        """Those of ``hashes`` that ``provider`` has, fetched in batches (one stream per
+        `blob_protocol.MAX_BATCH`), stored and returned by hash; `BlobError` when a batch
+        fails. For many small blobs of one holder (a sharded round's pieces)."""
+        return await self._parts.client.fetch_batch(
+            hashes, provider, max_size=max_size, timeout=timeout, tag=tag
+        )
+
     async def store_blob(
         self,
         h: bytes,

@@ -101,6 +101,65 @@ class BlobClient:
         await self._tag(h, tag)
         return size
 
+    async def fetch_batch(
+        self,
+        hashes: Sequence[bytes],
+        pid: str,
+        *,
+        max_size: int,
+        timeout: float,
+        tag: str | None = None,
+    ) -> dict[bytes, bytes]:
+        """``Network.fetch_blobs``: those of ``hashes`` that ``pid`` has, asked for in
+        batches of at most `blob_protocol.MAX_BATCH` on one stream each, stored and
+        returned by hash. Raises `BlobError` when a batch fails (busy, unreachable,
+        relayed, malformed, too slow): the caller fetches the rest blob by blob."""
+        wanted = list(dict.fromkeys(bytes(h) for h in hashes))
+        out: dict[bytes, bytes] = {}
+        with trio.move_on_after(timeout) as scope:
+            for i in range(0, len(wanted), blob_protocol.MAX_BATCH):
+                got = await self._batch(pid, wanted[i : i + blob_protocol.MAX_BATCH], max_size)
+                out.update(await trio.to_thread.run_sync(self._keep, got, tag))
+        if scope.cancelled_caught:
+            raise BlobError(f"a batch of {len(wanted)} blobs from {pid[-8:]} timed out")
+        for h, blob in out.items():
+            self._report.traffic.blobs_fetched += 1
+            self._report.traffic.blob_bytes_in += len(blob)
+            self._report.emit("blob_fetched", hash=h.hex(), peer_id=pid, size=len(blob))
+        return out
+
+    async def _batch(
+        self, pid: str, hashes: list[bytes], max_size: int
+    ) -> dict[bytes, list[bytes]]:
+        """One batch request to ``pid`` (direct connections only: a relay's budget is per
+        blob); its blobs, checked, in pieces."""
+        peer = ID.from_base58(pid)
+        if pid not in self._peers:
+            await self._peers.dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
+        if self._circuit_to(peer) is not None:
+            raise BlobError("batches go over direct connections only")
+        stream = None
+        try:
+            stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
+            got = await blob_protocol.request_blobs(stream, hashes, max_size=max_size)
+        except (BlobError, trio.Cancelled):
+            if stream is not None:
+                await blob_protocol.abort(stream)
+            raise
+        except Exception as exc:  # the library raises many stream/muxer errors
+            if stream is not None:
+                await blob_protocol.abort(stream)
+            raise BlobError(f"a batch from {pid[-8:]} failed: {type(exc).__name__}") from exc
+        with trio.move_on_after(CLOSE_TIMEOUT), suppress(Exception):
+            await stream.close()
+        return got
+
+    def _keep(self, got: dict[bytes, list[bytes]], tag: str | None) -> dict[bytes, bytes]:
+        """A batch's checked blobs, stored (blocking: a worker thread) and joined."""
+        for h, pieces in got.items():
+            self._blobs.put_verified(pieces, h, tag=tag)
+        return {h: b"".join(pieces) for h, pieces in got.items()}
+
     async def _tag(self, h: bytes, tag: str | None) -> None:
         if tag is not None:
             await trio.to_thread.run_sync(self._blobs.tag, h, tag)
@@ -259,33 +318,36 @@ class BlobServer:
         self._slots = trio.Semaphore(MAX_CONCURRENT_SERVES)
 
     async def serve(self, stream: Any) -> None:
-        """The stream handler of `blob_protocol.PROTOCOL`: one request, one answer."""
+        """The stream handler of `blob_protocol.PROTOCOL`: one request (one blob or a
+        batch), its answers in order; a batch takes one serving slot."""
         pid = stream.muxed_conn.peer_id.to_base58()
         try:
-            h = await blob_protocol.read_request(stream)
+            hashes = await blob_protocol.read_request(stream)
             if self._slots.value == 0:
                 await blob_protocol.refuse(stream, busy=True)
                 return
             async with self._slots:
-                reader = await trio.to_thread.run_sync(self._blobs.open_reader, h)
-                if reader is None:
-                    await blob_protocol.refuse(stream)
-                    size = None
-                else:
-                    try:
-                        await self._send(stream, reader)
-                    finally:
-                        reader.close()
-                    size = reader.size
-            if size is not None:
-                self._report.traffic.blobs_served += 1
-                self._report.traffic.blob_bytes_out += size
-                self._report.emit("blob_served", hash=h.hex(), peer_id=pid, size=size)
+                for h in hashes:
+                    await self._answer(stream, h, pid)
             with trio.move_on_after(2 * CLOSE_TIMEOUT):
                 await stream.close()
         except Exception as exc:
             logger.debug("serving a blob to %s failed: %s", pid, exc)
             await blob_protocol.abort(stream)
+
+    async def _answer(self, stream: Any, h: bytes, pid: str) -> None:
+        """One answer: the stored blob ``h``, or not found."""
+        reader = await trio.to_thread.run_sync(self._blobs.open_reader, h)
+        if reader is None:
+            await blob_protocol.refuse(stream)
+            return
+        try:
+            await self._send(stream, reader)
+        finally:
+            reader.close()
+        self._report.traffic.blobs_served += 1
+        self._report.traffic.blob_bytes_out += reader.size
+        self._report.emit("blob_served", hash=h.hex(), peer_id=pid, size=reader.size)
 
     async def _send(self, stream: Any, reader: BlobReader) -> None:
         """Stream a stored blob: a worker thread reads the next pieces while the current

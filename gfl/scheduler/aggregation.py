@@ -33,6 +33,7 @@ from gfl.fl.shards import MAX_MANIFEST, Layout, ShardError, decode_manifest
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
 from gfl.fl.strategies.base import reject_reason
+from gfl.net.errors import BusyError
 from gfl.scheduler.ports import Exchange, ShardLie
 
 if TYPE_CHECKING:
@@ -357,6 +358,8 @@ class UpdateShards:
         self.limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
         self.manifests: dict[int, list[bytes] | str] = {}  # position -> hashes, or why not
         self._fetching: dict[int, trio.Event] = {}
+        self._batches: dict[int, trio.Event] = {}  # position -> its batch (`prefetch`) done
+        self._raw: dict[tuple[int, int], bytes] = {}  # (position, shard) -> a batch's piece
         self.pieces: dict[tuple[int, int], dict[str, np.ndarray] | str] = {}
         self.received: Counter[str] = Counter()  # phase -> bytes fetched from peers
 
@@ -387,6 +390,63 @@ class UpdateShards:
             for u in self.updates:
                 nursery.start_soon(self.manifest, u, deadline)
 
+    async def prefetch(
+        self,
+        shards: Sequence[int],
+        positions: Sequence[int],
+        deadline: float,
+        phase: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Shards ``shards`` of the updates at ``positions``, each update's asked of its
+        author in one batch (an aggregator's pieces: a stream per author, not one per
+        piece); `fetch_shard` takes them from here and fetches what a batch did not bring
+        piece by piece. Started with ``nursery.start``: once started, `fetch_shard` waits
+        for the batches."""
+        todo = [u for u in self.updates if u.position in positions]
+        for u in todo:
+            self._batches.setdefault(u.position, trio.Event())
+        task_status.started()
+
+        async def one(u: Update) -> None:
+            try:
+                hashes = await self.manifest(u, deadline)
+                want = {} if isinstance(hashes, str) else {hashes[k]: k for k in shards}
+                if want:
+                    got = await self._batch(list(want), u.author, deadline)
+                    for h, blob in got.items():
+                        if h in want:
+                            self._raw[(u.position, want[h])] = blob
+                            self.received[phase] += len(blob)
+            except GflError as exc:
+                log.debug("a batch of update %d's pieces failed: %s", u.position, exc)
+            finally:
+                self._batches[u.position].set()
+
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                for u in todo:
+                    nursery.start_soon(one, u)
+        for u in todo:
+            self._batches[u.position].set()
+
+    async def _batch(self, hashes: list[bytes], author: str, deadline: float) -> dict[bytes, bytes]:
+        """One batch from ``author``, asked again after a growing, jittered pause while the
+        author is busy serving others (as `fetch_blob` does for one blob)."""
+        pause = RETRY_S
+        while True:
+            try:
+                async with self.limiter:
+                    return await self.exchange.fetch_many(
+                        hashes, author, MAX_BLOB_BYTES, deadline - trio.current_time()
+                    )
+            except BusyError:
+                if deadline - trio.current_time() <= pause:
+                    raise
+            await trio.sleep(pause * (0.5 + random.random()))
+            pause = min(2 * pause, RETRY_MAX_S)
+
     async def fetch_shard(
         self, k: int, positions: Sequence[int], check: CheckPart, deadline: float, phase: str
     ) -> None:
@@ -398,15 +458,19 @@ class UpdateShards:
             if isinstance(hashes, str):
                 self.pieces[(u.position, k)] = hashes
                 return
-            try:
-                part, n = await fetch_blob(
-                    self.exchange, hashes[k], u.author, deadline - trio.current_time(),
-                    self.limiter,
-                )  # fmt: skip
-            except (GflError, trio.TooSlowError) as exc:
-                self.pieces[(u.position, k)] = f"shard {k} unavailable: {exc}"
-                return
-            self.received[phase] += n
+            if (batch := self._batches.get(u.position)) is not None:
+                await batch.wait()
+            part = self._raw.pop((u.position, k), None)
+            if part is None:
+                try:
+                    part, n = await fetch_blob(
+                        self.exchange, hashes[k], u.author, deadline - trio.current_time(),
+                        self.limiter,
+                    )  # fmt: skip
+                except (GflError, trio.TooSlowError) as exc:
+                    self.pieces[(u.position, k)] = f"shard {k} unavailable: {exc}"
+                    return
+                self.received[phase] += n
             self.pieces[(u.position, k)] = await trio.to_thread.run_sync(check, part, k, hashes, u)
 
         todo = [u for u in self.updates if u.position in positions]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from gfl.errors import GflError
+from gfl.net.errors import BlobError
 from gfl.scheduler import messages
 
 if TYPE_CHECKING:
@@ -47,21 +48,26 @@ class PeerBook:
         while len(self._hints) > MAX_HINTS:
             self._hints.popitem(last=False)
 
+    def peer_of(self, owner: str) -> str | None:
+        """The peer id ``owner``'s node speaks as, if known."""
+        key = owner.lower()
+        if key in self._peer_of:
+            return self._peer_of[key]
+        for peer in self._network.peers():
+            if peer.get("peer_id") and (peer.get("eth_address") or "").lower() == key:
+                return str(peer["peer_id"])
+        return None
+
     def providers(self, blob: bytes, owner: str | None) -> list[str]:
         """Peers to ask for ``blob``: its owner's node, its announcers, then everyone else."""
-        out: list[str] = []
-        key = owner.lower() if owner else None
-        if key and key in self._peer_of:
-            out.append(self._peer_of[key])
+        first = self.peer_of(owner) if owner else None
+        out: list[str] = [first] if first else []
         out += [p for p in self._hints.get(blob, []) if p not in out]
-        for peer in self._network.peers():
-            pid = peer.get("peer_id")
-            if pid is None or pid in out:
-                continue
-            if key and (peer.get("eth_address") or "").lower() == key:
-                out.insert(0, pid)
-            else:
-                out.append(pid)
+        out += [
+            p["peer_id"]
+            for p in self._network.peers()
+            if p.get("peer_id") and p["peer_id"] not in out
+        ]
         return out
 
 
@@ -119,6 +125,17 @@ class NetExchange:
             tag=self._tag,
         )
         return data
+
+    async def fetch_many(
+        self, blobs: Sequence[bytes], owner: str, max_size: int, timeout: float
+    ) -> dict[bytes, bytes]:
+        pid = self._book.peer_of(owner)
+        if pid is None:
+            raise BlobError(f"the node of {owner} is not known yet")
+        got: dict[bytes, bytes] = await self._network.fetch_blobs(
+            blobs, pid, max_size=max_size, timeout=timeout, tag=self._tag
+        )
+        return got
 
     async def load_local(self, blob: bytes) -> bytes | None:
         # a read plus a sha256 of a multi-MB file: not on the trio thread

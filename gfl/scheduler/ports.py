@@ -155,6 +155,13 @@ class Exchange(Protocol):
         self, blob: bytes, owner: str | None, max_size: int, timeout: float
     ) -> bytes: ...
 
+    async def fetch_many(
+        self, blobs: Sequence[bytes], owner: str, max_size: int, timeout: float
+    ) -> dict[bytes, bytes]:
+        """Those of ``blobs`` that ``owner``'s node has, in one request (a batch); raises
+        `GflError` when the request fails. The caller fetches what is missing one by one."""
+        ...
+
     async def load_local(self, blob: bytes) -> bytes | None: ...
 
     async def hold(self, data: bytes) -> bytes:

@@ -1,5 +1,6 @@
 """The blob protocol against misbehaving providers."""
 
+import contextlib
 import os
 import struct
 import time
@@ -241,3 +242,76 @@ async def test_a_blob_read_a_few_bytes_at_a_time_costs_about_its_size_in_memory(
     assert b"".join(got) == data
     # the blob's pieces; kept as 65,536 separate 8-byte reads it was ~17x (measured)
     assert peak < 2 * len(data)
+
+
+@pytest.mark.trio
+async def test_a_batch_brings_several_blobs_on_one_stream_and_leaves_out_the_missing(tmp_path):
+    """A sharded round's aggregator asks an author for its pieces of several shards at once
+    (docs/protocol.md 5.3): one stream, one serving slot, the answers in order."""
+    blobs = [os.urandom(n) for n in (300 << 10, 1, 0, 2 * MiB)]
+    hashes = [blob_hash(d) for d in blobs]
+    missing = blob_hash(b"never stored")
+    async with connected_pair(tmp_path) as (a, b):
+        for d in blobs:
+            a.blobs.put(d)
+        streams = 0
+
+        async def counting(stream):
+            nonlocal streams
+            streams += 1
+            await a._parts.server.serve(stream)
+
+        _serve_with(a, counting)
+        got = await b.fetch_blobs(
+            [hashes[0], missing, *hashes[1:]], a.peer_id, max_size=4 * MiB, timeout=20, tag="j"
+        )
+        assert got == dict(zip(hashes, blobs, strict=True))
+        assert streams == 1
+        assert all(b.blobs.get(h) == d for h, d in zip(hashes, blobs, strict=True))
+        assert b.blobs.tags() == ["j"] and not b.blobs.has(missing)
+        assert a.stats()["blobs_served"] == 4 and b.stats()["blobs_fetched"] == 4
+
+
+@pytest.mark.trio
+async def test_a_batch_answer_that_lies_is_refused_and_nothing_of_it_is_kept(tmp_path):
+    """A provider that answers a batch's second blob with other bytes, or declares one
+    over the limit: the batch fails with one clear error, the size is refused before
+    anything is read, and no blob of it is stored (not even the good first one)."""
+    good, wanted = os.urandom(1000), blob_hash(b"the real piece")
+    async with connected_pair(tmp_path) as (a, b):
+        answers = {
+            "lie": struct.pack(">BQ", 0, len(good)) + good + struct.pack(">BQ", 0, 5) + b"wrong",
+            "huge": struct.pack(">BQ", 0, len(good)) + good + struct.pack(">BQ", 0, 100 * GiB),
+        }
+        for case, match in (("lie", "do not match its hash"), ("huge", "over the")):
+
+            async def answer(stream, reply=answers[case]):
+                assert await read_request(stream) == [blob_hash(good), wanted]
+                await stream.write(reply)
+                await trio.sleep(5)
+
+            _serve_with(a, answer)
+            with pytest.raises(BlobError, match=match):
+                await b.fetch_blobs([blob_hash(good), wanted], a.peer_id, max_size=MiB, timeout=10)
+            assert len(b.blobs) == 0
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    "request_bytes", [bytes([2, 0]), bytes([2, 65]) + b"\0" * 32 * 65, bytes([3]) + b"\0" * 32]
+)
+async def test_a_malformed_batch_request_is_dropped_and_the_provider_serves_on(
+    tmp_path, request_bytes
+):
+    """An outsider's raw stream with an empty batch, one over MAX_BATCH hashes or an unknown
+    version: the provider resets that stream, allocates nothing for it, and serves on."""
+    data = os.urandom(4096)
+    async with connected_pair(tmp_path) as (a, b):
+        a.blobs.put(data)
+        stream = await b._host.new_stream(a._host.get_id(), [TProtocol(PROTOCOL)])
+        await stream.write(request_bytes)
+        reply = b""
+        with trio.fail_after(10), contextlib.suppress(Exception):  # reset: read raises or ends
+            reply = await stream.read(9)
+        assert reply == b""  # no answer at all
+        assert await b.fetch_blob(blob_hash(data), [a.peer_id], max_size=MiB, timeout=10) == data

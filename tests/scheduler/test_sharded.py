@@ -216,6 +216,11 @@ async def test_sharded_and_all_to_all_jobs_end_with_the_same_bits(tmp_path, stra
     assert sum(len(rec[0]["aggregated"]) for rec in a["records"]) == 4 * 3
     statements = {m["sig"]: m for m in a["board"] if m["round"] == 0}  # each maybe restated
     assert len(statements) == 12 and all(messages.check_shard(m) for m in statements.values())
+    # an aggregator asks each other author once a round, for its pieces of all its shards
+    for i, (rec, runner) in enumerate(zip(a["records"], a["runners"], strict=True)):
+        others = [m.eth_address.lower() for j, m in enumerate(ids) if j != i]
+        asked = [(o, len(rec[r]["aggregated"])) for r in (0, 1) for o in others]
+        assert sorted((o.lower(), n) for o, n in runner.exchange.batches) == sorted(asked)
     # bytes by phase: manifests, shards as aggregator, settled shards it did not aggregate
     for rec in a["records"]:
         r0 = rec[0]
