@@ -133,13 +133,13 @@ class BlobClient:
     ) -> dict[bytes, list[bytes]]:
         """One batch request to ``pid`` (direct connections only: a relay's budget is per
         blob); its blobs, checked, in pieces."""
-        peer = ID.from_base58(pid)
-        if pid not in self._peers:
-            await self._peers.dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
-        if self._circuit_to(peer) is not None:
-            raise BlobError("batches go over direct connections only")
         stream = None
         try:
+            peer = ID.from_base58(pid)
+            if pid not in self._peers:
+                await self._peers.dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
+            if self._circuit_to(peer) is not None:
+                raise BlobError("batches go over direct connections only")
             stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
             got = await blob_protocol.request_blobs(stream, hashes, max_size=max_size)
         except (BlobError, trio.Cancelled):

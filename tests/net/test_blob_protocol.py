@@ -273,6 +273,14 @@ async def test_a_batch_brings_several_blobs_on_one_stream_and_leaves_out_the_mis
 
 
 @pytest.mark.trio
+async def test_a_batch_from_a_peer_never_seen_fails_with_one_clear_error(tmp_path):
+    stranger = "16Uiu2HAmSegogLi8ypnsoqxcAcxpWzRUL26RDK5iWwyimaNeMDSK"  # in no peerstore
+    async with connected_pair(tmp_path) as (_a, b):
+        with pytest.raises(BlobError, match="a batch from"):
+            await b.fetch_blobs([blob_hash(b"x")], stranger, max_size=MiB, timeout=10)
+
+
+@pytest.mark.trio
 async def test_a_batch_answer_that_lies_is_refused_and_nothing_of_it_is_kept(tmp_path):
     """A provider that answers a batch's second blob with other bytes, or declares one
     over the limit: the batch fails with one clear error, the size is refused before
