@@ -123,9 +123,7 @@ class BlobClient:
         if scope.cancelled_caught:
             raise BlobError(f"a batch of {len(wanted)} blobs from {pid[-8:]} timed out")
         for h, blob in out.items():
-            self._report.traffic.blobs_fetched += 1
-            self._report.traffic.blob_bytes_in += len(blob)
-            self._report.emit("blob_fetched", hash=h.hex(), peer_id=pid, size=len(blob))
+            self._fetched(h, pid, len(blob))
         return out
 
     async def _batch(
@@ -241,10 +239,14 @@ class BlobClient:
                 await trio.to_thread.run_sync(writer.discard)
         if pieces is None:
             return None
-        self._report.traffic.blobs_fetched += 1
-        self._report.traffic.blob_bytes_in += writer.size
-        self._report.emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=writer.size)
+        self._fetched(h, pid, writer.size)
         return pieces
+
+    def _fetched(self, h: bytes, pid: str, size: int) -> None:
+        """Count and report a blob received from ``pid``."""
+        self._report.traffic.blobs_fetched += 1
+        self._report.traffic.blob_bytes_in += size
+        self._report.emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=size)
 
     async def _transfer(
         self, pid: str, h: bytes, max_size: int, errors: list[str], writer: BlobWriter

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -83,15 +83,27 @@ async def fetch_blob(
     if blob is not None:
         return blob, 0
     deadline = trio.current_time() + max(0.1, seconds)
+
+    async def once() -> bytes:
+        async with limiter:
+            return await exchange.fetch(
+                h, author, max_size, max(0.1, deadline - trio.current_time())
+            )
+
+    blob = await retried(once, deadline, GflError)
+    return blob, len(blob)
+
+
+async def retried(
+    attempt: Callable[[], Awaitable[T]], deadline: float, failure: type[Exception]
+) -> T:
+    """``attempt()``, tried again after a growing, jittered pause while it raises
+    ``failure`` and the pause still ends before ``deadline`` (a trio time)."""
     pause = RETRY_S
     while True:
         try:
-            async with limiter:
-                blob = await exchange.fetch(
-                    h, author, max_size, max(0.1, deadline - trio.current_time())
-                )
-            return blob, len(blob)
-        except GflError:
+            return await attempt()
+        except failure:
             if deadline - trio.current_time() <= pause:
                 raise
         await trio.sleep(pause * (0.5 + random.random()))
@@ -424,28 +436,22 @@ class UpdateShards:
             finally:
                 self._batches[u.position].set()
 
-        with trio.move_on_at(deadline):
+        with trio.move_on_at(deadline):  # (a cancelled `one` still sets its event)
             async with trio.open_nursery() as nursery:
                 for u in todo:
                     nursery.start_soon(one, u)
-        for u in todo:
-            self._batches[u.position].set()
 
     async def _batch(self, hashes: list[bytes], author: str, deadline: float) -> dict[bytes, bytes]:
-        """One batch from ``author``, asked again after a growing, jittered pause while the
-        author is busy serving others (as `fetch_blob` does for one blob)."""
-        pause = RETRY_S
-        while True:
-            try:
-                async with self.limiter:
-                    return await self.exchange.fetch_many(
-                        hashes, author, MAX_BLOB_BYTES, deadline - trio.current_time()
-                    )
-            except BusyError:
-                if deadline - trio.current_time() <= pause:
-                    raise
-            await trio.sleep(pause * (0.5 + random.random()))
-            pause = min(2 * pause, RETRY_MAX_S)
+        """One batch from ``author``, asked again while the author is busy serving others
+        (as `fetch_blob` does for one blob, whatever the failure)."""
+
+        async def once() -> dict[bytes, bytes]:
+            async with self.limiter:
+                return await self.exchange.fetch_many(
+                    hashes, author, MAX_BLOB_BYTES, deadline - trio.current_time()
+                )
+
+        return await retried(once, deadline, BusyError)
 
     async def fetch_shard(
         self, k: int, positions: Sequence[int], check: CheckPart, deadline: float, phase: str
