@@ -62,7 +62,7 @@ from gfl.scheduler.ports import Exchange, JobState, Ledger, ShardLie
 log = logging.getLogger(__name__)
 
 Nap = Callable[[float | None], Awaitable[None]]
-RESTATE_S, RESTATE_MAX_S = 2.0, 8.0  # pauses before an aggregator states its shards again
+RESTATE_S, RESTATE_MAX_S = 2.0, 32.0  # pauses before an aggregator states its shards again
 STRAGGLER_S, STRAGGLER_TIMES = 5.0, 2  # patience for the last shards' statements (_settle)
 QUIET_S = 15.0  # least wait for the next statement before recomputing instead (see quiet_s)
 
@@ -193,6 +193,7 @@ class ShardedRounds:
         self._layout: tuple[tuple[Any, ...], Layout] | None = None
         self._signers: dict[bytes, str | None] = {}  # statement signature -> its signer
         self._restating = trio.CancelScope()  # the last round's statements, stated again
+        self._restating_round = -1
 
     def layout(self, params: Mapping[str, np.ndarray]) -> Layout:
         """The job's layout (the same for every M_r: it depends on the shapes only)."""
@@ -264,11 +265,11 @@ class ShardedRounds:
         t_reduced = trio.current_time()
         self._restating.cancel()  # an older round's: no one waits for those any more
         if stated:
-            self._restating = trio.CancelScope()
+            self._restating, self._restating_round = trio.CancelScope(), rd.number
             background.start_soon(self._restate, stated, settle_by, self._restating)
         # (an aggregator may wait for a piece until the availability deadline: so may we)
         settled, claims = await self._settle(
-            ctx, rd, assigned, own, t0, settle_by, floor=avail + STRAGGLER_S
+            ctx, rd, assigned, own, set(base), t0, settle_by, floor=avail + STRAGGLER_S
         )
         t_settled = trio.current_time()
         holders = {
@@ -281,8 +282,8 @@ class ShardedRounds:
             if arith.excludes:  # else the round's exclusions are fixed: another mask is wrong
                 union.update(excluded_positions(mask, n))
         if union != set(base):  # the shards settled without these exclusions, stated again
-            for k in mine:
-                if own[k].pieces is not None and set(own[k].excluded) != union:
+            for k in mine:  # (one that lacks pieces the others used cannot: it takes theirs)
+                if own[k].pieces is not None and set(own[k].excluded) < union:
                     own[k] = red = await self._reduce(
                         work, arith, k, union, params, avail, "shards"
                     )  # (its pieces are here: no fetch)
@@ -290,7 +291,7 @@ class ShardedRounds:
                         stated.append(body)  # (restated in the background with the rest)
             mask = mask_bytes(union, n)
             again, claims = await self._settle(
-                ctx, rd, assigned, own, trio.current_time(), settle_by, mask=mask
+                ctx, rd, assigned, own, union, trio.current_time(), settle_by, mask=mask
             )
             settled.update(again)
             holders = {
@@ -376,8 +377,10 @@ class ShardedRounds:
     async def _restate(
         self, bodies: list[dict[str, Any]], until: float, scope: trio.CancelScope
     ) -> None:
-        """Our statements again, after 2, 4, 8, 8, ... seconds, until ``until``: a member
-        that lost them (its gossip mesh being repaired) hears them soon after it heals."""
+        """Our statements again, after 2, 4, 8, 16, 32, 32, ... seconds, until ``until`` or
+        the round's decision (`decided`): a member that lost them (its gossip mesh being
+        repaired) hears them soon after it heals, and a large round's hundreds of
+        statements do not crowd the gossip they are meant to survive."""
         with scope:
             pause = RESTATE_S
             while trio.current_time() + pause < until:
@@ -385,6 +388,11 @@ class ShardedRounds:
                 for body in bodies:
                     await self.exchange.post(body)
                 pause = min(2 * pause, RESTATE_MAX_S)
+
+    def decided(self, r: int) -> None:
+        """Round ``r`` is decided on chain: no member needs its statements any more."""
+        if self._restating_round <= r:
+            self._restating.cancel()
 
     def close(self) -> None:
         """The job ended here: no more statements."""
@@ -398,6 +406,7 @@ class ShardedRounds:
         rd: RoundLog,
         assigned: list[list[str]],
         own: dict[int, Reduced],
+        fixed: set[int],
         started: float,
         until: float,
         *,
@@ -405,7 +414,11 @@ class ShardedRounds:
         mask: bytes | None = None,
     ) -> tuple[dict[int, tuple[bytes, bytes]], list[Claim]]:
         """Shard -> the (hash, mask) settled for it, and the statements heard, waiting until
-        every shard is settled or answered by all its aggregators, or ``until``. Until half
+        every shard is settled or answered by all its aggregators, or ``until``. A shard we
+        reduced is settled on our result, unless that left out updates beyond the ``fixed``
+        exclusions and a majority of its aggregators stated a result that used one of them
+        (we could not fetch a piece they could): then on theirs, as a member that is no
+        aggregator of it would. Until half
         the shards we did not reduce are settled, `quiet_s` without a new statement ends the
         wait (gossip is not reaching us); from then on the rest, being slow or silent, get
         twice as long again as that half took since the round's aggregation ``started``
@@ -417,6 +430,7 @@ class ShardedRounds:
         n = len(rd.updates)
         settled = {k: (r.hash, mask_bytes(r.excluded, n)) for k, r in own.items() if r.pieces}
         mine = len(settled)
+        doubtful = {k for k in settled if set(own[k].excluded) - fixed}
         patience = until
         quiet = quiet_s(self.spec.availability_timeout)
         heard, news = 0, trio.current_time()  # statements heard, and when the last one came
@@ -428,10 +442,15 @@ class ShardedRounds:
             )
             for k in range(len(assigned)):
                 votes = Counter((c.hash, c.mask) for c in claims if c.shard == k)
-                if k not in settled and votes:
+                if (k not in settled or k in doubtful) and votes:
                     best, count = votes.most_common(1)[0]
-                    if count >= quorum(len(assigned[k])):
+                    if count < quorum(len(assigned[k])):
+                        continue
+                    if k not in settled or set(own[k].excluded) - set(
+                        excluded_positions(best[1], n)
+                    ):  # (a majority that excluded as much as we did leaves ours)
                         settled[k] = best
+                    doubtful.discard(k)
             now = trio.current_time()
             if len(claims) > heard:
                 heard, news = len(claims), now
@@ -443,7 +462,7 @@ class ShardedRounds:
             waiting = [
                 k
                 for k, replicas in enumerate(assigned)
-                if k not in settled and answered[k] < len(replicas)
+                if (k not in settled or k in doubtful) and answered[k] < len(replicas)
             ]
             # a statement from another node: gossip reaches us, silence until the floor is
             # aggregators waiting for pieces

@@ -9,6 +9,7 @@ shard by the derived rule, so every job here forces ``shards = 4``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gfl.fl.rounds import Decision, mask_bytes
 from gfl.fl.shards import Mode, manifest_hashes
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
+from gfl.net.errors import BlobError
 from gfl.scheduler import audit, duties, messages, sharding
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.ledger import ChainLedger
@@ -101,7 +103,7 @@ async def _run_job(
     tmp_path: Path,
     ids: list[NodeIdentity],
     spec: JobSpec,
-    saboteur: Saboteur | Leaver | Deaf | Withholder | None = None,
+    saboteur: Saboteur | Leaver | Deaf | Withholder | Blind | Watch | None = None,
     *,
     void_ok: bool = False,
 ) -> dict[str, Any]:
@@ -340,6 +342,137 @@ async def test_an_update_one_shard_cannot_use_is_left_out_of_every_shard_without
     # each shard's aggregators stated it twice: without the exclusion, then over it
     statements = [m for m in job["board"] if m["type"] == "shard" and m["round"] == 0]
     assert {m["mask"] for m in statements if m["shard"] != 1} == {b"", rd.final.mask}
+
+
+@pytest.mark.trio
+async def test_an_aggregator_that_missed_pieces_its_replicas_used_takes_their_shard(tmp_path):
+    """One aggregator cannot fetch any piece of one author's update (its link to that
+    author is down): it reduces its shards without that update and states so, but the other
+    two replicas of each used it. It takes their shards instead of its own, so the round's
+    mask stays empty; it recomputes nothing and votes with everyone on the all-to-all
+    model."""
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    spec = _spec(ids, 1, aggregation="sharded")
+    blind = Blind(ids[3].eth_address)
+    job = await _run_job(tmp_path / "blind", ids, spec, blind)
+    honest = await _run_job(tmp_path / "all", ids, _spec(ids, 1, aggregation="all"))
+    assert blind.victim is not None and blind.refused > 0
+    assert job["finals"] == honest["finals"]
+    rd = job["state"].log.rounds[0]
+    assert rd.final.mask == b"" and len(rd.votes) == N and not rd.dissenters()
+    victim = ids[blind.victim].eth_address.lower()
+    position = next(u.position for u in rd.updates if u.author == ids[3].eth_address)
+    stated = [m for m in job["board"] if m["type"] == "shard" and m["round"] == 0]
+    assert {m["mask"] for m in stated} == {b"", mask_bytes({position: "missing"}, N)}
+    shards = job["records"][blind.victim][0]["aggregated"]
+    assert shards, "the blind node aggregated the shards it asked for"
+    for i, rec in enumerate(job["records"]):
+        assert rec[0]["recomputed"] == [], (i, rec[0])
+        assert rec[0]["model_hash"] == job["finals"][0].hex()
+    assert victim in {v.lower() for v in rd.votes}
+
+
+class Blind:
+    """Makes the first node to ask ``author`` for pieces unable to fetch any piece of that
+    author's update (it is then an aggregator of those pieces' shards)."""
+
+    def __init__(self, author: str) -> None:
+        self.author = author.lower()
+        self.victim: int | None = None
+        self.refused = 0
+        self.scopes: dict[int, trio.CancelScope] = {}
+
+    def install(self, i: int, runner: JobRunner) -> None:
+        exchange = runner.exchange
+        fetch, fetch_many = exchange.fetch, exchange.fetch_many
+
+        def blind(owner: Any) -> bool:
+            return self.victim == i and str(owner).lower() == self.author
+
+        async def fetch_blind(blob: bytes, owner: Any, max_size: int, timeout: float) -> bytes:
+            data = await fetch(blob, owner, max_size, timeout)
+            try:
+                _arrays, meta = decode_update(data)
+            except CodecError:
+                meta = None  # a manifest or a reduced shard
+            if blind(owner) and meta is not None and meta.shard is not None:
+                self.refused += 1
+                raise BlobError("the link to this author is down")
+            return data
+
+        async def fetch_many_blind(blobs: Any, owner: str, max_size: int, timeout: float) -> Any:
+            if self.victim is None and owner.lower() == self.author:
+                self.victim = i
+            if blind(owner):
+                self.refused += len(blobs)
+                return {}
+            return await fetch_many(blobs, owner, max_size, timeout)
+
+        exchange.fetch = fetch_blind  # type: ignore[method-assign]
+        exchange.fetch_many = fetch_many_blind  # type: ignore[method-assign]
+
+
+@pytest.mark.trio
+async def test_aggregators_restate_with_growing_pauses_until_the_round_is_decided(tmp_path):
+    """Each aggregator states its shards again after 2, 4, 8, ... s, and not once the round
+    is decided on chain, although the shard deadline (here 43 s after the round closed) is
+    still ahead: no member needs them then, and in a large round they crowd the gossip.
+    (Round 0's votes ride on the round-1 updates, held back here for 10 s, one for 25 s:
+    round 0 is decided by the other three before round 1 closes.)"""
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    spec = _spec(ids, 2, aggregation="sharded").replace(vote_timeout=120)
+    watch = Watch(lag=[10.0, 10.0, 10.0, 25.0])
+    job = await _run_job(tmp_path / "restate", ids, spec, watch)
+    assert all(0 in decided for decided in watch.decided.values())
+    restated = 0
+    for i, posts in watch.posts.items():
+        times: dict[bytes, list[float]] = {}
+        for t, body in posts:
+            if body["type"] == "shard" and body["round"] == 0:
+                times.setdefault(body["sig"], []).append(t)
+                assert t < watch.decided[i][0], (i, "a statement after the decision")
+        assert times, "every node aggregates a shard"
+        for ts in times.values():
+            pauses = [b - a for a, b in itertools.pairwise(ts)]
+            restated += len(ts) - 1
+            for j, pause in enumerate(pauses):
+                assert pause >= min(sharding.RESTATE_S * 2**j, sharding.RESTATE_MAX_S) * 0.99
+    assert restated > 0, "some statements were stated again before the decision"
+    assert len(job["finals"]) == 2
+
+
+class Watch:
+    """Notes when each node posts a round message and when it learns a round's decision;
+    holds back each commit after round 0 for ``lag[i]`` seconds on node i."""
+
+    def __init__(self, lag: list[float]) -> None:
+        self.lag = lag
+        self.posts: dict[int, list[tuple[float, dict[str, Any]]]] = {}
+        self.decided: dict[int, dict[int, float]] = {}
+        self.scopes: dict[int, trio.CancelScope] = {}
+
+    def install(self, i: int, runner: JobRunner) -> None:
+        post, record, commit = runner.exchange.post, runner.record, runner.ledger.commit
+
+        async def late_commit(r: int, h: bytes, samples: int, ballot: Any = None) -> None:
+            if r > 0:
+                await trio.sleep(self.lag[i])
+            await commit(r, h, samples, ballot)
+
+        runner.ledger.commit = late_commit  # type: ignore[method-assign]
+        posts, decided = self.posts.setdefault(i, []), self.decided.setdefault(i, {})
+
+        async def watched_post(body: dict[str, Any]) -> None:
+            posts.append((trio.current_time(), body))
+            await post(body)
+
+        def watched_record(r: int, values: dict[str, Any]) -> None:
+            if "decided" in values:
+                decided.setdefault(r, trio.current_time())
+            record(r, values)
+
+        runner.exchange.post = watched_post  # type: ignore[method-assign]
+        runner.record = watched_record  # type: ignore[method-assign]
 
 
 class Deaf:
