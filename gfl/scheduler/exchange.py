@@ -74,7 +74,7 @@ class PeerBook:
 class NetExchange:
     """One job's blobs over the network: published blobs are stored, tagged with the job,
     announced on the job's topic and provided in the DHT (a task of the job's nursery, so
-    it ends with the job)."""
+    it ends with the job); held blobs are stored and served only."""
 
     def __init__(
         self,
@@ -104,10 +104,13 @@ class NetExchange:
         return h
 
     async def hold(self, data: bytes) -> bytes:
-        """Store a blob and provide it without announcing it on gossip (M_0)."""
+        """Store a blob and serve it, announced neither on gossip nor in the DHT: who
+        fetches it asks us by name (an update's shards: its author, by the manifest; a
+        reduced shard: the aggregators, by their statements; docs/protocol.md 5.2). A DHT
+        provide costs a lookup and a stream to each of ~20 peers; a sharded round would
+        make S + replicas · S / N of them per node."""
         blobs = self._network.blobs
         h: bytes = await trio.to_thread.run_sync(lambda: blobs.put(data, tag=self._tag))
-        self._nursery.start_soon(self._provide, h)
         return h
 
     async def _provide(self, h: bytes) -> None:

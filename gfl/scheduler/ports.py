@@ -165,7 +165,8 @@ class Exchange(Protocol):
     async def load_local(self, blob: bytes) -> bytes | None: ...
 
     async def hold(self, data: bytes) -> bytes:
-        """Store a blob and serve it, without announcing it (a shard of an update)."""
+        """Store a blob and serve it, without announcing it on gossip or in the DHT (a
+        shard of an update, a reduced shard: their fetchers know whom to ask)."""
         ...
 
     async def post(self, body: dict[str, Any]) -> None:

@@ -458,23 +458,27 @@ class JobService:
         needed = await trio.to_thread.run_sync(
             audit.blobs_needed, state.log, self.network.blobs, reveals
         )
-        await self._fetch_missing(row.job_id, needed)
+        authors = {u.author for rd in state.log.rounds.values() for u in rd.updates}
+        await self._fetch_missing(row.job_id, needed, authors)
         return {
             "manifest": manifest,
             "spec": row.spec.hex(),
             "blobs": [{"hash": h.hex(), "held": self.network.blobs.has(h)} for h in needed],
         }
 
-    async def _fetch_missing(self, hx: str, hashes: list[bytes]) -> None:
+    async def _fetch_missing(self, hx: str, hashes: list[bytes], authors: set[str]) -> None:
         """Blobs an export needs that this node never fetched (a sharded round's shard frames
-        go to their aggregators only): from the peers that hold them, a few at a time."""
+        go to their aggregators only): from the peers that may hold them, the ``authors``'
+        nodes among them (shard frames have no DHT record), a few at a time."""
         missing = [h for h in hashes if not self.network.blobs.has(h)]
         limiter = trio.CapacityLimiter(4)
+        known = [p for p in (self.book.peer_of(a) for a in sorted(authors)) if p]
 
         async def one(h: bytes) -> None:
             async with limiter:
                 try:
                     providers = self.book.providers(h, None)
+                    providers += [p for p in known if p not in providers]
                     await self.network.store_blob(
                         h, providers, max_size=MAX_BLOB_BYTES, timeout=EXPORT_FETCH_S, tag=hx
                     )
