@@ -281,7 +281,6 @@ class JobRunner:
         prev = st.log.rounds.get(r)
         if r >= 0 and r not in self._settled and prev is not None and prev.decision is not None:
             self._settled.add(r)
-            self.sharded.decided(r)
             await self._follow(r, st)
             return True
         here = st.log.rounds.get(self.round)

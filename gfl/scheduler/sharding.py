@@ -193,7 +193,6 @@ class ShardedRounds:
         self._layout: tuple[tuple[Any, ...], Layout] | None = None
         self._signers: dict[bytes, str | None] = {}  # statement signature -> its signer
         self._restating = trio.CancelScope()  # the last round's statements, stated again
-        self._restating_round = -1
 
     def layout(self, params: Mapping[str, np.ndarray]) -> Layout:
         """The job's layout (the same for every M_r: it depends on the shapes only)."""
@@ -265,7 +264,7 @@ class ShardedRounds:
         t_reduced = trio.current_time()
         self._restating.cancel()  # an older round's: no one waits for those any more
         if stated:
-            self._restating, self._restating_round = trio.CancelScope(), rd.number
+            self._restating = trio.CancelScope()
             background.start_soon(self._restate, stated, settle_by, self._restating)
         # (an aggregator may wait for a piece until the availability deadline: so may we)
         settled, claims = await self._settle(
@@ -377,10 +376,11 @@ class ShardedRounds:
     async def _restate(
         self, bodies: list[dict[str, Any]], until: float, scope: trio.CancelScope
     ) -> None:
-        """Our statements again, after 2, 4, 8, 16, 32, 32, ... seconds, until ``until`` or
-        the round's decision (`decided`): a member that lost them (its gossip mesh being
-        repaired) hears them soon after it heals, and a large round's hundreds of
-        statements do not crowd the gossip they are meant to survive."""
+        """Our statements again, after 2, 4, 8, 16, 32, 32, ... seconds, until ``until``: a
+        member that lost them (its gossip mesh being repaired) hears them soon after it
+        heals, and a large round's hundreds of statements do not crowd the gossip they are
+        meant to survive. (Not only until the round's decision: a member still settling
+        would then wait for the availability deadline.)"""
         with scope:
             pause = RESTATE_S
             while trio.current_time() + pause < until:
@@ -388,11 +388,6 @@ class ShardedRounds:
                 for body in bodies:
                     await self.exchange.post(body)
                 pause = min(2 * pause, RESTATE_MAX_S)
-
-    def decided(self, r: int) -> None:
-        """Round ``r`` is decided on chain: no member needs its statements any more."""
-        if self._restating_round <= r:
-            self._restating.cancel()
 
     def close(self) -> None:
         """The job ended here: no more statements."""
