@@ -423,9 +423,10 @@ class ShardedRounds:
         as much). A shard recomputed early costs bytes, never the model. With
         ``mask``, only statements over that mask count (the round's grown exclusions)."""
         n = len(rd.updates)
-        settled = {k: (r.hash, mask_bytes(r.excluded, n)) for k, r in own.items() if r.pieces}
+        ours = {k: set(r.excluded) for k, r in own.items() if r.pieces}  # what each left out
+        settled = {k: (own[k].hash, mask_bytes(out, n)) for k, out in ours.items()}
         mine = len(settled)
-        doubtful = {k for k in settled if set(own[k].excluded) - fixed}
+        doubtful = {k for k, out in ours.items() if out - fixed}
         patience = until
         quiet = quiet_s(self.spec.availability_timeout)
         heard, news = 0, trio.current_time()  # statements heard, and when the last one came
@@ -441,9 +442,8 @@ class ShardedRounds:
                     best, count = votes.most_common(1)[0]
                     if count < quorum(len(assigned[k])):
                         continue
-                    if k not in settled or set(own[k].excluded) - set(
-                        excluded_positions(best[1], n)
-                    ):  # (a majority that excluded as much as we did leaves ours)
+                    # (a majority that left out as much as we did leaves ours)
+                    if k not in ours or ours[k] - set(excluded_positions(best[1], n)):
                         settled[k] = best
                     doubtful.discard(k)
             now = trio.current_time()
