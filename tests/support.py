@@ -340,14 +340,28 @@ def registered_job(
 
 class MemoryExchange:
     """Blobs shared by the participants of one runner test (a stand-in for the blob protocol);
-    round messages go on ``board``, shared the same way (a stand-in for gossip)."""
+    round messages go on ``board``, shared the same way (a stand-in for gossip). With ``me``
+    and a shared ``members`` (address -> exchange), a member can `ask` another for its
+    statements (a stand-in for `gfl.net.asks`); ``gossip`` False: this one hears others'
+    round messages only when it asks."""
 
     def __init__(
-        self, table: dict[bytes, bytes] | None = None, board: list[dict[str, Any]] | None = None
+        self,
+        table: dict[bytes, bytes] | None = None,
+        board: list[dict[str, Any]] | None = None,
+        me: str = "",
+        members: dict[str, MemoryExchange] | None = None,
     ) -> None:
         self.table = {} if table is None else table
         self.board = [] if board is None else board
         self.batches: list[tuple[str, int]] = []  # (owner, blobs asked for) per fetch_many
+        self.members = {} if members is None else members
+        if me:
+            self.members[me.lower()] = self
+        self.gossip = True
+        self.mine: list[dict[str, Any]] = []  # what this one posted
+        self.answers: list[dict[str, Any]] = []  # what it was told when it asked
+        self.asks: list[tuple[str, int, list[int]]] = []  # (owner, round, shards) asked
 
     async def publish(
         self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
@@ -380,9 +394,21 @@ class MemoryExchange:
 
     async def post(self, body: dict[str, Any]) -> None:
         self.board.append(body)
+        self.mine.append(body)
 
     def heard(self, kind: str, r: int) -> list[dict[str, Any]]:
-        return [m for m in self.board if m["type"] == kind and m["round"] == r]
+        pool = (self.board if self.gossip else self.mine) + self.answers
+        return [m for m in pool if m["type"] == kind and m["round"] == r]
+
+    async def ask(self, owner: str, r: int, shards: Any) -> int:
+        self.asks.append((owner.lower(), r, sorted(shards)))
+        other = self.members.get(owner.lower())
+        if other is None:
+            return 0
+        stated = [b for b in other.mine if b["type"] == "shard" and b["round"] == r]
+        came = [b for b in stated if b["shard"] in shards]
+        self.answers += came
+        return len(came)
 
 
 def small_job_params(chain: Any) -> Any:

@@ -36,7 +36,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11
 from libp2p.tools.anyio_service import background_trio_service
 
 from gfl.identity import NodeIdentity
-from gfl.net import blob_protocol, noise, yamux
+from gfl.net import asks, blob_protocol, noise, yamux
 from gfl.net.blobs import BlobStore
 from gfl.net.discovery import Discovery
 from gfl.net.errors import NetError
@@ -192,6 +192,7 @@ async def open_network(
                 host, blobs, peers, providers, report, circuit_to=relay_protocol.circuit_to
             ),
             server=BlobServer(blobs, report),
+            asks=asks.Asks(host),
             reachability=reach,
             relays=relays,
             relay=relay_protocol,
@@ -202,6 +203,7 @@ async def open_network(
         host.get_network().register_notifee(PeerNotifee(peers))
         host.get_network().register_notifee(HolePunchNotifee(holepunch, peers))
         host.set_stream_handler(TProtocol(blob_protocol.PROTOCOL), parts.server.serve)
+        host.set_stream_handler(TProtocol(asks.PROTOCOL), parts.asks.serve)
 
         def serve_relay(status: str) -> None:
             on = relay.serve and status == PUBLIC

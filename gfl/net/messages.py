@@ -88,6 +88,15 @@ def _check_envelope(msg: Mapping[str, Any]) -> None:
         raise MessageError(f"{t} message does not match its schema")
 
 
+def check_message(msg: Any) -> None:
+    """Raise `MessageError` unless ``msg`` (already decoded: a message inside another)
+    fits the envelope and its type's schema."""
+    if not isinstance(msg, dict):
+        raise MessageError("a message is a map")
+    _check_tree(msg)
+    _check_envelope(msg)
+
+
 def encode_message(msg: Mapping[str, Any], *, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
     """Check and pack a message; raises `MessageError` if it would be refused remotely."""
     if not isinstance(msg, Mapping):

@@ -3,8 +3,8 @@
 Each concern lives in its own module and object, built and wired by
 `gfl.net.host.open_network`: connected peers and the inbound limit
 (`gfl.net.peers`), finding peers (`gfl.net.discovery`), gossip
-(`gfl.net.pubsub`), blob transfers (`gfl.net.transfer`), DHT provider
-records (`gfl.net.providers`), and NAT traversal: reachability
+(`gfl.net.pubsub`), questions to one peer (`gfl.net.asks`), blob transfers
+(`gfl.net.transfer`), DHT provider records (`gfl.net.providers`), and NAT traversal: reachability
 (`gfl.net.reachability`), relays (`gfl.net.relay`, `gfl.net.relay_client`) and
 hole punching (`gfl.net.holepunch`). `Network` only forwards to them.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from gfl.net.asks import Answer, Asks
 from gfl.net.blobs import BlobStore
 from gfl.net.gossip import GossipMessage
 from gfl.net.holepunch import HolePunch
@@ -43,6 +44,7 @@ class Parts:
     providers: Providers
     client: BlobClient
     server: BlobServer
+    asks: Asks
     reachability: Reachability
     relays: Relays
     relay: RelayProtocol
@@ -205,6 +207,17 @@ class Network:
         return await self._parts.client.store(
             h, providers, max_size=max_size, timeout=timeout, tag=tag
         )
+
+    def answer(self, type_: str, fn: Answer) -> None:
+        """Answer peers' questions of ``type_`` with ``fn`` (`gfl.net.asks`)."""
+        self._parts.asks.answer(type_, fn)
+
+    async def ask(
+        self, peer_id: str, question: dict[str, Any], timeout: float
+    ) -> list[dict[str, Any]]:
+        """``peer_id``'s answer to ``question``: messages, each checked against its schema;
+        `NetError` when none comes within ``timeout`` seconds."""
+        return await self._parts.asks.ask(peer_id, question, timeout)
 
     async def _serve_blob(self, stream: Any) -> None:
         """The blob protocol's stream handler (benchmarks time it)."""

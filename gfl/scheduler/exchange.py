@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 MAX_HINTS = 4096  # blobs whose announcers we remember (oldest forgotten first)
 MAX_HEARD = 8192  # round messages kept per round (a round's shard statements: S x replicas)
 HEARD_AHEAD = 4  # messages are kept for the round last asked about and this many after it
+STATED_BACK = 2  # our statements are kept for this many rounds before that one, for askers
+ASK_TIMEOUT_S = 10.0  # for an aggregator's answer (docs/protocol.md 8.4)
 
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -91,6 +93,7 @@ class NetExchange:
         self._publish = publish
         self._nursery = nursery
         self._heard: dict[int, list[dict[str, Any]]] = {}  # round -> messages
+        self._stated: dict[int, list[dict[str, Any]]] = {}  # round -> our shard statements
         self._floor = 0  # the round last asked about: older messages are of no use
 
     async def publish(
@@ -147,7 +150,37 @@ class NetExchange:
 
     async def post(self, body: dict[str, Any]) -> None:
         self.hear(body)  # gossip does not bring our own messages back
+        if body["type"] == "shard":
+            self._stated.setdefault(body["round"], []).append(body)
         await self._publish(messages.round_topic(self._job_id), body)
+
+    def stated(self, r: int, shards: Sequence[int]) -> list[dict[str, Any]]:
+        """Our statements on ``shards`` of round ``r``: the answer to a member that asks."""
+        wanted = set(shards)
+        return [b for b in self._stated.get(r, ()) if b["shard"] in wanted]
+
+    async def ask(self, owner: str, r: int, shards: Sequence[int]) -> int:
+        """Ask ``owner``'s node for its statements on ``shards`` of round ``r``, heard as if
+        gossiped (`heard` returns them); how many came. Best effort: 0 when it cannot be
+        asked or does not answer."""
+        pid = self._book.peer_of(owner)
+        if pid is None:
+            return 0
+        question = messages.statements_question(self._job_id, r, sorted(shards))
+        try:
+            answers = await self._network.ask(pid, question, ASK_TIMEOUT_S)
+        except GflError as exc:
+            log.debug("asking %s for statements failed: %s", owner[:10], exc)
+            return 0
+        wanted = set(shards)
+        came = [
+            b for b in answers
+            if b["type"] == "shard" and b["job_id"] == self._job_id and b["round"] == r
+            and b["shard"] in wanted
+        ]  # fmt: skip
+        for body in came:
+            self.hear(body)
+        return len(came)
 
     def hear(self, body: dict[str, Any]) -> None:
         """A round message from the job's topic (checked against its schema already); kept
@@ -164,4 +197,5 @@ class NetExchange:
         if r > self._floor:
             self._floor = r
             self._heard = {n: v for n, v in self._heard.items() if n >= r}
+            self._stated = {n: v for n, v in self._stated.items() if n >= r - STATED_BACK}
         return [m for m in self._heard.get(r, ()) if m["type"] == kind]

@@ -17,6 +17,9 @@ after checking its bytes against the hash committed on chain.
   frame, which the sender serves), ``size``, ``mask`` (the update positions it could not
   use, as a vote's mask) and ``sig``, the aggregator's signature over all of these
   (`gfl.chain.proofs.shard_statement`).
+- ``statements?``: a question (`gfl.net.asks`, not gossip) to an aggregator for its
+  statements on some shards of a round: ``job_id``, ``round``, ``shards`` (distinct shard
+  numbers). The answer: the ``shard`` statements it made on those shards, as gossiped.
 - ``reveal``: a holder's reveal set for a round of secure aggregation (docs/protocol.md,
   9.7): ``job_id``, ``round``, ``data`` (the set's bytes) and ``hash`` (their sha256; the
   sender serves them as a blob too).
@@ -38,17 +41,20 @@ __all__ = [
     "check_model",
     "check_reveal",
     "check_shard",
+    "check_statements_question",
     "check_update",
     "job_announcement",
     "reveal_message",
     "round_topic",
     "shard_statement",
+    "statements_question",
 ]
 
 VERSION = 2
 MAX_ROUND = 1_000_000
 SIGNATURE_BYTES = 65
 MAX_SHARD = 255
+STATEMENTS = "statements?"  # the question for a shard's statements
 MAX_MASK_BYTES = 128 * 1024  # a mask over a million updates
 
 
@@ -128,6 +134,23 @@ def shard_statement(
     }
 
 
+def check_statements_question(msg: dict[str, Any]) -> bool:
+    shards = msg.get("shards")
+    return (
+        _keys(msg, "job_id", "round", "shards")
+        and _b32(msg["job_id"])
+        and _uint(msg["round"], MAX_ROUND)
+        and isinstance(shards, list)
+        and 0 < len(shards) <= MAX_SHARD + 1
+        and all(_uint(k, MAX_SHARD) for k in shards)
+        and len(set(shards)) == len(shards)
+    )
+
+
+def statements_question(job_id: bytes, rnd: int, shards: list[int]) -> dict[str, Any]:
+    return {"v": VERSION, "type": STATEMENTS, "job_id": job_id, "round": rnd, "shards": shards}
+
+
 MAX_REVEAL_BYTES = 63 + 53 * 255  # a holder's reveal set: at most k + 1 = 255 dealers
 
 
@@ -173,3 +196,4 @@ register_schema("update", check_update)
 register_schema("model", check_model)
 register_schema("shard", check_shard)
 register_schema("reveal", check_reveal)
+register_schema(STATEMENTS, check_statements_question)

@@ -177,6 +177,11 @@ class Exchange(Protocol):
         """The round messages of ``kind`` for round ``r`` heard so far (unverified)."""
         ...
 
+    async def ask(self, owner: str, r: int, shards: Sequence[int]) -> int:
+        """Ask ``owner``'s node for its statements on ``shards`` of round ``r`` (gossip may
+        have lost them); they are heard as if gossiped. How many came (0: no answer)."""
+        ...
+
 
 @dataclass
 class NodeData:

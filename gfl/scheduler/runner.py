@@ -365,12 +365,10 @@ class JobRunner:
         )
         t0 = time.monotonic()
         if self.secure is not None:
-            model = await self.secure.aggregate(
-                st, r, ctx, self.params, self.state, metrics, self._background
-            )
+            model = await self.secure.aggregate(st, r, ctx, self.params, self.state, metrics)
         elif self.sharded.mode(self.params, rd) is Mode.SHARDED:
             model = await self.sharded.aggregate(
-                st, rd, ctx, self.params, self.state, metrics.values, self._background
+                st, rd, ctx, self.params, self.state, metrics.values
             )
             metrics.phase("aggregate", t0)
         else:
@@ -600,7 +598,6 @@ class JobRunner:
     # -- the end --------------------------------------------------------------------------------
 
     async def _end(self, st: JobState, ended: Ended) -> JobStatus:
-        self.sharded.close()
         await self.duties.last_call(st)
         status = _ENDED.get(ended, JobStatus.CANCELLED)
         last = self.round - 1

@@ -380,11 +380,10 @@ class SecureRounds:
         params: dict[str, np.ndarray],
         state: dict[str, np.ndarray],
         metrics: RoundMetrics,
-        background: trio.Nursery,
     ) -> aggregation.RoundModel:
         """M_{r+1} from the unmasked sum of S, or M_r with every position excluded (no
         vote) when the sum cannot be had by the reveal deadline. A sharded round (8.2)
-        sums and unmasks shard by shard (9.12); ``background`` holds its restatements."""
+        sums and unmasks shard by shard (9.12)."""
         rd = st.log.rounds[r]
         assert rd.closed_at is not None
         window = rd.closed_at + self.spec.availability_timeout - st.now
@@ -432,7 +431,7 @@ class SecureRounds:
             if job_round_mode(self.spec, len(ranges), len(rd.updates)) is Mode.SHARDED:
                 arith = SecureSum(self.spec, ctx, self.fp, ranges, total_weight, recovery)
                 model = await self.sharded.aggregate(
-                    st, rd, ctx, params, state, metrics.values, background, arith, excluded
+                    st, rd, ctx, params, state, metrics.values, arith, excluded
                 )
                 metrics.phase("aggregate", t0)
                 return model

@@ -62,7 +62,8 @@ from gfl.scheduler.ports import Exchange, JobState, Ledger, ShardLie
 log = logging.getLogger(__name__)
 
 Nap = Callable[[float | None], Awaitable[None]]
-RESTATE_S, RESTATE_MAX_S = 2.0, 32.0  # pauses before an aggregator states its shards again
+ASK_S, ASK_MAX_S = 2.0, 32.0  # silences after which a member asks for missing statements
+ASKS_AT_ONCE, ASK_WAIT_S = 8, 5.0  # aggregators asked at a time; how long for their answers
 STRAGGLER_S, STRAGGLER_TIMES = 5.0, 2  # patience for the last shards' statements (_settle)
 QUIET_S = 15.0  # least wait for the next statement before recomputing instead (see quiet_s)
 
@@ -192,7 +193,7 @@ class ShardedRounds:
         self._poll_s = poll_s
         self._layout: tuple[tuple[Any, ...], Layout] | None = None
         self._signers: dict[bytes, str | None] = {}  # statement signature -> its signer
-        self._restating = trio.CancelScope()  # the last round's statements, stated again
+        self.asked = self.answered = 0  # this round: aggregators asked, statements that came
 
     def layout(self, params: Mapping[str, np.ndarray]) -> Layout:
         """The job's layout (the same for every M_r: it depends on the shapes only)."""
@@ -216,13 +217,11 @@ class ShardedRounds:
         params: dict[str, np.ndarray],
         state: dict[str, np.ndarray],
         values: dict[str, Any],
-        background: trio.Nursery,
         arith: ShardArithmetic | None = None,
         excluded: Mapping[int, str] | None = None,
     ) -> RoundModel:
         """M_{r+1} of a sharded round; what this node did goes into ``values``. Its shard
-        statements are stated again in ``background`` until the shard deadline (gossip may
-        drop a message; a member that misses a majority waits for that deadline).
+        statements are gossiped once; a member that misses them asks (`_settle`).
         ``arith``: the round's arithmetic (plain unless given); ``excluded``: positions out
         of every shard from the start (a secure round's authors outside its masking set)."""
         assert rd.closed_at is not None
@@ -240,16 +239,14 @@ class ShardedRounds:
         recomputed: list[int] = []
         work = UpdateShards(self.exchange, rd.updates, ctx, layout)
         own: dict[int, Reduced] = {}
-        stated: list[dict[str, Any]] = []
+        self.asked = self.answered = 0
 
         async def aggregate_shard(k: int) -> None:
             own[k] = red = await self._reduce(work, arith, k, set(base), params, avail, "shards")
             for pos, why in sorted(red.excluded.items()):
                 log.info("round %d shard %d: update %d excluded: %s", rd.number, k, pos, why)
             if red.pieces is not None:
-                body = await self.publish(ctx, k, red, n)
-                if body:  # (a test's silent aggregator states nothing)
-                    stated.append(body)
+                await self.publish(ctx, k, red, n)
 
         t0 = trio.current_time()
         others = [
@@ -262,10 +259,6 @@ class ShardedRounds:
             for k in mine:
                 nursery.start_soon(aggregate_shard, k)
         t_reduced = trio.current_time()
-        self._restating.cancel()  # an older round's: no one waits for those any more
-        if stated:
-            self._restating = trio.CancelScope()
-            background.start_soon(self._restate, stated, settle_by, self._restating)
         # (an aggregator may wait for a piece until the availability deadline: so may we)
         settled, claims = await self._settle(
             ctx, rd, assigned, own, set(base), t0, settle_by, floor=avail + STRAGGLER_S
@@ -286,8 +279,8 @@ class ShardedRounds:
                     own[k] = red = await self._reduce(
                         work, arith, k, union, params, avail, "shards"
                     )  # (its pieces are here: no fetch)
-                    if red.pieces is not None and (body := await self.publish(ctx, k, red, n)):
-                        stated.append(body)  # (restated in the background with the rest)
+                    if red.pieces is not None:
+                        await self.publish(ctx, k, red, n)
             mask = mask_bytes(union, n)
             again, claims = await self._settle(
                 ctx, rd, assigned, own, union, trio.current_time(), settle_by, mask=mask
@@ -310,10 +303,13 @@ class ShardedRounds:
             results = {k: red for k, red in results.items() if set(red.excluded) == union}
         log.info(
             "round %d: sharded, reduced %s by %.1f s, %d/%d settled by %.1f s, complete by "
-            "%.1f s, recomputed %s (avail %.1f s, shard deadline %.1f s)",
+            "%.1f s, recomputed %s, asked %d aggregators for %d statements (avail %.1f s, "
+            "shard deadline %.1f s)",
             rd.number, mine, t_reduced - t0, len(settled), layout.count, t_settled - t0,
-            trio.current_time() - t0, recomputed, avail - t0, settle_by - t0,
+            trio.current_time() - t0, recomputed, self.asked, self.answered, avail - t0,
+            settle_by - t0,
         )  # fmt: skip
+        values["asked"] = self.asked
         model = await trio.to_thread.run_sync(
             self._assemble, arith, params, state, results, union, work, mine, recomputed, values
         )
@@ -364,34 +360,13 @@ class ShardedRounds:
         pieces, frame = reduced
         return Reduced(excluded, pieces, frame, await trio.to_thread.run_sync(content_hash, frame))
 
-    async def publish(self, ctx: Context, k: int, red: Reduced, n: int) -> dict[str, Any]:
+    async def publish(self, ctx: Context, k: int, red: Reduced, n: int) -> None:
         """Serve the reduced shard and state it, signed, on the job's topic."""
         h = await self.exchange.hold(red.frame)
         mask = mask_bytes(red.excluded, n)
         sig = self.ledger.sign_shard(ctx.round, k, h, mask)
         body = messages.shard_statement(ctx.job_id, ctx.round, k, h, len(red.frame), mask, sig)
         await self.exchange.post(body)
-        return body
-
-    async def _restate(
-        self, bodies: list[dict[str, Any]], until: float, scope: trio.CancelScope
-    ) -> None:
-        """Our statements again, after 2, 4, 8, 16, 32, 32, ... seconds, until ``until``: a
-        member that lost them (its gossip mesh being repaired) hears them soon after it
-        heals, and a large round's hundreds of statements do not crowd the gossip they are
-        meant to survive. (Not only until the round's decision: a member still settling
-        would then wait for the availability deadline.)"""
-        with scope:
-            pause = RESTATE_S
-            while trio.current_time() + pause < until:
-                await trio.sleep(pause)
-                for body in bodies:
-                    await self.exchange.post(body)
-                pause = min(2 * pause, RESTATE_MAX_S)
-
-    def close(self) -> None:
-        """The job ended here: no more statements."""
-        self._restating.cancel()
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -421,7 +396,9 @@ class ShardedRounds:
         (an aggregator on a loaded machine can take several times the others' time, or wait
         for a piece until the availability deadline; recomputing its shard costs a member
         as much). A shard recomputed early costs bytes, never the model. With
-        ``mask``, only statements over that mask count (the round's grown exclusions)."""
+        ``mask``, only statements over that mask count (the round's grown exclusions).
+        Meanwhile, after 2, 4, 8, 16, 32, 32, ... s without a new statement, it asks the
+        aggregators it did not hear from (`_ask`)."""
         n = len(rd.updates)
         ours = {k: set(r.excluded) for k, r in own.items() if r.pieces}  # what each left out
         settled = {k: (own[k].hash, mask_bytes(out, n)) for k, out in ours.items()}
@@ -430,6 +407,7 @@ class ShardedRounds:
         patience = until
         quiet = quiet_s(self.spec.availability_timeout)
         heard, news = 0, trio.current_time()  # statements heard, and when the last one came
+        asked, pause = news, ASK_S  # when we last asked for missing statements; then how long
         while True:
             heard_all = await self._claims(ctx, rd, assigned)
             claims = [c for c in heard_all if mask is None or c.mask == mask]
@@ -474,8 +452,36 @@ class ShardedRounds:
                 )
             if not waiting or done:
                 return settled, heard_all
-            wake = patience if half else min(patience, hush)
+            if now >= max(news, asked) + pause:  # silence: gossip lost them, or they are slow
+                await self._ask(rd.number, assigned, claims, waiting)
+                asked, pause = trio.current_time(), min(2 * pause, ASK_MAX_S)
+                continue
+            wake = min(patience if half else min(patience, hush), max(news, asked) + pause)
             await self._nap(min(self._poll_s, wake - now))
+
+    async def _ask(
+        self, r: int, assigned: list[list[str]], claims: list[Claim], waiting: list[int]
+    ) -> None:
+        """Ask the aggregators of the ``waiting`` shards we heard nothing from for their
+        statements (8.4), for at most `ASK_WAIT_S`: gossip loses messages (a mesh being
+        repaired, a new topic's GRAFT backoff), and an aggregator states each shard once."""
+        heard = {(c.shard, c.aggregator) for c in claims}
+        wanted: dict[str, list[int]] = {}
+        for k in waiting:
+            for a in assigned[k]:
+                if a != self.me and (k, a) not in heard:
+                    wanted.setdefault(a, []).append(k)
+        limit = trio.CapacityLimiter(ASKS_AT_ONCE)
+
+        async def one(a: str, shards: list[int]) -> None:
+            async with limit:
+                self.answered += await self.exchange.ask(a, r, shards)
+
+        self.asked += len(wanted)
+        with trio.move_on_after(ASK_WAIT_S):  # (a silent aggregator may be dead)
+            async with trio.open_nursery() as nursery:
+                for a, shards in wanted.items():
+                    nursery.start_soon(one, a, shards)
 
     async def _claims(self, ctx: Context, rd: RoundLog, assigned: list[list[str]]) -> list[Claim]:
         """The round's verified statements: signed by an aggregator of their shard, with a

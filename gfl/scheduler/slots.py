@@ -90,10 +90,19 @@ class JobSlots:
         self.jobs: dict[bytes, RunningJob] = {}
         self.train_limiter = trio.CapacityLimiter(settings.policy.max_concurrent)
         self._prefetch = trio.CapacityLimiter(PREFETCH_LIMIT)
+        network.answer(messages.STATEMENTS, self._statements)
 
     def free(self) -> int:
         """Slots left: jobs that may start now."""
         return self.settings.policy.max_concurrent - len(self.jobs)
+
+    def _statements(self, question: dict[str, Any]) -> list[dict[str, Any]]:
+        """Our statements on the shards a member asks about (it did not hear them: 8.4)."""
+        running = self.jobs.get(question["job_id"])
+        exchange = running.runner.exchange if running and running.runner else None
+        if not isinstance(exchange, NetExchange):
+            return []
+        return exchange.stated(question["round"], question["shards"])
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         self.events.publish(kind, data)
