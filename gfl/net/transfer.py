@@ -11,7 +11,7 @@ holder. `BlobServer` streams stored blobs to whoever asks, a few at a time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 MAX_CONCURRENT_SERVES = 8
 SERVE_PIECE = 2 << 20  # a served blob is read from disk in pieces this big...
 SERVE_READ_AHEAD = 2  # ...this many ahead of the send (a thread hop per piece costs ms)
+SMALL_BLOB = 1 << 20  # a blob this small is read or stored whole, in one thread hop
+BATCH_READ = 8 << 20  # a batch's small blobs are read together, up to this many bytes
 CLOSE_TIMEOUT = 1.0
 # What a blob may take of a circuit's remaining bytes: the circuit also carries Noise and
 # Yamux framing (under 0.1 %) and whatever else flows meanwhile (gossip).
@@ -225,8 +227,16 @@ class BlobClient:
     async def _fetch_from(
         self, pid: str, h: bytes, max_size: int, errors: list[str]
     ) -> list[bytes] | None:
-        """One provider's transfer, stored as it arrives; None (and why in ``errors``)
-        when the provider failed. A failure to store it here raises."""
+        """One provider's transfer, stored as it arrives (a small one once it is all
+        here); None (and why in ``errors``) when the provider failed. A failure to store
+        it here raises."""
+        if max_size <= SMALL_BLOB:  # (held whole anyway: one thread hop, not five)
+            pieces = await self._transfer(pid, h, max_size, errors, None)
+            if pieces is None:
+                return None
+            await trio.to_thread.run_sync(self._blobs.put_verified, pieces, h)
+            self._fetched(h, pid, sum(len(p) for p in pieces))
+            return pieces
         writer = await trio.to_thread.run_sync(self._blobs.writer, h)
         try:
             pieces = await self._transfer(pid, h, max_size, errors, writer)
@@ -249,10 +259,10 @@ class BlobClient:
         self._report.emit("blob_fetched", hash=bytes(h).hex(), peer_id=pid, size=size)
 
     async def _transfer(
-        self, pid: str, h: bytes, max_size: int, errors: list[str], writer: BlobWriter
+        self, pid: str, h: bytes, max_size: int, errors: list[str], writer: BlobWriter | None
     ) -> list[bytes] | None:
         """Request ``h`` from ``pid``; its pieces go to ``writer`` (written by a worker
-        thread) while the rest arrives."""
+        thread) while the rest arrives, unless it is None."""
         peer = ID.from_base58(pid)
         stream = None
         try:
@@ -263,21 +273,12 @@ class BlobClient:
             if circuit is not None and circuit.budget() is not None:
                 budget = int(RELAY_SHARE * (circuit.budget() or 0))
             stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
-            failure: Exception | None = None
-            complete = False
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.to_thread.run_sync, writer.drain)
-                try:
-                    pieces = await blob_protocol.request_blob(
-                        stream, h, max_size=max_size, on_piece=writer.feed, budget=budget
-                    )
-                    complete = True
-                except Exception as exc:  # raised below, outside the nursery's group
-                    failure = exc
-                finally:  # also when cancelled: the nursery waits for the drain thread
-                    writer.end(complete=complete)
-            if failure is not None:
-                raise failure
+            if writer is None:
+                pieces = await blob_protocol.request_blob(
+                    stream, h, max_size=max_size, budget=budget
+                )
+            else:
+                pieces = await _written(stream, h, max_size, budget, writer)
         except RelayLimitError as exc:  # another holder may be closer
             errors.append(f"{pid[-8:]}: {exc}")
             self._report.emit("blob_over_relay_limit", hash=bytes(h).hex(), peer_id=pid)
@@ -311,6 +312,29 @@ class BlobClient:
         self._report.emit("blob_refused", hash=bytes(h).hex(), peer_id=pid, reason=reason)
 
 
+async def _written(
+    stream: Any, h: bytes, max_size: int, budget: int | None, writer: BlobWriter
+) -> list[bytes]:
+    """`blob_protocol.request_blob`, each piece written to ``writer`` by a worker thread
+    while the rest arrives."""
+    failure: Exception | None = None
+    complete = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, writer.drain)
+        try:
+            pieces = await blob_protocol.request_blob(
+                stream, h, max_size=max_size, on_piece=writer.feed, budget=budget
+            )
+            complete = True
+        except Exception as exc:  # raised below, outside the nursery's group
+            failure = exc
+        finally:  # also when cancelled: the nursery waits for the drain thread
+            writer.end(complete=complete)
+    if failure is not None:
+        raise failure
+    return pieces
+
+
 class BlobServer:
     """Serves stored blobs to peers, at most `MAX_CONCURRENT_SERVES` at once (busy past that)."""
 
@@ -329,27 +353,56 @@ class BlobServer:
                 await blob_protocol.refuse(stream, busy=True)
                 return
             async with self._slots:
+                small = self._small(hashes)
+                read = await trio.to_thread.run_sync(self._read, small) if small else {}
                 for h in hashes:
-                    await self._answer(stream, h, pid)
+                    await self._answer(stream, h, pid, read)
             with trio.move_on_after(2 * CLOSE_TIMEOUT):
                 await stream.close()
         except Exception as exc:
             logger.debug("serving a blob to %s failed: %s", pid, exc)
             await blob_protocol.abort(stream)
 
-    async def _answer(self, stream: Any, h: bytes, pid: str) -> None:
-        """One answer: the stored blob ``h``, or not found."""
-        reader = await trio.to_thread.run_sync(self._blobs.open_reader, h)
-        if reader is None:
-            await blob_protocol.refuse(stream)
-            return
-        try:
-            await self._send(stream, reader)
-        finally:
-            reader.close()
+    def _small(self, hashes: list[bytes]) -> list[bytes]:
+        """Those of a request's blobs that are read whole, together: small ones, up to
+        `BATCH_READ` bytes in all (what a serve holds at once)."""
+        out, total = [], 0
+        for h in hashes:
+            size = self._blobs.size_of(h)
+            if size is not None and size <= SMALL_BLOB and total + size <= BATCH_READ:
+                out.append(h)
+                total += size
+        return out
+
+    def _read(self, hashes: list[bytes]) -> dict[bytes, bytes | None]:
+        """Stored blobs, whole (blocking: a worker thread); None for one gone or corrupt."""
+        return {h: self._blobs.get(h) for h in hashes}
+
+    async def _answer(
+        self, stream: Any, h: bytes, pid: str, read: dict[bytes, bytes | None]
+    ) -> None:
+        """One answer: the stored blob ``h`` (from ``read`` if it was read already), or
+        not found."""
+        if h in read:
+            data = read[h]
+            if data is None:
+                await blob_protocol.refuse(stream)
+                return
+            await blob_protocol.respond(stream, len(data), _once(data))
+            size = len(data)
+        else:
+            reader = await trio.to_thread.run_sync(self._blobs.open_reader, h)
+            if reader is None:
+                await blob_protocol.refuse(stream)
+                return
+            try:
+                await self._send(stream, reader)
+            finally:
+                reader.close()
+            size = reader.size
         self._report.traffic.blobs_served += 1
-        self._report.traffic.blob_bytes_out += reader.size
-        self._report.emit("blob_served", hash=h.hex(), peer_id=pid, size=reader.size)
+        self._report.traffic.blob_bytes_out += size
+        self._report.emit("blob_served", hash=h.hex(), peer_id=pid, size=size)
 
     async def _send(self, stream: Any, reader: BlobReader) -> None:
         """Stream a stored blob: a worker thread reads the next pieces while the current
@@ -383,3 +436,7 @@ class BlobServer:
             await blob_protocol.respond(stream, reader.size, recv)
         if not await trio.to_thread.run_sync(reader.intact):
             raise BlobError("the stored copy is corrupt; it was deleted")
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

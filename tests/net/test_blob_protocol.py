@@ -13,6 +13,7 @@ from net_helpers import connected_pair, nodes, wait_for
 
 from gfl.net import BlobError, BlobStore, blob_hash
 from gfl.net.blob_protocol import PROTOCOL, read_request
+from gfl.net.transfer import SMALL_BLOB
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -323,3 +324,21 @@ async def test_a_malformed_batch_request_is_dropped_and_the_provider_serves_on(
             reply = await stream.read(9)
         assert reply == b""  # no answer at all
         assert await b.fetch_blob(blob_hash(data), [a.peer_id], max_size=MiB, timeout=10) == data
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("size", [5000, 3 * MiB])  # read whole / streamed in pieces
+async def test_a_corrupt_stored_copy_never_reaches_a_fetcher(tmp_path, size):
+    """A small blob is served whole, hashed as it is read: a corrupt copy is deleted and
+    answered "not found". A large one this process stored itself is streamed unhashed (it
+    hashed it on the way in): the fetcher refuses the bytes. Either way, the next holder."""
+    async with nodes(3, tmp_path) as (a, b, c):
+        await wait_for(lambda: len(c.peers()) == 2)
+        data = os.urandom(size)
+        h = a.blobs.put(data)
+        b.blobs.put(data)
+        path = a.blobs.root / h.hex()[:2] / h.hex()
+        path.write_bytes(b"x" + data[1:])  # the disk flipped a byte after it was stored
+        got = await c.fetch_blob(h, [a.peer_id, b.peer_id], max_size=4 * MiB, timeout=20)
+        assert got == data and c.blobs.has(h)
+        assert a.blobs.has(h) == (size > SMALL_BLOB)
