@@ -73,6 +73,20 @@ class PeerBook:
         return out
 
 
+def answer_statements(
+    exchange_of: Callable[[bytes], NetExchange | None],
+) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """The answer to a member's ``statements?`` question (docs/protocol.md 5.4): our
+    statements on the shards it names, from the exchange of its job (``exchange_of``: None
+    for a job this node does not run)."""
+
+    def answer(question: dict[str, Any]) -> list[dict[str, Any]]:
+        exchange = exchange_of(question["job_id"])
+        return [] if exchange is None else exchange.stated(question["round"], question["shards"])
+
+    return answer
+
+
 class NetExchange:
     """One job's blobs over the network: published blobs are stored, tagged with the job,
     announced on the job's topic and provided in the DHT (a task of the job's nursery, so

@@ -23,7 +23,7 @@ from gfl.fl.shards import MAX_MANIFEST, manifest_hashes
 from gfl.fl.spec import JobSpec
 from gfl.scheduler import failures, history, messages
 from gfl.scheduler.checkpoints import Checkpoints
-from gfl.scheduler.exchange import NetExchange, PeerBook
+from gfl.scheduler.exchange import NetExchange, PeerBook, answer_statements
 from gfl.scheduler.ledger import ChainLedger
 from gfl.scheduler.ports import JobRole, JobStatus
 from gfl.scheduler.runner import WOKEN_POLL_S, ChainPlace, JobRunner
@@ -90,19 +90,17 @@ class JobSlots:
         self.jobs: dict[bytes, RunningJob] = {}
         self.train_limiter = trio.CapacityLimiter(settings.policy.max_concurrent)
         self._prefetch = trio.CapacityLimiter(PREFETCH_LIMIT)
-        network.answer(messages.STATEMENTS, self._statements)
+        network.answer(messages.STATEMENTS, answer_statements(self._exchange_of))
 
     def free(self) -> int:
         """Slots left: jobs that may start now."""
         return self.settings.policy.max_concurrent - len(self.jobs)
 
-    def _statements(self, question: dict[str, Any]) -> list[dict[str, Any]]:
-        """Our statements on the shards a member asks about (it did not hear them: 8.4)."""
-        running = self.jobs.get(question["job_id"])
+    def _exchange_of(self, job_id: bytes) -> NetExchange | None:
+        """The running job's exchange, if it runs here."""
+        running = self.jobs.get(job_id)
         exchange = running.runner.exchange if running and running.runner else None
-        if not isinstance(exchange, NetExchange):
-            return []
-        return exchange.stated(question["round"], question["shards"])
+        return exchange if isinstance(exchange, NetExchange) else None
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         self.events.publish(kind, data)

@@ -17,7 +17,7 @@ from net_helpers import connected_pair
 from gfl.net import asks
 from gfl.net.errors import NetError
 from gfl.scheduler import messages
-from gfl.scheduler.exchange import NetExchange, PeerBook
+from gfl.scheduler.exchange import NetExchange, PeerBook, answer_statements
 
 ADDRESS = "0x" + "ab" * 20  # the aggregator's eth address, as a statement's signer would be
 
@@ -35,7 +35,7 @@ async def test_a_member_asks_an_aggregator_for_the_statements_it_missed(tmp_path
     job = os.urandom(32)
     async with connected_pair(tmp_path) as (a, b), trio.open_nursery() as nursery:
         aggregator = NetExchange(a, PeerBook(a), job, _silent, nursery)
-        a.answer(messages.STATEMENTS, lambda q: aggregator.stated(q["round"], q["shards"]))
+        a.answer(messages.STATEMENTS, answer_statements({job: aggregator}.get))
         for k in (0, 3):
             await aggregator.post(_statement(job, 5, k))
         await aggregator.post(_statement(job, 4, 0))
