@@ -362,6 +362,7 @@ class MemoryExchange:
         self.mine: list[dict[str, Any]] = []  # what this one posted
         self.answers: list[dict[str, Any]] = []  # what it was told when it asked
         self.asks: list[tuple[str, int, list[int]]] = []  # (owner, round, shards) asked
+        self.published: list[tuple[str, int, bytes]] = []  # (kind, round, hash) announced
 
     async def publish(
         self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
@@ -370,6 +371,7 @@ class MemoryExchange:
 
         h = hashlib.sha256(data).digest()
         self.table[h] = bytes(data)
+        self.published.append((kind, r, h))
         return h
 
     async def fetch(self, blob: bytes, owner: Any, max_size: int, timeout: float) -> bytes:
@@ -390,7 +392,11 @@ class MemoryExchange:
         return None
 
     async def hold(self, data: bytes) -> bytes:
-        return await self.publish("part", 0, data)
+        import hashlib
+
+        h = hashlib.sha256(data).digest()
+        self.table[h] = bytes(data)
+        return h
 
     async def post(self, body: dict[str, Any]) -> None:
         self.board.append(body)

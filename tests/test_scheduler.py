@@ -20,6 +20,7 @@ from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
 from gfl.scheduler import aggregation
 from gfl.scheduler.checkpoints import Checkpoints
+from gfl.scheduler.exchange import keeps_model
 from gfl.scheduler.ledger import ChainLedger
 from gfl.scheduler.ports import NodeData
 from gfl.scheduler.runner import ChainPlace, JobRunner
@@ -63,6 +64,7 @@ async def _run_job(
     tamper: int | None = None,
     extra=None,
     limiters=None,
+    beside=None,
     **spec_kw,
 ):
     ids = [NodeIdentity.generate() for _ in range(n + (1 if extra else 0))]
@@ -96,6 +98,8 @@ async def _run_job(
                 nursery.start_soon(runner.run)
             if extra is not None:
                 nursery.start_soon(extra, owner.for_identity(ids[-1]), job_id, spec, call)
+            if beside is not None:  # a task beside the runners that sees them (ends with them)
+                await nursery.start(beside, runners)
     state = await ChainLedger(owner, job_id, call).sync()
     return owner, job_id, runners, events, state
 
@@ -116,6 +120,58 @@ async def test_participants_agree_and_every_round_is_finalized_by_their_votes(tm
     assert sum(1 for _, kind, d in events if kind == "job.update_committed" and d["vote"]) >= 4
     seq, head = chain.log_head(job_id)
     assert (seq, head) == (state.log.seq, state.log.head)
+
+
+@pytest.mark.trio
+async def test_only_three_keepers_announce_a_rounds_model_and_every_member_computes_it(tmp_path):
+    _, _, runners, _, state = await _run_job(tmp_path, 5, rounds=2)
+    for r in range(2):
+        rd = state.log.rounds[r]
+        model = rd.final.model_hash
+        authors = [u.author for u in rd.updates]
+        keepers = [run.me for run in runners if keeps_model(model, run.me, authors)]
+        announced = [
+            run.me for run in runners for kind, rr, h in run.exchange.published
+            if (kind, rr, h) == ("model", r, model)
+        ]  # fmt: skip
+        assert len(keepers) == 3 and sorted(announced) == sorted(keepers)
+        # the same three on every node: the rule reads only the model and the round's authors
+        again = [a for a in authors if keeps_model(model, a.upper(), list(reversed(authors)))]
+        assert sorted(k.lower() for k in keepers) == sorted(a.lower() for a in again)
+    assert {run.model_hash for run in runners} == {state.log.rounds[1].final.model_hash}
+
+
+@pytest.mark.trio
+async def test_gossip_wakes_no_chain_read_of_the_runner(tmp_path, monkeypatch):
+    """Each look at the chain is a contract call (~4 ms of web3 per node); a round brings ~5 N
+    gossip messages, each of which woke the runner into one."""
+    reads = 0
+    sync = ChainLedger.sync
+
+    async def counted(self):
+        nonlocal reads
+        reads += 1
+        return await sync(self)
+
+    monkeypatch.setattr(ChainLedger, "sync", counted)
+    hints = 0
+
+    async def gossip(runners, task_status=trio.TASK_STATUS_IGNORED):
+        nonlocal hints
+        with trio.CancelScope() as scope:
+            task_status.started()
+            while not all(r.round == r.spec.rounds for r in runners):
+                for r in runners:
+                    r.hint()  # what a round message does (slots.py)
+                hints += len(runners)
+                await trio.sleep(0.002)
+            scope.cancel()
+
+    # a member that never commits: each round waits out its 3-s timeout, gossip flowing
+    await _run_job(
+        tmp_path, 2, extra=_idler, rounds=2, min_updates=2, round_timeout=3, beside=gossip
+    )
+    assert hints > 500 and reads < hints / 12, (hints, reads)
 
 
 @pytest.mark.trio

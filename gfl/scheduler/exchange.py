@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,23 @@ HEARD_AHEAD = 4  # messages are kept for the round last asked about and this man
 STATED_BACK = 2  # our statements are kept for this many rounds before that one, for askers
 ASK_TIMEOUT_S = 10.0  # for an aggregator's answer (docs/protocol.md 8.4)
 
+MODEL_KEEPERS = 3  # contributors that announce a round's model (gossip and DHT)
+
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def keeps_model(model_hash: bytes, me: str, contributors: Sequence[str]) -> bool:
+    """Whether ``me`` is one of the `MODEL_KEEPERS` contributors that announce the model
+    ``model_hash`` (docs/protocol.md 5.2): those first by sha256(model hash ‖ address), the
+    same set on every node. Every contributor computes, stores and serves the model; N
+    announcements and DHT provides of one hash would cost ~5 gossip copies and a lookup
+    plus ~20 streams each, for nothing a few do not give."""
+
+    def rank(address: str) -> bytes:
+        return hashlib.sha256(model_hash + bytes.fromhex(address.removeprefix("0x"))).digest()
+
+    first = sorted({a.lower() for a in contributors}, key=rank)[:MODEL_KEEPERS]
+    return me.lower() in first
 
 
 class PeerBook:

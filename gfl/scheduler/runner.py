@@ -43,6 +43,7 @@ from gfl.scheduler.budget import PrivacyBudget, may_leave
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.duties import Duties
 from gfl.scheduler.evaluation import Evaluator
+from gfl.scheduler.exchange import keeps_model
 from gfl.scheduler.joblog import Ended
 from gfl.scheduler.patience import CHAIN_RETRY_S, Patience, until_due
 from gfl.scheduler.ports import (
@@ -131,13 +132,14 @@ class JobRunner:
         self.model_hash = b""
         self.ballot: Ballot | None = None  # our vote on round - 1, not cast yet
         self.duties = Duties(ledger, self.me, self._event)
-        self.patience = Patience(job_id, self._event, self._nap, lambda: self.round)
+        self.patience = Patience(job_id, self._event, self._idle, lambda: self.round)
         self._settled: set[int] = set()  # rounds whose decision M_{r+1} follows
         self._refused_round = -1  # the round whose update the chain refused (no retraining)
         self.budget: PrivacyBudget | None = None  # a job with [privacy]: what we spent
         self._spent = False  # the next round would overspend it: we only follow from here
         self._train_s = 0.0
-        self._wake = trio.Event()
+        self._wake = trio.Event()  # set by any news: what a round's waits wake on
+        self._news = trio.Event()  # set by chain news only: what the idle loop wakes on
         self.evaluator = Evaluator(spec, device, record, self._event)
         self.sharded = ShardedRounds(
             spec=spec, me=self.me, exchange=exchange, ledger=ledger, nap=self._nap, poll_s=poll_s
@@ -155,13 +157,27 @@ class JobRunner:
     # -- wiring -------------------------------------------------------------------------------
 
     def poke(self) -> None:
-        """Something happened (chain event, gossip): look again now."""
+        """The chain has news for the job (events): look again now."""
+        self._wake.set()
+        self._news.set()
+
+    def hint(self) -> None:
+        """Gossip for the job came: wake a round's wait for it (statements, reveals), not
+        the loop that reads the chain, which gossip changes nothing in (each of its looks
+        is a contract call; a 32-node round brings ~5 N messages)."""
         self._wake.set()
 
     async def _nap(self, seconds: float | None = None) -> None:
+        """Wait ``seconds`` (default ``poll_s``) or until any news."""
         with trio.move_on_after(self.poll_s if seconds is None else max(0.0, seconds)):
             await self._wake.wait()
         self._wake = trio.Event()
+
+    async def _idle(self, seconds: float | None = None) -> None:
+        """Wait ``seconds`` (default ``poll_s``) or until chain news."""
+        with trio.move_on_after(self.poll_s if seconds is None else max(0.0, seconds)):
+            await self._news.wait()
+        self._news = trio.Event()
 
     def _event(self, kind: str, **data: Any) -> None:
         self.emit(f"job.{kind}", {"job_id": self.job_id, **data})
@@ -198,7 +214,7 @@ class JobRunner:
                 status = await self._step()
             except LedgerUnavailable as exc:  # a read failed: look again from the top
                 self.patience.lost(exc)
-                await self._nap(CHAIN_RETRY_S)
+                await self._idle(CHAIN_RETRY_S)
                 continue
             if status is not None:
                 return status
@@ -225,7 +241,7 @@ class JobRunner:
         if self._should_train(st):
             await self._train_keeping_the_vote(st)
             return None
-        await self._nap(until_due(st, self.poll_s))
+        await self._idle(until_due(st, self.poll_s))
         return None
 
     # -- state ------------------------------------------------------------------------------
@@ -357,7 +373,7 @@ class JobRunner:
         rd = st.log.rounds[r]
         assert rd.closed_at is not None
         if not self.participate:
-            await self._nap()  # an observer waits for the decision
+            await self._idle()  # an observer waits for the decision
             return
         metrics = RoundMetrics()
         ctx = aggregation.Context(
@@ -390,7 +406,10 @@ class JobRunner:
             log.info("job %s round %d: update %d excluded: %s", self.job_id[:10], r, pos, why)
         new_hash = await self._set_model(r + 1, model.params, model.state)
         frame = await trio.to_thread.run_sync(self.checkpoints.frame, r + 1)
-        await self.exchange.publish("model", r, frame)
+        if keeps_model(new_hash, self.me, [u.author for u in rd.updates]):
+            await self.exchange.publish("model", r, frame)
+        else:
+            await self.exchange.hold(frame)
         mine = rd.update_of(self.me)
         if mine is not None and mine.position not in excluded:
             self.ballot = Ballot(r, new_hash, model.mask, model.shards_hash)

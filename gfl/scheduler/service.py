@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from gfl.chain.heads import ws_url
 from gfl.content import MAX_BLOB_BYTES, content_hash
 from gfl.errors import GflError
 from gfl.fl.spec import JobSpec
@@ -152,7 +153,12 @@ class JobService:
                 nursery.start_soon(self.announcements.repeat_own)
             if self.registry is not None:
                 nursery.start_soon(
-                    watch_chain, self.registry, self._call, self._on_chain_events, self._busy
+                    watch_chain,
+                    self.registry,
+                    self._call,
+                    self._on_chain_events,
+                    self._busy,
+                    ws_url(self.registry.endpoint),
                 )
             nursery.start_soon(self._warm_up)
             nursery.start_soon(self._record_peers)

@@ -59,6 +59,10 @@ class RunningJob:
         if self.runner is not None:
             self.runner.poke()
 
+    def hint(self) -> None:
+        if self.runner is not None:
+            self.runner.hint()
+
 
 class JobSlots:
     """The running jobs by id; `start` one, cancel its ``scope`` to stop it."""
@@ -215,7 +219,7 @@ class JobSlots:
                         exchange = running.runner.exchange
                         if isinstance(exchange, NetExchange):
                             exchange.hear(p)
-                    running.poke()
+                    running.hint()
                     if p["type"] == "update":
                         # a job aggregated all-to-all in every round fetches shards too
                         whole = running.spec.aggregation == "all"
