@@ -363,6 +363,8 @@ class MemoryExchange:
         self.answers: list[dict[str, Any]] = []  # what it was told when it asked
         self.asks: list[tuple[str, int, list[int]]] = []  # (owner, round, shards) asked
         self.published: list[tuple[str, int, bytes]] = []  # (kind, round, hash) announced
+        self.fetched: list[bytes] = []  # blobs asked for one by one (`fetch`)
+        self.batched: list[set[bytes]] = []  # the blobs of each batch (`fetch_many`)
 
     async def publish(
         self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
@@ -377,6 +379,7 @@ class MemoryExchange:
     async def fetch(self, blob: bytes, owner: Any, max_size: int, timeout: float) -> bytes:
         import trio
 
+        self.fetched.append(blob)
         with trio.fail_after(timeout):
             while blob not in self.table:
                 await trio.sleep(0.01)
@@ -386,6 +389,7 @@ class MemoryExchange:
         self, blobs: Any, owner: str, max_size: int, timeout: float
     ) -> dict[bytes, bytes]:
         self.batches.append((owner, len(blobs)))
+        self.batched.append(set(blobs))
         return {h: self.table[h] for h in blobs if h in self.table}
 
     async def load_local(self, blob: bytes) -> bytes | None:

@@ -132,9 +132,13 @@ class NetExchange:
     ) -> bytes:
         blobs = self._network.blobs
         h: bytes = await trio.to_thread.run_sync(lambda: blobs.put(data, tag=self._tag))
-        msg = messages.blob_announcement(kind, self._job_id, r, h, len(data), samples, signature)
+        inline = kind == "update" and len(data) <= messages.INLINE_MAX
+        msg = messages.blob_announcement(
+            kind, self._job_id, r, h, len(data), samples, signature, data if inline else None
+        )
         await self._publish(messages.round_topic(self._job_id), msg)
-        self._nursery.start_soon(self._provide, h)
+        if not inline:  # (who heard the announcement holds an inline blob: no DHT lookup)
+            self._nursery.start_soon(self._provide, h)
         return h
 
     async def hold(self, data: bytes) -> bytes:

@@ -11,7 +11,8 @@ after checking its bytes against the hash committed on chain.
   the blob), ``size`` (bytes); updates also ``samples`` and ``sig``, the author's
   signed statement for (chain, registry, job, round, hash) that the contract accepts
   as evidence of equivocation. The sender holds the blob and serves it over the
-  blob protocol.
+  blob protocol; an update of at most `INLINE_MAX` bytes (every sharded update's
+  manifest) also rides in ``data``, its bytes, which a receiver checks against ``hash``.
 - ``shard``: an aggregator's statement on a shard of a sharded round (docs/protocol.md,
   section 8): ``job_id``, ``round``, ``shard``, ``hash`` (sha256 of the reduced shard's
   frame, which the sender serves), ``size``, ``mask`` (the update positions it could not
@@ -29,7 +30,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gfl.content import MAX_BLOB_BYTES
+from gfl.content import MAX_BLOB_BYTES, content_hash
+from gfl.fl.shards import MAX_MANIFEST
 from gfl.fl.spec import MAX_SPEC_BYTES
 from gfl.net.gossip import JOBS_TOPIC, round_topic
 from gfl.net.messages import register_schema
@@ -56,6 +58,7 @@ SIGNATURE_BYTES = 65
 MAX_SHARD = 255
 STATEMENTS = "statements?"  # the question for a shard's statements
 MAX_MASK_BYTES = 128 * 1024  # a mask over a million updates
+INLINE_MAX = MAX_MANIFEST  # an update this small rides in its announcement
 
 
 def _b32(v: Any) -> bool:
@@ -81,8 +84,11 @@ def check_job(msg: dict[str, Any]) -> bool:
 
 
 def check_update(msg: dict[str, Any]) -> bool:
+    data = msg.get("data")
+    inline = () if data is None else ("data",)
     return (
-        _keys(msg, "job_id", "round", "hash", "size", "samples", "sig")
+        _keys(msg, "job_id", "round", "hash", "size", "samples", "sig", *inline)
+        and (data is None or _inline(data, msg["size"], msg["hash"]))
         and _b32(msg["job_id"])
         and _uint(msg["round"], MAX_ROUND)
         and _b32(msg["hash"])
@@ -90,6 +96,16 @@ def check_update(msg: dict[str, Any]) -> bool:
         and _uint(msg["samples"], 2**63 - 1)
         and isinstance(msg["sig"], bytes)
         and len(msg["sig"]) == SIGNATURE_BYTES
+    )
+
+
+def _inline(data: Any, size: Any, h: Any) -> bool:
+    """An announcement's ``data``: the announced blob itself (its size and hash)."""
+    return (
+        isinstance(data, bytes)
+        and 0 < len(data) <= INLINE_MAX
+        and len(data) == size
+        and content_hash(data) == h
     )
 
 
@@ -175,7 +191,14 @@ def job_announcement(job_id: bytes, spec: bytes) -> dict[str, Any]:
 
 
 def blob_announcement(
-    kind: str, job_id: bytes, rnd: int, h: bytes, size: int, samples: int = 0, sig: bytes = b""
+    kind: str,
+    job_id: bytes,
+    rnd: int,
+    h: bytes,
+    size: int,
+    samples: int = 0,
+    sig: bytes = b"",
+    data: bytes | None = None,
 ) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "v": VERSION,
@@ -188,6 +211,8 @@ def blob_announcement(
     if kind == "update":
         msg["samples"] = samples
         msg["sig"] = sig
+        if data is not None:
+            msg["data"] = data
     return msg
 
 

@@ -27,9 +27,10 @@ strategy's reduction), the masked sum of a secure round in `gfl.scheduler.masked
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -74,6 +75,28 @@ def quiet_s(availability_timeout: float) -> float:
     `QUIET_S`. Gossip can lose a node's messages for minutes (a mesh being repaired); the
     shard deadline alone would then hold the whole round."""
     return max(QUIET_S, availability_timeout / 4)
+
+
+def holders_of(
+    shards: Iterable[int], holders: Mapping[int, Sequence[str]], me: str
+) -> dict[int, str]:
+    """A holder other than ``me`` to fetch each of ``shards`` from, among its aggregators
+    that stated it (``holders``), so that few holders serve them all: the one of them
+    holding the most of ``shards``, ties broken by sha256(me ‖ holder) (the same order for
+    all of one node's shards, another on each node: members spread over equal holders). A
+    node fetches the shards it did not reduce in one batch per holder chosen."""
+    shards = list(shards)
+    count = Counter(h for k in shards for h in holders.get(k, ()) if h != me)
+
+    def preference(h: str) -> tuple[int, bytes]:
+        return count[h], hashlib.sha256(f"{me}|{h}".encode()).digest()
+
+    out: dict[int, str] = {}
+    for k in shards:
+        theirs = [h for h in holders.get(k, ()) if h != me]
+        if theirs:
+            out[k] = max(theirs, key=preference)
+    return out
 
 
 @dataclass(frozen=True)
@@ -541,9 +564,15 @@ class ShardedRounds:
             if k not in results and set(excluded_positions(mask, n)) == union
         ]
 
+        chosen = holders_of(ready, holders, self.me)
+        wanted = {k: settled[k][0] for k in ready}
+        got = await self._batches(work, arith, wanted, chosen, params, until)
+
         async def fetch(k: int) -> None:
-            holder = next(iter(holders.get(k, [])), None)
-            pieces = await self._fetch_reduced(work, arith, k, settled[k][0], holder, params, until)
+            h = settled[k][0]
+            pieces = await self._fetch_reduced(
+                work, arith, k, h, chosen.get(k), params, until, got.pop(h, None)
+            )
             if pieces is not None:
                 why = {p: f"excluded by the shard's aggregators ({k})" for p in union}
                 results[k] = Reduced(why, pieces, hash=settled[k][0])
@@ -569,22 +598,64 @@ class ShardedRounds:
                 recomputed.append(k)
         return set()
 
+    async def _batches(
+        self,
+        work: UpdateShards,
+        arith: ShardArithmetic,
+        wanted: dict[int, bytes],
+        chosen: dict[int, str],
+        params: Mapping[str, np.ndarray],
+        until: float,
+    ) -> dict[bytes, bytes]:
+        """The settled blobs ``wanted`` (shard -> hash), asked of each ``chosen`` holder in
+        one batch (5.3) where it holds more than one: a stream per holder, not one per shard.
+        What a batch did not bring is fetched one by one after."""
+        by_holder: dict[str, list[int]] = {}
+        for k, holder in chosen.items():
+            if k in wanted:
+                by_holder.setdefault(holder, []).append(k)
+        got: dict[bytes, bytes] = {}
+        seconds = (until - trio.current_time()) / 2  # as for one (`_fetch_reduced`)
+
+        async def batch(holder: str, shards: list[int]) -> None:
+            hashes = [wanted[k] for k in shards]
+            limit = max(arith.limit(work.layout.split(params, k)) for k in shards)
+            try:
+                async with work.limiter:
+                    blobs = await self.exchange.fetch_many(hashes, holder, limit, seconds)
+            except GflError as exc:
+                log.debug("a batch of settled shards from %s failed: %s", holder[:10], exc)
+                return
+            for h in hashes:
+                if h in blobs:
+                    got[h] = blobs[h]
+                    work.received["settled"] += len(blobs[h])
+
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                for holder, shards in by_holder.items():
+                    if len(shards) > 1:
+                        nursery.start_soon(batch, holder, shards)
+        return got
+
     async def _fetch_reduced(
         self, work: UpdateShards, arith: ShardArithmetic, k: int, h: bytes, holder: str | None,
-        params: Mapping[str, np.ndarray], until: float,
+        params: Mapping[str, np.ndarray], until: float, frame: bytes | None = None,
     ) -> dict[str, np.ndarray] | None:  # fmt: skip
-        """A settled shard's pieces, fetched and checked (None: recompute it). Its holders
-        get half the time left: the other half is for recomputing it."""
+        """A settled shard's pieces (``frame``: its blob, when a batch brought it), fetched
+        and checked (None: recompute it). Its holders get half the time left: the other
+        half is for recomputing it."""
         template = work.layout.split(params, k)
         limit = arith.limit(template)
-        try:
-            frame, got = await fetch_blob(
-                self.exchange, h, holder, (until - trio.current_time()) / 2, work.limiter, limit
-            )
-        except (GflError, trio.TooSlowError) as exc:
-            log.info("shard %d: the settled blob did not come (%s): recomputing", k, exc)
-            return None
-        work.received["settled"] += got
+        if frame is None:
+            try:
+                frame, got = await fetch_blob(
+                    self.exchange, h, holder, (until - trio.current_time()) / 2, work.limiter, limit
+                )
+            except (GflError, trio.TooSlowError) as exc:
+                log.info("shard %d: the settled blob did not come (%s): recomputing", k, exc)
+                return None
+            work.received["settled"] += got
         if content_hash(frame) != h:
             return None
         try:

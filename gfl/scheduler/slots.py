@@ -224,17 +224,29 @@ class JobSlots:
                         # a job aggregated all-to-all in every round fetches shards too
                         whole = running.spec.aggregation == "all"
                         author = msg.sender_address if whole else None
-                        nursery.start_soon(self._prefetch_one, job_id, p["hash"], p["size"], author)
+                        nursery.start_soon(
+                            self._prefetch_one, job_id, p["hash"], p["size"], author, p.get("data")
+                        )
 
     async def _prefetch_one(
-        self, job_id: bytes, h: bytes, size: int, author: str | None = None
+        self,
+        job_id: bytes,
+        h: bytes,
+        size: int,
+        author: str | None = None,
+        data: bytes | None = None,
     ) -> None:
-        """An announced update into the store; with ``author``, when it is a sharded update's
-        manifest, its shard frames too (a sharded round fetches them by need instead)."""
+        """An announced update into the store (``data``: its bytes, when they came with the
+        announcement, checked against ``h`` by the schema); with ``author``, when it is a
+        sharded update's manifest, its shard frames too (a sharded round fetches them by
+        need instead)."""
         if size > MAX_BLOB_BYTES:
             return
         async with self._prefetch:
             try:
+                if data is not None:
+                    blobs, tag = self.network.blobs, job_id.hex()
+                    await trio.to_thread.run_sync(lambda: blobs.put_verified([data], h, tag=tag))
                 wanted = [h]
                 while wanted:
                     blob = wanted.pop(0)

@@ -54,7 +54,7 @@ def _spec(members, rounds: int, **kw: Any) -> JobSpec:
             vote_timeout=40,
             availability_timeout=5,
             admission={"allow": [m.eth_address for m in members], "bond": str(BOND)},
-            shards=4,
+            shards=kw.pop("shards", 4),
             **kw,
         )
     )
@@ -233,6 +233,26 @@ async def test_sharded_and_all_to_all_jobs_end_with_the_same_bits(tmp_path, stra
     verdict = _verify_bundle(tmp_path, a, sharded)
     assert verdict.ok, verdict
     assert [r.derived_model for r in verdict.rounds] == [h.hex() for h in a["finals"]]
+
+
+@pytest.mark.trio
+async def test_a_member_fetches_the_shards_it_did_not_reduce_in_one_batch_per_holder(tmp_path):
+    ids = [NodeIdentity.generate() for _ in range(N)]
+    job = await _run_job(tmp_path, ids, _spec(ids, 1, aggregation="sharded", shards=8))
+    statements = [m for m in job["board"] if m["type"] == "shard" and m["round"] == 0]
+    settled = {m["shard"]: m["hash"] for m in statements}
+    assert len(settled) == 8
+    lacking_some = 0
+    for rec, runner in zip(job["records"], job["runners"], strict=True):
+        lacks = {settled[k] for k in range(8) if k not in rec[0]["aggregated"]}
+        # each shard it lacks has the other three nodes as aggregators: one holder, one batch
+        batches = [b for b in runner.exchange.batched if b & set(settled.values())]
+        if len(lacks) > 1:
+            assert batches == [lacks] and not lacks & set(runner.exchange.fetched)
+            lacking_some += 1
+        else:  # (one shard: fetched alone)
+            assert batches == []
+    assert lacking_some  # (each of the 8 shards leaves out one of 4 nodes: some lack two)
 
 
 @pytest.mark.trio
