@@ -33,7 +33,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import MAX_CONNECTIONS, ConnectionConfig
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11
-from libp2p.tools.anyio_service import background_trio_service
 
 from gfl.identity import NodeIdentity
 from gfl.net import asks, blob_protocol, noise, yamux
@@ -51,6 +50,7 @@ from gfl.net.pubsub import GflGossipSub, GflPubsub, Gossip
 from gfl.net.reachability import MODES, PUBLIC, Reachability
 from gfl.net.relay import RelayProtocol, RelaySettings
 from gfl.net.relay_client import Relays
+from gfl.net.services import background_service
 from gfl.net.traffic import EventCallback, Reporter
 from gfl.net.transfer import BlobClient, BlobServer
 
@@ -163,11 +163,11 @@ async def open_network(
             await stack.enter_async_context(host.run(maddrs))
         except Exception as exc:
             raise NetError(f"cannot listen on {', '.join(listen)}: {exc}") from None
-        await stack.enter_async_context(background_trio_service(pubsub))
-        await stack.enter_async_context(background_trio_service(gossipsub))
-        await stack.enter_async_context(background_trio_service(dht))
-        await stack.enter_async_context(background_trio_service(relay_protocol))
-        await stack.enter_async_context(background_trio_service(holepunch))
+        await stack.enter_async_context(background_service(pubsub))
+        await stack.enter_async_context(background_service(gossipsub))
+        await stack.enter_async_context(background_service(dht))
+        await stack.enter_async_context(background_service(relay_protocol))
+        await stack.enter_async_context(background_service(holepunch))
         with trio.fail_after(PUBSUB_READY_TIMEOUT):
             await pubsub.wait_until_ready()
 
