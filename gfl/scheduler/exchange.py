@@ -24,6 +24,9 @@ MAX_HEARD = 8192  # round messages kept per round (a round's shard statements: S
 HEARD_AHEAD = 4  # messages are kept for the round last asked about and this many after it
 STATED_BACK = 2  # our statements are kept for this many rounds before that one, for askers
 ASK_TIMEOUT_S = 10.0  # for an aggregator's answer (docs/protocol.md 8.4)
+GATHER_QUIET_S = 0.05  # a statement of ours waits this long for the next one to go with it
+GATHER_MAX_S = 0.5  # and no longer in all (docs/protocol.md 8.3)
+BATCH_MASK_BYTES = 128 * 1024  # masks in one statements message (the envelope: 256 KiB)
 
 MODEL_KEEPERS = 3  # contributors that announce a round's model (gossip and DHT)
 
@@ -90,6 +93,25 @@ class PeerBook:
         return out
 
 
+def statement_batches(bodies: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``bodies`` (shard statements) in batches for ``statements`` messages: one round each,
+    at most `messages.MAX_BATCHED` statements and `BATCH_MASK_BYTES` of masks."""
+    out: list[list[dict[str, Any]]] = []
+    for r in sorted({b["round"] for b in bodies}):
+        batch: list[dict[str, Any]] = []
+        masks = 0
+        for b in (b for b in bodies if b["round"] == r):
+            if batch and (
+                len(batch) == messages.MAX_BATCHED or masks + len(b["mask"]) > BATCH_MASK_BYTES
+            ):
+                out.append(batch)
+                batch, masks = [], 0
+            batch.append(b)
+            masks += len(b["mask"])
+        out.append(batch)
+    return out
+
+
 def answer_statements(
     exchange_of: Callable[[bytes], NetExchange | None],
 ) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
@@ -125,6 +147,8 @@ class NetExchange:
         self._nursery = nursery
         self._heard: dict[int, list[dict[str, Any]]] = {}  # round -> messages
         self._stated: dict[int, list[dict[str, Any]]] = {}  # round -> our shard statements
+        self._unsent: list[dict[str, Any]] = []  # our statements gathering for one message
+        self._more = trio.Event()  # set when a statement joins them
         self._floor = 0  # the round last asked about: older messages are of no use
 
     async def publish(
@@ -184,10 +208,32 @@ class NetExchange:
         return data
 
     async def post(self, body: dict[str, Any]) -> None:
+        """Gossip a round message; a shard statement goes with the others of ours posted
+        with it (`GATHER_QUIET_S` apart, within `GATHER_MAX_S`), in one ``statements``
+        message: an aggregator's shards are reduced together, and each message costs every
+        node a check and ~6 copies."""
         self.hear(body)  # gossip does not bring our own messages back
-        if body["type"] == "shard":
-            self._stated.setdefault(body["round"], []).append(body)
-        await self._publish(messages.round_topic(self._job_id), body)
+        if body["type"] != "shard":
+            await self._publish(messages.round_topic(self._job_id), body)
+            return
+        self._stated.setdefault(body["round"], []).append(body)
+        self._unsent.append(body)
+        self._more.set()
+        if len(self._unsent) == 1:
+            self._nursery.start_soon(self._gossip_statements)
+
+    async def _gossip_statements(self) -> None:
+        deadline = trio.current_time() + GATHER_MAX_S
+        while trio.current_time() < deadline:
+            self._more = trio.Event()
+            with trio.move_on_at(min(deadline, trio.current_time() + GATHER_QUIET_S)):
+                await self._more.wait()
+            if not self._more.is_set():
+                break
+        bodies, self._unsent = self._unsent, []
+        for batch in statement_batches(bodies):
+            msg = batch[0] if len(batch) == 1 else messages.statements_message(batch)
+            await self._publish(messages.round_topic(self._job_id), msg)
 
     def stated(self, r: int, shards: Sequence[int]) -> list[dict[str, Any]]:
         """Our statements on ``shards`` of round ``r``: the answer to a member that asks."""

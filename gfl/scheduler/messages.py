@@ -18,6 +18,10 @@ after checking its bytes against the hash committed on chain.
   frame, which the sender serves), ``size``, ``mask`` (the update positions it could not
   use, as a vote's mask) and ``sig``, the aggregator's signature over all of these
   (`gfl.chain.proofs.shard_statement`).
+- ``statements``: several ``shard`` statements of one round in one gossip message (an
+  aggregator's shards reduced together): ``job_id``, ``round``, ``statements`` (1 to
+  `MAX_BATCHED` maps ``shard``, ``hash``, ``size``, ``mask``, ``sig``, each one a ``shard``
+  statement with the message's job and round, `batched_statements`).
 - ``statements?``: a question (`gfl.net.asks`, not gossip) to an aggregator for its
   statements on some shards of a round: ``job_id``, ``round``, ``shards`` (distinct shard
   numbers). The answer: the ``shard`` statements it made on those shards, as gossiped.
@@ -38,17 +42,20 @@ from gfl.net.messages import register_schema
 
 __all__ = [
     "JOBS_TOPIC",
+    "batched_statements",
     "blob_announcement",
     "check_job",
     "check_model",
     "check_reveal",
     "check_shard",
+    "check_statements",
     "check_statements_question",
     "check_update",
     "job_announcement",
     "reveal_message",
     "round_topic",
     "shard_statement",
+    "statements_message",
     "statements_question",
 ]
 
@@ -59,6 +66,8 @@ MAX_SHARD = 255
 STATEMENTS = "statements?"  # the question for a shard's statements
 MAX_MASK_BYTES = 128 * 1024  # a mask over a million updates
 INLINE_MAX = MAX_MANIFEST  # an update this small rides in its announcement
+MAX_BATCHED = 64  # shard statements in one ``statements`` message
+_STATEMENT_KEYS = ("shard", "hash", "size", "mask", "sig")
 
 
 def _b32(v: Any) -> bool:
@@ -150,6 +159,38 @@ def shard_statement(
     }
 
 
+def statements_message(bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """``shard`` statements of one job and round (1 to `MAX_BATCHED`) as one message."""
+    first = bodies[0]
+    return {
+        "v": VERSION,
+        "type": "statements",
+        "job_id": first["job_id"],
+        "round": first["round"],
+        "statements": [{k: b[k] for k in _STATEMENT_KEYS} for b in bodies],
+    }
+
+
+def batched_statements(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``shard`` statements a ``statements`` message carries, each as if gossiped
+    alone (checked by `check_statements`: each passes `check_shard`)."""
+    return [
+        {"v": VERSION, "type": "shard", "job_id": msg["job_id"], "round": msg["round"], **s}
+        for s in msg["statements"]
+    ]
+
+
+def check_statements(msg: dict[str, Any]) -> bool:
+    batch = msg.get("statements")
+    return (
+        _keys(msg, "job_id", "round", "statements")
+        and isinstance(batch, list)
+        and 0 < len(batch) <= MAX_BATCHED
+        and all(isinstance(s, dict) and set(s) == set(_STATEMENT_KEYS) for s in batch)
+        and all(check_shard(b) for b in batched_statements(msg))
+    )
+
+
 def check_statements_question(msg: dict[str, Any]) -> bool:
     shards = msg.get("shards")
     return (
@@ -220,5 +261,6 @@ register_schema("job", check_job)
 register_schema("update", check_update)
 register_schema("model", check_model)
 register_schema("shard", check_shard)
+register_schema("statements", check_statements)
 register_schema("reveal", check_reveal)
 register_schema(STATEMENTS, check_statements_question)

@@ -211,14 +211,18 @@ class JobSlots:
         async with channel:
             async for msg in channel:
                 p = msg.payload
+                bodies = messages.batched_statements(p) if p["type"] == "statements" else [p]
                 self.book.saw(msg.sender_address, msg.sender_peer_id)
-                self.book.announced(p["hash"], msg.sender_peer_id)
+                for body in bodies:
+                    self.book.announced(body["hash"], msg.sender_peer_id)
                 running = self.jobs.get(job_id)
                 if running is not None:
-                    if p["type"] in ("shard", "reveal") and running.runner is not None:
-                        exchange = running.runner.exchange
+                    runner = running.runner
+                    if p["type"] in ("shard", "statements", "reveal") and runner is not None:
+                        exchange = runner.exchange
                         if isinstance(exchange, NetExchange):
-                            exchange.hear(p)
+                            for body in bodies:
+                                exchange.hear(body)
                     running.hint()
                     if p["type"] == "update":
                         # a job aggregated all-to-all in every round fetches shards too
@@ -266,12 +270,12 @@ class JobSlots:
 
 
 def _round_validator(job_id: bytes) -> Callable[[GossipMessage], bool]:
-    """Round topics carry this job's update/model announcements, shard statements and
-    reveal sets only (others: dropped)."""
+    """Round topics carry this job's update/model announcements, shard statements (alone
+    or several in a message) and reveal sets only (others: dropped)."""
 
     def validate(msg: GossipMessage) -> bool:
         p = msg.payload
-        kinds = ("update", "model", "shard", "reveal")
+        kinds = ("update", "model", "shard", "statements", "reveal")
         return p.get("type") in kinds and p.get("job_id") == job_id
 
     return validate
