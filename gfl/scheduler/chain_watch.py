@@ -70,6 +70,8 @@ class Heads:
                 )
             except GflError as exc:
                 log.info("%s; polling for blocks instead", exc)
+            except Exception as exc:  # (heads only save polls: nothing that ends them stops us)
+                log.warning("new heads from %s failed (%r); polling for blocks instead", url, exc)
             finally:
                 stop.set()  # (a cancelled thread ends within heads.TICK_S)
                 self.live = False

@@ -37,8 +37,8 @@ def keeps_model(model_hash: bytes, me: str, contributors: Sequence[str]) -> bool
     """Whether ``me`` is one of the `MODEL_KEEPERS` contributors that announce the model
     ``model_hash`` (docs/protocol.md 5.2): those first by sha256(model hash ‖ address), the
     same set on every node. Every contributor computes, stores and serves the model; N
-    announcements and DHT provides of one hash would cost ~5 gossip copies and a lookup
-    plus ~20 streams each, for nothing a few do not give."""
+    announcements and DHT provides of one hash would cost every node ~6 gossip copies of
+    each, and the network a lookup plus ~20 streams each, for nothing a few do not give."""
 
     def rank(address: str) -> bytes:
         return hashlib.sha256(model_hash + bytes.fromhex(address.removeprefix("0x"))).digest()
