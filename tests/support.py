@@ -369,10 +369,7 @@ class MemoryExchange:
     async def publish(
         self, kind: str, r: int, data: bytes, samples: int = 0, signature: bytes = b""
     ) -> bytes:
-        import hashlib
-
-        h = hashlib.sha256(data).digest()
-        self.table[h] = bytes(data)
+        h = await self.hold(data)
         self.published.append((kind, r, h))
         return h
 
