@@ -35,6 +35,7 @@ from gfl.net.traffic import Reporter
 logger = logging.getLogger(__name__)
 
 DIAL_TIMEOUT = 10.0
+FIND_TIMEOUT = 10.0  # a DHT lookup of the addresses of a peer we know only by its id
 CLOSE_TIMEOUT = 2.0
 RELAY_DIAL_DELAY = 1.0  # a direct dial that has not succeeded by then is raced by a relayed one
 
@@ -116,6 +117,25 @@ class Peers:
         if not conns:
             return None
         return "relayed" if all(is_relayed(c) for c in conns) else "direct"
+
+    async def reach(self, peer: ID) -> None:
+        """Be connected to ``peer``: dial the addresses we hold for it or, when we hold
+        none (a peer we know only from the gossip it signed, forwarded by others), those
+        a DHT lookup finds within `FIND_TIMEOUT`; raises `NetError`."""
+        if peer.to_base58() in self.connected:
+            return
+        try:
+            addrs = list(self._host.get_peerstore().addrs(peer))
+        except Exception:  # the library's PeerStoreError: none held
+            addrs = []
+        if not addrs:
+            found = None
+            with trio.move_on_after(FIND_TIMEOUT), suppress(Exception):
+                found = await self._dht.find_peer(peer)
+            if found is None or not found.addrs:
+                raise NetError(f"no address of {peer} is known here or in the DHT")
+            addrs = list(found.addrs)
+        await self.dial(PeerInfo(peer, addrs))
 
     async def dial(self, info: PeerInfo) -> None:
         """Connect to ``info`` within `DIAL_TIMEOUT`, through a relay if it has relayed

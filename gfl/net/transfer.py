@@ -18,7 +18,6 @@ from typing import Any
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
 
 from gfl.net import blob_protocol
 from gfl.net.blobs import BlobReader, BlobStore, BlobWriter
@@ -136,8 +135,7 @@ class BlobClient:
         stream = None
         try:
             peer = ID.from_base58(pid)
-            if pid not in self._peers:
-                await self._peers.dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
+            await self._peers.reach(peer)
             if self._circuit_to(peer) is not None:
                 raise BlobError("batches go over direct connections only")
             stream = await self._host.new_stream(peer, [TProtocol(blob_protocol.PROTOCOL)])
@@ -266,8 +264,7 @@ class BlobClient:
         peer = ID.from_base58(pid)
         stream = None
         try:
-            if pid not in self._peers:
-                await self._peers.dial(PeerInfo(peer, self._host.get_peerstore().addrs(peer)))
+            await self._peers.reach(peer)
             budget = None
             circuit = self._circuit_to(peer)
             if circuit is not None and circuit.budget() is not None:
