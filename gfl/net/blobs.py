@@ -3,8 +3,13 @@
 Layout under the store's directory: ``<hh>/<hash hex>`` for data (``hh`` the
 first byte of the hash), ``tags/<tag>/<hash hex>`` as empty marker files that
 say which jobs a blob belongs to, and ``tmp/`` for writes in progress. Writes
-are atomic (temp file, fsync, rename), so a crash leaves either the whole blob
-or nothing. Reads for use (`get`) verify the hash, so a corrupted file is deleted
+go to a temp file renamed into place once complete. A blob this node makes (its
+update and its pieces, a model, a reduced shard) is synced before the rename and
+the rename after it, so a power cut leaves either the whole blob or nothing. A copy
+fetched from a peer is not synced (`put_verified`'s ``durable``): a sharded round
+stores ~120 of them per node, two fsyncs each; a power cut may leave one torn, and
+the hash check of the first read after a restart deletes it, to be fetched again.
+Reads for use (`get`) verify the hash, so a corrupted file is deleted
 and reported missing instead of used. A blob is served (`open_reader`) without
 hashing it again once this process wrote it from verified bytes or read it back
 intact: the receiver verifies every byte anyway (IPFS's Kubo, likewise, does not
@@ -114,16 +119,19 @@ class BlobStore:
         self.put_verified([data], h, tag=tag)
         return h
 
-    def put_verified(self, pieces: Sequence[bytes], h: bytes, *, tag: str | None = None) -> None:
+    def put_verified(
+        self, pieces: Sequence[bytes], h: bytes, *, tag: str | None = None, durable: bool = True
+    ) -> None:
         """Store a blob whose bytes are the concatenation of ``pieces`` and whose sha256
         the caller has just checked to be ``h`` (it is not hashed again, nor joined into
-        one object). Idempotent, like `put`."""
+        one object). Idempotent, like `put`. ``durable=False``: a copy fetched from a
+        peer, not synced to disk (module docstring)."""
         if tag is not None:
             _check_tag(tag)
         if self._touch(_hex(h), tag):
             return
         self._check_fits(sum(len(p) for p in pieces))  # before writing any of it
-        writer = self.writer(h)
+        writer = self.writer(h, durable=durable)
         try:
             for piece in pieces:
                 writer.write(piece)
@@ -131,9 +139,10 @@ class BlobStore:
         finally:
             writer.discard()
 
-    def writer(self, h: bytes) -> BlobWriter:
-        """A `BlobWriter` for blob ``h``: to store it while it arrives."""
-        return BlobWriter(self, h)
+    def writer(self, h: bytes, *, durable: bool = True) -> BlobWriter:
+        """A `BlobWriter` for blob ``h``: to store it while it arrives (``durable``: as
+        `put_verified`)."""
+        return BlobWriter(self, h, durable)
 
     def _check_fits(self, size: int) -> None:
         if size > self.cap_bytes:
@@ -153,23 +162,28 @@ class BlobStore:
         return True
 
     def _place(self, writer: BlobWriter, tag: str | None) -> None:
-        """Put a written, synced temp file in place under its hash, with ``tag`` (if a
-        copy was stored first, that one is kept and the temp file left to `discard`)."""
+        """Put a written (and, if durable, synced) temp file in place under its hash, with
+        ``tag`` (if a copy was stored first, that one is kept and the temp file left to
+        `discard`). The directory is synced after the lock is released: other threads'
+        reads and writes do not wait for the disk."""
         with self._lock:
             if self._touch(writer.hx, tag):
                 return
             self._check_fits(writer.size)
             self._make_room(writer.size)
             path = self._path(writer.hx)
-            if not path.parent.is_dir():
+            made = not path.parent.is_dir()
+            if made:
                 path.parent.mkdir()
-                _fsync_dir(self.root)
             os.replace(writer.tmp, path)
-            _fsync_dir(path.parent)
             self._sizes[writer.hx] = writer.size
             self._verified.add(writer.hx)
             if tag is not None:
                 self._mark(writer.hx, tag)
+        if writer.durable:
+            if made:
+                _fsync_dir(self.root)
+            _fsync_dir(path.parent)
 
     def tag(self, h: bytes, tag: str) -> bool:
         """Add ``tag`` to a blob already held (another job uses it too); False if absent."""
@@ -308,14 +322,15 @@ class BlobWriter:
     its sha256 was checked; `discard` at the end, whatever happened, removes the temp
     file if it is still there (not committed, or another copy was stored first).
 
-    Blocking file I/O, like `BlobStore`: call it from a worker thread. The temp file is
-    synced every `SYNC_EVERY` bytes, so the disk writes back while more bytes arrive and
-    the fsync before the rename has little left to wait for (bench/RESULTS.md). From an
+    Blocking file I/O, like `BlobStore`: call it from a worker thread. A durable one's
+    temp file is synced every `SYNC_EVERY` bytes, so the disk writes back while more bytes
+    arrive and the fsync before the rename has little left to wait for (bench/RESULTS.md);
+    a fetched copy's is not synced at all (`BlobStore.put_verified`). From an
     event loop, `feed` it pieces while a worker thread runs `drain`, then `end` it.
     """
 
-    def __init__(self, store: BlobStore, h: bytes) -> None:
-        self._store, self.hx = store, _hex(h)
+    def __init__(self, store: BlobStore, h: bytes, durable: bool = True) -> None:
+        self._store, self.hx, self.durable = store, _hex(h), durable
         self.tmp = store.root / "tmp" / f"{self.hx}.{next(_writer_ids)}"
         self.size = 0
         self.error: BlobError | None = None  # what stopped the writing, if anything did
@@ -370,7 +385,7 @@ class BlobWriter:
             self._f.write(piece)
             self.size += len(piece)
             self._unsynced += len(piece)
-            if self._unsynced >= SYNC_EVERY:
+            if self.durable and self._unsynced >= SYNC_EVERY:
                 self._f.flush()
                 getattr(os, "fdatasync", os.fsync)(self._f.fileno())  # fdatasync: not on macOS
                 self._unsynced = 0
@@ -378,15 +393,16 @@ class BlobWriter:
             raise self._fail(exc.strerror) from None
 
     def commit(self, tag: str | None = None) -> None:
-        """Sync the file and put it in place under the blob's hash (the caller checked
-        that the bytes written hash to it), with ``tag``."""
+        """Sync the file (if durable) and put it in place under the blob's hash (the
+        caller checked that the bytes written hash to it), with ``tag``."""
         if tag is not None:
             _check_tag(tag)
         if self._f is None:
             raise BlobError("this blob writer was committed or discarded")
         try:
             self._f.flush()
-            os.fsync(self._f.fileno())
+            if self.durable:
+                os.fsync(self._f.fileno())
             self._f.close()
         except OSError as exc:
             raise self._fail(exc.strerror) from None

@@ -155,7 +155,7 @@ class BlobClient:
     def _keep(self, got: dict[bytes, list[bytes]], tag: str | None) -> dict[bytes, bytes]:
         """A batch's checked blobs, stored (blocking: a worker thread) and joined."""
         for h, pieces in got.items():
-            self._blobs.put_verified(pieces, h, tag=tag)
+            self._blobs.put_verified(pieces, h, tag=tag, durable=False)
         return {h: b"".join(pieces) for h, pieces in got.items()}
 
     async def _tag(self, h: bytes, tag: str | None) -> None:
@@ -229,13 +229,13 @@ class BlobClient:
         here); None (and why in ``errors``) when the provider failed. A failure to store
         it here raises."""
         if max_size <= SMALL_BLOB:  # (held whole anyway: one thread hop, not five)
-            pieces = await self._transfer(pid, h, max_size, errors, None)
-            if pieces is None:
+            whole = await self._transfer(pid, h, max_size, errors, None)
+            if whole is None:
                 return None
-            await trio.to_thread.run_sync(self._blobs.put_verified, pieces, h)
-            self._fetched(h, pid, sum(len(p) for p in pieces))
-            return pieces
-        writer = await trio.to_thread.run_sync(self._blobs.writer, h)
+            await trio.to_thread.run_sync(lambda: self._blobs.put_verified(whole, h, durable=False))
+            self._fetched(h, pid, sum(len(p) for p in whole))
+            return whole
+        writer = await trio.to_thread.run_sync(lambda: self._blobs.writer(h, durable=False))
         try:
             pieces = await self._transfer(pid, h, max_size, errors, writer)
             if writer.error is not None:  # our disk, not the provider: no point in another

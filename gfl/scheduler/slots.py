@@ -250,7 +250,9 @@ class JobSlots:
             try:
                 if data is not None:
                     blobs, tag = self.network.blobs, job_id.hex()
-                    await trio.to_thread.run_sync(lambda: blobs.put_verified([data], h, tag=tag))
+                    await trio.to_thread.run_sync(
+                        lambda: blobs.put_verified([data], h, tag=tag, durable=False)
+                    )
                 wanted = [h]
                 while wanted:
                     blob = wanted.pop(0)
