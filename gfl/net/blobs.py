@@ -165,24 +165,23 @@ class BlobStore:
         """Put a written (and, if durable, synced) temp file in place under its hash, with
         ``tag`` (if a copy was stored first, that one is kept and the temp file left to
         `discard`). The directory is synced after the lock is released: other threads'
-        reads and writes do not wait for the disk."""
+        reads and writes do not wait for the disk (but a new ``<hh>/`` is synced into the
+        root at once, whatever the blob: the durable ones placed in it later rely on it)."""
         with self._lock:
             if self._touch(writer.hx, tag):
                 return
             self._check_fits(writer.size)
             self._make_room(writer.size)
             path = self._path(writer.hx)
-            made = not path.parent.is_dir()
-            if made:
+            if not path.parent.is_dir():
                 path.parent.mkdir()
+                _fsync_dir(self.root)
             os.replace(writer.tmp, path)
             self._sizes[writer.hx] = writer.size
             self._verified.add(writer.hx)
             if tag is not None:
                 self._mark(writer.hx, tag)
         if writer.durable:
-            if made:
-                _fsync_dir(self.root)
             _fsync_dir(path.parent)
 
     def tag(self, h: bytes, tag: str) -> bool:

@@ -538,11 +538,8 @@ class JobRunner:
     ) -> None:
         t0 = time.monotonic()
         signature = self.ledger.sign_update(r, update.hash)
-        # a sharded update: its shard frames served (stored at once: the disk flushes
-        # their syncs together), its manifest announced
-        async with trio.open_nursery() as nursery:
-            for part in update.parts:
-                nursery.start_soon(self.exchange.hold, part)
+        for part in update.parts:  # a sharded update: its shards served, its manifest announced
+            await self.exchange.hold(part)
         await self.exchange.publish("update", r, update.blob, update.samples, signature)
         ballot = self.ballot if self._can_ride(st) else None
         if not await self._commit(r, update, ballot):

@@ -59,19 +59,26 @@ def test_blob_reader_reads_in_pieces_and_catches_bit_rot_once_per_process(tmp_pa
     assert s.open_reader(h) is None and s.open_reader(blob_hash(b"never stored")) is None
 
 
+def _counted(monkeypatch, name: str, calls: list[int] | None = None) -> list[int]:
+    """The file descriptors the blob store passes to ``os.<name>`` from now on (it still
+    syncs them)."""
+    from gfl.net import blobs as blobs_module
+
+    calls = [] if calls is None else calls
+    real = getattr(os, name)
+
+    def counted(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(blobs_module.os, name, counted)
+    return calls
+
+
 def test_blob_writer_stores_pieces_fed_while_they_arrive_syncing_as_it_goes(tmp_path, monkeypatch):
     import threading
 
-    from gfl.net import blobs as blobs_module
-
-    syncs: list[int] = []
-    real_fdatasync = os.fdatasync
-
-    def counted(fd: int) -> None:
-        syncs.append(fd)
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(blobs_module.os, "fdatasync", counted)
+    syncs = _counted(monkeypatch, "fdatasync")
     s = BlobStore(tmp_path)
     data = os.urandom(20 << 20)
     h = blob_hash(data)
@@ -107,22 +114,15 @@ def test_a_blob_made_here_is_synced_and_a_fetched_copy_is_not(tmp_path, monkeypa
     """A sharded round stores ~120 fetched copies per node: two fsyncs each would cost the
     disk ~8,000 flushes a round at 32 nodes on one machine. A copy is not worth them: a
     power cut may leave one torn, and the next process's first read deletes it."""
-    from gfl.net import blobs as blobs_module
-
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def counted(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(blobs_module.os, "fsync", counted)
+    synced = _counted(monkeypatch, "fsync")
     s = BlobStore(tmp_path)
     own = s.put(b"our update", tag="job")
     assert len(synced) == 3  # the file, the new <hh>/ in the root, the rename in <hh>/
     synced.clear()
     copy = os.urandom(9 << 20)  # over SYNC_EVERY: no fdatasync along the way either
-    monkeypatch.setattr(blobs_module.os, "fdatasync", counted)
+    for c in (copy, copy[:100]):  # (a new <hh>/ is synced into the root, whatever the blob)
+        (tmp_path / blob_hash(c).hex()[:2]).mkdir(exist_ok=True)
+    _counted(monkeypatch, "fdatasync", synced)
     s.put_verified([copy], blob_hash(copy), tag="job", durable=False)
     w = s.writer(blob_hash(copy[:100]), durable=False)
     w.write(copy[:100])
