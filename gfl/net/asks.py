@@ -23,6 +23,7 @@ from libp2p.peer.id import ID
 from gfl.net.blob_protocol import abort, read_exact
 from gfl.net.errors import MessageError, NetError
 from gfl.net.messages import MAX_MESSAGE_BYTES, check_message, decode_message, encode_message
+from gfl.net.peers import Peers
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ async def _read_frame(stream: Any, limit: int) -> bytes:
 class Asks:
     """This node's side of the protocol: the questions it answers, and asking others."""
 
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: Any, peers: Peers) -> None:
         self._host = host
+        self._peers = peers
         self._answers: dict[str, Answer] = {}
         self._slots = trio.Semaphore(MAX_CONCURRENT)
 
@@ -84,7 +86,9 @@ class Asks:
         stream = None
         try:
             with trio.fail_after(timeout):
-                stream = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(PROTOCOL)])
+                peer = ID.from_base58(peer_id)
+                await self._peers.reach(peer)  # (one we know only by its gossip: the DHT)
+                stream = await self._host.new_stream(peer, [TProtocol(PROTOCOL)])
                 await stream.write(_LENGTH.pack(len(data)) + data)
                 raw = await _read_frame(stream, MAX_ANSWER)
             answer = decode_message(raw, max_bytes=MAX_ANSWER)

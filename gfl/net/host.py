@@ -192,7 +192,7 @@ async def open_network(
                 host, blobs, peers, providers, report, circuit_to=relay_protocol.circuit_to
             ),
             server=BlobServer(blobs, report),
-            asks=asks.Asks(host),
+            asks=asks.Asks(host, peers),
             reachability=reach,
             relays=relays,
             relay=relay_protocol,
