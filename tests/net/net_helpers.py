@@ -47,6 +47,29 @@ async def connected_pair(tmp_path: Path) -> AsyncIterator[list[Network]]:
         yield [a, b]
 
 
+@asynccontextmanager
+async def strangers(tmp_path: Path) -> AsyncIterator[list[Network]]:
+    """A hub and two nodes connected only to it, without discovery: neither of the two
+    holds an address of the other (as a node may not for a peer it knows only from the
+    gossip it signed). Yields [hub, a, b] once both are connected to the hub."""
+    async with AsyncExitStack() as stack:
+
+        async def node(name: str, *boot: str) -> Network:
+            return await stack.enter_async_context(
+                open_network(
+                    NodeIdentity.generate(), blob_dir=tmp_path / name, bootstrap=boot,
+                    discover=False,
+                )
+            )  # fmt: skip
+
+        hub = await node("hub")
+        a = await node("a", hub.listen_addrs()[0])
+        b = await node("b", hub.listen_addrs()[0])
+        await wait_for(lambda: len(hub.peers()) == 2, 15, "both connected to the hub")
+        assert a.peer_id not in {p["peer_id"] for p in b.peers()}
+        yield [hub, a, b]
+
+
 def _rec(events: list | None, i: int) -> Callable[[str, dict], None] | None:
     if events is None:
         return None

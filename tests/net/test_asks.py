@@ -5,7 +5,6 @@ schema, or with more bytes than an answer may take; nor may an asker's question.
 
 import os
 import struct
-from contextlib import AsyncExitStack
 from typing import Any
 
 import msgpack
@@ -13,10 +12,9 @@ import pytest
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from net_helpers import connected_pair, wait_for
+from net_helpers import connected_pair, strangers
 
-from gfl.identity import NodeIdentity
-from gfl.net import asks, open_network
+from gfl.net import asks
 from gfl.net.errors import NetError
 from gfl.scheduler import messages
 from gfl.scheduler.exchange import NetExchange, PeerBook, answer_statements
@@ -62,30 +60,15 @@ async def test_an_aggregator_known_only_by_its_gossip_is_found_in_the_dht(tmp_pa
     by others, and may hold no address for it: the question still gets there (at 16 nodes,
     three members asked 24 times, got nothing, and waited out the round's deadline)."""
     job = os.urandom(32)
-    async with AsyncExitStack() as stack:
-
-        async def node(name: str, *boot: str) -> Any:
-            return await stack.enter_async_context(
-                open_network(
-                    NodeIdentity.generate(), blob_dir=tmp_path / name, bootstrap=boot,
-                    discover=False,
-                )
-            )  # fmt: skip
-
-        hub = await node("hub")
-        a = await node("aggregator", hub.listen_addrs()[0])
-        b = await node("member", hub.listen_addrs()[0])
-        await wait_for(lambda: len(hub.peers()) == 2, 15, "both connected to the hub")
-        assert a.peer_id not in {p["peer_id"] for p in b.peers()}
-        async with trio.open_nursery() as nursery:
-            aggregator = NetExchange(a, PeerBook(a), job, _silent, nursery)
-            a.answer(messages.STATEMENTS, answer_statements({job: aggregator}.get))
-            await aggregator.post(_statement(job, 5, 3))
-            book = PeerBook(b)
-            book.saw(ADDRESS, a.peer_id)
-            member = NetExchange(b, book, job, _silent, nursery)
-            assert await member.ask(ADDRESS, 5, [3]) == 1
-            nursery.cancel_scope.cancel()
+    async with strangers(tmp_path) as (_hub, a, b), trio.open_nursery() as nursery:
+        aggregator = NetExchange(a, PeerBook(a), job, _silent, nursery)
+        a.answer(messages.STATEMENTS, answer_statements({job: aggregator}.get))
+        await aggregator.post(_statement(job, 5, 3))
+        book = PeerBook(b)
+        book.saw(ADDRESS, a.peer_id)
+        member = NetExchange(b, book, job, _silent, nursery)
+        assert await member.ask(ADDRESS, 5, [3]) == 1
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.trio

@@ -4,15 +4,12 @@ would otherwise make a DHT lookup and ~20 provider streams per frame."""
 
 import hashlib
 import os
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 import trio
-from net_helpers import nodes, wait_for
+from net_helpers import nodes, strangers, wait_for
 
-from gfl.identity import NodeIdentity
-from gfl.net import open_network
 from gfl.scheduler.exchange import NetExchange, PeerBook
 from gfl.scheduler.messages import INLINE_MAX, check_update
 
@@ -87,21 +84,7 @@ def test_an_inline_blob_must_be_the_announced_one() -> None:
 async def test_a_holder_known_only_by_its_id_is_found_in_the_dht(tmp_path):
     """An aggregator knows an author from the gossip it signed, forwarded by others, so
     it may hold no address for it: the batch finds one in the DHT instead of failing."""
-    async with AsyncExitStack() as stack:
-
-        async def node(name: str, *boot: str) -> Any:
-            return await stack.enter_async_context(
-                open_network(
-                    NodeIdentity.generate(), blob_dir=tmp_path / name, bootstrap=boot,
-                    discover=False,
-                )
-            )  # fmt: skip
-
-        hub = await node("hub")
-        author = await node("author", hub.listen_addrs()[0])
-        fetcher = await node("fetcher", hub.listen_addrs()[0])
-        await wait_for(lambda: len(hub.peers()) == 2, 15, "both connected to the hub")
-        assert author.peer_id not in {p["peer_id"] for p in fetcher.peers()}
+    async with strangers(tmp_path) as (_hub, author, fetcher):
         pieces = [os.urandom(4096) for _ in range(3)]
         held = [await trio.to_thread.run_sync(author.blobs.put, p) for p in pieces]
         got = await fetcher.fetch_blobs(held, author.peer_id, max_size=1 << 20, timeout=20)
