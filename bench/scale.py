@@ -14,7 +14,10 @@ devnet per size, the MNIST CNN (6.6 MB updates, lossless; a few hundred images p
 local epoch, 200 test images: the rounds measure aggregation, not training) runs once all-to-
 all and once sharded. Per mode: round wall (median of rounds 2..R), blob bytes each node
 downloaded per round (libp2p counters, prefetches included; M_0 left out) as a multiple of
-M (one update), mean and max over nodes, and node CPU per round; then an extrapolation to
+M (one update), mean and max over nodes, node CPU per round, the median over nodes and
+rounds of each phase's wall time as the nodes record it (`phases_s`: t_train_s, t_fetch_s,
+...), and the machine's speed before the devnet started (`train_cpu_s`: one node's
+training step alone, single-threaded CPU seconds); then an extrapolation to
 N = 100 and 1000 from the measured per-node bytes and CPU (`sharding_table`).
 
     .venv/bin/python bench/scale.py --sharding --nodes 4,8,16,32 --rounds 3
@@ -293,11 +296,14 @@ def run_mode(
     all_walls = [b - a for a, b in itertools.pairwise([t_post, *ends])]
     walls = all_walls[1:]  # the first includes the job's announcement and M_0's fetch
     phases: dict[str, float] = {}
+    times: dict[str, list[float]] = {}  # each node's own wall time per phase and round
     for d in details:
         for rd in d.get("rounds_detail", []):
             for k, v in rd["metrics"].items():
                 if k.startswith("bytes_") and k not in ("bytes_sent_update", "bytes_received"):
                     phases[k] = phases.get(k, 0) + v / (n * rounds)
+                elif k.startswith("t_") and isinstance(v, int | float):
+                    times.setdefault(k, []).append(v)
     return {
         "nodes": n,
         "mode": mode,
@@ -310,6 +316,7 @@ def run_mode(
         "down_max_m": max(down) / size_m,
         "cpu_node_s": statistics.mean(cpu),
         "phases_m": {k: v / size_m for k, v in sorted(phases.items())},
+        "phases_s": {k: statistics.median(v) for k, v in sorted(times.items())},
         "shards": shards,
         "load": os.getloadavg()[0],
     }
@@ -325,6 +332,35 @@ def _model0(spec: Any) -> tuple[int, int]:
     return len(encode_frame(params)), layout_of(params, spec.shards).count
 
 
+def train_cpu_s(n: int, images: int, repeat: int = 3) -> float:
+    """This machine's speed now, for comparing runs made at other times (a shared VM
+    drifts): the least CPU time of ``repeat`` single-threaded `train_local` runs of the
+    sharding job's model on ``images`` random images, what each node does once a round."""
+    import numpy as np
+    import torch
+
+    from gfl.fl.data import ArrayDataset
+    from gfl.fl.trainer import initial_params, train_local
+    from gfl.node.devnet import demo_spec
+
+    spec = demo_spec(n, data="mnist", rounds=1, model="cnn")
+    params = initial_params(spec)
+    rng = np.random.default_rng(0)
+    x = rng.random((images, 1, 28, 28), dtype=np.float32)
+    data = ArrayDataset(x, rng.integers(0, 10, images).astype(np.int64))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = math.inf
+        for _ in range(repeat):
+            t = time.thread_time()
+            train_local(spec, params, data, seed=0)
+            best = min(best, time.thread_time() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
 def run_sharding(
     n: int,
     rounds: int,
@@ -337,6 +373,7 @@ def run_sharding(
     from gfl.node.devnet import start_devnet
 
     out = []
+    calibration = train_cpu_s(n, per_node)  # before the devnet: an idle machine
     t0 = time.time()
     net = start_devnet(
         n,
@@ -351,6 +388,7 @@ def run_sharding(
             for mode in modes:
                 res = run_mode(net, n, mode, rounds, timeout, windows, shards)
                 res["startup"] = startup
+                res["train_cpu_s"] = calibration
                 out.append(res)
                 print(json.dumps(res), flush=True)
         for res in out:

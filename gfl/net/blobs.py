@@ -7,8 +7,9 @@ go to a temp file renamed into place once complete. A blob this node makes (its
 update and its pieces, a model, a reduced shard) is synced before the rename and
 the rename after it, so a power cut leaves either the whole blob or nothing. A copy
 fetched from a peer is not synced (`put_verified`'s ``durable``): a sharded round
-stores ~120 of them per node, two fsyncs each; a power cut may leave one torn, and
-the hash check of the first read after a restart deletes it, to be fetched again.
+stores ~120 of them per node, which would cost two fsyncs each; a power cut may leave
+one torn, and the hash check of the first read after a restart deletes it, to be
+fetched again.
 Reads for use (`get`) verify the hash, so a corrupted file is deleted
 and reported missing instead of used. A blob is served (`open_reader`) without
 hashing it again once this process wrote it from verified bytes or read it back

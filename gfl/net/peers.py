@@ -26,6 +26,7 @@ import trio
 from libp2p.abc import INotifee
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStoreError
 
 from gfl.identity import address_from_peer_id
 from gfl.net.errors import NetError
@@ -126,7 +127,7 @@ class Peers:
             return
         try:
             addrs = list(self._host.get_peerstore().addrs(peer))
-        except Exception:  # the library's PeerStoreError: none held
+        except PeerStoreError:  # none held, or they expired
             addrs = []
         if not addrs:
             found = None

@@ -84,8 +84,7 @@ def holders_of(
     that stated it (``holders``), so that few holders serve them all: the one of them
     holding the most of ``shards``, ties broken by a hash of the two addresses (the same
     order for all of one node's shards, another on each node: members spread over equal
-    holders). A
-    node fetches the shards it did not reduce in one batch per holder chosen."""
+    holders). A node fetches the shards it did not reduce in one batch per holder chosen."""
     shards = list(shards)
     count = Counter(h for k in shards for h in holders.get(k, ()) if h != me)
 
