@@ -31,6 +31,7 @@ import os
 import queue
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -89,12 +90,18 @@ class BlobStore:
         (self.root / "tags").mkdir(exist_ok=True)
         for stale in (self.root / "tmp").iterdir():
             stale.unlink(missing_ok=True)
-        self._sizes: dict[str, int] = {}
+        # hex -> size, least recently used first: the cap's eviction order, kept across
+        # restarts by the files' mtimes (`_touch`)
+        self._sizes: OrderedDict[str, int] = OrderedDict()
+        held = []
         for sub in self.root.iterdir():
             if len(sub.name) == 2 and sub.is_dir():
                 for f in sub.iterdir():
                     if len(f.name) == 2 * HASH_LEN:
-                        self._sizes[f.name] = f.stat().st_size
+                        st = f.stat()
+                        held.append((st.st_mtime, f.name, st.st_size))
+        for _, hx, size in sorted(held):
+            self._sizes[hx] = size
         self.evictions = 0
         self._verified: set[str] = set()  # stored bytes known to match their hash
 
@@ -157,7 +164,7 @@ class BlobStore:
         with self._lock:
             if hx not in self._sizes:
                 return False
-            os.utime(self._path(hx))
+            self._used(hx)
             if tag is not None:
                 self._mark(hx, tag)
         return True
@@ -214,8 +221,8 @@ class BlobStore:
             self._corrupt(hx)
             return None
         self._verified.add(hx)
-        with contextlib.suppress(OSError):
-            os.utime(path)
+        with self._lock:
+            self._used(hx)
         return data
 
     def open_reader(self, h: bytes) -> BlobReader | None:
@@ -231,8 +238,8 @@ class BlobStore:
             with self._lock:
                 self._sizes.pop(hx, None)
             return None
-        with contextlib.suppress(OSError):
-            os.utime(path)
+        with self._lock:
+            self._used(hx)
         return BlobReader(self, bytes(h), f, verify=hx not in self._verified)
 
     def _corrupt(self, hx: str) -> None:
@@ -270,14 +277,20 @@ class BlobStore:
             self._sizes.pop(hx, None)
             self._verified.discard(hx)
 
+    def _used(self, hx: str) -> None:
+        """Move a held blob to the end of the eviction order, on disk too (its mtime)."""
+        if hx in self._sizes:
+            self._sizes.move_to_end(hx)
+            with contextlib.suppress(OSError):
+                os.utime(self._path(hx))
+
     def _make_room(self, incoming: int) -> None:
+        """Evict the least recently used blobs until ``incoming`` bytes fit under the cap
+        (the order is kept in memory: a store of thousands of pieces is not stat'ed again
+        for each blob placed)."""
         excess = self.total_bytes + incoming - self.cap_bytes
-        if excess <= 0:
-            return
-        by_age = sorted(self._sizes, key=lambda hx: self._path(hx).stat().st_mtime)
-        for hx in by_age:
-            if excess <= 0:
-                break
+        while excess > 0 and self._sizes:
+            hx = next(iter(self._sizes))
             excess -= self._sizes[hx]
             logger.info("evicting blob %s to stay under the store's cap", hx[:16])
             self._remove(hx)

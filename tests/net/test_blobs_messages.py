@@ -1,6 +1,7 @@
 """Pure parts: the blob store on disk and the message envelope."""
 
 import os
+import time
 
 import msgpack
 import pytest
@@ -144,18 +145,40 @@ def test_a_blob_made_here_is_synced_and_a_fetched_copy_is_not(tmp_path, monkeypa
     assert after.get(blob_hash(copy[:100])) == copy[:100]
 
 
-def test_blob_store_evicts_least_recently_used_past_its_cap(tmp_path):
+def test_blob_store_evicts_least_recently_used_past_its_cap_across_restarts(tmp_path):
     s = BlobStore(tmp_path, cap_bytes=250)
-    import os
-    import time
-
-    hs = [s.put(bytes([i]) * 100) for i in range(2)]
-    old = time.time() - 100
-    os.utime(tmp_path / hs[0].hex()[:2] / hs[0].hex(), (old, old))
-    h3 = s.put(b"z" * 100)
-    assert not s.has(hs[0]) and s.has(hs[1]) and s.has(h3) and s.total_bytes == 200
+    a, b = (s.put(bytes([i]) * 100) for i in range(2))
+    assert s.get(a) is not None  # a used after b: b goes first
+    c = s.put(b"z" * 100)
+    assert not s.has(b) and s.has(a) and s.has(c) and s.total_bytes == 200
     with pytest.raises(BlobError, match="larger than"):
         s.put(b"q" * 300)
+    # a restarted store takes the order from the files' mtimes: c used long ago, a since
+    for h, age in ((c, 100), (a, 50)):
+        then = time.time() - age
+        os.utime(tmp_path / h.hex()[:2] / h.hex(), (then, then))
+    again = BlobStore(tmp_path, cap_bytes=250)
+    again.put(b"y" * 100)
+    assert not again.has(c) and again.has(a)
+
+
+def test_placing_a_blob_in_a_full_store_does_not_look_at_every_blob_held(tmp_path, monkeypatch):
+    """Eviction takes the least recently used blob from memory: a node's store of
+    thousands of shard pieces was stat'ed whole for each blob placed past the cap."""
+    import pathlib
+
+    s = BlobStore(tmp_path, cap_bytes=50 * 100)
+    for i in range(50):
+        s.put(i.to_bytes(2, "big") * 50)
+    stats: list[pathlib.Path] = []
+    real = pathlib.Path.stat
+    monkeypatch.setattr(
+        pathlib.Path, "stat", lambda self, **kw: stats.append(self) or real(self, **kw)
+    )
+    for i in range(50, 60):
+        s.put(i.to_bytes(2, "big") * 50)
+    assert s.evictions == 10 and len(s) == 50
+    assert len(stats) <= 10  # (one per new blob: its <hh>/ directory), not 50 each
 
 
 def test_envelope_roundtrip_and_refusals():
