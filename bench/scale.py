@@ -9,16 +9,19 @@ Every run is bounded (--timeout per size) and stops all its processes.
 
     .venv/bin/python bench/scale.py --nodes 8,16,32 --clients 100,1000
 
-`--sharding` compares the two ways to aggregate (docs/protocol.md, section 8) instead: on one
-devnet per size, the MNIST CNN (6.6 MB updates, lossless; a few hundred images per node, one
-local epoch, 200 test images: the rounds measure aggregation, not training) runs once all-to-
-all and once sharded. Per mode: round wall (median of rounds 2..R), blob bytes each node
-downloaded per round (libp2p counters, prefetches included; M_0 left out) as a multiple of
-M (one update), mean and max over nodes, node CPU per round, the median over nodes and
-rounds of each phase's wall time as the nodes record it (`phases_s`: t_train_s, t_fetch_s,
-...), and the machine's speed before the devnet started (`train_cpu_s`: one node's
-training step alone, single-threaded CPU seconds); then an extrapolation to
-N = 100 and 1000 from the measured per-node bytes and CPU (`sharding_table`).
+`--sharding` compares the two ways to aggregate (docs/protocol.md, section 8) instead: per
+size, the MNIST CNN (6.6 MB updates, lossless; a few hundred images per node, one local
+epoch, 200 test images: the rounds measure aggregation, not training) runs once all-to-all
+and once sharded, each job on a devnet of its own started alike, after the disk has written
+what the one before left (`--one-devnet`: both jobs on one devnet). Per mode: round wall
+(median of rounds 2..R), blob bytes each node downloaded per round (libp2p counters,
+prefetches included; M_0 left out) as a multiple of M (one update), mean and max over
+nodes, node CPU per round, the median over nodes and rounds of each phase's wall time as
+the nodes record it (`phases_s`: t_train_s, t_fetch_s, ...), the page cache's unwritten MB
+when the job started (`dirty_mb`), and the machine's speed before its devnet started
+(`train_cpu_s`: one node's training step alone, single-threaded CPU seconds); then an
+extrapolation to N = 100 and 1000 from the measured per-node bytes and CPU
+(`sharding_table`).
 
     .venv/bin/python bench/scale.py --sharding --nodes 4,8,16,32 --rounds 3
 """
@@ -264,6 +267,7 @@ def run_mode(
         shards=shards if mode == "sharded" else 1,
     )
     before = _node_counters(net)
+    dirty = _dirty_mb()
     t_post = time.time()
     jid = net.client(0).publish(spec.to_dict())["job_id"]
     ends: list[float] = []
@@ -319,7 +323,19 @@ def run_mode(
         "phases_s": {k: statistics.median(v) for k, v in sorted(times.items())},
         "shards": shards,
         "load": os.getloadavg()[0],
+        "dirty_mb": dirty,
     }
+
+
+def _dirty_mb() -> float:
+    """The page cache's unwritten megabytes now (Dirty + Writeback): what the disk still
+    owes an earlier job, paid during this one."""
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        return (
+            sum(int(x.split()[1]) for x in lines if x.startswith(("Dirty:", "Writeback:"))) / 1024
+        )
+    return float("nan")
 
 
 def _model0(spec: Any) -> tuple[int, int]:
@@ -369,11 +385,36 @@ def run_sharding(
     modes: tuple[str, ...] = SHARD_MODES,
     windows: tuple[int, int, int] = (600, 300, 900),
     shards: int = 0,
+    one_devnet: bool = False,
 ) -> list[dict[str, Any]]:
+    """Each mode's job on a devnet of its own, started alike (``one_devnet``: one after the
+    other on one devnet, as the bench did before 2026-12-06: the second job then starts
+    with the first one's gigabytes of blobs still being written back to the disk)."""
+    out = []
+    for group in [modes] if one_devnet else [(m,) for m in modes]:
+        os.sync()  # what an earlier devnet left in the page cache is not this one's to write
+        calibration = train_cpu_s(n, per_node)  # before the devnet: an idle machine
+        for res in _on_devnet(n, rounds, timeout, per_node, group, windows, shards):
+            res["train_cpu_s"] = calibration
+            res["one_devnet"] = one_devnet
+            out.append(res)
+            print(json.dumps(res), flush=True)
+    return out
+
+
+def _on_devnet(
+    n: int,
+    rounds: int,
+    timeout: float,
+    per_node: int,
+    modes: tuple[str, ...],
+    windows: tuple[int, int, int],
+    shards: int,
+) -> list[dict[str, Any]]:
+    """The jobs of ``modes``, one after the other, on one new devnet of ``n`` nodes."""
     from gfl.node.devnet import start_devnet
 
     out = []
-    calibration = train_cpu_s(n, per_node)  # before the devnet: an idle machine
     t0 = time.time()
     net = start_devnet(
         n,
@@ -388,13 +429,11 @@ def run_sharding(
             for mode in modes:
                 res = run_mode(net, n, mode, rounds, timeout, windows, shards)
                 res["startup"] = startup
-                res["train_cpu_s"] = calibration
                 out.append(res)
-                print(json.dumps(res), flush=True)
         for res in out:
             res["pss_total_mb"] = mem.peak_pss / 2**20
     finally:
-        logs = ROOT / "bench" / "out" / "scale-logs" / f"n{n}"
+        logs = ROOT / "bench" / "out" / "scale-logs" / f"n{n}-{'-'.join(modes)}"
         logs.mkdir(parents=True, exist_ok=True)
         for node in net.nodes:  # the nodes' own logs, for a round that went wrong
             with contextlib.suppress(OSError):
@@ -459,6 +498,11 @@ def main() -> int:
     ap.add_argument("--per-node", type=int, default=300, help="--sharding: images per node")
     ap.add_argument("--modes", default=",".join(SHARD_MODES), help="--sharding: all,sharded")
     ap.add_argument(
+        "--one-devnet",
+        action="store_true",
+        help="--sharding: the modes' jobs one after the other on one devnet (default: one each)",
+    )
+    ap.add_argument(
         "--windows",
         default="600,300,900",
         help="--sharding: the job's round, availability and vote timeouts (s)",
@@ -477,8 +521,9 @@ def main() -> int:
             assert len(windows) == 3, "--windows: three numbers"
             shards = n if args.shards == "n" else int(args.shards)
             rows += run_sharding(
-                n, args.rounds, args.timeout, args.per_node, modes, windows, shards
-            )
+                n, args.rounds, args.timeout, args.per_node, modes, windows, shards,
+                args.one_devnet,
+            )  # fmt: skip
         print("\n" + sharding_table(rows))
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"sharding": rows}, indent=1))
