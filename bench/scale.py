@@ -13,7 +13,8 @@ Every run is bounded (--timeout per size) and stops all its processes.
 size, the MNIST CNN (6.6 MB updates, lossless; a few hundred images per node, one local
 epoch, 200 test images: the rounds measure aggregation, not training) runs once all-to-all
 and once sharded, each job on a devnet of its own started alike, after the disk has written
-what the one before left (`--one-devnet`: both jobs on one devnet). Per mode: round wall
+what the one before left and (as root) the page cache is dropped and memory compacted
+(`memory_reset`; `--one-devnet`: both jobs on one devnet). Per mode: round wall
 (median of rounds 2..R), blob bytes each node downloaded per round (libp2p counters,
 prefetches included; M_0 left out) as a multiple of M (one update), mean and max over
 nodes, node CPU per round, the median over nodes and rounds of each phase's wall time as
@@ -392,14 +393,30 @@ def run_sharding(
     with the first one's gigabytes of blobs still being written back to the disk)."""
     out = []
     for group in [modes] if one_devnet else [(m,) for m in modes]:
-        os.sync()  # what an earlier devnet left in the page cache is not this one's to write
+        reset = _settle_memory()
         calibration = train_cpu_s(n, per_node)  # before the devnet: an idle machine
         for res in _on_devnet(n, rounds, timeout, per_node, group, windows, shards):
             res["train_cpu_s"] = calibration
             res["one_devnet"] = one_devnet
+            res["memory_reset"] = reset
             out.append(res)
             print(json.dumps(res), flush=True)
     return out
+
+
+def _settle_memory() -> bool:
+    """Start a devnet on a machine whose memory an earlier one does not still burden: its
+    writes flushed (os.sync) and, where this process may (root), the page cache dropped and
+    free memory compacted, so that no job pays the previous one's reclaim and compaction
+    (hours of runs fragment a 24 GiB VM's memory: the kernel's direct compaction stalls grew
+    by ~1,100 during one all-to-all job). True if the caches were dropped."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        Path("/proc/sys/vm/compact_memory").write_text("1\n")
+    except OSError:
+        return False
+    return True
 
 
 def _on_devnet(
