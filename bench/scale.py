@@ -250,11 +250,14 @@ def run_mode(
     timeout: float,
     windows: tuple[int, int, int],
     shards: int = 0,
+    model0_held: bool = False,
 ) -> dict[str, Any]:
     """One job on a running devnet, aggregated ``mode``; its figures. ``windows``: the job's
     round, availability and vote timeouts (long: a slow 2-core machine must not void rounds);
     ``shards``: a sharded job's shard count (0: derived from the model, docs/protocol.md 8.1);
-    an all-to-all job sends whole updates (one shard), as it would without this option."""
+    an all-to-all job sends whole updates (one shard), as it would without this option.
+    ``model0_held``: the nodes hold the job's initial model already (an earlier job on this
+    devnet had the same one), so they do not fetch it and it is not subtracted."""
     from gfl.node.devnet import demo_spec
 
     round_timeout, availability, vote = windows
@@ -296,7 +299,8 @@ def run_mode(
     ]
     size_m = statistics.mean(update) if update else float("nan")
     model0, shards = _model0(spec)
-    down = [(after[i][0] - before[i][0] - (model0 if i else 0)) / rounds for i in sorted(after)]
+    fetched0 = 0 if model0_held else model0  # what each node but the publisher fetched once
+    down = [(after[i][0] - before[i][0] - (fetched0 if i else 0)) / rounds for i in sorted(after)]
     cpu = [(after[i][1] - before[i][1]) / rounds for i in sorted(after)]
     all_walls = [b - a for a, b in itertools.pairwise([t_post, *ends])]
     walls = all_walls[1:]  # the first includes the job's announcement and M_0's fetch
@@ -445,8 +449,8 @@ def _on_devnet(
         # (every 2 s: reading 32 processes' smaps_rollup 4 times a second took ~2.6 % of the
         # machine's CPU during the measured rounds, perf record -a)
         with MemSampler(period=2.0) as mem:
-            for mode in modes:
-                res = run_mode(net, n, mode, rounds, timeout, windows, shards)
+            for k, mode in enumerate(modes):
+                res = run_mode(net, n, mode, rounds, timeout, windows, shards, model0_held=k > 0)
                 res["startup"] = startup
                 out.append(res)
         for res in out:
@@ -491,13 +495,24 @@ def sharding_table(rows: list[dict[str, Any]], replicas: int = 3) -> str:
             if mode == "all":
                 mean = mx = big - 1
             else:  # aggregators: replicas per shard; settled: the S - own float64 shards
-                mean = replicas * (big - 1) / big + 2 * (1 - replicas / big)
-                mx = math.ceil(replicas * s / big) * (big - 1) / s + 2  # a balanced draw
+                pieces, settled = _per_m(rs[-1], replicas)
+                mean = replicas * (big - 1) / big * pieces + (1 - replicas / big) * settled
+                mx = math.ceil(replicas * s / big) * (big - 1) / s * pieces + settled  # balanced
             lines.append(
                 f"{big:>5} {mode:>8} {'(extrap.)':>8} {mean:8.2f}M {mx:7.2f}M {big - 1:>5} "
                 f"{icpt + slope * big:10.1f} {s:>6}"
             )
     return "\n".join(lines)
+
+
+def _per_m(row: dict[str, Any], replicas: int) -> tuple[float, float]:
+    """(pieces, settled) in M, from a measured sharded row: what all S shards' pieces of one
+    update weigh (~1 M) and all S reduced shards of one round (~2.4 M: float64, against an
+    update's lossless float32 frame), the weights the download formulas multiply."""
+    n, phases = row["nodes"], row["phases_m"]
+    pieces = phases.get("bytes_shards", 0.0) / (replicas * (n - 1) / n)
+    settled = phases.get("bytes_settled", 0.0) / (1 - replicas / n)
+    return pieces, settled
 
 
 def _interrupt(*_: Any) -> None:
@@ -529,7 +544,18 @@ def main() -> int:
     ap.add_argument(
         "--shards", default="0", help="--sharding: the jobs' shards (0: derived; n: one per node)"
     )
+    ap.add_argument(
+        "--table", nargs="+", type=Path, help="--sharding's table from saved JSON files, no run"
+    )
     args = ap.parse_args()
+    if args.table:
+        saved = {  # a later file's row replaces an earlier one's of the same N and mode
+            (r["nodes"], r["mode"]): r
+            for p in args.table
+            for r in json.loads(p.read_text())["sharding"]
+        }
+        print(sharding_table([saved[k] for k in sorted(saved)]))
+        return 0
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if args.sharding:
         signal.signal(signal.SIGTERM, _interrupt)  # a stopped run still stops its devnet
