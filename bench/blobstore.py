@@ -68,11 +68,10 @@ def main() -> int:
     ap.add_argument("--before-root", type=Path, help="another checkout to measure beside this")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if not a.json:  # (a child imports the checkout its PYTHONPATH names)
-        sys.path.insert(0, str(ROOT))
-    if a.json:  # a --before-root child: this checkout's figures only
+    if a.json:  # a --before-root child: the checkout its PYTHONPATH names, figures only
         print(json.dumps(measure(a)))
         return 0
+    sys.path.insert(0, str(ROOT))
     rows = {"this checkout": measure(a)}
     if a.before_root is not None:
         argv = [sys.executable, str(Path(__file__).resolve()), "--json"]

@@ -221,8 +221,7 @@ class BlobStore:
             self._corrupt(hx)
             return None
         self._verified.add(hx)
-        with self._lock:
-            self._used(hx)
+        self._used(hx)
         return data
 
     def open_reader(self, h: bytes) -> BlobReader | None:
@@ -238,8 +237,7 @@ class BlobStore:
             with self._lock:
                 self._sizes.pop(hx, None)
             return None
-        with self._lock:
-            self._used(hx)
+        self._used(hx)
         return BlobReader(self, bytes(h), f, verify=hx not in self._verified)
 
     def _corrupt(self, hx: str) -> None:
@@ -278,11 +276,14 @@ class BlobStore:
             self._verified.discard(hx)
 
     def _used(self, hx: str) -> None:
-        """Move a held blob to the end of the eviction order, on disk too (its mtime)."""
-        if hx in self._sizes:
+        """Move a held blob to the end of the eviction order, on disk too (its mtime, set
+        outside the lock when the caller does not hold it)."""
+        with self._lock:
+            if hx not in self._sizes:
+                return
             self._sizes.move_to_end(hx)
-            with contextlib.suppress(OSError):
-                os.utime(self._path(hx))
+        with contextlib.suppress(OSError):
+            os.utime(self._path(hx))
 
     def _make_room(self, incoming: int) -> None:
         """Evict the least recently used blobs until ``incoming`` bytes fit under the cap
