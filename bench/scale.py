@@ -494,7 +494,7 @@ def sharding_table(rows: list[dict[str, Any]], replicas: int = 3) -> str:
             s = rs[-1]["shards"] if mode == "all" else min(256, big)
             if mode == "all":
                 mean = mx = big - 1
-            else:  # aggregators: replicas per shard; settled: the S - own float64 shards
+            else:  # aggregators: replicas per shard; settled: the S - own reduced shards
                 pieces, settled = _per_m(rs[-1], replicas)
                 mean = replicas * (big - 1) / big * pieces + (1 - replicas / big) * settled
                 mx = math.ceil(replicas * s / big) * (big - 1) / s * pieces + settled  # balanced
@@ -507,8 +507,9 @@ def sharding_table(rows: list[dict[str, Any]], replicas: int = 3) -> str:
 
 def _per_m(row: dict[str, Any], replicas: int) -> tuple[float, float]:
     """(pieces, settled) in M, from a measured sharded row: what all S shards' pieces of one
-    update weigh (~1 M) and all S reduced shards of one round (~2.4 M: float64, against an
-    update's lossless float32 frame), the weights the download formulas multiply."""
+    update weigh (~1 M) and all S reduced shards of one round (~1.2 M: the uncompressed
+    float32 frames, against an update's lossless zstd frame; ~2.4 M while they were float64,
+    spec version 2), the weights the download formulas multiply."""
     n, phases = row["nodes"], row["phases_m"]
     pieces = phases.get("bytes_shards", 0.0) / (replicas * (n - 1) / n)
     settled = phases.get("bytes_settled", 0.0) / (1 - replicas / n)

@@ -26,7 +26,7 @@ from eth_utils.crypto import keccak
 from gfl.errors import GflError
 from gfl.fl.codec import ErrorFeedback, UpdateMeta, encode_frame, encode_params
 from gfl.fl.strategies import ClientUpdate, make_strategy
-from gfl.fl.strategies.base import canonical
+from gfl.fl.strategies.base import StrategyError, canonical, reduced_dtype
 
 if TYPE_CHECKING:
     from gfl.fl.spec import JobSpec
@@ -260,11 +260,15 @@ def reduce_shard(
     spec: JobSpec, template: Mapping[str, np.ndarray], usable: Sequence[ClientUpdate]
 ) -> tuple[dict[str, np.ndarray], bytes]:
     """A shard reduced over its ``usable`` pieces (chain order) with the job's strategy:
-    the float64 pieces and their lossless frame, whose sha256 its aggregators state and
-    the round's shards hash covers (docs/protocol.md, section 8)."""
+    the float64 pieces and their lossless frame in each tensor's `reduced_dtype`, whose
+    sha256 its aggregators state and the round's shards hash covers (docs/protocol.md,
+    section 8)."""
     strategy = make_strategy(spec.strategy, spec.strategy_kwargs)
+    if not strategy.coordinatewise:
+        raise StrategyError(f"{strategy.name} compares whole updates: it cannot reduce a shard")
     pieces = strategy.reduce(template, canonical(template, usable))
-    return pieces, encode_frame(pieces)
+    narrow = {n: a.astype(reduced_dtype(template[n].dtype)) for n, a in pieces.items()}
+    return pieces, encode_frame(narrow)
 
 
 # -- encoding an update ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gfl.fl.privacy import PrivacySettings
     from gfl.fl.secagg import SecAggParams
 
-SPEC_VERSION = 2
+SPEC_VERSION = 3  # 3: reduced deltas rounded to the tensor dtype (protocol 6.4)
 MAX_SPEC_BYTES = 64 * 1024
 _MAX_NAME = 128
 _MAX_DEPTH = 4

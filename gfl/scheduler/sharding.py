@@ -6,8 +6,9 @@ round's authors (`gfl.fl.shards.aggregators`). This node then:
 1. fetches the manifest of every update of S_r (32 bytes per shard);
 2. as aggregator of shard k: fetches shard k of every update until the availability
    deadline, checks it (manifest, frame meta, shapes, finite values), reduces the usable
-   ones (`Strategy.reduce`) and publishes the reduced shard (a lossless frame of float64
-   pieces) with a signed statement (hash, mask of the positions it could not use);
+   ones (`Strategy.reduce`) and publishes the reduced shard (a lossless frame of the pieces
+   in each tensor's precision: float32 for a float32 model) with a signed statement
+   (hash, mask of the positions it could not use);
 3. collects the statements: shard k is **settled** when a majority of its aggregators agree
    on (hash, mask); a shard this node aggregated itself is settled as it computed it. The
    round's mask is the union of the settled masks; a shard that is not settled by the shard
@@ -54,7 +55,7 @@ from gfl.fl.shards import (
 )
 from gfl.fl.spec import JobSpec
 from gfl.fl.strategies import ClientUpdate, make_strategy
-from gfl.fl.strategies.base import apply_delta
+from gfl.fl.strategies.base import apply_delta, f64, reduced_dtype
 from gfl.scheduler import messages
 from gfl.scheduler.aggregation import Context, RoundModel, UpdateShards, check_part, fetch_blob
 from gfl.scheduler.joblog import RoundLog
@@ -146,8 +147,9 @@ class ShardArithmetic(Protocol):
 
 
 class PlainShards:
-    """The plain arithmetic (8.3): the strategy's per coordinate reduction of float64 pieces,
-    then its server step over the joined delta."""
+    """The plain arithmetic (8.3): the strategy's per coordinate reduction of the pieces
+    (a fetched shard in each tensor's `reduced_dtype`), then its server step over the joined
+    delta in float64."""
 
     excludes = True
 
@@ -166,12 +168,12 @@ class PlainShards:
 
     def fits(self, pieces: Pieces, template: Pieces) -> bool:
         return set(pieces) == set(template) and all(
-            pieces[name].dtype == np.float64 and pieces[name].shape == a.shape
+            pieces[name].dtype == reduced_dtype(a.dtype) and pieces[name].shape == a.shape
             for name, a in template.items()
         )
 
     def limit(self, template: Pieces) -> int:
-        return 8 * sum(a.size for a in template.values()) + (1 << 16)
+        return sum(a.size * reduced_dtype(a.dtype).itemsize for a in template.values()) + (1 << 16)
 
     def model(
         self, layout: Layout, params: Pieces, state: Pieces, shards: list[Pieces]
@@ -179,7 +181,8 @@ class PlainShards:
         strategy = make_strategy(self.spec.strategy, self.spec.strategy_kwargs)
         if state:
             strategy.load_state_dict(state)
-        new = apply_delta(params, strategy.server_step(layout.join(shards)))
+        delta = {name: f64(a) for name, a in layout.join(shards).items()}  # fetched: narrow
+        new = apply_delta(params, strategy.server_step(delta))
         return new, strategy.state_dict()
 
 

@@ -71,6 +71,28 @@ def test_fedopt_first_step_by_hand(name, v1):
     assert params_hash(s.aggregate(out, ups())) == params_hash(s2.aggregate(out, ups()))
 
 
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_the_reduced_delta_is_rounded_to_each_tensors_precision(name):
+    """Section 6, step 4: a float32 tensor's reduced delta is a float32 value (held as
+    float64), an integer tensor's keeps its float64 mean, and the server step starts from
+    the rounded value."""
+    tiny = np.float32(2.0**-30)  # 0.5 + 2^-31 is no float32: it rounds to 0.5
+    pair = [
+        ClientUpdate("0xa", 1, {"w": np.array([1.0, 1.0], np.float32), "n": np.array(1)}),
+        ClientUpdate("0xb", 1, {"w": np.array([tiny, 0.0], np.float32), "n": np.array(2)}),
+    ]
+    if name in ("krum", "multikrum"):
+        pair = pair[:1]  # one update: Krum picks it (its values are float32 already)
+    reduced = make_strategy(name, {}).reduce(G, pair)
+    assert reduced["w"].dtype == np.float64
+    assert np.array_equal(reduced["w"].astype(np.float32).astype(np.float64), reduced["w"])
+    if len(pair) == 2:
+        assert reduced["w"][0] == 0.5 and reduced["n"] == 1.5  # not 0.5 + 2^-31; 1.5 kept
+    whole = make_strategy(name, {}).aggregate_delta(G, pair)
+    stepped = make_strategy(name, {}).server_step(reduced)
+    assert all(whole[k].tobytes() == stepped[k].tobytes() for k in G)
+
+
 def test_median_and_trimmed_mean():
     assert np.array_equal(agg("median")["w"], np.array([1.0, 5.0], np.float32))  # median [0, 3]
     five = [

@@ -82,7 +82,10 @@ def next_model(model: dict, updates: list[tuple[int, dict]], strategy: str) -> d
     delta = fedavg_delta if strategy == "fedavg" else median_delta
     out = {}
     for name, g in model.items():
-        v = np.asarray(g, np.float64) + delta(updates, name)
+        d = delta(updates, name)
+        if g.dtype.kind == "f":  # step 4: rounded to the tensor's precision
+            d = d.astype(g.dtype).astype(np.float64)
+        v = np.asarray(g, np.float64) + d
         if g.dtype.kind in "iub":
             v = np.rint(v)
         out[name] = v.astype(g.dtype)

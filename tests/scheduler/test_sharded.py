@@ -24,6 +24,7 @@ from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.rounds import Decision, mask_bytes
 from gfl.fl.shards import Mode, manifest_hashes
 from gfl.fl.spec import JobSpec
+from gfl.fl.trainer import initial_params
 from gfl.identity import NodeIdentity
 from gfl.net.errors import BlobError
 from gfl.scheduler import audit, duties, messages, sharding
@@ -218,6 +219,10 @@ async def test_sharded_and_all_to_all_jobs_end_with_the_same_bits(tmp_path, stra
     assert sum(len(rec[0]["aggregated"]) for rec in a["records"]) == 4 * 3
     statements = [m for m in a["board"] if m["round"] == 0]
     assert len(statements) == 12 and all(messages.check_shard(m) for m in statements)
+    # a reduced shard travels in the model's precision: float32, 4 bytes a coordinate
+    coordinates = sum(a.size for a in initial_params(sharded).values())
+    frames = sum({m["shard"]: m["size"] for m in statements}.values())
+    assert 4 * coordinates < frames < 4 * coordinates + 4 * 1024
     # an aggregator asks each other author once a round, for its pieces of all its shards
     for i, (rec, runner) in enumerate(zip(a["records"], a["runners"], strict=True)):
         others = [m.eth_address.lower() for j, m in enumerate(ids) if j != i]

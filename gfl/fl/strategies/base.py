@@ -3,7 +3,9 @@
 Every node aggregates the same committed updates independently and compares model hashes,
 so aggregation must be bit-for-bit reproducible: updates are put in one canonical order
 (sorted by address), math is done in float64 with elementwise operations in a fixed order
-(no BLAS, no multithreaded reductions), and the result is cast back at the end.
+(no BLAS, no multithreaded reductions); the reduced delta is rounded to each tensor's
+precision (an aggregate of float32 updates is a float32 update, half the bytes of a float64
+one when a sharded round sends it) and the new model cast back at the end.
 """
 
 from __future__ import annotations
@@ -112,6 +114,21 @@ def fixed_sum(x: np.ndarray) -> float:
     return math.fsum(acc.tolist())
 
 
+def reduced_dtype(dtype: np.dtype) -> np.dtype:
+    """The precision of a reduced delta for a tensor of ``dtype``: its own when floating (an
+    aggregate of float32 updates is a float32 update), float64 for an integer tensor."""
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+def rounded(global_params: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Params:
+    """The delta with each tensor's values rounded to its `reduced_dtype`, held as float64
+    (docs/protocol.md 6, step 4)."""
+    out: Params = {}
+    for name, g in global_params.items():
+        out[name] = f64(f64(delta[name]).astype(reduced_dtype(np.asarray(g).dtype)))
+    return out
+
+
 def apply_delta(global_params: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Params:
     """global + delta in float64, cast back to each parameter's dtype (integers rounded)."""
     out: Params = {}
@@ -148,11 +165,12 @@ COMMON_SETTINGS = frozenset({"mu"})
 class Strategy(ABC):
     """Turns the round's global model and its committed updates into the next global model.
 
-    Two steps: `reduce` (pure, per coordinate: a shard of the model reduces alone, which is
-    what sharded rounds rely on) and `server_step` (the server optimizer, with its state);
-    ``aggregate_delta = server_step ∘ reduce``. Deterministic given the same inputs and
-    state; any server state (momentum, moments) is explicit: `state_dict()` returns numpy
-    arrays and `load_state_dict` restores them exactly.
+    Two steps: `reduce` (pure: the strategy's `combine`, rounded to each tensor's precision;
+    per coordinate unless `coordinatewise` is False, so that a shard of the model reduces
+    alone, which is what sharded rounds rely on) and `server_step` (the server optimizer,
+    with its state); ``aggregate_delta = server_step ∘ reduce``. Deterministic given the
+    same inputs and state; any server state (momentum, moments) is explicit: `state_dict()`
+    returns numpy arrays and `load_state_dict` restores them exactly.
     """
 
     name: ClassVar[str] = ""
@@ -180,12 +198,19 @@ class Strategy(ABC):
         """The float64 step to add to the global model (updates are canonical and valid)."""
         return self.server_step(self.reduce(global_params, updates))
 
-    @abstractmethod
     def reduce(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> dict[str, np.ndarray]:
-        """The updates reduced to one float64 delta, per coordinate and without state: only
-        the names of ``global_params`` count (any subset of the model, e.g. one shard)."""
+        """The updates reduced to one float64 delta without state, rounded to each tensor's
+        precision: only the names of ``global_params`` count (for a coordinatewise strategy,
+        any subset of the model, e.g. one shard)."""
+        return rounded(global_params, self.combine(global_params, updates))
+
+    @abstractmethod
+    def combine(
+        self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
+    ) -> dict[str, np.ndarray]:
+        """The strategy's own reduction of the updates to one float64 delta."""
 
     def server_step(self, delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The server optimizer's step from the reduced delta (the identity here)."""

@@ -14,7 +14,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def reduce(
+    def combine(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> dict[str, np.ndarray]:
         return sample_weighted_delta(global_params, updates)

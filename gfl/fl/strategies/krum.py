@@ -45,7 +45,7 @@ class Krum(Strategy):
         if self.f < 0 or self.m < 1:
             raise StrategyError("krum needs f >= 0 and m >= 1")
 
-    def aggregate_delta(
+    def combine(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> dict[str, np.ndarray]:
         names = sorted(global_params)
@@ -57,8 +57,3 @@ class Krum(Strategy):
             order = sorted(range(len(updates)), key=lambda i: (scores[i], i))
             chosen = [updates[i] for i in order[: min(self.m, len(updates))]]
         return sample_weighted_delta(global_params, chosen)
-
-    def reduce(
-        self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
-    ) -> dict[str, np.ndarray]:
-        raise StrategyError(f"{self.name} compares whole updates: it cannot reduce a shard")

@@ -14,7 +14,7 @@ class Median(Strategy):
 
     name = "median"
 
-    def reduce(
+    def combine(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> dict[str, np.ndarray]:
         out = {}

@@ -15,9 +15,9 @@ class MultiKrum(Krum):
 
     name = "multikrum"
 
-    def aggregate_delta(
+    def combine(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> dict[str, np.ndarray]:
         if "m" not in self.kwargs:
             self.m = max(1, len(updates) - self.f)
-        return super().aggregate_delta(global_params, updates)
+        return super().combine(global_params, updates)

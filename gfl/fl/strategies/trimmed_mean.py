@@ -21,7 +21,7 @@ class TrimmedMean(Strategy):
         super().__init__(**kwargs)
         self.beta = num(kwargs, "beta", 0.1, 0.0, 0.4999)
 
-    def reduce(
+    def combine(
         self, global_params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
     ) -> dict[str, np.ndarray]:
         k = math.floor(self.beta * len(updates))
