@@ -168,9 +168,7 @@ class JobService:
                 if row.status == JobStatus.ACTIVE and row.role == JobRole.PARTICIPANT:
                     # it ran when the node stopped: it runs again first, as slots allow
                     if self.slots.free() > 0:
-                        self.slots.start(
-                            nursery, bytes.fromhex(row.job_id), JobSpec.from_bytes(row.spec)
-                        )
+                        self._start(nursery, row)
                     else:
                         self.queue.put(row.job_id, at=row.created_at)
                 elif JobStatus(row.status).ended and row.job_id in held:
@@ -268,7 +266,21 @@ class JobService:
 
     def _start_queued(self, row: JobRow) -> None:
         if self._nursery is not None:
-            self.slots.start(self._nursery, bytes.fromhex(row.job_id), JobSpec.from_bytes(row.spec))
+            self._start(self._nursery, row)
+
+    def _start(self, nursery: trio.Nursery, row: JobRow) -> None:
+        """Run a recorded job, unless this node no longer reads its spec (one recorded under
+        another spec version, docs/protocol.md 2.1: its arithmetic is not this node's): that
+        job is marked failed with the reason, and the node goes on."""
+        try:
+            spec = JobSpec.from_bytes(row.spec)
+        except GflError as exc:
+            why = f"this node cannot run it: {exc}"
+            log.error("job %s: %s", row.job_id[:10], why)
+            self.store.update_job(row.job_id, status=JobStatus.ERROR, error=why)
+            self.events.publish("job.error", {"job_id": row.job_id, "error": why})
+            return
+        self.slots.start(nursery, bytes.fromhex(row.job_id), spec)
 
     async def _drain(self) -> None:
         """Start what the queue's head may start now (publish and join answer with it)."""
