@@ -181,7 +181,8 @@ class PlainShards:
         strategy = make_strategy(self.spec.strategy, self.spec.strategy_kwargs)
         if state:
             strategy.load_state_dict(state)
-        delta = {name: f64(a) for name, a in layout.join(shards).items()}  # fetched: narrow
+        # fetched shards are in their reduced dtype: the server step computes in float64
+        delta = {name: f64(a) for name, a in layout.join(shards).items()}
         new = apply_delta(params, strategy.server_step(delta))
         return new, strategy.state_dict()
 
