@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import trio
@@ -22,12 +23,14 @@ from gfl.content import content_hash
 from gfl.fl.codec import CodecError, decode_frame, decode_update, encode_frame
 from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.rounds import Decision, mask_bytes
-from gfl.fl.shards import Mode, manifest_hashes
+from gfl.fl.shards import Mode, layout_of, manifest_hashes, reduce_shard
 from gfl.fl.spec import JobSpec
+from gfl.fl.strategies import ClientUpdate
 from gfl.fl.trainer import initial_params
 from gfl.identity import NodeIdentity
 from gfl.net.errors import BlobError
 from gfl.scheduler import audit, duties, messages, sharding
+from gfl.scheduler.aggregation import Context
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.ledger import ChainLedger
 from gfl.scheduler.ports import NodeData
@@ -668,3 +671,36 @@ async def test_a_secure_shard_whose_piece_is_missing_gives_no_model_on_any_node(
     assert rd.decision is Decision.VOID and not rd.votes
     for rec in job["records"]:
         assert rec[0]["updates"] == 0 and rec[0]["excluded"] == N
+
+
+def test_a_settled_shard_of_another_form_is_refused_and_the_honest_one_fits():
+    """What a member takes from the aggregators that stated a shard (docs/protocol.md 8.4):
+    a frame of the shard's names and shapes in each tensor's reduced dtype (float32 for a
+    float32 model; float64 for an integer tensor). The same values in float64, as a node of
+    spec version 2 would serve them, or another shape, are refused (the member recomputes)."""
+    spec = _spec([NodeIdentity.generate()], 1, aggregation="sharded")
+    params = {
+        "w": np.arange(12, dtype=np.float32).reshape(4, 3),
+        "steps": np.array(3, dtype=np.int64),
+    }
+    layout = layout_of(params, 2)
+    ctx = Context(chain_id=1, registry=b"\x01" * 20, job_id=b"\x02" * 32, round=0, base=b"")
+    plain = sharding.PlainShards(spec, ctx, layout, params)
+    ups = [
+        ClientUpdate("0xa", 1, {n: (a * 0 + 1).astype(a.dtype) for n, a in params.items()}),
+        ClientUpdate("0xb", 2, {n: (a * 0 + 2).astype(a.dtype) for n, a in params.items()}),
+    ]
+    for k in range(layout.count):
+        template = layout.split(params, k)
+        usable = [ClientUpdate(u.address, u.num_samples, layout.split(u.update, k)) for u in ups]
+        _, frame = reduce_shard(spec, template, usable)
+        fetched = decode_frame(frame)
+        assert {n: a.dtype for n, a in fetched.items()} == {
+            n: np.dtype(np.float32 if t.dtype.kind == "f" else np.float64)
+            for n, t in template.items()
+        }
+        assert any(t.dtype.kind == "f" for t in template.values())
+        assert plain.fits(fetched, template) and len(frame) <= plain.limit(template)
+        wide = decode_frame(encode_frame({n: a.astype(np.float64) for n, a in fetched.items()}))
+        flat = {n: a.reshape(-1) for n, a in fetched.items()}
+        assert not plain.fits(wide, template) and not plain.fits(flat, template)
