@@ -275,10 +275,7 @@ class JobService:
         try:
             spec = JobSpec.from_bytes(row.spec)
         except GflError as exc:
-            why = f"this node cannot run it: {exc}"
-            log.error("job %s: %s", row.job_id[:10], why)
-            self.store.update_job(row.job_id, status=JobStatus.ERROR, error=why)
-            self.events.publish("job.error", {"job_id": row.job_id, "error": why})
+            self.slots.failed(row.job_id, exc)
             return
         self.slots.start(nursery, bytes.fromhex(row.job_id), spec)
 

@@ -137,7 +137,7 @@ class JobSlots:
         except BaseException as exc:  # one job's failure must not stop the node
             if failures.failure(exc) is None:
                 raise  # cancelled: the node stops
-            self._failed(hx, exc)
+            self.failed(hx, exc)
         finally:
             running.done.set()
             self.jobs.pop(job_id, None)
@@ -176,7 +176,7 @@ class JobSlots:
             self.store.update_job(hx, status=status)
             nursery.cancel_scope.cancel()
 
-    def _failed(self, hx: str, exc: BaseException) -> None:
+    def failed(self, hx: str, exc: BaseException) -> None:
         """A job stopped by an error: one sentence in its record, its event and the log (the
         traceback of an unexpected error goes to the log file only)."""
         why = failures.reason(exc)
