@@ -338,6 +338,21 @@ def registered_job(
     return owner, job_id, call
 
 
+async def round_0_has_an_update(reg: Any, job_id: bytes, call: Callable[..., Any]) -> bool:
+    """Wait until some member committed an update to round 0: True, or False once round 0
+    closed without one seen (its count of updates is then back at 0: waiting for it would
+    never end)."""
+    import trio
+
+    from gfl.chain.records import JobStatus
+
+    while (job := await call(reg.get_job, job_id)).updates < 1:
+        if job.round > 0 or job.status is not JobStatus.ACTIVE:
+            return False
+        await trio.sleep(0.05)
+    return True
+
+
 class MemoryExchange:
     """Blobs shared by the participants of one runner test (a stand-in for the blob protocol);
     round messages go on ``board``, shared the same way (a stand-in for gossip). With ``me``

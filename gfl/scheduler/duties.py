@@ -1,6 +1,7 @@
-"""What any member does for the job beyond its own rounds: settle deadlines that passed, and
-put the evidence the chain can check on chain (withholders, dissenters, lying shard
-aggregators, idle members).
+"""What any member does for the job beyond its own rounds: settle deadlines that passed,
+raise the alarm when a member votes another model than the one the round finalized, and put
+the evidence the chain can check on chain (withholders, dissenters, lying shard aggregators,
+idle members).
 
 Anyone may do each of these; to keep every node from paying for the same transaction, each
 decided round names one member to act — the lowest address among the voters of the
@@ -20,6 +21,7 @@ from gfl.scheduler.ports import Ballot, JobState, Ledger
 
 if TYPE_CHECKING:
     from gfl.scheduler.aggregation import RoundModel
+    from gfl.scheduler.joblog import RoundLog
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class Duties:
         self._ejected: set[str] = set()
         self._lies: dict[int, RoundModel] = {}  # round -> the model whose shards they deny
         self._finalized_seen: dict[int, float] = {}  # round -> when this node saw it final
+        self._alarmed: dict[int, set[str]] = {}  # decided round -> dissenters alarmed for
+        self._looked = False  # rounds decided before the first look are history, not news
 
     def hold_lies(self, r: int, model: RoundModel) -> None:
         """Keep the shard statements that contradict this node's round-r model until the
@@ -58,9 +62,30 @@ class Duties:
             # dissent (and change which member is designated)
             if rd.decision is not None and self._votes_seen.get(r) != len(rd.votes):
                 self._votes_seen[r] = len(rd.votes)
+                self._alarm(r, rd)
                 await self._evidence(st, r)
+        self._looked = True
         await self._lies_unreported(st)
         await self._eject_idle(st)
+
+    def _alarm(self, r: int, rd: RoundLog) -> None:
+        """A ``divergence`` event for the voters of another model than round r's finalized
+        one, each once, whenever its vote came (before the decision or after it, until the
+        vote deadline). This node's own dissent is the runner's to tell (its model differs)."""
+        if rd.final is None:
+            return
+        dissenters = rd.dissenters()
+        raised = self._alarmed.setdefault(r, set())
+        new = [d for d in dissenters if d not in raised and d.lower() != self._me]
+        raised.update(new)
+        if new and self._looked:
+            self._event(
+                "divergence",
+                round=r,
+                majority=rd.final.model_hash.hex(),
+                dissenters=dissenters,
+                self_diverged=False,
+            )
 
     async def _try(self, what: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         try:

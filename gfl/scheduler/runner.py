@@ -12,7 +12,8 @@ asks of this node, in this order:
    aggregate the usable ones into M_{r+1} and keep the ballot (model hash, mask) to vote;
 3. **vote** — alone, or riding on the next round's update in one transaction;
 4. **train** — on M_r while r collects (also before r-1 is decided), and commit the update;
-5. **duties** — settle due deadlines, eject withholders, slash dissenters.
+5. **duties** — settle due deadlines, raise the dissent alarm (a vote may come after the
+   decision), eject withholders, slash dissenters.
 
 Everything a restart needs is on disk before the chain hears of it (the update blob before
 its commitment, the checkpoint of M_{r+1} before the vote). A chain that does not answer
@@ -329,15 +330,6 @@ class JobRunner:
             )
             await self._adopt(r, st)
             return
-        elif dissenters:
-            self._event(
-                "divergence",
-                round=r,
-                mine=self.model_hash.hex(),
-                majority=self.model_hash.hex(),
-                dissenters=dissenters,
-                self_diverged=False,
-            )
         self.record(r, {"model_hash": self.model_hash.hex(), "decided": decision.value})
         self._event("round_decided", round=r, decision=decision.value, dissenters=dissenters)
 
