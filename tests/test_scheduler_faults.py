@@ -267,7 +267,8 @@ def _lying_once(me: str) -> Callable[..., aggregation.RoundModel]:
 async def test_a_dissenting_vote_after_the_decision_is_still_slashed(tmp_path):
     """The faulty participant votes on a round for a model of its own once the two others
     finalized it and saw it decided (votes count until the deadline): it is named a
-    dissenter, the designated member slashes it, and all end on the majority's model."""
+    dissenter, every honest node raises the alarm once, the designated member slashes it, and
+    all end on the majority's model."""
     decided: set[tuple[int, int]] = set()  # (participant, round) seen decided
     honest = [j for j in range(N) if j != FAULTY]
 
@@ -282,5 +283,7 @@ async def test_a_dissenting_vote_after_the_decision_is_still_slashed(tmp_path):
     seen = [d for i, kind, d in events if kind == "job.round_decided" and i in honest]
     assert [d["dissenters"] for d in seen if d["round"] == lied] == [[], []]  # it came late
     assert chain.log.rounds[lied].dissenters() == [liar]
+    alarms = [(i, d["round"], d["dissenters"]) for i, kind, d in events if kind == "job.divergence"]
+    assert sorted(a for a in alarms if a[0] in honest) == [(j, lied, [liar]) for j in honest]
     assert chain.log.slashed == [(liar, lied)]
     _all_finalized_alike(runners, chain, 3)
