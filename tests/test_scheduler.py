@@ -220,7 +220,7 @@ async def test_a_withheld_update_costs_at_most_the_availability_timeout(tmp_path
 
 class SlowSecondTraining:
     """A training limiter whose second use (round 1) waits ``delay`` seconds first: a loaded
-    machine on which training runs past the open vote's deadline (by far: the embedded
+    machine on which training runs past the open vote's deadline (by 8 s: the embedded
     chain's clock may run a few seconds ahead of the wall clock)."""
 
     def __init__(self, delay: float) -> None:
@@ -239,7 +239,7 @@ class SlowSecondTraining:
 @pytest.mark.trio
 async def test_a_vote_meant_to_ride_goes_alone_when_training_runs_past_its_deadline(tmp_path):
     *_, runners, events, state = await _run_job(
-        tmp_path, 2, limiters={0: SlowSecondTraining(12 + 20)}, rounds=2, vote_timeout=12
+        tmp_path, 2, limiters={0: SlowSecondTraining(12 + 8)}, rounds=2, vote_timeout=12
     )
     me = runners[0].me.lower()
     rd = state.log.rounds[0]

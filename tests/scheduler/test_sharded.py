@@ -664,7 +664,7 @@ async def test_a_secure_shard_whose_piece_is_missing_gives_no_model_on_any_node(
     shard 1 (its manifest names it): no aggregator can state it, every member's
     recomputation fails the same way, no one votes, and the round ends void."""
     ids = [NodeIdentity.generate() for _ in range(N)]
-    spec = _secure(ids, 1, aggregation="sharded").replace(vote_timeout=30)
+    spec = _secure(ids, 1, aggregation="sharded").replace(vote_timeout=15)  # void at it
     withheld = Withholder(ids[1].eth_address, shard=1)
     job = await _run_job(tmp_path / "withheld", ids, spec, withheld, void_ok=True)
     rd = job["state"].log.rounds[0]
