@@ -120,11 +120,13 @@ async def _run(
     hook: Hook,
     timeout: int = 3,
     liar: Callable[[str], Callable[..., aggregation.RoundModel]] | None = None,
+    watch_last: bool = False,
 ) -> tuple[list[JobRunner], FaultyLedger, list, JobState]:
     """Run a job on N participants to its end, each finishing it; `hook(faulty ledger,
     participant, kind, data)` sees every event as it is emitted; ``liar(address)`` makes
-    the faulty participant's aggregation. Returns the runners, the faulty ledger, the
-    events and the job as the chain holds it at the end."""
+    the faulty participant's aggregation; ``watch_last``: each then watches the last round
+    for late votes, as a node does. Returns the runners, the faulty ledger, the events and
+    the job as the chain holds it at the end."""
     ids = [NodeIdentity.generate() for _ in range(N)]
     spec = _spec(ids, rounds, timeout)
     table: dict[bytes, bytes] = {}
@@ -163,6 +165,8 @@ async def _run(
 
     async def run(runner: JobRunner) -> None:
         ended.append(await runner.run())
+        if watch_last:
+            await runner.watch_last_round()
 
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -263,12 +267,9 @@ def _lying_once(me: str) -> Callable[..., aggregation.RoundModel]:
     return aggregate
 
 
-@pytest.mark.trio
-async def test_a_dissenting_vote_after_the_decision_is_still_slashed(tmp_path):
-    """The faulty participant votes on a round for a model of its own once the two others
-    finalized it and saw it decided (votes count until the deadline): it is named a
-    dissenter, every honest node raises the alarm once, the designated member slashes it, and
-    all end on the majority's model."""
+async def _late_dissent(tmp_path, rounds: int, **kw: Any) -> tuple[str, int, list, JobState]:
+    """The faulty participant lies on a round and votes for its model only once the two
+    others saw that round decided. Returns the liar, the round, the events and the job."""
     decided: set[tuple[int, int]] = set()  # (participant, round) seen decided
     honest = [j for j in range(N) if j != FAULTY]
 
@@ -277,13 +278,42 @@ async def test_a_dissenting_vote_after_the_decision_is_still_slashed(tmp_path):
         if kind == "job.round_decided":
             decided.add((i, data["round"]))
 
-    runners, _, events, chain = await _run(tmp_path, 3, hook, timeout=30, liar=_lying_once)
+    runners, _, events, chain = await _run(tmp_path, rounds, hook, 30, _lying_once, **kw)
     liar = runners[FAULTY].me
     (lied,) = [r for r, rd in chain.log.rounds.items() if rd.dissenters()]
     seen = [d for i, kind, d in events if kind == "job.round_decided" and i in honest]
     assert [d["dissenters"] for d in seen if d["round"] == lied] == [[], []]  # it came late
     assert chain.log.rounds[lied].dissenters() == [liar]
-    alarms = [(i, d["round"], d["dissenters"]) for i, kind, d in events if kind == "job.divergence"]
-    assert sorted(a for a in alarms if a[0] in honest) == [(j, lied, [liar]) for j in honest]
+    _all_finalized_alike(runners, chain, rounds)
+    return liar, lied, events, chain
+
+
+def _alarms(events: list) -> list[tuple[int, int, list[str]]]:
+    """The honest participants' dissent alarms: (participant, round, dissenters)."""
+    return sorted(
+        (i, d["round"], d["dissenters"])
+        for i, kind, d in events
+        if kind == "job.divergence" and i != FAULTY
+    )
+
+
+@pytest.mark.trio
+async def test_a_dissenting_vote_after_the_decision_is_still_slashed(tmp_path):
+    """Votes count until the deadline: the late dissenter is named, every honest node
+    raises the alarm once, the designated member slashes it, and all end on the majority's
+    model."""
+    liar, lied, events, chain = await _late_dissent(tmp_path, 3)
+    assert _alarms(events) == [(j, lied, [liar]) for j in range(N) if j != FAULTY]
     assert chain.log.slashed == [(liar, lied)]
-    _all_finalized_alike(runners, chain, 3)
+
+
+@pytest.mark.trio
+async def test_a_dissenting_vote_on_the_last_round_after_the_job_finished_is_still_slashed(
+    tmp_path,
+):
+    """The same on the last round, voted once the others saw the job finish: they watch
+    that round until its vote deadline (or every author voted), alarm and slash."""
+    liar, lied, events, chain = await _late_dissent(tmp_path, 1, watch_last=True)
+    assert lied == 0
+    assert _alarms(events) == [(j, 0, [liar]) for j in range(N) if j != FAULTY]
+    assert chain.log.slashed == [(liar, 0)]

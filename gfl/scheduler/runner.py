@@ -68,6 +68,7 @@ POLL_S = 0.1  # between looks at the chain, for a runner that nothing wakes
 WOKEN_POLL_S = 1.0  # the same for a runner that chain events wake (a node's): a fallback
 FETCH_TIMEOUT_S = 60.0
 RIDE_MARGIN_S = 5.0  # a vote rides on the next update only with this much time to spare
+LATE_VOTES_POLL_S = 2.0  # between looks at a finished job's last round for late votes
 
 _ENDED = {
     Ended.FINISHED: JobStatus.FINISHED,
@@ -607,6 +608,24 @@ class JobRunner:
         self._event("left", round=self.round, reason="privacy budget spent")
 
     # -- the end --------------------------------------------------------------------------------
+
+    async def watch_last_round(self) -> None:
+        """After `run` returned FINISHED: votes on the last round still count until its
+        vote deadline, and a dissent among them is evidence (docs/protocol.md 3.5). Until
+        the deadline passes or every author of the round voted, look at it every
+        `LATE_VOTES_POLL_S` and do the duties it asks (the alarm, the designated member's
+        report). A chain that does not answer ends the watch (`LedgerUnavailable`)."""
+        last = self.spec.rounds - 1
+        while True:
+            st = await self.ledger.sync()
+            rd = st.log.rounds.get(last)
+            if rd is None or rd.closed_at is None:
+                return
+            await self.duties.perform(st)
+            left = rd.closed_at + self.spec.vote_timeout - st.now
+            if left <= 0 or {u.author.lower() for u in rd.updates} <= set(rd.votes):
+                return
+            await trio.sleep(min(LATE_VOTES_POLL_S, left))
 
     async def _end(self, st: JobState, ended: Ended) -> JobStatus:
         await self.duties.last_call(st)

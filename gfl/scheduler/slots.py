@@ -131,9 +131,12 @@ class JobSlots:
     async def _run(self, service_nursery: trio.Nursery, running: RunningJob) -> None:
         job_id, hx = running.job_id, running.job_id.hex()
         topic = messages.round_topic(job_id)
+        status = None  # stays so when the job's scope is cancelled (it was left or removed)
         try:
             with running.scope:
-                await self._run_job(running, topic)
+                status = await self._run_job(running, topic)
+            if status is JobStatus.FINISHED and running.runner is not None:
+                service_nursery.start_soon(self._watch_last_round, running.runner, hx)
         except BaseException as exc:  # one job's failure must not stop the node
             if failures.failure(exc) is None:
                 raise  # cancelled: the node stops
@@ -149,7 +152,7 @@ class JobSlots:
                 except Exception as exc:  # the network may be closing
                     log.debug("unsubscribe %s: %s", topic, exc)
 
-    async def _run_job(self, running: RunningJob, topic: str) -> None:
+    async def _run_job(self, running: RunningJob, topic: str) -> JobStatus:
         assert self.registry is not None
         job_id, hx = running.job_id, running.job_id.hex()
         async with trio.open_nursery() as nursery:
@@ -175,6 +178,18 @@ class JobSlots:
             status = await running.runner.run()
             self.store.update_job(hx, status=status)
             nursery.cancel_scope.cancel()
+        return status
+
+    async def _watch_last_round(self, runner: JobRunner, hx: str) -> None:
+        """A finished job's last round, until its vote deadline (late dissent is still
+        evidence); its slot is free meanwhile. A failure costs only that evidence."""
+        try:
+            await runner.watch_last_round()
+        except BaseException as exc:
+            if failures.failure(exc) is None:
+                raise  # cancelled: the node stops
+            why = failures.reason(exc)
+            log.info("job %s: its last round's late votes go unwatched: %s", hx[:10], why)
 
     def failed(self, hx: str, exc: BaseException) -> None:
         """A job stopped by an error: one sentence in its record, its event and the log (the
