@@ -8,6 +8,9 @@ quickly: agreement, votes and decisions, dissent, withheld and copied updates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +21,9 @@ from gfl.fl.data import load_dataset, load_partition
 from gfl.fl.rounds import Decision
 from gfl.fl.spec import JobSpec
 from gfl.identity import NodeIdentity
+from gfl.net.errors import BlobError
 from gfl.scheduler import aggregation
+from gfl.scheduler import runner as runner_module
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.exchange import keeps_model
 from gfl.scheduler.ledger import ChainLedger
@@ -65,6 +70,7 @@ async def _run_job(
     extra=None,
     limiters=None,
     beside=None,
+    prepare=None,
     **spec_kw,
 ):
     ids = [NodeIdentity.generate() for _ in range(n + (1 if extra else 0))]
@@ -92,6 +98,8 @@ async def _run_job(
             aggregate=aggregate,
         )
         runners.append(runner)
+    if prepare is not None:  # e.g. wrap a runner's exchange
+        prepare(runners)
     with trio.fail_after(240):
         async with trio.open_nursery() as nursery:
             for runner in runners:
@@ -274,3 +282,84 @@ async def test_a_round_closed_by_its_timeout_is_written_at_once_and_finalized(tm
         # the chain's views closed it at the timeout; a node wrote that before the vote closed
         assert rd.decision is Decision.FINALIZED, f"round {r} ended {rd.decision}"
     assert {x.model_hash for x in runners} == {state.log.rounds[1].final.model_hash}
+
+
+def _blind(for_good: bool) -> Callable[[list[JobRunner]], None]:
+    """Node 2's link to node 0's round-0 update is down until round 0 is decided (or for
+    good): its own M_1 leaves that update out (its vote names another mask: not punished),
+    the others finalize M_1 with it."""
+
+    def prepare(runners: list[JobRunner]) -> None:
+        runner, author = runners[2], runners[0].me
+        fetch, fetch_many = runner.exchange.fetch, runner.exchange.fetch_many
+
+        def down(blob: bytes) -> bool:
+            rd = runner.ledger.log.rounds.get(0)
+            u = rd.update_of(author) if rd is not None else None
+            return u is not None and blob == u.update_hash and (for_good or rd.decision is None)
+
+        async def fetch_blind(blob: bytes, owner: Any, max_size: int, timeout: float) -> bytes:
+            if down(blob):
+                raise BlobError("the link to this author is down")
+            return await fetch(blob, owner, max_size, timeout)
+
+        async def fetch_many_blind(blobs: Any, owner: str, max_size: int, timeout: float) -> Any:
+            return await fetch_many([h for h in blobs if not down(h)], owner, max_size, timeout)
+
+        runner.exchange.fetch = fetch_blind
+        runner.exchange.fetch_many = fetch_many_blind
+
+    return prepare
+
+
+@pytest.mark.trio
+async def test_a_member_that_adopts_a_round_keeps_the_server_state_everyone_has(tmp_path):
+    """A server optimizer's state (momentum, moments) follows each round's reduced delta. A
+    member that takes a finalized model it did not compute (here node 2, which missed an
+    update of round 0) recomputes that round from the finalized mask's updates, so that its
+    state is everyone's: its next models and votes agree (before, its stale state made its
+    later models other ones, and the honest member was slashed as a dissenter)."""
+    *_, runners, events, state = await _run_job(
+        tmp_path, 3, rounds=3, strategy="fedavgm", prepare=_blind(for_good=False)
+    )
+    log, node2 = state.log, runners[2].me.lower()
+    assert log.rounds[0].final.mask == b""
+    adopted = [d["round"] for i, e, d in events if i == 2 and e == "job.round_adopted"]
+    assert adopted == [0]  # it took the others' M_1, and computed M_2 and M_3 as they did
+    for r in (1, 2):
+        rd = log.rounds[r]
+        assert rd.decision is Decision.FINALIZED and not rd.dissenters(), r
+        assert rd.votes[node2].candidate == rd.final.candidate, r  # it voted, with everyone
+    assert not log.slashed
+    assert {x.model_hash for x in runners} == {log.rounds[2].final.model_hash}
+
+
+@pytest.mark.trio
+async def test_a_member_that_cannot_recompute_an_adopted_round_votes_no_more(tmp_path, monkeypatch):
+    """The same, the update gone for good: node 2 cannot recompute round 0, so it does not
+    know the FedAdam moments the others have. It says so, keeps training and following the
+    finalized models, and votes no more (a vote for its own models would be a dissent)."""
+    monkeypatch.setattr(runner_module, "FETCH_TIMEOUT_S", 2.0)
+    *_, runners, events, state = await _run_job(
+        tmp_path, 3, rounds=3, strategy="fedadam", prepare=_blind(for_good=True)
+    )
+    log, node2 = state.log, runners[2].me.lower()
+    lost = [d["round"] for i, e, d in events if i == 2 and e == "job.state_lost"]
+    assert lost == [0]
+    # noted on disk: a restarted node does not vote again either (`JobRunner._restore`)
+    assert [x.checkpoints.state_lost() for x in runners] == [None, None, 0]
+    for r in (1, 2):
+        rd = log.rounds[r]
+        assert rd.decision is Decision.FINALIZED and not rd.dissenters(), r
+        assert rd.update_of(node2) is not None and node2 not in rd.votes, r
+    assert not log.slashed
+    assert {x.model_hash for x in runners} == {log.rounds[2].final.model_hash}
+
+
+def test_the_note_of_a_lost_state_survives_and_a_damaged_one_counts(tmp_path):
+    checkpoints = Checkpoints(tmp_path / "job")
+    assert checkpoints.state_lost() is None
+    checkpoints.lose_state(4)
+    assert Checkpoints(tmp_path / "job").state_lost() == 4
+    (tmp_path / "job" / "state-lost").write_bytes(b"\xff\x00")
+    assert checkpoints.state_lost() == 0  # lost since the start, to be safe

@@ -8,7 +8,7 @@ participant's ledger is wrapped to fail the way the node's chain adapter does.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -45,10 +45,11 @@ class FaultyLedger:
     while `down` is set; with `refuse_from` set, the chain refuses every update for the
     first round >= refuse_from this participant commits to (noted in `refused`), as it
     does once that round closed; with `vote_when` set, a vote on round r waits until
-    ``vote_when(r)`` is true."""
+    ``vote_when(r)`` is true; with `mute` set, its votes are not sent."""
 
     def __init__(self, inner: ChainLedger) -> None:
-        self._inner = inner
+        self.inner = self._inner = inner
+        self.mute = False  # its votes are not sent (a vote riding on an update is dropped)
         self.address = inner.address
         self.down = False
         self.refuse_from: int | None = None
@@ -78,12 +79,13 @@ class FaultyLedger:
             self.refused = r
             raise LedgerRefused("WrongRound (test refusal)")
         await self._hold(ballot)
-        await self._inner.commit(r, update_hash, samples, ballot)
+        await self._inner.commit(r, update_hash, samples, None if self.mute else ballot)
 
     async def vote(self, ballot: Ballot) -> None:
         self._check()
         await self._hold(ballot)
-        await self._inner.vote(ballot)
+        if not self.mute:
+            await self._inner.vote(ballot)
 
     async def _hold(self, ballot: Ballot | None) -> None:
         if self.vote_when is not None and ballot is not None:
@@ -121,12 +123,14 @@ async def _run(
     timeout: int = 3,
     liar: Callable[[str], Callable[..., aggregation.RoundModel]] | None = None,
     watch_last: bool = False,
+    beside: Callable[[FaultyLedger], Awaitable[None]] | None = None,
 ) -> tuple[list[JobRunner], FaultyLedger, list, JobState]:
     """Run a job on N participants to its end, each finishing it; `hook(faulty ledger,
     participant, kind, data)` sees every event as it is emitted; ``liar(address)`` makes
     the faulty participant's aggregation; ``watch_last``: each then watches the last round
-    for late votes, as a node does. Returns the runners, the faulty ledger, the events and
-    the job as the chain holds it at the end."""
+    for late votes, as a node does; ``beside(faulty ledger)`` runs beside them. Returns
+    the runners, the faulty ledger, the events and the job as the chain holds it at the
+    end."""
     ids = [NodeIdentity.generate() for _ in range(N)]
     spec = _spec(ids, rounds, timeout)
     table: dict[bytes, bytes] = {}
@@ -172,6 +176,8 @@ async def _run(
         async with trio.open_nursery() as nursery:
             for runner in runners:
                 nursery.start_soon(run, runner)
+            if beside is not None:
+                nursery.start_soon(beside, faulty)
     assert ended == [JobStatus.FINISHED] * N, ended
     state = await ChainLedger(owner, job_id, call).sync()
     return runners, faulty, events, state
@@ -267,27 +273,6 @@ def _lying_once(me: str) -> Callable[..., aggregation.RoundModel]:
     return aggregate
 
 
-async def _late_dissent(tmp_path, rounds: int, **kw: Any) -> tuple[str, int, list, JobState]:
-    """The faulty participant lies on a round and votes for its model only once the two
-    others saw that round decided. Returns the liar, the round, the events and the job."""
-    decided: set[tuple[int, int]] = set()  # (participant, round) seen decided
-    honest = [j for j in range(N) if j != FAULTY]
-
-    def hook(faulty: FaultyLedger, i: int, kind: str, data: dict) -> None:
-        faulty.vote_when = lambda r: all((j, r) in decided for j in honest)
-        if kind == "job.round_decided":
-            decided.add((i, data["round"]))
-
-    runners, _, events, chain = await _run(tmp_path, rounds, hook, 30, _lying_once, **kw)
-    liar = runners[FAULTY].me
-    (lied,) = [r for r, rd in chain.log.rounds.items() if rd.dissenters()]
-    seen = [d for i, kind, d in events if kind == "job.round_decided" and i in honest]
-    assert [d["dissenters"] for d in seen if d["round"] == lied] == [[], []]  # it came late
-    assert chain.log.rounds[lied].dissenters() == [liar]
-    _all_finalized_alike(runners, chain, rounds)
-    return liar, lied, events, chain
-
-
 def _alarms(events: list) -> list[tuple[int, int, list[str]]]:
     """The honest participants' dissent alarms: (participant, round, dissenters)."""
     return sorted(
@@ -299,21 +284,57 @@ def _alarms(events: list) -> list[tuple[int, int, list[str]]]:
 
 @pytest.mark.trio
 async def test_a_dissenting_vote_after_the_decision_is_still_slashed(tmp_path):
-    """Votes count until the deadline: the late dissenter is named, every honest node
-    raises the alarm once, the designated member slashes it, and all end on the majority's
-    model."""
-    liar, lied, events, chain = await _late_dissent(tmp_path, 3)
-    assert _alarms(events) == [(j, lied, [liar]) for j in range(N) if j != FAULTY]
+    """The faulty participant votes on a round for a model of its own once the two others
+    finalized it and saw it decided (votes count until the deadline): it is named a
+    dissenter, every honest node raises the alarm once, the designated member slashes it,
+    and all end on the majority's model."""
+    decided: set[tuple[int, int]] = set()  # (participant, round) seen decided
+    honest = [j for j in range(N) if j != FAULTY]
+
+    def hook(faulty: FaultyLedger, i: int, kind: str, data: dict) -> None:
+        faulty.vote_when = lambda r: all((j, r) in decided for j in honest)
+        if kind == "job.round_decided":
+            decided.add((i, data["round"]))
+
+    runners, _, events, chain = await _run(tmp_path, 3, hook, timeout=30, liar=_lying_once)
+    liar = runners[FAULTY].me
+    (lied,) = [r for r, rd in chain.log.rounds.items() if rd.dissenters()]
+    seen = [d for i, kind, d in events if kind == "job.round_decided" and i in honest]
+    assert [d["dissenters"] for d in seen if d["round"] == lied] == [[], []]  # it came late
+    assert chain.log.rounds[lied].dissenters() == [liar]
+    assert _alarms(events) == [(j, lied, [liar]) for j in honest]
     assert chain.log.slashed == [(liar, lied)]
+    _all_finalized_alike(runners, chain, 3)
 
 
 @pytest.mark.trio
 async def test_a_dissenting_vote_on_the_last_round_after_the_job_finished_is_still_slashed(
     tmp_path,
 ):
-    """The same on the last round, voted once the others saw the job finish: they watch
-    that round until its vote deadline (or every author voted), alarm and slash."""
-    liar, lied, events, chain = await _late_dissent(tmp_path, 1, watch_last=True)
-    assert lied == 0
-    assert _alarms(events) == [(j, 0, [liar]) for j in range(N) if j != FAULTY]
+    """The faulty participant votes another model on a job's last round once the others saw
+    the job finish (the contract takes the vote until the deadline): they watch that round
+    until then (`JobRunner.watch_last_round`), raise the alarm, and the designated member
+    slashes it."""
+    honest = {j for j in range(N) if j != FAULTY}
+    finished: set[int] = set()
+
+    def hook(faulty: FaultyLedger, i: int, kind: str, data: dict) -> None:
+        faulty.mute = True  # its runner casts no vote: `vote_late` casts one for it
+        if kind == "job.finished":
+            finished.add(i)
+
+    async def vote_late(faulty: FaultyLedger) -> None:
+        with trio.fail_after(60):
+            while not finished >= honest:
+                await trio.sleep(0.05)
+        final = (await faulty.sync()).log.rounds[0].final
+        assert final is not None
+        await faulty.inner.vote(Ballot(0, b"\x66" * 32, final.mask, final.shards_hash))
+
+    runners, _, events, chain = await _run(
+        tmp_path, 1, hook, timeout=30, watch_last=True, beside=vote_late
+    )
+    liar = runners[FAULTY].me
+    assert chain.log.rounds[0].dissenters() == [liar]
+    assert _alarms(events) == [(j, 0, [liar]) for j in sorted(honest)]
     assert chain.log.slashed == [(liar, 0)]

@@ -35,6 +35,7 @@ MAGIC = b"GFLM"
 VERSION = 1
 # magic, version, model frame length, state length, sha256 of each
 _HEADER = struct.Struct(">4sBQQ32s32s")
+STATE_LOST = "state-lost"  # the note that the strategy state kept here is not the job's
 
 
 class CheckpointError(GflError):
@@ -124,6 +125,27 @@ class Checkpoints:
     def frame(self, r: int) -> bytes:
         """M_r's frame: the model blob peers fetch (its sha256 is the model hash)."""
         return decode_checkpoint(self.path(r).read_bytes())[0]
+
+    def lose_state(self, r: int) -> None:
+        """Note, for good, that the strategy state kept here is not the job's since round r
+        (this node took round r's model without recomputing the round)."""
+        from gfl.identity import write_private_file
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_private_file(self.root / STATE_LOST, f"{r}\n".encode())
+        except OSError as exc:
+            raise CheckpointError(f"cannot write {self.root / STATE_LOST}: {exc}") from None
+
+    def state_lost(self) -> int | None:
+        """The round `lose_state` noted, or None (a damaged note counts as round 0)."""
+        try:
+            text = (self.root / STATE_LOST).read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            return 0
+        return int(text) if text.strip().isdigit() else 0
 
     def latest(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], bytes] | None:
         """(r, M_r, state, hash(M_r)) of the newest intact checkpoint, or None."""

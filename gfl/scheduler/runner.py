@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -35,17 +35,18 @@ import trio
 
 from gfl.content import MAX_BLOB_BYTES, content_hash
 from gfl.errors import GflError
-from gfl.fl.codec import ErrorFeedback, UpdateMeta, decode_frame, parse_compression
-from gfl.fl.rounds import Decision
+from gfl.fl.codec import ErrorFeedback, UpdateMeta, decode_frame, encode_frame, parse_compression
+from gfl.fl.rounds import Decision, excluded_positions
 from gfl.fl.shards import Mode
 from gfl.fl.spec import JobSpec
+from gfl.fl.strategies import make_strategy
 from gfl.scheduler import aggregation
 from gfl.scheduler.budget import PrivacyBudget, may_leave
 from gfl.scheduler.checkpoints import Checkpoints
 from gfl.scheduler.duties import Duties
 from gfl.scheduler.evaluation import Evaluator
 from gfl.scheduler.exchange import keeps_model
-from gfl.scheduler.joblog import Ended
+from gfl.scheduler.joblog import Ended, RoundLog
 from gfl.scheduler.patience import CHAIN_RETRY_S, Patience, until_due
 from gfl.scheduler.ports import (
     Ballot,
@@ -136,6 +137,8 @@ class JobRunner:
         self.duties = Duties(ledger, self.me, self._event)
         self.patience = Patience(job_id, self._event, self._idle, lambda: self.round)
         self._settled: set[int] = set()  # rounds whose decision M_{r+1} follows
+        self._stateful = make_strategy(spec.strategy, spec.strategy_kwargs).stateful
+        self._state_lost: int | None = None  # a round taken without the state it leaves
         self._refused_round = -1  # the round whose update the chain refused (no retraining)
         self.budget: PrivacyBudget | None = None  # a job with [privacy]: what we spent
         self._spent = False  # the next round would overspend it: we only follow from here
@@ -258,6 +261,7 @@ class JobRunner:
             self.round, self.params, self.state = 0, params, {}
             return
         self.round, self.params, self.state, self.model_hash = cp
+        self._state_lost = await trio.to_thread.run_sync(self.checkpoints.state_lost)
         prev, me = st.log.rounds.get(self.round - 1), self.me.lower()
         if prev and prev.decision is None and prev.update_of(me) and me not in prev.votes:
             # our ballot on round - 1 died with the process (its mask is on no disk):
@@ -335,29 +339,92 @@ class JobRunner:
         self._event("round_decided", round=r, decision=decision.value, dissenters=dissenters)
 
     async def _adopt(self, r: int, st: JobState) -> None:
-        """Take round r's decided outcome as M_{r+1}: recompute it from the finalized mask
-        when this node holds the updates (the strategy's state stays exact), else fetch the
-        finalized model by hash."""
+        """Take round r's decided outcome as M_{r+1}. A strategy with server state (momentum,
+        moments) needs the state round r leaves, which only the round's reduction gives: a
+        member recomputes the round from the finalized mask's updates (`_recompute`). Else,
+        or when that fails, the finalized model is fetched by hash; a member whose strategy
+        keeps state then no longer knows it, and votes no more in this job (its models would
+        be other ones: a slashable dissent)."""
         rd = st.log.rounds[r]
         self._settled.add(r)
         self.ballot = None
         t0 = time.monotonic()
+        model = None
         if rd.decision is Decision.VOID or rd.final is None:
             params, state = (await trio.to_thread.run_sync(self.checkpoints.load, r))[:2]
             await self._set_model(r + 1, params, state)
         else:
-            params = await self._fetch_model(rd.final.model_hash, None, f"round {r + 1}'s model")
-            await self._set_model(r + 1, params, self.state)
+            exact = self._stateful and self.participate and self._state_lost is None
+            model = await self._recompute(r, rd) if exact and self.secure is None else None
+            if model is not None:
+                await self._set_model(r + 1, model.params, model.state)
+            else:
+                what = f"round {r + 1}'s model"
+                params = await self._fetch_model(rd.final.model_hash, None, what)
+                await self._set_model(r + 1, params, self.state)
+                if exact:
+                    await self._lose_state(r)
         self.record(
             r,
             {
                 "adopted": True,
+                "recomputed_round": model is not None,
                 "model_hash": self.model_hash.hex(),
                 "t_fetch_s": round(time.monotonic() - t0, 4),
             },
         )
         self.evaluator.soon(self._background, r, self.params, self.data.test)
         self._event("round_adopted", round=r, model_hash=self.model_hash.hex())
+
+    async def _recompute(self, r: int, rd: RoundLog) -> aggregation.RoundModel | None:
+        """Round r's finalized model and the strategy's state after it, computed here from
+        M_r, the state before it and the updates the finalized mask uses (fetched within
+        `FETCH_TIMEOUT_S`); None when one cannot be had or the result is another model."""
+        final = rd.final
+        assert final is not None
+        try:
+            params, state, base = await trio.to_thread.run_sync(self.checkpoints.load, r)
+        except (OSError, GflError) as exc:
+            log.info(
+                "job %s round %d: no checkpoint to recompute from: %s", self.job_id[:10], r, exc
+            )
+            return None
+        out = set(excluded_positions(final.mask, len(rd.updates)))
+        decided = {p: "excluded by the round's decision" for p in out}
+        used = replace(rd, updates=[u for u in rd.updates if u.position not in out])
+        ctx = aggregation.Context(
+            self.place.chain_id, self.place.registry, bytes.fromhex(self.job_id), r, base
+        )
+        model = await aggregation.all_to_all(
+            self.exchange,
+            used,
+            ctx,
+            self.me,
+            params,
+            self.sharded.layout(params),
+            FETCH_TIMEOUT_S,
+            lambda arrays, missing: self._aggregate_fn(
+                self.spec, params, state, rd.updates, arrays, {**decided, **missing}
+            ),
+            RoundMetrics(),
+        )
+        if set(model.excluded) != out:
+            log.info(
+                "job %s round %d: cannot recompute it: %s", self.job_id[:10], r, model.excluded
+            )
+            return None
+        h = await trio.to_thread.run_sync(lambda: content_hash(encode_frame(model.params)))
+        if h != final.model_hash:
+            log.info("job %s round %d: recomputed, it is another model", self.job_id[:10], r)
+            return None
+        return model
+
+    async def _lose_state(self, r: int) -> None:
+        self._state_lost = r
+        await trio.to_thread.run_sync(self.checkpoints.lose_state, r)  # after a restart too
+        why = f"the {self.spec.strategy} state after round {r} could not be recomputed here"
+        log.warning("job %s: %s: this node votes no more in this job", self.job_id[:10], why)
+        self._event("state_lost", round=r, reason=why)
 
     # -- 2. aggregate a closed round --------------------------------------------------------------
 
@@ -404,7 +471,7 @@ class JobRunner:
         else:
             await self.exchange.hold(frame)
         mine = rd.update_of(self.me)
-        if mine is not None and mine.position not in excluded:
+        if mine is not None and mine.position not in excluded and self._state_lost is None:
             self.ballot = Ballot(r, new_hash, model.mask, model.shards_hash)
         self.duties.hold_lies(r, model)
         metrics.values.update(model_hash=new_hash.hex(), updates=model.used, excluded=len(excluded))

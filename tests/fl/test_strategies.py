@@ -154,3 +154,13 @@ def test_every_strategy_is_order_independent_and_bit_deterministic(name):
     h1 = params_hash(make_strategy(name, kw).aggregate(g, us))
     h2 = params_hash(make_strategy(name, kw).aggregate(g, list(reversed(us))))
     assert h1 == h2
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_strategy_is_stateful_exactly_when_its_server_step_leaves_state(name):
+    # (a member that adopts a round recomputes it only for these: gfl.scheduler.runner)
+    g = {"w": np.ones(4, dtype=np.float32)}
+    us = [ClientUpdate(f"0x{i:02x}", 10, {"w": np.full(4, i + 1, np.float32)}) for i in range(5)]
+    strategy = make_strategy(name, {"f": 1} if "krum" in name else {})
+    strategy.aggregate(g, us)
+    assert strategy.stateful == bool(strategy.state_dict())

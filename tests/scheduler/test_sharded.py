@@ -241,6 +241,14 @@ async def test_sharded_and_all_to_all_jobs_end_with_the_same_bits(tmp_path, stra
     verdict = _verify_bundle(tmp_path, a, sharded)
     assert verdict.ok, verdict
     assert [r.derived_model for r in verdict.rounds] == [h.hex() for h in a["finals"]]
+    # a member that adopts a sharded round recomputes it whole from the pieces (and so has
+    # the strategy's state after it): the finalized model, and the state the others have
+    runner, log = a["runners"][1], a["state"].log
+    for r in (0, 1):
+        model = await runner._recompute(r, log.rounds[r])
+        assert model is not None and model.mask == log.rounds[r].final.mask, r
+    assert set(model.state) == set(runner.state)
+    assert all(np.array_equal(model.state[k], runner.state[k]) for k in model.state)
 
 
 @pytest.mark.trio

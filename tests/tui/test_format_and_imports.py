@@ -135,5 +135,6 @@ def test_event_text_and_filter() -> None:
     assert matches(event, "") and matches(event, "ROUND_finished abab")
     assert not matches(event, "round_finished divergence")
     assert event_level("job.divergence") == "error"
+    assert event_level("job.state_lost") == "warning"  # it votes no more in that job
     assert event_level("peer_disconnected") == "warning"
     assert event_level("job.joined") == "info"

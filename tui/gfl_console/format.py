@@ -152,6 +152,7 @@ def event_level(event_type: str) -> str:
         "node.stopping",
         "peer_disconnected",
         "job.cancelled",
+        "job.state_lost",
     ):
         return "warning"
     return "info"

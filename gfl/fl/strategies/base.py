@@ -177,6 +177,8 @@ class Strategy(ABC):
     allowed: ClassVar[frozenset[str]] = frozenset()
     #: whether `reduce` works coordinate by coordinate (False: Krum's whole-vector distances)
     coordinatewise: ClassVar[bool] = True
+    #: whether `server_step` keeps state between rounds (a server optimizer's)
+    stateful: ClassVar[bool] = False
 
     def __init__(self, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - self.allowed - COMMON_SETTINGS)

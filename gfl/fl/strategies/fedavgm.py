@@ -15,6 +15,7 @@ class FedAvgM(FedAvg):
     """v <- momentum*v + avg_delta; w <- w + server_lr*v. State: v per parameter."""
 
     name = "fedavgm"
+    stateful = True
     allowed = frozenset({"server_lr", "momentum"})
 
     def __init__(self, **kwargs: Any) -> None:

@@ -21,6 +21,7 @@ class FedOpt(FedAvg):
     """Shared math for FedAdam / FedYogi / FedAdagrad; subclasses define `second_moment`."""
 
     allowed = frozenset({"eta", "beta1", "beta2", "tau"})
+    stateful = True
     default_beta1 = 0.9
 
     def __init__(self, **kwargs: Any) -> None:
