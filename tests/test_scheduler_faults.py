@@ -48,7 +48,7 @@ class FaultyLedger:
     ``vote_when(r)`` is true; with `mute` set, its votes are not sent."""
 
     def __init__(self, inner: ChainLedger) -> None:
-        self.inner = self._inner = inner
+        self.inner = inner  # the real ledger (a test may call it directly)
         self.mute = False  # its votes are not sent (a vote riding on an update is dropped)
         self.address = inner.address
         self.down = False
@@ -61,7 +61,7 @@ class FaultyLedger:
             raise LedgerUnavailable("the chain did not answer within 30s (test outage)")
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
+        attr = getattr(self.inner, name)
         if not inspect.iscoroutinefunction(attr):
             return attr  # local work: signing a statement, folding events
 
@@ -79,13 +79,13 @@ class FaultyLedger:
             self.refused = r
             raise LedgerRefused("WrongRound (test refusal)")
         await self._hold(ballot)
-        await self._inner.commit(r, update_hash, samples, None if self.mute else ballot)
+        await self.inner.commit(r, update_hash, samples, None if self.mute else ballot)
 
     async def vote(self, ballot: Ballot) -> None:
         self._check()
         await self._hold(ballot)
         if not self.mute:
-            await self._inner.vote(ballot)
+            await self.inner.vote(ballot)
 
     async def _hold(self, ballot: Ballot | None) -> None:
         if self.vote_when is not None and ballot is not None:
